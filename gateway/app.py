@@ -1,0 +1,90 @@
+"""The REST gateway: authenticates, translates v1 REST to RPCs and back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dcp.schema.v1 import schema_service_pb2_grpc
+from gateway.auth import Metadata, authenticate, request_id_of
+from gateway.bodies import read_json
+from gateway.config_api import ConfigApi, Endpoint
+from gateway.errors import ApiError, from_rpc_error
+from services._runtime.interceptors import request_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayClients:
+    """The gateway's stubs; their channels are owned by whoever made them."""
+
+    auth: schema_service_pb2_grpc.AuthServiceStub
+    schema: schema_service_pb2_grpc.SchemaServiceStub
+
+    @classmethod
+    def over(cls, schema_channel: grpc.aio.Channel) -> GatewayClients:
+        return cls(
+            auth=schema_service_pb2_grpc.AuthServiceStub(schema_channel),
+            schema=schema_service_pb2_grpc.SchemaServiceStub(schema_channel),
+        )
+
+
+@dataclass
+class _Call:
+    request: Request
+    metadata: Metadata
+    max_body_bytes: int
+
+    async def json(self) -> Any:
+        return await read_json(self.request, max_bytes=self.max_body_bytes)
+
+
+def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) -> Starlette:
+    def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            rid = request_id_of(request)
+            token = request_id.set(rid)
+            try:
+                metadata = await authenticate(request, clients.auth, rid)
+                response = await endpoint(request, _Call(request, metadata, max_body_bytes))
+            except ApiError as error:
+                response = error.response()
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    logger.error("%s %s failed: %s", request.method, request.url.path, error.details())
+                response = from_rpc_error(error).response()
+            finally:
+                request_id.reset(token)
+            response.headers["x-request-id"] = rid
+            return response
+
+        return handle
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            return ApiError(
+                405,
+                f"{request.method} is not allowed on {request.url.path}",
+                code="METHOD_NOT_ALLOWED",
+                headers=dict(exc.headers or {}),
+            ).response()
+        if exc.status_code == 404:
+            return ApiError(404, f"no such endpoint: {request.url.path}", code="ROUTE_NOT_FOUND").response()
+        return ApiError(exc.status_code, str(exc.detail)).response()
+
+    routes = [Route("/healthz", healthz), *ConfigApi(clients.schema).routes(wrap)]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -1,0 +1,426 @@
+"""The v1 config API under /experiment/v1: projects, services, tables, attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from google.protobuf import field_mask_pb2
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
+from gateway import v1json
+from gateway.bodies import BodySpec, FieldType
+from gateway.errors import ApiError
+
+PREFIX = "/experiment/v1"
+
+_PROJECT = BodySpec(
+    writable={"project_name": FieldType("string"), "dcp_service_id": FieldType("integer", nullable=True)},
+    read_only=frozenset({"id", "account_id", "created", "last_modified"}),
+)
+_SERVICE = BodySpec(
+    writable={"name": FieldType("string")},
+    read_only=frozenset(
+        {"id", "account_id", "archived", "aws_access_key", "aws_secret_key", "created", "last_modified", "s3_path"}
+    ),
+)
+_TABLE = BodySpec(
+    writable={
+        "name": FieldType("string"),
+        "description": FieldType("string", nullable=True),
+        "keyfield_locator_type": FieldType("string"),
+        "keyfield_locator_name": FieldType("string", nullable=True),
+    },
+    read_only=frozenset(
+        {
+            "id",
+            "archived",
+            "attributes",
+            "aws_access_key",
+            "aws_secret_key",
+            "created",
+            "dcp_service_id",
+            "is_optimizely",
+            "last_modified",
+            "s3_path",
+        }
+    ),
+)
+_ATTRIBUTE_CREATE = BodySpec(
+    writable={
+        "name": FieldType("string"),
+        "datatype": FieldType("string"),
+        "format": FieldType("string", nullable=True),
+        "description": FieldType("string", nullable=True),
+        "is_value_public": FieldType("boolean"),
+    },
+    read_only=frozenset({"id", "archived", "created", "last_modified", "dcp_datasource_id"}),
+)
+# Name and datatype never change; a client may send them back unchanged.
+_ATTRIBUTE_UPDATE = BodySpec(
+    writable={
+        "description": FieldType("string", nullable=True),
+        "is_value_public": FieldType("boolean"),
+        "archived": FieldType("boolean"),
+    },
+    read_only=frozenset({"id", "created", "last_modified", "dcp_datasource_id", "name", "datatype", "format"}),
+)
+
+
+class Call(Protocol):
+    """What an endpoint gets: the caller's metadata and the parsed body."""
+
+    metadata: tuple[tuple[str, str], ...]
+
+    async def json(self) -> Any: ...
+
+
+Endpoint = Callable[[Request, Call], Awaitable[Response]]
+
+
+def path_id(request: Request, name: str) -> int:
+    """An id from the path; anything that is not one cannot exist (404)."""
+    raw = request.path_params[name]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(404, f"{raw!r} is not an id of this API", code="NOT_FOUND")
+    return int(raw)
+
+
+def _locator_value(name: str | None) -> int:
+    if name is None:
+        return resources_pb2.LOCATOR_TYPE_UNSPECIFIED
+    value = v1json.LOCATOR_VALUES.get(name)
+    if value is None:
+        choices = ", ".join(repr(n) for n in v1json.LOCATOR_VALUES)
+        raise ApiError.field("keyfield_locator_type", f"must be one of {choices}, got {name!r}")
+    return value
+
+
+def _datatype_value(name: str | None) -> int:
+    if name is None:
+        return resources_pb2.DATATYPE_UNSPECIFIED
+    value = v1json.DATATYPE_VALUES.get(name)
+    if value is None:
+        choices = ", ".join(repr(n) for n in v1json.DATATYPE_VALUES)
+        raise ApiError.field("datatype", f"must be one of {choices}, got {name!r}")
+    return value
+
+
+def _format_value(name: str | None) -> int:
+    if name is None:
+        return resources_pb2.DATETIME_FORMAT_UNSPECIFIED
+    value = v1json.FORMAT_VALUES.get(name)
+    if value is None:
+        choices = ", ".join(repr(n) for n in v1json.FORMAT_VALUES)
+        raise ApiError.field("format", f"must be one of {choices}, got {name!r}")
+    return value
+
+
+def created(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=201)
+
+
+def accepted(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=202)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)
+
+
+class ConfigApi:
+    def __init__(self, schema: schema_service_pb2_grpc.SchemaServiceStub) -> None:
+        self._schema = schema
+
+    def routes(self, wrap: Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+            handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
+
+            async def dispatch(request: Request) -> Response:
+                return await handlers[request.method](request)
+
+            return Route(PREFIX + path, dispatch, methods=list(methods))
+
+        return [
+            route("/projects", {"GET": self.list_projects, "POST": self.create_project}),
+            route("/projects/{project_id}", {"GET": self.get_project, "PUT": self.update_project}),
+            route("/dcp_services", {"GET": self.list_services, "POST": self.create_service}),
+            route(
+                "/dcp_services/{service_id}",
+                {"GET": self.get_service, "PUT": self.update_service, "DELETE": self.archive_service},
+            ),
+            route("/dcp_services/{service_id}/dcp_datasources", {"GET": self.list_tables, "POST": self.create_table}),
+            route(
+                "/dcp_datasources/{table_id}",
+                {"GET": self.get_table, "PUT": self.update_table, "DELETE": self.archive_table},
+            ),
+            route(
+                "/dcp_datasources/{table_id}/dcp_datasource_attributes",
+                {"GET": self.list_attributes, "POST": self.create_attribute},
+            ),
+            route(
+                "/dcp_datasource_attributes/{attribute_id}",
+                {"GET": self.get_attribute, "PUT": self.update_attribute, "DELETE": self.archive_attribute},
+            ),
+        ]
+
+    # Projects
+
+    async def list_projects(self, request: Request, call: Call) -> Response:
+        projects: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self._schema.ListProjects(
+                schema_service_pb2.ListProjectsRequest(page_size=1000, page_token=token), metadata=call.metadata
+            )
+            projects.extend(v1json.project(p) for p in page.projects)
+            token = page.next_page_token
+            if not token:
+                return JSONResponse(projects)
+
+    async def create_project(self, request: Request, call: Call) -> Response:
+        values = _PROJECT.decode(await call.json())
+        project = resources_pb2.Project(name=values.get("project_name", ""))
+        if values.get("dcp_service_id") is not None:
+            project.dcp_service_id = values["dcp_service_id"]
+        result = await self._schema.CreateProject(
+            schema_service_pb2.CreateProjectRequest(project=project), metadata=call.metadata
+        )
+        return created(v1json.project(result))
+
+    async def get_project(self, request: Request, call: Call) -> Response:
+        result = await self._schema.GetProject(
+            schema_service_pb2.GetProjectRequest(project_id=path_id(request, "project_id")), metadata=call.metadata
+        )
+        return JSONResponse(v1json.project(result))
+
+    async def update_project(self, request: Request, call: Call) -> Response:
+        project_id = path_id(request, "project_id")
+        body = await call.json()
+        current = await self._schema.GetProject(
+            schema_service_pb2.GetProjectRequest(project_id=project_id), metadata=call.metadata
+        )
+        values = _PROJECT.decode(body, current=v1json.project(current))
+        project = resources_pb2.Project(id=project_id, name=values.get("project_name", ""))
+        paths = []
+        if "project_name" in values:
+            paths.append("name")
+        if "dcp_service_id" in values:
+            paths.append("dcp_service_id")
+            if values["dcp_service_id"] is not None:
+                project.dcp_service_id = values["dcp_service_id"]
+        if not paths:
+            return accepted(v1json.project(current))
+        result = await self._schema.UpdateProject(
+            schema_service_pb2.UpdateProjectRequest(project=project, update_mask=field_mask_pb2.FieldMask(paths=paths)),
+            metadata=call.metadata,
+        )
+        return accepted(v1json.project(result))
+
+    # DCP services
+
+    async def list_services(self, request: Request, call: Call) -> Response:
+        services: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self._schema.ListDcpServices(
+                schema_service_pb2.ListDcpServicesRequest(page_size=1000, page_token=token), metadata=call.metadata
+            )
+            services.extend(v1json.dcp_service(s) for s in page.dcp_services)
+            token = page.next_page_token
+            if not token:
+                return JSONResponse(services)
+
+    async def create_service(self, request: Request, call: Call) -> Response:
+        values = _SERVICE.decode(await call.json())
+        result = await self._schema.CreateDcpService(
+            schema_service_pb2.CreateDcpServiceRequest(
+                dcp_service=resources_pb2.DcpService(name=values.get("name", ""))
+            ),
+            metadata=call.metadata,
+        )
+        return created(v1json.dcp_service(result))
+
+    async def get_service(self, request: Request, call: Call) -> Response:
+        result = await self._schema.GetDcpService(
+            schema_service_pb2.GetDcpServiceRequest(dcp_service_id=path_id(request, "service_id")),
+            metadata=call.metadata,
+        )
+        return JSONResponse(v1json.dcp_service(result))
+
+    async def update_service(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        body = await call.json()
+        current = await self._schema.GetDcpService(
+            schema_service_pb2.GetDcpServiceRequest(dcp_service_id=service_id), metadata=call.metadata
+        )
+        values = _SERVICE.decode(body, current=v1json.dcp_service(current))
+        if "name" not in values:
+            return accepted(v1json.dcp_service(current))
+        result = await self._schema.UpdateDcpService(
+            schema_service_pb2.UpdateDcpServiceRequest(
+                dcp_service=resources_pb2.DcpService(id=service_id, name=values["name"]),
+                update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+            ),
+            metadata=call.metadata,
+        )
+        return accepted(v1json.dcp_service(result))
+
+    async def archive_service(self, request: Request, call: Call) -> Response:
+        await self._schema.ArchiveDcpService(
+            schema_service_pb2.ArchiveDcpServiceRequest(dcp_service_id=path_id(request, "service_id")),
+            metadata=call.metadata,
+        )
+        return no_content()
+
+    # Tables
+
+    async def list_tables(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        tables: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self._schema.ListTables(
+                schema_service_pb2.ListTablesRequest(dcp_service_id=service_id, page_size=1000, page_token=token),
+                metadata=call.metadata,
+            )
+            tables.extend(v1json.table(t) for t in page.tables)
+            token = page.next_page_token
+            if not token:
+                return JSONResponse(tables)
+
+    async def create_table(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        values = _TABLE.decode(await call.json(), current={"dcp_service_id": service_id})
+        table = resources_pb2.Table(
+            name=values.get("name", ""), keyfield_locator_type=_locator_value(values.get("keyfield_locator_type"))
+        )
+        if values.get("description") is not None:
+            table.description = values["description"]
+        if values.get("keyfield_locator_name") is not None:
+            table.keyfield_locator_name = values["keyfield_locator_name"]
+        result = await self._schema.CreateTable(
+            schema_service_pb2.CreateTableRequest(dcp_service_id=service_id, table=table), metadata=call.metadata
+        )
+        return created(v1json.table(result))
+
+    async def get_table(self, request: Request, call: Call) -> Response:
+        result = await self._schema.GetTable(
+            schema_service_pb2.GetTableRequest(dcp_datasource_id=path_id(request, "table_id")), metadata=call.metadata
+        )
+        return JSONResponse(v1json.table(result))
+
+    async def update_table(self, request: Request, call: Call) -> Response:
+        table_id = path_id(request, "table_id")
+        body = await call.json()
+        current = await self._schema.GetTable(
+            schema_service_pb2.GetTableRequest(dcp_datasource_id=table_id), metadata=call.metadata
+        )
+        values = _TABLE.decode(body, current=v1json.table(current))
+        table = resources_pb2.Table(id=table_id, name=values.get("name", ""))
+        if values.get("description") is not None:
+            table.description = values["description"]
+        if "keyfield_locator_type" in values:
+            table.keyfield_locator_type = _locator_value(values["keyfield_locator_type"])
+        if values.get("keyfield_locator_name") is not None:
+            table.keyfield_locator_name = values["keyfield_locator_name"]
+        if not values:
+            return accepted(v1json.table(current))
+        result = await self._schema.UpdateTable(
+            schema_service_pb2.UpdateTableRequest(
+                table=table, update_mask=field_mask_pb2.FieldMask(paths=list(values))
+            ),
+            metadata=call.metadata,
+        )
+        return accepted(v1json.table(result))
+
+    async def archive_table(self, request: Request, call: Call) -> Response:
+        await self._schema.ArchiveTable(
+            schema_service_pb2.ArchiveTableRequest(dcp_datasource_id=path_id(request, "table_id")),
+            metadata=call.metadata,
+        )
+        return no_content()
+
+    # Attributes
+
+    async def list_attributes(self, request: Request, call: Call) -> Response:
+        table_id = path_id(request, "table_id")
+        attributes: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self._schema.ListAttributes(
+                schema_service_pb2.ListAttributesRequest(dcp_datasource_id=table_id, page_size=1000, page_token=token),
+                metadata=call.metadata,
+            )
+            attributes.extend(v1json.attribute(a) for a in page.attributes)
+            token = page.next_page_token
+            if not token:
+                return JSONResponse(attributes)
+
+    async def create_attribute(self, request: Request, call: Call) -> Response:
+        table_id = path_id(request, "table_id")
+        values = _ATTRIBUTE_CREATE.decode(await call.json(), current={"dcp_datasource_id": table_id})
+        attribute = resources_pb2.Attribute(
+            name=values.get("name", ""),
+            datatype=_datatype_value(values.get("datatype")),
+            format=_format_value(values.get("format")),
+            is_value_public=values.get("is_value_public", False),
+        )
+        if values.get("description") is not None:
+            attribute.description = values["description"]
+        result = await self._schema.CreateAttribute(
+            schema_service_pb2.CreateAttributeRequest(dcp_datasource_id=table_id, attribute=attribute),
+            metadata=call.metadata,
+        )
+        return created(v1json.attribute(result))
+
+    async def get_attribute(self, request: Request, call: Call) -> Response:
+        result = await self._schema.GetAttribute(
+            schema_service_pb2.GetAttributeRequest(attribute_id=path_id(request, "attribute_id")),
+            metadata=call.metadata,
+        )
+        return JSONResponse(v1json.attribute(result))
+
+    async def update_attribute(self, request: Request, call: Call) -> Response:
+        attribute_id = path_id(request, "attribute_id")
+        body = await call.json()
+        current = await self._schema.GetAttribute(
+            schema_service_pb2.GetAttributeRequest(attribute_id=attribute_id), metadata=call.metadata
+        )
+        values = _ATTRIBUTE_UPDATE.decode(body, current=v1json.attribute(current))
+        result = current
+        # Unarchive before editing, archive after, so an edit never lands on
+        # an attribute the same request is about to hide.
+        if values.get("archived") is False and current.archived:
+            result = await self._schema.UnarchiveAttribute(
+                schema_service_pb2.UnarchiveAttributeRequest(attribute_id=attribute_id), metadata=call.metadata
+            )
+        paths = [p for p in ("description", "is_value_public") if p in values]
+        if paths:
+            attribute = resources_pb2.Attribute(id=attribute_id, is_value_public=values.get("is_value_public", False))
+            if values.get("description") is not None:
+                attribute.description = values["description"]
+            result = await self._schema.UpdateAttribute(
+                schema_service_pb2.UpdateAttributeRequest(
+                    attribute=attribute, update_mask=field_mask_pb2.FieldMask(paths=paths)
+                ),
+                metadata=call.metadata,
+            )
+        if values.get("archived") is True and not current.archived:
+            await self._schema.ArchiveAttribute(
+                schema_service_pb2.ArchiveAttributeRequest(attribute_id=attribute_id), metadata=call.metadata
+            )
+            result = await self._schema.GetAttribute(
+                schema_service_pb2.GetAttributeRequest(attribute_id=attribute_id), metadata=call.metadata
+            )
+        return accepted(v1json.attribute(result))
+
+    async def archive_attribute(self, request: Request, call: Call) -> Response:
+        await self._schema.ArchiveAttribute(
+            schema_service_pb2.ArchiveAttributeRequest(attribute_id=path_id(request, "attribute_id")),
+            metadata=call.metadata,
+        )
+        return no_content()

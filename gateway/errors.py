@@ -1,0 +1,99 @@
+"""gRPC status to HTTP: one table, and the v1 JSON error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from starlette.responses import JSONResponse
+
+# google/rpc/code.proto's HTTP mapping; FAILED_PRECONDITION is 400 there, which
+# is also what v1 answers for a request that breaks a rule (e.g. a second
+# DCP service).
+HTTP_STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+_DEFAULT_REASON_BY_STATUS = {
+    400: "INVALID_FIELD",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT_RETRY",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMITED",
+    503: "UNAVAILABLE",
+}
+
+
+class ApiError(Exception):
+    """An error answered by the gateway itself, before or after an RPC."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        errors: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code or _DEFAULT_REASON_BY_STATUS.get(status, "INTERNAL")
+        self.errors = errors or []
+        self.headers = headers or {}
+
+    @classmethod
+    def field(cls, field: str, message: str) -> ApiError:
+        return cls(400, f"{field}: {message}", code="INVALID_FIELD", errors=[(field, message)])
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"status": self.status, "code": self.code, "message": self.message}
+        if self.errors:
+            body["errors"] = [{"field": field, "message": message} for field, message in self.errors]
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
+    """Translates an RPC failure, keeping its reason and field violations."""
+    code = error.code()
+    status = HTTP_STATUS_BY_GRPC_CODE.get(code, 500)
+    message = error.details() or code.name.lower()
+    reason: str | None = None
+    violations: list[tuple[str, str]] = []
+    rich = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if rich is not None:
+        message = rich.message or message
+        for detail in rich.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations = [(v.field, v.description) for v in bad_request.field_violations]
+    if code is grpc.StatusCode.UNAVAILABLE and reason is None:
+        message = "a backing service is unavailable; retry later"
+    return ApiError(status, message, code=reason, errors=violations)

@@ -1,0 +1,103 @@
+"""Protobuf resources in their v1 REST JSON shape (snake_case, integer ids)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from dcp.schema.v1 import resources_pb2
+
+LOCATOR_NAMES = {
+    resources_pb2.LOCATOR_TYPE_COOKIE: "cookie",
+    resources_pb2.LOCATOR_TYPE_QUERY_PARAMETER: "query parameter",
+    resources_pb2.LOCATOR_TYPE_JS_VARIABLE: "js_variable",
+    resources_pb2.LOCATOR_TYPE_UID: "uid",
+}
+LOCATOR_VALUES = {v: k for k, v in LOCATOR_NAMES.items()}
+DATATYPE_NAMES = {
+    resources_pb2.DATATYPE_STRING: "string",
+    resources_pb2.DATATYPE_BOOL: "bool",
+    resources_pb2.DATATYPE_LONG: "long",
+    resources_pb2.DATATYPE_DOUBLE: "double",
+    resources_pb2.DATATYPE_DATETIME: "datetime",
+}
+DATATYPE_VALUES = {v: k for k, v in DATATYPE_NAMES.items()}
+FORMAT_NAMES = {
+    resources_pb2.DATETIME_FORMAT_DATE: "yyyy-mm-dd",
+    resources_pb2.DATETIME_FORMAT_DATETIME: "yyyy-mm-ddThh:mm:ssZ",
+    resources_pb2.DATETIME_FORMAT_EPOCH: "epoch",
+}
+FORMAT_VALUES = {v: k for k, v in FORMAT_NAMES.items()}
+
+
+def timestamp(value: timestamp_pb2.Timestamp) -> str:
+    """v1 timestamps: UTC with microseconds, e.g. 2015-08-18T21:38:55.927670Z."""
+    return value.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def project(message: resources_pb2.Project) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "account_id": message.account_id,
+        "project_name": message.name,
+        "dcp_service_id": message.dcp_service_id if message.HasField("dcp_service_id") else None,
+        "created": timestamp(message.created),
+        "last_modified": timestamp(message.last_modified),
+    }
+
+
+def dcp_service(message: resources_pb2.DcpService) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "account_id": message.account_id,
+        "archived": message.archived,
+        "aws_access_key": message.aws_access_key,
+        "aws_secret_key": message.aws_secret_key,
+        "created": timestamp(message.created),
+        "last_modified": timestamp(message.last_modified),
+        "name": message.name,
+        "s3_path": message.s3_path,
+    }
+
+
+def attribute_summary(message: resources_pb2.Attribute) -> dict[str, Any]:
+    """The shortened form v1 nests in a table's `attributes`."""
+    return {
+        "archived": message.archived,
+        "datatype": DATATYPE_NAMES.get(message.datatype),
+        "description": message.description if message.HasField("description") else None,
+        "format": FORMAT_NAMES.get(message.format),
+        "id": message.id,
+        "is_value_public": message.is_value_public,
+        "name": message.name,
+    }
+
+
+def attribute(message: resources_pb2.Attribute) -> dict[str, Any]:
+    return {
+        **attribute_summary(message),
+        "created": timestamp(message.created),
+        "dcp_datasource_id": message.dcp_datasource_id,
+        "last_modified": timestamp(message.last_modified),
+    }
+
+
+def table(message: resources_pb2.Table) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "archived": message.archived,
+        "attributes": [attribute_summary(a) for a in message.attributes],
+        "aws_access_key": message.aws_access_key,
+        "aws_secret_key": message.aws_secret_key,
+        "created": timestamp(message.created),
+        "dcp_service_id": message.dcp_service_id,
+        "description": message.description if message.HasField("description") else None,
+        "is_optimizely": message.is_optimizely,
+        "keyfield_locator_name": message.keyfield_locator_name if message.HasField("keyfield_locator_name") else None,
+        "keyfield_locator_type": LOCATOR_NAMES.get(message.keyfield_locator_type),
+        "last_modified": timestamp(message.last_modified),
+        "name": message.name,
+        "s3_path": message.s3_path,
+    }

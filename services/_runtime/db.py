@@ -1,0 +1,85 @@
+"""The process's one asyncpg pool, and per-service SQL migrations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+Pool = asyncpg.Pool
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name,
+            encoder=lambda v: json.dumps(v, separators=(",", ":")),
+            decoder=json.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """One pool per process; JSON columns arrive as Python values."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool
+
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """A service's own PostgreSQL schema and the SQL files that build it."""
+
+    schema: str
+    directory: Path
+
+    def files(self) -> list[Path]:
+        found = sorted(p for p in self.directory.glob("*.sql") if _MIGRATION_NAME.match(p.name))
+        unexpected = [p.name for p in self.directory.glob("*.sql") if not _MIGRATION_NAME.match(p.name)]
+        if unexpected:
+            raise ValueError(f"migration files must be named NNNN_name.sql: {unexpected}")
+        return found
+
+
+async def migrate(pool: asyncpg.Pool, migrations: MigrationSet) -> list[str]:
+    """Applies the set's pending files in order, each in its own transaction.
+
+    An advisory lock keyed by the schema name serialises replicas starting at
+    once, so each file runs exactly once. Returns the names applied now.
+    """
+    applied_now: list[str] = []
+    async with pool.acquire() as connection:
+        await connection.execute("SELECT pg_advisory_lock(hashtext($1))", f"dcp-migrate:{migrations.schema}")
+        try:
+            await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{migrations.schema}"')
+            await connection.execute(
+                f'CREATE TABLE IF NOT EXISTS "{migrations.schema}".schema_migrations ('
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            rows = await connection.fetch(f'SELECT version FROM "{migrations.schema}".schema_migrations')
+            done = {row["version"] for row in rows}
+            for path in migrations.files():
+                if path.name in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(f'SET LOCAL search_path TO "{migrations.schema}", public')
+                    await connection.execute(path.read_text())
+                    await connection.execute(
+                        f'INSERT INTO "{migrations.schema}".schema_migrations (version) VALUES ($1)', path.name
+                    )
+                logger.info("applied migration %s/%s", migrations.schema, path.name)
+                applied_now.append(path.name)
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", f"dcp-migrate:{migrations.schema}")
+    return applied_now

@@ -1,0 +1,145 @@
+"""The one place where RPC calls get their identity and errors their status."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_status import rpc_status
+
+from services._runtime import identity as identity_context
+from services._runtime.auth import CallerResolver
+from services._runtime.errors import DcpError, from_database_error
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_METADATA_KEY = "x-request-id"
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("dcp_request_id", default="-")
+
+# Health checks and reflection are for infrastructure, and credential
+# verification cannot demand credentials of its own.
+_INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_ANONYMOUS_PREFIXES = ("/dcp.schema.v1.AuthService/",)
+
+Context = grpc.aio.ServicerContext
+
+
+class _CallScope:
+    """Enters a call (request id, caller) and turns its failures into status."""
+
+    def __init__(self, resolver: CallerResolver, method: str, *, needs_identity: bool) -> None:
+        self._resolver = resolver
+        self._method = method
+        self._needs_identity = needs_identity
+
+    async def enter(self, context: Context) -> list[contextvars.Token[Any]]:
+        metadata = tuple(context.invocation_metadata() or ())
+        rid = next((str(v) for k, v in metadata if k == REQUEST_ID_METADATA_KEY), None) or uuid.uuid4().hex
+        tokens: list[contextvars.Token[Any]] = [request_id.set(rid)]
+        if self._needs_identity:
+            try:
+                tokens.append(identity_context.bind(await self._resolver.resolve(metadata)))
+            except BaseException:
+                _reset(tokens)
+                raise
+        return tokens
+
+    async def fail(self, context: Context, error: Exception) -> None:
+        dcp_error = _as_dcp_error(error, self._method)
+        if dcp_error is None:
+            raise error
+        await context.abort_with_status(rpc_status.to_status(dcp_error.to_status()))
+
+
+def _unary_response(scope: _CallScope, inner: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Any]:
+    async def call(request: Any, context: Context) -> Any:
+        try:
+            tokens = await scope.enter(context)
+        except Exception as error:  # noqa: BLE001 - fail() maps by type and re-raises the rest
+            await scope.fail(context, error)
+            return None
+        try:
+            return await inner(request, context)
+        except Exception as error:  # noqa: BLE001
+            await scope.fail(context, error)
+            return None
+        finally:
+            _reset(tokens)
+
+    return call
+
+
+def _stream_response(scope: _CallScope, inner: Callable[[Any, Context], AsyncIterator[Any]]) -> Callable[..., Any]:
+    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            tokens = await scope.enter(context)
+        except Exception as error:  # noqa: BLE001
+            await scope.fail(context, error)
+            return
+        try:
+            async for item in inner(request, context):
+                yield item
+        except Exception as error:  # noqa: BLE001
+            await scope.fail(context, error)
+        finally:
+            _reset(tokens)
+
+    return call
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Binds the verified caller and request id, and maps errors to status."""
+
+    def __init__(self, resolver: CallerResolver) -> None:
+        self._resolver = resolver
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
+            return handler
+        scope = _CallScope(self._resolver, method, needs_identity=not method.startswith(_ANONYMOUS_PREFIXES))
+        deserialize, serialize = handler.request_deserializer, handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary_response(scope, handler.unary_unary), deserialize, serialize
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary_response(scope, handler.stream_unary), deserialize, serialize
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream_response(scope, handler.unary_stream), deserialize, serialize
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _stream_response(scope, handler.stream_stream), deserialize, serialize
+        )
+
+
+def _reset(tokens: list[contextvars.Token[Any]]) -> None:
+    for token in reversed(tokens):
+        token.var.reset(token)
+
+
+def _as_dcp_error(error: Exception, method: str) -> DcpError | None:
+    if isinstance(error, DcpError):
+        return error
+    if isinstance(error, asyncpg.PostgresError):
+        mapped = from_database_error(error)
+        if mapped is not None:
+            return mapped
+    if isinstance(error, grpc.aio.AbortError):
+        # A servicer aborted on purpose; the status is already set.
+        return None
+    logger.error("unexpected error in %s (request %s)", method, request_id.get(), exc_info=error)
+    return DcpError("an unexpected error occurred; it was logged with request id " + request_id.get())

@@ -1,0 +1,54 @@
+"""Opaque page tokens for keyset pagination (AIP-158)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+
+from services._runtime.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    """Where a page starts and how long it is."""
+
+    after_id: int
+    size: int
+
+
+def _fingerprint(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:12]
+
+
+def read_page(page_size: int, page_token: str, *, scope: str) -> Page:
+    """Decodes a request's page; `scope` ties the token to the same query."""
+    if page_size < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not page_token:
+        return Page(after_id=0, size=size)
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+        after_id = int(decoded["a"])
+        fingerprint = str(decoded["q"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument.field("page_token", "is not a token this API issued") from None
+    if fingerprint != _fingerprint(scope):
+        raise InvalidArgument.field("page_token", "was issued for a different query")
+    return Page(after_id=after_id, size=size)
+
+
+def next_token(last_ids: list[int], page: Page, *, scope: str) -> str:
+    """The token of the page after one holding `last_ids` (empty at the end).
+
+    Repositories fetch `page.size + 1` rows; a full extra row means more follow.
+    """
+    if len(last_ids) <= page.size:
+        return ""
+    payload = {"a": last_ids[page.size - 1], "q": _fingerprint(scope)}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()

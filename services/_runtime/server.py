@@ -1,0 +1,78 @@
+"""gRPC server bootstrap: interceptors, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services._runtime.auth import CallerResolver
+from services._runtime.interceptors import ServerInterceptor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A servicer ready to be added to a server, with its full service names."""
+
+    service_names: tuple[str, ...]
+    register: Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def mark_serving(self) -> None:
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        # Readiness goes first so load balancers drain before calls are refused.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def build_server(bindings: Sequence[ServiceBinding], *, resolver: CallerResolver, address: str) -> RunningServer:
+    """Builds and starts a server on `address` ("host:0" picks a free port)."""
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(resolver)],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names: list[str] = []
+    for binding in bindings:
+        binding.register(server)
+        names.extend(binding.service_names)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return RunningServer(server=server, port=port, health=health_servicer, service_names=tuple(names))
+
+
+async def wait_for_stop_signal() -> None:
+    """Returns on the first SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

