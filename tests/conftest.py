@@ -179,7 +179,7 @@ async def http(running: RunningPlatform) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(autouse=True)
 def _isolate_aws_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
+) -> None:
     """A developer's AWS profile or region must never change what the suite asserts."""
     for name in list(os.environ):
         if name.startswith("AWS_"):
