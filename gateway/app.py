@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 class GatewayClients:
     """The gateway's stubs; their channels are owned by whoever made them."""
 
-    auth: schema_service_pb2_grpc.AuthServiceStub
-    schema: schema_service_pb2_grpc.SchemaServiceStub
+    auth: schema_service_pb2_grpc.AuthServiceAsyncStub
+    schema: schema_service_pb2_grpc.SchemaServiceAsyncStub
 
     @classmethod
     def over(cls, schema_channel: grpc.aio.Channel) -> GatewayClients:

@@ -23,7 +23,9 @@ def request_id_of(request: Request) -> str:
     return uuid.uuid4().hex
 
 
-async def authenticate(request: Request, auth: schema_service_pb2_grpc.AuthServiceStub, request_id: str) -> Metadata:
+async def authenticate(
+    request: Request, auth: schema_service_pb2_grpc.AuthServiceAsyncStub, request_id: str
+) -> Metadata:
     """gRPC metadata carrying the caller's signed identity and the request id.
 
     Raises ApiError 401 without usable credentials; the AuthService's own

@@ -89,7 +89,7 @@ def path_id(request: Request, name: str) -> int:
     return int(raw)
 
 
-def _locator_value(name: str | None) -> int:
+def _locator_value(name: str | None) -> resources_pb2.LocatorType.ValueType:
     if name is None:
         return resources_pb2.LOCATOR_TYPE_UNSPECIFIED
     value = v1json.LOCATOR_VALUES.get(name)
@@ -99,7 +99,7 @@ def _locator_value(name: str | None) -> int:
     return value
 
 
-def _datatype_value(name: str | None) -> int:
+def _datatype_value(name: str | None) -> resources_pb2.Datatype.ValueType:
     if name is None:
         return resources_pb2.DATATYPE_UNSPECIFIED
     value = v1json.DATATYPE_VALUES.get(name)
@@ -109,7 +109,7 @@ def _datatype_value(name: str | None) -> int:
     return value
 
 
-def _format_value(name: str | None) -> int:
+def _format_value(name: str | None) -> resources_pb2.DatetimeFormat.ValueType:
     if name is None:
         return resources_pb2.DATETIME_FORMAT_UNSPECIFIED
     value = v1json.FORMAT_VALUES.get(name)
@@ -132,7 +132,7 @@ def no_content() -> Response:
 
 
 class ConfigApi:
-    def __init__(self, schema: schema_service_pb2_grpc.SchemaServiceStub) -> None:
+    def __init__(self, schema: schema_service_pb2_grpc.SchemaServiceAsyncStub) -> None:
         self._schema = schema
 
     def routes(self, wrap: Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]) -> list[Route]:

