@@ -1,0 +1,195 @@
+"""The one validator of attribute values, shared by profile writes and imports.
+
+A value is checked against its attribute's datatype and format and comes back
+in canonical form, or the whole update is refused with one violation per bad
+key. JSON values (REST and gRPC) and CSV cells (imports) arrive differently
+but end in the same checks, so an import row and an API write accept exactly
+the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from services._runtime.errors import InvalidArgument
+from services.profiles import pii
+
+MAX_STRING_LENGTH = 4096
+LONG_MIN = -(2**63)
+LONG_MAX = 2**63 - 1
+# Epoch milliseconds from year 1 to year 9999, the range of ISO dates.
+EPOCH_MS_MIN = -62_135_596_800_000
+EPOCH_MS_MAX = 253_402_300_799_999
+
+_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_DATETIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z$")
+_INTEGER_TEXT = re.compile(r"^[+-]?\d+$")
+_NUMBER_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """What a table's active attribute accepts."""
+
+    name: str
+    datatype: str  # string | bool | long | double | datetime
+    format: str | None = None  # for datetime: yyyy-mm-dd | yyyy-mm-ddThh:mm:ssZ | epoch
+
+
+class ValueProblem(ValueError):
+    """Why one value does not fit its attribute."""
+
+
+def _date_problem(text: str) -> str | None:
+    match = _DATE.match(text)
+    if not match:
+        return "must be a date in the format yyyy-mm-dd"
+    try:
+        datetime(int(match[1]), int(match[2]), int(match[3]), tzinfo=UTC)
+    except ValueError as error:
+        return f"is not a real date: {error}"
+    return None
+
+
+def _datetime_problem(text: str) -> str | None:
+    match = _DATETIME.match(text)
+    if not match:
+        return "must be a UTC date-time in the format yyyy-mm-ddThh:mm:ssZ"
+    try:
+        year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
+        datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as error:
+        return f"is not a real date-time: {error}"
+    return None
+
+
+def check_json_value(spec: AttributeSpec, value: Any, *, pii_guard: bool = True) -> Any:
+    """The canonical stored form of a JSON value, or ValueProblem."""
+    kind = spec.datatype
+    if kind == "string":
+        if not isinstance(value, str):
+            raise ValueProblem(f"must be a string, got {_describe(value)}")
+        if len(value) > MAX_STRING_LENGTH:
+            raise ValueProblem(f"must be at most {MAX_STRING_LENGTH} characters, got {len(value)}")
+        if "\x00" in value:
+            raise ValueProblem("must not contain NUL characters")
+        if pii_guard:
+            found = pii.detect(value)
+            if found:
+                raise ValueProblem(pii.refusal(found))
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueProblem(f"must be true or false, got {_describe(value)}")
+        return value
+    if kind == "long":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueProblem(f"must be an integer, got {_describe(value)}")
+        if not LONG_MIN <= value <= LONG_MAX:
+            raise ValueProblem("must fit in a signed 64-bit integer")
+        return value
+    if kind == "double":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueProblem(f"must be a number, got {_describe(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueProblem("must be a finite number")
+        if isinstance(value, int) and not math.isfinite(float(value)):
+            raise ValueProblem("must be a finite number")
+        return value
+    if kind == "datetime":
+        if spec.format == "epoch":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueProblem(f"must be an integer of epoch milliseconds, got {_describe(value)}")
+            if not EPOCH_MS_MIN <= value <= EPOCH_MS_MAX:
+                raise ValueProblem("must be epoch milliseconds between years 1 and 9999")
+            return value
+        if not isinstance(value, str):
+            raise ValueProblem(f"must be a string in the format {spec.format}, got {_describe(value)}")
+        problem = _date_problem(value) if spec.format == "yyyy-mm-dd" else _datetime_problem(value)
+        if problem:
+            raise ValueProblem(problem)
+        return value
+    raise ValueProblem(f"has an unknown datatype {kind!r}")
+
+
+def parse_cell(spec: AttributeSpec, text: str, *, pii_guard: bool = True) -> Any:
+    """The canonical form of a CSV cell; an empty cell is never passed here."""
+    kind = spec.datatype
+    if kind == "string":
+        return check_json_value(spec, text, pii_guard=pii_guard)
+    stripped = text.strip()
+    if kind == "bool":
+        lowered = stripped.lower()
+        if lowered not in ("true", "false"):
+            raise ValueProblem(f"must be true or false, got {_quote(text)}")
+        return lowered == "true"
+    if kind == "long" or (kind == "datetime" and spec.format == "epoch"):
+        if not _INTEGER_TEXT.match(stripped):
+            expected = "an integer" if kind == "long" else "an integer of epoch milliseconds"
+            raise ValueProblem(f"must be {expected}, got {_quote(text)}")
+        return check_json_value(spec, int(stripped))
+    if kind == "double":
+        if not _NUMBER_TEXT.match(stripped):
+            raise ValueProblem(f"must be a number, got {_quote(text)}")
+        number = float(stripped)
+        if _INTEGER_TEXT.match(stripped) and abs(int(stripped)) <= 2**53:
+            return check_json_value(spec, int(stripped))
+        return check_json_value(spec, number)
+    return check_json_value(spec, stripped)
+
+
+def validate_update(
+    attributes: Mapping[str, AttributeSpec], data: Mapping[str, Any], *, pii_guard: bool = True
+) -> dict[str, Any]:
+    """Checks a whole partial update: every key must be an active attribute.
+
+    Returns name → canonical value, with None for values to clear. Raises one
+    InvalidArgument listing every bad key, so nothing is stored.
+    """
+    violations: list[tuple[str, str]] = []
+    canonical: dict[str, Any] = {}
+    for name, value in data.items():
+        spec = attributes.get(name)
+        if spec is None:
+            violations.append((f"data.{name}", "is not an active attribute of this table"))
+            continue
+        if value is None:
+            canonical[name] = None
+            continue
+        try:
+            canonical[name] = check_json_value(spec, value, pii_guard=pii_guard)
+        except ValueProblem as problem:
+            violations.append((f"data.{name}", str(problem)))
+    if violations:
+        raise InvalidArgument(
+            "the profile was not stored: " + "; ".join(f"{field} {reason}" for field, reason in violations),
+            violations=violations,
+        )
+    return canonical
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction" if not value.is_integer() else "a floating-point number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")

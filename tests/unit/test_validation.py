@@ -1,0 +1,148 @@
+"""The shared value validator: what a profile write or an import row may hold."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services._runtime.errors import InvalidArgument
+from services.profiles.validation import (
+    LONG_MAX,
+    LONG_MIN,
+    AttributeSpec,
+    ValueProblem,
+    check_json_value,
+    parse_cell,
+    validate_update,
+)
+
+STRING = AttributeSpec("name", "string")
+BOOL = AttributeSpec("flag", "bool")
+LONG = AttributeSpec("ltv", "long")
+DOUBLE = AttributeSpec("score", "double")
+DATE = AttributeSpec("day", "datetime", "yyyy-mm-dd")
+DATETIME = AttributeSpec("at", "datetime", "yyyy-mm-ddThh:mm:ssZ")
+EPOCH = AttributeSpec("ms", "datetime", "epoch")
+
+
+@pytest.mark.parametrize(
+    ("spec", "value"),
+    [
+        (STRING, "jeans"),
+        (STRING, ""),
+        (STRING, "x" * 4096),
+        (BOOL, True),
+        (BOOL, False),
+        (LONG, 10),
+        (LONG, LONG_MIN),
+        (LONG, LONG_MAX),
+        (DOUBLE, 1.5),
+        (DOUBLE, 10),
+        (DATE, "2024-02-29"),
+        (DATETIME, "2024-02-29T23:59:59Z"),
+        (EPOCH, 1457385393173),
+        (EPOCH, 0),
+    ],
+)
+def test_values_that_fit_are_kept_as_written(spec: AttributeSpec, value: Any) -> None:
+    stored = check_json_value(spec, value)
+    assert stored == value
+    assert type(stored) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "reason"),
+    [
+        (STRING, 5, "must be a string"),
+        (STRING, "x" * 4097, "at most 4096"),
+        (STRING, "a\x00b", "NUL"),
+        (BOOL, "true", "true or false"),
+        (BOOL, 1, "true or false"),
+        (LONG, 1.5, "must be an integer"),
+        (LONG, 10.0, "must be an integer"),
+        (LONG, True, "must be an integer"),
+        (LONG, "10", "must be an integer"),
+        (LONG, LONG_MAX + 1, "64-bit"),
+        (LONG, LONG_MIN - 1, "64-bit"),
+        (DOUBLE, math.inf, "finite"),
+        (DOUBLE, math.nan, "finite"),
+        (DOUBLE, False, "must be a number"),
+        (DOUBLE, "1.5", "must be a number"),
+        (DATE, "2023-02-29", "not a real date"),
+        (DATE, "2024-2-9", "yyyy-mm-dd"),
+        (DATE, "2024-02-29T00:00:00Z", "yyyy-mm-dd"),
+        (DATETIME, "2024-02-29T24:00:00Z", "not a real date-time"),
+        (DATETIME, "2024-02-29T10:00:00+01:00", "yyyy-mm-ddThh:mm:ssZ"),
+        (DATETIME, "2024-02-29T10:00:00.123Z", "yyyy-mm-ddThh:mm:ssZ"),
+        (EPOCH, 1.5, "epoch milliseconds"),
+        (EPOCH, "1457385393173", "epoch milliseconds"),
+        (EPOCH, 10**15, "between years"),
+    ],
+)
+def test_values_that_do_not_fit_are_refused_with_the_reason(spec: AttributeSpec, value: Any, reason: str) -> None:
+    with pytest.raises(ValueProblem, match=reason):
+        check_json_value(spec, value)
+
+
+def test_an_update_with_any_bad_key_is_refused_whole_naming_each_key() -> None:
+    attributes = {"ltv": LONG, "day": DATE}
+    with pytest.raises(InvalidArgument) as refused:
+        validate_update(attributes, {"ltv": "ten", "day": "2024-01-01", "unknown": 1})
+    assert dict(refused.value.violations) == {
+        "data.ltv": "must be an integer, got a string",
+        "data.unknown": "is not an active attribute of this table",
+    }
+
+
+def test_null_clears_a_value() -> None:
+    assert validate_update({"ltv": LONG}, {"ltv": None}) == {"ltv": None}
+
+
+@pytest.mark.parametrize(
+    ("spec", "cell", "expected"),
+    [
+        (BOOL, "TRUE", True),
+        (BOOL, "False", False),
+        (LONG, "-42", -42),
+        (DOUBLE, "2.5", 2.5),
+        (DOUBLE, "7", 7),
+        (DOUBLE, "1e3", 1000.0),
+        (EPOCH, "1457385393173", 1457385393173),
+        (DATE, "2024-01-31", "2024-01-31"),
+        (STRING, "Height: 6'1\"", "Height: 6'1\""),
+    ],
+)
+def test_csv_cells_parse_to_the_same_values_as_json(spec: AttributeSpec, cell: str, expected: Any) -> None:
+    assert parse_cell(spec, cell) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "cell"),
+    [(BOOL, "t"), (BOOL, "1"), (LONG, "1.0"), (LONG, "ten"), (DOUBLE, "nan"), (DOUBLE, "inf"), (EPOCH, "2024-01-01")],
+)
+def test_csv_cells_that_do_not_fit_are_refused(spec: AttributeSpec, cell: str) -> None:
+    with pytest.raises(ValueProblem):
+        parse_cell(spec, cell)
+
+
+@given(st.integers(min_value=LONG_MIN, max_value=LONG_MAX))
+def test_every_64_bit_integer_round_trips_through_json_and_csv(number: int) -> None:
+    assert check_json_value(LONG, number) == number
+    assert parse_cell(LONG, str(number)) == number
+
+
+@given(st.integers().filter(lambda n: n > LONG_MAX or n < LONG_MIN))
+def test_integers_beyond_64_bits_are_refused(number: int) -> None:
+    with pytest.raises(ValueProblem):
+        check_json_value(LONG, number)
+
+
+@given(st.dates())
+def test_every_real_date_is_accepted_in_its_format(day: Any) -> None:
+    text = day.isoformat()
+    assert check_json_value(DATE, text) == text
+    assert parse_cell(DATE, text) == text
