@@ -96,11 +96,14 @@ def check_json_value(spec: AttributeSpec, value: Any, *, pii_guard: bool = True)
     if kind == "double":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueProblem(f"must be a number, got {_describe(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueProblem("must be a finite number") from None
+        if not math.isfinite(number):
             raise ValueProblem("must be a finite number")
-        if isinstance(value, int) and not math.isfinite(float(value)):
-            raise ValueProblem("must be a finite number")
-        return value
+        # Canonical form: an IEEE-754 double, so 10 and 10.0 are the same value.
+        return number
     if kind == "datetime":
         if spec.format == "epoch":
             if isinstance(value, bool) or not isinstance(value, int):
@@ -136,10 +139,7 @@ def parse_cell(spec: AttributeSpec, text: str, *, pii_guard: bool = True) -> Any
     if kind == "double":
         if not _NUMBER_TEXT.match(stripped):
             raise ValueProblem(f"must be a number, got {_quote(text)}")
-        number = float(stripped)
-        if _INTEGER_TEXT.match(stripped) and abs(int(stripped)) <= 2**53:
-            return check_json_value(spec, int(stripped))
-        return check_json_value(spec, number)
+        return check_json_value(spec, float(stripped))
     return check_json_value(spec, stripped)
 
 

@@ -41,7 +41,6 @@ EPOCH = AttributeSpec("ms", "datetime", "epoch")
         (LONG, LONG_MIN),
         (LONG, LONG_MAX),
         (DOUBLE, 1.5),
-        (DOUBLE, 10),
         (DATE, "2024-02-29"),
         (DATETIME, "2024-02-29T23:59:59Z"),
         (EPOCH, 1457385393173),
@@ -98,6 +97,11 @@ def test_an_update_with_any_bad_key_is_refused_whole_naming_each_key() -> None:
     }
 
 
+def test_doubles_are_stored_as_doubles_whether_written_with_a_fraction_or_not() -> None:
+    assert type(check_json_value(DOUBLE, 10)) is float
+    assert check_json_value(DOUBLE, 10) == 10.0
+
+
 def test_null_clears_a_value() -> None:
     assert validate_update({"ltv": LONG}, {"ltv": None}) == {"ltv": None}
 
@@ -109,7 +113,7 @@ def test_null_clears_a_value() -> None:
         (BOOL, "False", False),
         (LONG, "-42", -42),
         (DOUBLE, "2.5", 2.5),
-        (DOUBLE, "7", 7),
+        (DOUBLE, "7", 7.0),
         (DOUBLE, "1e3", 1000.0),
         (EPOCH, "1457385393173", 1457385393173),
         (DATE, "2024-01-31", "2024-01-31"),

@@ -22,9 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dcp/aliases/v1/aliases_service.proto\x12\x0e\x64\x63p.aliases.v1\"\xd5\x01\n\x08\x41liasSet\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12 \n\x18optimizely_datasource_id\x18\x02 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x03 \x01(\t\x12?\n\x0c\x63ustomer_ids\x18\x04 \x03(\x0b\x32).dcp.aliases.v1.AliasSet.CustomerIdsEntry\x1a\x32\n\x10\x43ustomerIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x11GetAliasesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12 \n\x18optimizely_datasource_id\x18\x02 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x03 \x01(\t\"\xeb\x01\n\x13MergeAliasesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12 \n\x18optimizely_datasource_id\x18\x02 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x03 \x01(\t\x12J\n\x0c\x63ustomer_ids\x18\x04 \x03(\x0b\x32\x34.dcp.aliases.v1.MergeAliasesRequest.CustomerIdsEntry\x1a\x32\n\x10\x43ustomerIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xaa\x01\n\x0e\x41liasesService\x12I\n\nGetAliases\x12!.dcp.aliases.v1.GetAliasesRequest\x1a\x18.dcp.aliases.v1.AliasSet\x12M\n\x0cMergeAliases\x12#.dcp.aliases.v1.MergeAliasesRequest\x1a\x18.dcp.aliases.v1.AliasSetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dcp/aliases/v1/aliases_service.proto\x12\x0e\x64\x63p.aliases.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\"\xd5\x01\n\x08\x41liasSet\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12 \n\x18optimizely_datasource_id\x18\x02 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x03 \x01(\t\x12?\n\x0c\x63ustomer_ids\x18\x04 \x03(\x0b\x32).dcp.aliases.v1.AliasSet.CustomerIdsEntry\x1a\x32\n\x10\x43ustomerIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x11GetAliasesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12 \n\x18optimizely_datasource_id\x18\x02 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x03 \x01(\t\"\xeb\x01\n\x13MergeAliasesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12 \n\x18optimizely_datasource_id\x18\x02 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x03 \x01(\t\x12J\n\x0c\x63ustomer_ids\x18\x04 \x03(\x0b\x32\x34.dcp.aliases.v1.MergeAliasesRequest.CustomerIdsEntry\x1a\x32\n\x10\x43ustomerIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x12\x44\x65leteAliasRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12 \n\x18optimizely_datasource_id\x18\x02 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x03 \x01(\t\x12\x19\n\x11\x64\x63p_datasource_id\x18\x04 \x01(\x03\"\x95\x03\n\x15ResolveVisitorRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x02 \x01(\t\x12\x43\n\x07\x63ookies\x18\x03 \x03(\x0b\x32\x32.dcp.aliases.v1.ResolveVisitorRequest.CookiesEntry\x12?\n\x05query\x18\x04 \x03(\x0b\x32\x30.dcp.aliases.v1.ResolveVisitorRequest.QueryEntry\x12\x39\n\x02js\x18\x05 \x03(\x0b\x32-.dcp.aliases.v1.ResolveVisitorRequest.JsEntry\x1a.\n\x0c\x43ookiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nQueryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a)\n\x07JsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0eSkippedLocator\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"t\n\x16ResolveVisitorResponse\x12)\n\x07\x61liases\x18\x01 \x01(\x0b\x32\x18.dcp.aliases.v1.AliasSet\x12/\n\x07skipped\x18\x02 \x03(\x0b\x32\x1e.dcp.aliases.v1.SkippedLocator2\xef\x04\n\x0e\x41liasesService\x12\x9e\x01\n\nGetAliases\x12!.dcp.aliases.v1.GetAliasesRequest\x1a\x18.dcp.aliases.v1.AliasSet\"S\x82\xd3\xe4\x93\x02M\x12K/api/alias/{dcp_service_id}/{optimizely_datasource_id}/{optimizely_user_id}\x12\xa5\x01\n\x0cMergeAliases\x12#.dcp.aliases.v1.MergeAliasesRequest\x1a\x18.dcp.aliases.v1.AliasSet\"V\x82\xd3\xe4\x93\x02P\"K/api/alias/{dcp_service_id}/{optimizely_datasource_id}/{optimizely_user_id}:\x01*\x12\xb2\x01\n\x0b\x44\x65leteAlias\x12\".dcp.aliases.v1.DeleteAliasRequest\x1a\x16.google.protobuf.Empty\"g\x82\xd3\xe4\x93\x02\x61*_/api/alias/{dcp_service_id}/{optimizely_datasource_id}/{optimizely_user_id}/{dcp_datasource_id}\x12_\n\x0eResolveVisitor\x12%.dcp.aliases.v1.ResolveVisitorRequest\x1a&.dcp.aliases.v1.ResolveVisitorResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +37,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALIASSET_CUSTOMERIDSENTRY']._serialized_options = b'8\001'
   _globals['_MERGEALIASESREQUEST_CUSTOMERIDSENTRY']._loaded_options = None
   _globals['_MERGEALIASESREQUEST_CUSTOMERIDSENTRY']._serialized_options = b'8\001'
-  _globals['_ALIASSET']._serialized_start=57
-  _globals['_ALIASSET']._serialized_end=270
-  _globals['_ALIASSET_CUSTOMERIDSENTRY']._serialized_start=220
-  _globals['_ALIASSET_CUSTOMERIDSENTRY']._serialized_end=270
-  _globals['_GETALIASESREQUEST']._serialized_start=272
-  _globals['_GETALIASESREQUEST']._serialized_end=377
-  _globals['_MERGEALIASESREQUEST']._serialized_start=380
-  _globals['_MERGEALIASESREQUEST']._serialized_end=615
-  _globals['_MERGEALIASESREQUEST_CUSTOMERIDSENTRY']._serialized_start=220
-  _globals['_MERGEALIASESREQUEST_CUSTOMERIDSENTRY']._serialized_end=270
-  _globals['_ALIASESSERVICE']._serialized_start=618
-  _globals['_ALIASESSERVICE']._serialized_end=788
+  _globals['_RESOLVEVISITORREQUEST_COOKIESENTRY']._loaded_options = None
+  _globals['_RESOLVEVISITORREQUEST_COOKIESENTRY']._serialized_options = b'8\001'
+  _globals['_RESOLVEVISITORREQUEST_QUERYENTRY']._loaded_options = None
+  _globals['_RESOLVEVISITORREQUEST_QUERYENTRY']._serialized_options = b'8\001'
+  _globals['_RESOLVEVISITORREQUEST_JSENTRY']._loaded_options = None
+  _globals['_RESOLVEVISITORREQUEST_JSENTRY']._serialized_options = b'8\001'
+  _globals['_ALIASESSERVICE'].methods_by_name['GetAliases']._loaded_options = None
+  _globals['_ALIASESSERVICE'].methods_by_name['GetAliases']._serialized_options = b'\202\323\344\223\002M\022K/api/alias/{dcp_service_id}/{optimizely_datasource_id}/{optimizely_user_id}'
+  _globals['_ALIASESSERVICE'].methods_by_name['MergeAliases']._loaded_options = None
+  _globals['_ALIASESSERVICE'].methods_by_name['MergeAliases']._serialized_options = b'\202\323\344\223\002P\"K/api/alias/{dcp_service_id}/{optimizely_datasource_id}/{optimizely_user_id}:\001*'
+  _globals['_ALIASESSERVICE'].methods_by_name['DeleteAlias']._loaded_options = None
+  _globals['_ALIASESSERVICE'].methods_by_name['DeleteAlias']._serialized_options = b'\202\323\344\223\002a*_/api/alias/{dcp_service_id}/{optimizely_datasource_id}/{optimizely_user_id}/{dcp_datasource_id}'
+  _globals['_ALIASSET']._serialized_start=116
+  _globals['_ALIASSET']._serialized_end=329
+  _globals['_ALIASSET_CUSTOMERIDSENTRY']._serialized_start=279
+  _globals['_ALIASSET_CUSTOMERIDSENTRY']._serialized_end=329
+  _globals['_GETALIASESREQUEST']._serialized_start=331
+  _globals['_GETALIASESREQUEST']._serialized_end=436
+  _globals['_MERGEALIASESREQUEST']._serialized_start=439
+  _globals['_MERGEALIASESREQUEST']._serialized_end=674
+  _globals['_MERGEALIASESREQUEST_CUSTOMERIDSENTRY']._serialized_start=279
+  _globals['_MERGEALIASESREQUEST_CUSTOMERIDSENTRY']._serialized_end=329
+  _globals['_DELETEALIASREQUEST']._serialized_start=677
+  _globals['_DELETEALIASREQUEST']._serialized_end=810
+  _globals['_RESOLVEVISITORREQUEST']._serialized_start=813
+  _globals['_RESOLVEVISITORREQUEST']._serialized_end=1218
+  _globals['_RESOLVEVISITORREQUEST_COOKIESENTRY']._serialized_start=1083
+  _globals['_RESOLVEVISITORREQUEST_COOKIESENTRY']._serialized_end=1129
+  _globals['_RESOLVEVISITORREQUEST_QUERYENTRY']._serialized_start=1131
+  _globals['_RESOLVEVISITORREQUEST_QUERYENTRY']._serialized_end=1175
+  _globals['_RESOLVEVISITORREQUEST_JSENTRY']._serialized_start=1177
+  _globals['_RESOLVEVISITORREQUEST_JSENTRY']._serialized_end=1218
+  _globals['_SKIPPEDLOCATOR']._serialized_start=1220
+  _globals['_SKIPPEDLOCATOR']._serialized_end=1279
+  _globals['_RESOLVEVISITORRESPONSE']._serialized_start=1281
+  _globals['_RESOLVEVISITORRESPONSE']._serialized_end=1397
+  _globals['_ALIASESSERVICE']._serialized_start=1400
+  _globals['_ALIASESSERVICE']._serialized_end=2023
 # @@protoc_insertion_point(module_scope)

@@ -78,6 +78,7 @@ class GetAliasesRequest(_message.Message):
     OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     optimizely_datasource_id: _builtins.int
+    """0: the service's Optimizely table."""
     optimizely_user_id: _builtins.str
     def __init__(
         self,
@@ -142,3 +143,171 @@ class MergeAliasesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MergeAliasesRequest: _TypeAlias = MergeAliasesRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZELY_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    optimizely_datasource_id: _builtins.int
+    optimizely_user_id: _builtins.str
+    dcp_datasource_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        optimizely_datasource_id: _builtins.int = ...,
+        optimizely_user_id: _builtins.str = ...,
+        dcp_datasource_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "optimizely_datasource_id", b"optimizely_datasource_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAliasRequest: _TypeAlias = DeleteAliasRequest  # noqa: Y015
+
+@_typing.final
+class ResolveVisitorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CookiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class QueryEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class JsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
+    COOKIES_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    JS_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    optimizely_user_id: _builtins.str
+    @_builtins.property
+    def cookies(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def query(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def js(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        optimizely_user_id: _builtins.str = ...,
+        cookies: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        query: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        js: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookies", b"cookies", "dcp_service_id", b"dcp_service_id", "js", b"js", "optimizely_user_id", b"optimizely_user_id", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveVisitorRequest: _TypeAlias = ResolveVisitorRequest  # noqa: Y015
+
+@_typing.final
+class SkippedLocator(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkippedLocator: _TypeAlias = SkippedLocator  # noqa: Y015
+
+@_typing.final
+class ResolveVisitorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIASES_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def aliases(self) -> Global___AliasSet: ...
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedLocator]: ...
+    def __init__(
+        self,
+        *,
+        aliases: Global___AliasSet | None = ...,
+        skipped: _abc.Iterable[Global___SkippedLocator] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveVisitorResponse: _TypeAlias = ResolveVisitorResponse  # noqa: Y015

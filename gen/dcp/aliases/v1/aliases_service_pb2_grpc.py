@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from dcp.aliases.v1 import aliases_service_pb2 as dcp_dot_aliases_dot_v1_dot_aliases__service__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,9 +27,11 @@ if _version_not_supported:
 
 
 class AliasesServiceStub:
-    """DRAFT: completed by the customer-profiles capability.
+    """Identity links between a table's customer ids and Optimizely end-user ids.
 
-    Identity links between a table's customer ids and Optimizely end-user ids.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService).
+    One customer id per (Optimizely user, table); one customer id may be linked
+    to several Optimizely users (devices), up to the service's cap.
     """
 
     def __init__(self, channel):
@@ -47,25 +50,57 @@ class AliasesServiceStub:
                 request_serializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.MergeAliasesRequest.SerializeToString,
                 response_deserializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.AliasSet.FromString,
                 _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/dcp.aliases.v1.AliasesService/DeleteAlias',
+                request_serializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ResolveVisitor = channel.unary_unary(
+                '/dcp.aliases.v1.AliasesService/ResolveVisitor',
+                request_serializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.ResolveVisitorRequest.SerializeToString,
+                response_deserializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.ResolveVisitorResponse.FromString,
+                _registered_method=True)
 
 
 class AliasesServiceServicer:
-    """DRAFT: completed by the customer-profiles capability.
+    """Identity links between a table's customer ids and Optimizely end-user ids.
 
-    Identity links between a table's customer ids and Optimizely end-user ids.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService).
+    One customer id per (Optimizely user, table); one customer id may be linked
+    to several Optimizely users (devices), up to the service's cap.
     """
 
     def GetAliases(self, request, context):
-        """Gets every link of one Optimizely user. NOT_FOUND for the service.
+        """Gets every link of one Optimizely user. NOT_FOUND for the service, or
+        when optimizely_datasource_id is not the service's Optimizely table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def MergeAliases(self, request, context):
-        """Links customer ids to one Optimizely user; a later link for the same
-        table replaces the earlier one. INVALID_ARGUMENT for foreign or archived
-        tables, or the Optimizely table itself.
+        """Links customer ids to one Optimizely user; a later link for a table
+        replaces the earlier one. INVALID_ARGUMENT (one violation per table) for
+        tables outside the service, archived tables, the Optimizely table itself,
+        blocked customer ids, personal data, or a customer id already linked to
+        as many users as the service allows; nothing is stored then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
+        the service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveVisitor(self, request, context):
+        """Applies each active table's customer-id locator to a visitor's context,
+        records the links found and returns the user's whole alias set. Values
+        that a guardrail refuses are skipped and reported, not stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +119,16 @@ def add_AliasesServiceServicer_to_server(servicer, server):
                     request_deserializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.MergeAliasesRequest.FromString,
                     response_serializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.AliasSet.SerializeToString,
             ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ResolveVisitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveVisitor,
+                    request_deserializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.ResolveVisitorRequest.FromString,
+                    response_serializer=dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.ResolveVisitorResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dcp.aliases.v1.AliasesService', rpc_method_handlers)
@@ -93,9 +138,11 @@ def add_AliasesServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AliasesService:
-    """DRAFT: completed by the customer-profiles capability.
+    """Identity links between a table's customer ids and Optimizely end-user ids.
 
-    Identity links between a table's customer ids and Optimizely end-user ids.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService).
+    One customer id per (Optimizely user, table); one customer id may be linked
+    to several Optimizely users (devices), up to the service's cap.
     """
 
     @staticmethod
@@ -142,6 +189,60 @@ class AliasesService:
             '/dcp.aliases.v1.AliasesService/MergeAliases',
             dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.MergeAliasesRequest.SerializeToString,
             dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.AliasSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.aliases.v1.AliasesService/DeleteAlias',
+            dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.DeleteAliasRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveVisitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.aliases.v1.AliasesService/ResolveVisitor',
+            dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.ResolveVisitorRequest.SerializeToString,
+            dcp_dot_aliases_dot_v1_dot_aliases__service__pb2.ResolveVisitorResponse.FromString,
             options,
             channel_credentials,
             insecure,

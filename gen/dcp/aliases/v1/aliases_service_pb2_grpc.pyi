@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from dcp.aliases.v1 import aliases_service_pb2 as _aliases_service_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -27,9 +28,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AliasesServiceStub:
-    """DRAFT: completed by the customer-profiles capability.
+    """Identity links between a table's customer ids and Optimizely end-user ids.
 
-    Identity links between a table's customer ids and Optimizely end-user ids.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService).
+    One customer id per (Optimizely user, table); one customer id may be linked
+    to several Optimizely users (devices), up to the service's cap.
     """
 
     @_typing.overload
@@ -37,33 +40,63 @@ class AliasesServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AliasesServiceAsyncStub: ...
     GetAliases: _grpc.UnaryUnaryMultiCallable[_aliases_service_pb2.GetAliasesRequest, _aliases_service_pb2.AliasSet]
-    """Gets every link of one Optimizely user. NOT_FOUND for the service."""
+    """Gets every link of one Optimizely user. NOT_FOUND for the service, or
+    when optimizely_datasource_id is not the service's Optimizely table.
+    """
     MergeAliases: _grpc.UnaryUnaryMultiCallable[_aliases_service_pb2.MergeAliasesRequest, _aliases_service_pb2.AliasSet]
-    """Links customer ids to one Optimizely user; a later link for the same
-    table replaces the earlier one. INVALID_ARGUMENT for foreign or archived
-    tables, or the Optimizely table itself.
+    """Links customer ids to one Optimizely user; a later link for a table
+    replaces the earlier one. INVALID_ARGUMENT (one violation per table) for
+    tables outside the service, archived tables, the Optimizely table itself,
+    blocked customer ids, personal data, or a customer id already linked to
+    as many users as the service allows; nothing is stored then.
+    """
+    DeleteAlias: _grpc.UnaryUnaryMultiCallable[_aliases_service_pb2.DeleteAliasRequest, _empty_pb2.Empty]
+    """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
+    the service.
+    """
+    ResolveVisitor: _grpc.UnaryUnaryMultiCallable[_aliases_service_pb2.ResolveVisitorRequest, _aliases_service_pb2.ResolveVisitorResponse]
+    """Applies each active table's customer-id locator to a visitor's context,
+    records the links found and returns the user's whole alias set. Values
+    that a guardrail refuses are skipped and reported, not stored.
     """
 
 @_typing.type_check_only
 class AliasesServiceAsyncStub(AliasesServiceStub):
-    """DRAFT: completed by the customer-profiles capability.
+    """Identity links between a table's customer ids and Optimizely end-user ids.
 
-    Identity links between a table's customer ids and Optimizely end-user ids.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService).
+    One customer id per (Optimizely user, table); one customer id may be linked
+    to several Optimizely users (devices), up to the service's cap.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAliases: _aio.UnaryUnaryMultiCallable[_aliases_service_pb2.GetAliasesRequest, _aliases_service_pb2.AliasSet]  # type: ignore[assignment]
-    """Gets every link of one Optimizely user. NOT_FOUND for the service."""
+    """Gets every link of one Optimizely user. NOT_FOUND for the service, or
+    when optimizely_datasource_id is not the service's Optimizely table.
+    """
     MergeAliases: _aio.UnaryUnaryMultiCallable[_aliases_service_pb2.MergeAliasesRequest, _aliases_service_pb2.AliasSet]  # type: ignore[assignment]
-    """Links customer ids to one Optimizely user; a later link for the same
-    table replaces the earlier one. INVALID_ARGUMENT for foreign or archived
-    tables, or the Optimizely table itself.
+    """Links customer ids to one Optimizely user; a later link for a table
+    replaces the earlier one. INVALID_ARGUMENT (one violation per table) for
+    tables outside the service, archived tables, the Optimizely table itself,
+    blocked customer ids, personal data, or a customer id already linked to
+    as many users as the service allows; nothing is stored then.
+    """
+    DeleteAlias: _aio.UnaryUnaryMultiCallable[_aliases_service_pb2.DeleteAliasRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
+    the service.
+    """
+    ResolveVisitor: _aio.UnaryUnaryMultiCallable[_aliases_service_pb2.ResolveVisitorRequest, _aliases_service_pb2.ResolveVisitorResponse]  # type: ignore[assignment]
+    """Applies each active table's customer-id locator to a visitor's context,
+    records the links found and returns the user's whole alias set. Values
+    that a guardrail refuses are skipped and reported, not stored.
     """
 
 class AliasesServiceServicer(metaclass=_abc_1.ABCMeta):
-    """DRAFT: completed by the customer-profiles capability.
+    """Identity links between a table's customer ids and Optimizely end-user ids.
 
-    Identity links between a table's customer ids and Optimizely end-user ids.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService).
+    One customer id per (Optimizely user, table); one customer id may be linked
+    to several Optimizely users (devices), up to the service's cap.
     """
 
     @_abc_1.abstractmethod
@@ -72,7 +105,9 @@ class AliasesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _aliases_service_pb2.GetAliasesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aliases_service_pb2.AliasSet, _abc.Awaitable[_aliases_service_pb2.AliasSet]]:
-        """Gets every link of one Optimizely user. NOT_FOUND for the service."""
+        """Gets every link of one Optimizely user. NOT_FOUND for the service, or
+        when optimizely_datasource_id is not the service's Optimizely table.
+        """
 
     @_abc_1.abstractmethod
     def MergeAliases(
@@ -80,9 +115,32 @@ class AliasesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _aliases_service_pb2.MergeAliasesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aliases_service_pb2.AliasSet, _abc.Awaitable[_aliases_service_pb2.AliasSet]]:
-        """Links customer ids to one Optimizely user; a later link for the same
-        table replaces the earlier one. INVALID_ARGUMENT for foreign or archived
-        tables, or the Optimizely table itself.
+        """Links customer ids to one Optimizely user; a later link for a table
+        replaces the earlier one. INVALID_ARGUMENT (one violation per table) for
+        tables outside the service, archived tables, the Optimizely table itself,
+        blocked customer ids, personal data, or a customer id already linked to
+        as many users as the service allows; nothing is stored then.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteAlias(
+        self,
+        request: _aliases_service_pb2.DeleteAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
+        the service.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveVisitor(
+        self,
+        request: _aliases_service_pb2.ResolveVisitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aliases_service_pb2.ResolveVisitorResponse, _abc.Awaitable[_aliases_service_pb2.ResolveVisitorResponse]]:
+        """Applies each active table's customer-id locator to a visitor's context,
+        records the links found and returns the user's whole alias set. Values
+        that a guardrail refuses are skipped and reported, not stored.
         """
 
 def add_AliasesServiceServicer_to_server(servicer: AliasesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,22 +22,63 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dcp/profiles/v1/profiles_service.proto\x12\x0f\x64\x63p.profiles.v1\x1a\x1cgoogle/protobuf/struct.proto\"x\n\x07Profile\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"[\n\x11GetProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"\x84\x01\n\x13MergeProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct2\xad\x01\n\x0fProfilesService\x12J\n\nGetProfile\x12\".dcp.profiles.v1.GetProfileRequest\x1a\x18.dcp.profiles.v1.Profile\x12N\n\x0cMergeProfile\x12$.dcp.profiles.v1.MergeProfileRequest\x1a\x18.dcp.profiles.v1.Profileb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dcp/profiles/v1/profiles_service.proto\x12\x0f\x64\x63p.profiles.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\"\x81\x01\n\x05Value\x12\x14\n\nnull_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x14\n\nlong_value\x18\x03 \x01(\x12H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\xc8\x01\n\x07Profile\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x30\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32\".dcp.profiles.v1.Profile.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"[\n\x11GetProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"b\n\x17\x42\x61tchGetProfilesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ustomer_ids\x18\x03 \x03(\t\"F\n\x18\x42\x61tchGetProfilesResponse\x12*\n\x08profiles\x18\x01 \x03(\x0b\x32\x18.dcp.profiles.v1.Profile\"\xe0\x01\n\x13MergeProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12<\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32..dcp.profiles.v1.MergeProfileRequest.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"^\n\x14\x44\x65leteProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"\xaf\x01\n\nProfileRow\x12\x12\n\nrow_number\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x33\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32%.dcp.profiles.v1.ProfileRow.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"\x8c\x01\n\x14MergeProfilesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x16\n\x0e\x61ll_or_nothing\x18\x03 \x01(\x08\x12)\n\x04rows\x18\x04 \x03(\x0b\x32\x1b.dcp.profiles.v1.ProfileRow\">\n\x08RowError\x12\x12\n\nrow_number\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x85\x01\n\x15MergeProfilesResponse\x12\x15\n\rrows_received\x18\x01 \x01(\x03\x12\x13\n\x0brows_stored\x18\x02 \x01(\x03\x12\x15\n\rrows_rejected\x18\x03 \x01(\x03\x12)\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x19.dcp.profiles.v1.RowError\"r\n\x1aGetConsolidatedViewRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x02 \x01(\t\x12 \n\x18optimizely_datasource_id\x18\x03 \x01(\x03\">\n\x10\x43onsolidatedView\x12*\n\x08profiles\x18\x01 \x03(\x0b\x32\x18.dcp.profiles.v1.Profile2\xf9\x06\n\x0fProfilesService\x12\x9c\x01\n\nGetProfile\x12\".dcp.profiles.v1.GetProfileRequest\x1a\x18.dcp.profiles.v1.Profile\"P\x82\xd3\xe4\x93\x02J\x12H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}\x12g\n\x10\x42\x61tchGetProfiles\x12(.dcp.profiles.v1.BatchGetProfilesRequest\x1a).dcp.profiles.v1.BatchGetProfilesResponse\x12\xa3\x01\n\x0cMergeProfile\x12$.dcp.profiles.v1.MergeProfileRequest\x1a\x18.dcp.profiles.v1.Profile\"S\x82\xd3\xe4\x93\x02M\"H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}:\x01*\x12\xa0\x01\n\rDeleteProfile\x12%.dcp.profiles.v1.DeleteProfileRequest\x1a\x16.google.protobuf.Empty\"P\x82\xd3\xe4\x93\x02J*H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}\x12`\n\rMergeProfiles\x12%.dcp.profiles.v1.MergeProfilesRequest\x1a&.dcp.profiles.v1.MergeProfilesResponse(\x01\x12\xb2\x01\n\x13GetConsolidatedView\x12+.dcp.profiles.v1.GetConsolidatedViewRequest\x1a!.dcp.profiles.v1.ConsolidatedView\"K\x82\xd3\xe4\x93\x02\x45\x12\x43/api/consolidatedCustomerView/{dcp_service_id}/{optimizely_user_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dcp.profiles.v1.profiles_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROFILE']._serialized_start=89
-  _globals['_PROFILE']._serialized_end=209
-  _globals['_GETPROFILEREQUEST']._serialized_start=211
-  _globals['_GETPROFILEREQUEST']._serialized_end=302
-  _globals['_MERGEPROFILEREQUEST']._serialized_start=305
-  _globals['_MERGEPROFILEREQUEST']._serialized_end=437
-  _globals['_PROFILESSERVICE']._serialized_start=440
-  _globals['_PROFILESSERVICE']._serialized_end=613
+  _globals['_PROFILE_DATAENTRY']._loaded_options = None
+  _globals['_PROFILE_DATAENTRY']._serialized_options = b'8\001'
+  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._loaded_options = None
+  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._serialized_options = b'8\001'
+  _globals['_PROFILEROW_DATAENTRY']._loaded_options = None
+  _globals['_PROFILEROW_DATAENTRY']._serialized_options = b'8\001'
+  _globals['_PROFILESSERVICE'].methods_by_name['GetProfile']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['GetProfile']._serialized_options = b'\202\323\344\223\002J\022H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}'
+  _globals['_PROFILESSERVICE'].methods_by_name['MergeProfile']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['MergeProfile']._serialized_options = b'\202\323\344\223\002M\"H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}:\001*'
+  _globals['_PROFILESSERVICE'].methods_by_name['DeleteProfile']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['DeleteProfile']._serialized_options = b'\202\323\344\223\002J*H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}'
+  _globals['_PROFILESSERVICE'].methods_by_name['GetConsolidatedView']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['GetConsolidatedView']._serialized_options = b'\202\323\344\223\002E\022C/api/consolidatedCustomerView/{dcp_service_id}/{optimizely_user_id}'
+  _globals['_VALUE']._serialized_start=119
+  _globals['_VALUE']._serialized_end=248
+  _globals['_PROFILE']._serialized_start=251
+  _globals['_PROFILE']._serialized_end=451
+  _globals['_PROFILE_DATAENTRY']._serialized_start=384
+  _globals['_PROFILE_DATAENTRY']._serialized_end=451
+  _globals['_GETPROFILEREQUEST']._serialized_start=453
+  _globals['_GETPROFILEREQUEST']._serialized_end=544
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_start=546
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_end=644
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=646
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=716
+  _globals['_MERGEPROFILEREQUEST']._serialized_start=719
+  _globals['_MERGEPROFILEREQUEST']._serialized_end=943
+  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._serialized_start=384
+  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._serialized_end=451
+  _globals['_DELETEPROFILEREQUEST']._serialized_start=945
+  _globals['_DELETEPROFILEREQUEST']._serialized_end=1039
+  _globals['_PROFILEROW']._serialized_start=1042
+  _globals['_PROFILEROW']._serialized_end=1217
+  _globals['_PROFILEROW_DATAENTRY']._serialized_start=384
+  _globals['_PROFILEROW_DATAENTRY']._serialized_end=451
+  _globals['_MERGEPROFILESREQUEST']._serialized_start=1220
+  _globals['_MERGEPROFILESREQUEST']._serialized_end=1360
+  _globals['_ROWERROR']._serialized_start=1362
+  _globals['_ROWERROR']._serialized_end=1424
+  _globals['_MERGEPROFILESRESPONSE']._serialized_start=1427
+  _globals['_MERGEPROFILESRESPONSE']._serialized_end=1560
+  _globals['_GETCONSOLIDATEDVIEWREQUEST']._serialized_start=1562
+  _globals['_GETCONSOLIDATEDVIEWREQUEST']._serialized_end=1676
+  _globals['_CONSOLIDATEDVIEW']._serialized_start=1678
+  _globals['_CONSOLIDATEDVIEW']._serialized_end=1740
+  _globals['_PROFILESSERVICE']._serialized_start=1743
+  _globals['_PROFILESSERVICE']._serialized_end=2632
 # @@protoc_insertion_point(module_scope)

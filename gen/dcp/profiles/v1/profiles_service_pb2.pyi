@@ -3,9 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,8 +19,67 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class Value(_message.Message):
+    """One attribute value, typed as its attribute: datetime values travel as
+    string_value, or long_value for the epoch format.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NULL_VALUE_FIELD_NUMBER: _builtins.int
+    BOOL_VALUE_FIELD_NUMBER: _builtins.int
+    LONG_VALUE_FIELD_NUMBER: _builtins.int
+    DOUBLE_VALUE_FIELD_NUMBER: _builtins.int
+    STRING_VALUE_FIELD_NUMBER: _builtins.int
+    null_value: _builtins.bool
+    """Clears the value (in merges); never returned by reads."""
+    bool_value: _builtins.bool
+    long_value: _builtins.int
+    double_value: _builtins.float
+    string_value: _builtins.str
+    def __init__(
+        self,
+        *,
+        null_value: _builtins.bool = ...,
+        bool_value: _builtins.bool = ...,
+        long_value: _builtins.int = ...,
+        double_value: _builtins.float = ...,
+        string_value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "double_value", b"double_value", "kind", b"kind", "long_value", b"long_value", "null_value", b"null_value", "string_value", b"string_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "double_value", b"double_value", "kind", b"kind", "long_value", b"long_value", "null_value", b"null_value", "string_value", b"string_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["null_value", "bool_value", "long_value", "double_value", "string_value"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Value: _TypeAlias = Value  # noqa: Y015
+
+@_typing.final
 class Profile(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
     DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
@@ -29,8 +89,8 @@ class Profile(_message.Message):
     dcp_datasource_id: _builtins.int
     customer_id: _builtins.str
     @_builtins.property
-    def data(self) -> _struct_pb2.Struct:
-        """Attribute name to value, in the attribute's JSON representation."""
+    def data(self) -> _containers.MessageMap[_builtins.str, Global___Value]:
+        """Attribute name to value."""
 
     def __init__(
         self,
@@ -38,9 +98,9 @@ class Profile(_message.Message):
         dcp_service_id: _builtins.int = ...,
         dcp_datasource_id: _builtins.int = ...,
         customer_id: _builtins.str = ...,
-        data: _struct_pb2.Struct | None = ...,
+        data: _abc.Mapping[_builtins.str, Global___Value] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data", b"data", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -74,8 +134,77 @@ class GetProfileRequest(_message.Message):
 Global___GetProfileRequest: _TypeAlias = GetProfileRequest  # noqa: Y015
 
 @_typing.final
+class BatchGetProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_IDS_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    dcp_datasource_id: _builtins.int
+    @_builtins.property
+    def customer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        dcp_datasource_id: _builtins.int = ...,
+        customer_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ids", b"customer_ids", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetProfilesRequest: _TypeAlias = BatchGetProfilesRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Profile]: ...
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[Global___Profile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetProfilesResponse: _TypeAlias = BatchGetProfilesResponse  # noqa: Y015
+
+@_typing.final
 class MergeProfileRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
     DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
@@ -85,19 +214,223 @@ class MergeProfileRequest(_message.Message):
     dcp_datasource_id: _builtins.int
     customer_id: _builtins.str
     @_builtins.property
-    def data(self) -> _struct_pb2.Struct: ...
+    def data(self) -> _containers.MessageMap[_builtins.str, Global___Value]: ...
     def __init__(
         self,
         *,
         dcp_service_id: _builtins.int = ...,
         dcp_datasource_id: _builtins.int = ...,
         customer_id: _builtins.str = ...,
-        data: _struct_pb2.Struct | None = ...,
+        data: _abc.Mapping[_builtins.str, Global___Value] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data", b"data", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MergeProfileRequest: _TypeAlias = MergeProfileRequest  # noqa: Y015
+
+@_typing.final
+class DeleteProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    dcp_datasource_id: _builtins.int
+    customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        dcp_datasource_id: _builtins.int = ...,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProfileRequest: _TypeAlias = DeleteProfileRequest  # noqa: Y015
+
+@_typing.final
+class ProfileRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROW_NUMBER_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    row_number: _builtins.int
+    """Caller's reference for the row, echoed in errors (e.g. a file's row number)."""
+    customer_id: _builtins.str
+    @_builtins.property
+    def data(self) -> _containers.MessageMap[_builtins.str, Global___Value]: ...
+    def __init__(
+        self,
+        *,
+        row_number: _builtins.int = ...,
+        customer_id: _builtins.str = ...,
+        data: _abc.Mapping[_builtins.str, Global___Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data", b"data", "row_number", b"row_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileRow: _TypeAlias = ProfileRow  # noqa: Y015
+
+@_typing.final
+class MergeProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    ALL_OR_NOTHING_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    """Set in the first message; later messages may leave them unset."""
+    dcp_datasource_id: _builtins.int
+    all_or_nothing: _builtins.bool
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileRow]: ...
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        dcp_datasource_id: _builtins.int = ...,
+        all_or_nothing: _builtins.bool = ...,
+        rows: _abc.Iterable[Global___ProfileRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_or_nothing", b"all_or_nothing", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeProfilesRequest: _TypeAlias = MergeProfilesRequest  # noqa: Y015
+
+@_typing.final
+class RowError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_NUMBER_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    row_number: _builtins.int
+    field: _builtins.str
+    """The attribute name, or "customerId"."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        row_number: _builtins.int = ...,
+        field: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "message", b"message", "row_number", b"row_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowError: _TypeAlias = RowError  # noqa: Y015
+
+@_typing.final
+class MergeProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_RECEIVED_FIELD_NUMBER: _builtins.int
+    ROWS_STORED_FIELD_NUMBER: _builtins.int
+    ROWS_REJECTED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    rows_received: _builtins.int
+    rows_stored: _builtins.int
+    rows_rejected: _builtins.int
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowError]: ...
+    def __init__(
+        self,
+        *,
+        rows_received: _builtins.int = ...,
+        rows_stored: _builtins.int = ...,
+        rows_rejected: _builtins.int = ...,
+        errors: _abc.Iterable[Global___RowError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "rows_received", b"rows_received", "rows_rejected", b"rows_rejected", "rows_stored", b"rows_stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeProfilesResponse: _TypeAlias = MergeProfilesResponse  # noqa: Y015
+
+@_typing.final
+class GetConsolidatedViewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZELY_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    optimizely_user_id: _builtins.str
+    optimizely_datasource_id: _builtins.int
+    """Optional: when set, must be the service's Optimizely table."""
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        optimizely_user_id: _builtins.str = ...,
+        optimizely_datasource_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_service_id", b"dcp_service_id", "optimizely_datasource_id", b"optimizely_datasource_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsolidatedViewRequest: _TypeAlias = GetConsolidatedViewRequest  # noqa: Y015
+
+@_typing.final
+class ConsolidatedView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Profile]: ...
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[Global___Profile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsolidatedView: _TypeAlias = ConsolidatedView  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from dcp.profiles.v1 import profiles_service_pb2 as dcp_dot_profiles_dot_v1_dot_profiles__service__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,10 +27,14 @@ if _version_not_supported:
 
 
 class ProfilesServiceStub:
-    """DRAFT: completed by the customer-profiles capability.
+    """Customer profiles: one customer's typed attribute values in one table, and
+    the consolidated view of one Optimizely user across a service's tables.
 
-    One customer's attribute values in one table, and the consolidated view
-    across a service's tables. Values are typed by the attribute registry.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, changes the "write" scope. A service, table or
+    customer of another account answers NOT_FOUND, as if it did not exist.
+    Bad values answer INVALID_ARGUMENT with one google.rpc.BadRequest field
+    violation per bad key ("data.<attribute name>"), and nothing is stored.
     """
 
     def __init__(self, channel):
@@ -43,30 +48,94 @@ class ProfilesServiceStub:
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetProfileRequest.SerializeToString,
                 response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Profile.FromString,
                 _registered_method=True)
+        self.BatchGetProfiles = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/BatchGetProfiles',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.BatchGetProfilesRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.BatchGetProfilesResponse.FromString,
+                _registered_method=True)
         self.MergeProfile = channel.unary_unary(
                 '/dcp.profiles.v1.ProfilesService/MergeProfile',
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfileRequest.SerializeToString,
                 response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Profile.FromString,
                 _registered_method=True)
+        self.DeleteProfile = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/DeleteProfile',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.DeleteProfileRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.MergeProfiles = channel.stream_unary(
+                '/dcp.profiles.v1.ProfilesService/MergeProfiles',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.FromString,
+                _registered_method=True)
+        self.GetConsolidatedView = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/GetConsolidatedView',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ConsolidatedView.FromString,
+                _registered_method=True)
 
 
 class ProfilesServiceServicer:
-    """DRAFT: completed by the customer-profiles capability.
+    """Customer profiles: one customer's typed attribute values in one table, and
+    the consolidated view of one Optimizely user across a service's tables.
 
-    One customer's attribute values in one table, and the consolidated view
-    across a service's tables. Values are typed by the attribute registry.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, changes the "write" scope. A service, table or
+    customer of another account answers NOT_FOUND, as if it did not exist.
+    Bad values answer INVALID_ARGUMENT with one google.rpc.BadRequest field
+    violation per bad key ("data.<attribute name>"), and nothing is stored.
     """
 
     def GetProfile(self, request, context):
-        """Gets one customer's values in one table. NOT_FOUND when none are stored.
+        """Gets one customer's values in one table; archived attributes are left
+        out. NOT_FOUND for an unknown service or table, a table of another
+        service, or a customer with no values there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetProfiles(self, request, context):
+        """Gets many customers' values in one table in one call; customers with no
+        values are left out. NOT_FOUND for the service or table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def MergeProfile(self, request, context):
-        """Merges the named values into the customer's profile (null clears one).
-        INVALID_ARGUMENT naming each bad key; nothing is stored then.
+        """Merges values into one customer's profile: only the named attributes
+        change, and a null value clears one. INVALID_ARGUMENT for unknown or
+        archived attributes, values that do not fit, personal data, or more than
+        1,000 keys; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProfile(self, request, context):
+        """Erases one customer's values in one table. Idempotent. NOT_FOUND for the
+        service or table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeProfiles(self, request_iterator, context):
+        """Merges many customers' values into one table in one transaction: the
+        first message names the table, every message carries rows, applied in
+        order (a later row for the same customer wins per attribute). Rows that
+        do not validate are reported, not stored; with all_or_nothing set, one
+        bad row stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsolidatedView(self, request, context):
+        """The consolidated view of one Optimizely user: the Optimizely table's
+        profile first, then each aliased table's profile in table-id order;
+        empty when nothing is known. NOT_FOUND for the service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,10 +149,30 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetProfileRequest.FromString,
                     response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Profile.SerializeToString,
             ),
+            'BatchGetProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetProfiles,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.BatchGetProfilesRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.BatchGetProfilesResponse.SerializeToString,
+            ),
             'MergeProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.MergeProfile,
                     request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfileRequest.FromString,
                     response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Profile.SerializeToString,
+            ),
+            'DeleteProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProfile,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.DeleteProfileRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'MergeProfiles': grpc.stream_unary_rpc_method_handler(
+                    servicer.MergeProfiles,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.SerializeToString,
+            ),
+            'GetConsolidatedView': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsolidatedView,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ConsolidatedView.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,10 +183,14 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ProfilesService:
-    """DRAFT: completed by the customer-profiles capability.
+    """Customer profiles: one customer's typed attribute values in one table, and
+    the consolidated view of one Optimizely user across a service's tables.
 
-    One customer's attribute values in one table, and the consolidated view
-    across a service's tables. Values are typed by the attribute registry.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, changes the "write" scope. A service, table or
+    customer of another account answers NOT_FOUND, as if it did not exist.
+    Bad values answer INVALID_ARGUMENT with one google.rpc.BadRequest field
+    violation per bad key ("data.<attribute name>"), and nothing is stored.
     """
 
     @staticmethod
@@ -128,6 +221,33 @@ class ProfilesService:
             _registered_method=True)
 
     @staticmethod
+    def BatchGetProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/BatchGetProfiles',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.BatchGetProfilesRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.BatchGetProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def MergeProfile(request,
             target,
             options=(),
@@ -144,6 +264,87 @@ class ProfilesService:
             '/dcp.profiles.v1.ProfilesService/MergeProfile',
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfileRequest.SerializeToString,
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Profile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/DeleteProfile',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.DeleteProfileRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeProfiles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/dcp.profiles.v1.ProfilesService/MergeProfiles',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsolidatedView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/GetConsolidatedView',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ConsolidatedView.FromString,
             options,
             channel_credentials,
             insecure,

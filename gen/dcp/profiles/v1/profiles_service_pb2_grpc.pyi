@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from dcp.profiles.v1 import profiles_service_pb2 as _profiles_service_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -27,10 +28,14 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ProfilesServiceStub:
-    """DRAFT: completed by the customer-profiles capability.
+    """Customer profiles: one customer's typed attribute values in one table, and
+    the consolidated view of one Optimizely user across a service's tables.
 
-    One customer's attribute values in one table, and the consolidated view
-    across a service's tables. Values are typed by the attribute registry.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, changes the "write" scope. A service, table or
+    customer of another account answers NOT_FOUND, as if it did not exist.
+    Bad values answer INVALID_ARGUMENT with one google.rpc.BadRequest field
+    violation per bad key ("data.<attribute name>"), and nothing is stored.
     """
 
     @_typing.overload
@@ -38,33 +43,91 @@ class ProfilesServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProfilesServiceAsyncStub: ...
     GetProfile: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetProfileRequest, _profiles_service_pb2.Profile]
-    """Gets one customer's values in one table. NOT_FOUND when none are stored."""
+    """Gets one customer's values in one table; archived attributes are left
+    out. NOT_FOUND for an unknown service or table, a table of another
+    service, or a customer with no values there.
+    """
+    BatchGetProfiles: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.BatchGetProfilesRequest, _profiles_service_pb2.BatchGetProfilesResponse]
+    """Gets many customers' values in one table in one call; customers with no
+    values are left out. NOT_FOUND for the service or table.
+    """
     MergeProfile: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.MergeProfileRequest, _profiles_service_pb2.Profile]
-    """Merges the named values into the customer's profile (null clears one).
-    INVALID_ARGUMENT naming each bad key; nothing is stored then.
+    """Merges values into one customer's profile: only the named attributes
+    change, and a null value clears one. INVALID_ARGUMENT for unknown or
+    archived attributes, values that do not fit, personal data, or more than
+    1,000 keys; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived table.
+    """
+    DeleteProfile: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.DeleteProfileRequest, _empty_pb2.Empty]
+    """Erases one customer's values in one table. Idempotent. NOT_FOUND for the
+    service or table.
+    """
+    MergeProfiles: _grpc.StreamUnaryMultiCallable[_profiles_service_pb2.MergeProfilesRequest, _profiles_service_pb2.MergeProfilesResponse]
+    """Merges many customers' values into one table in one transaction: the
+    first message names the table, every message carries rows, applied in
+    order (a later row for the same customer wins per attribute). Rows that
+    do not validate are reported, not stored; with all_or_nothing set, one
+    bad row stores nothing.
+    """
+    GetConsolidatedView: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]
+    """The consolidated view of one Optimizely user: the Optimizely table's
+    profile first, then each aliased table's profile in table-id order;
+    empty when nothing is known. NOT_FOUND for the service.
     """
 
 @_typing.type_check_only
 class ProfilesServiceAsyncStub(ProfilesServiceStub):
-    """DRAFT: completed by the customer-profiles capability.
+    """Customer profiles: one customer's typed attribute values in one table, and
+    the consolidated view of one Optimizely user across a service's tables.
 
-    One customer's attribute values in one table, and the consolidated view
-    across a service's tables. Values are typed by the attribute registry.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, changes the "write" scope. A service, table or
+    customer of another account answers NOT_FOUND, as if it did not exist.
+    Bad values answer INVALID_ARGUMENT with one google.rpc.BadRequest field
+    violation per bad key ("data.<attribute name>"), and nothing is stored.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetProfile: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetProfileRequest, _profiles_service_pb2.Profile]  # type: ignore[assignment]
-    """Gets one customer's values in one table. NOT_FOUND when none are stored."""
+    """Gets one customer's values in one table; archived attributes are left
+    out. NOT_FOUND for an unknown service or table, a table of another
+    service, or a customer with no values there.
+    """
+    BatchGetProfiles: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.BatchGetProfilesRequest, _profiles_service_pb2.BatchGetProfilesResponse]  # type: ignore[assignment]
+    """Gets many customers' values in one table in one call; customers with no
+    values are left out. NOT_FOUND for the service or table.
+    """
     MergeProfile: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.MergeProfileRequest, _profiles_service_pb2.Profile]  # type: ignore[assignment]
-    """Merges the named values into the customer's profile (null clears one).
-    INVALID_ARGUMENT naming each bad key; nothing is stored then.
+    """Merges values into one customer's profile: only the named attributes
+    change, and a null value clears one. INVALID_ARGUMENT for unknown or
+    archived attributes, values that do not fit, personal data, or more than
+    1,000 keys; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived table.
+    """
+    DeleteProfile: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.DeleteProfileRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Erases one customer's values in one table. Idempotent. NOT_FOUND for the
+    service or table.
+    """
+    MergeProfiles: _aio.StreamUnaryMultiCallable[_profiles_service_pb2.MergeProfilesRequest, _profiles_service_pb2.MergeProfilesResponse]  # type: ignore[assignment]
+    """Merges many customers' values into one table in one transaction: the
+    first message names the table, every message carries rows, applied in
+    order (a later row for the same customer wins per attribute). Rows that
+    do not validate are reported, not stored; with all_or_nothing set, one
+    bad row stores nothing.
+    """
+    GetConsolidatedView: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]  # type: ignore[assignment]
+    """The consolidated view of one Optimizely user: the Optimizely table's
+    profile first, then each aliased table's profile in table-id order;
+    empty when nothing is known. NOT_FOUND for the service.
     """
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
-    """DRAFT: completed by the customer-profiles capability.
+    """Customer profiles: one customer's typed attribute values in one table, and
+    the consolidated view of one Optimizely user across a service's tables.
 
-    One customer's attribute values in one table, and the consolidated view
-    across a service's tables. Values are typed by the attribute registry.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, changes the "write" scope. A service, table or
+    customer of another account answers NOT_FOUND, as if it did not exist.
+    Bad values answer INVALID_ARGUMENT with one google.rpc.BadRequest field
+    violation per bad key ("data.<attribute name>"), and nothing is stored.
     """
 
     @_abc_1.abstractmethod
@@ -73,7 +136,20 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _profiles_service_pb2.GetProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_service_pb2.Profile, _abc.Awaitable[_profiles_service_pb2.Profile]]:
-        """Gets one customer's values in one table. NOT_FOUND when none are stored."""
+        """Gets one customer's values in one table; archived attributes are left
+        out. NOT_FOUND for an unknown service or table, a table of another
+        service, or a customer with no values there.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetProfiles(
+        self,
+        request: _profiles_service_pb2.BatchGetProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.BatchGetProfilesResponse, _abc.Awaitable[_profiles_service_pb2.BatchGetProfilesResponse]]:
+        """Gets many customers' values in one table in one call; customers with no
+        values are left out. NOT_FOUND for the service or table.
+        """
 
     @_abc_1.abstractmethod
     def MergeProfile(
@@ -81,8 +157,44 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _profiles_service_pb2.MergeProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_service_pb2.Profile, _abc.Awaitable[_profiles_service_pb2.Profile]]:
-        """Merges the named values into the customer's profile (null clears one).
-        INVALID_ARGUMENT naming each bad key; nothing is stored then.
+        """Merges values into one customer's profile: only the named attributes
+        change, and a null value clears one. INVALID_ARGUMENT for unknown or
+        archived attributes, values that do not fit, personal data, or more than
+        1,000 keys; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived table.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteProfile(
+        self,
+        request: _profiles_service_pb2.DeleteProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Erases one customer's values in one table. Idempotent. NOT_FOUND for the
+        service or table.
+        """
+
+    @_abc_1.abstractmethod
+    def MergeProfiles(
+        self,
+        request_iterator: _MaybeAsyncIterator[_profiles_service_pb2.MergeProfilesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.MergeProfilesResponse, _abc.Awaitable[_profiles_service_pb2.MergeProfilesResponse]]:
+        """Merges many customers' values into one table in one transaction: the
+        first message names the table, every message carries rows, applied in
+        order (a later row for the same customer wins per attribute). Rows that
+        do not validate are reported, not stored; with all_or_nothing set, one
+        bad row stores nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetConsolidatedView(
+        self,
+        request: _profiles_service_pb2.GetConsolidatedViewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.ConsolidatedView, _abc.Awaitable[_profiles_service_pb2.ConsolidatedView]]:
+        """The consolidated view of one Optimizely user: the Optimizely table's
+        profile first, then each aliased table's profile in table-id order;
+        empty when nothing is known. NOT_FOUND for the service.
         """
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,241 @@
+"""Profile rules: reads, partial merges, erasure, batch merges, the consolidated view."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services._runtime.identity import Identity
+from services.profiles import pii
+from services.profiles.repository import ProfilesRepository, Values
+from services.profiles.validation import ValueProblem, check_json_value, validate_update
+from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
+
+MAX_KEYS_PER_WRITE = 1000
+MAX_CUSTOMER_ID_LENGTH = 255
+MAX_BATCH_READ = 1000
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """One customer's values in one table, by attribute name in registration order."""
+
+    dcp_service_id: int
+    datasource_id: int
+    customer_id: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    row_number: int
+    customer_id: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RowError:
+    row_number: int
+    field: str
+    message: str
+
+
+@dataclass
+class BatchResult:
+    rows_received: int = 0
+    rows_stored: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def rows_rejected(self) -> int:
+        return self.rows_received - self.rows_stored
+
+
+# Looks up an Optimizely user's links: table id -> customer id.
+AliasLookup = Callable[[Identity, int, str], Awaitable[Mapping[int, str]]]
+
+
+def customer_id_problem(customer_id: str, *, pii_guard: bool) -> str | None:
+    if not customer_id or not customer_id.strip():
+        return "is required and must not be blank"
+    if len(customer_id) > MAX_CUSTOMER_ID_LENGTH:
+        return f"must be at most {MAX_CUSTOMER_ID_LENGTH} characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in customer_id):
+        return "must not contain control characters"
+    if pii_guard:
+        found = pii.detect(customer_id)
+        if found:
+            return pii.refusal(found)
+    return None
+
+
+def _readable(table: TableInfo, stored: Values) -> dict[str, Any]:
+    """Stored values of active attributes, by name, in registration order."""
+    visible: dict[str, Any] = {}
+    for attribute_id, attribute in sorted(table.by_id.items()):
+        key = str(attribute_id)
+        if key in stored:
+            visible[attribute.spec.name] = stored[key]
+    return visible
+
+
+class Profiles:
+    def __init__(self, repository: ProfilesRepository, registry: RegistryClient, aliases: AliasLookup) -> None:
+        self._repo = repository
+        self._registry = registry
+        self._aliases = aliases
+
+    async def _table(self, identity: Identity, service_id: int, table_id: int) -> tuple[ServiceSnapshot, TableInfo]:
+        service = await self._registry.service(identity, service_id)
+        if table_id not in service.tables:
+            # A table created a moment ago may not be in the cached snapshot yet.
+            service = await self._registry.fresh_service(identity, service_id)
+        return service, service.table(table_id)
+
+    async def get(self, identity: Identity, service_id: int, table_id: int, customer_id: str) -> ProfileView:
+        _, table = await self._table(identity, service_id, table_id)
+        stored = await self._repo.get(table_id, customer_id)
+        visible = _readable(table, stored or {})
+        if not visible:
+            raise NotFound(
+                f"customer {customer_id!r} has no values in table {table_id}",
+                metadata={"resource": "profile", "id": customer_id},
+            )
+        return ProfileView(service_id, table_id, customer_id, visible)
+
+    async def get_many(
+        self, identity: Identity, service_id: int, table_id: int, customer_ids: Sequence[str]
+    ) -> list[ProfileView]:
+        if len(customer_ids) > MAX_BATCH_READ:
+            raise InvalidArgument.field("customer_ids", f"at most {MAX_BATCH_READ} per call, got {len(customer_ids)}")
+        _, table = await self._table(identity, service_id, table_id)
+        stored = await self._repo.get_many([(table_id, c) for c in dict.fromkeys(customer_ids)])
+        views = []
+        for customer_id in dict.fromkeys(customer_ids):
+            visible = _readable(table, stored.get((table_id, customer_id), {}))
+            if visible:
+                views.append(ProfileView(service_id, table_id, customer_id, visible))
+        return views
+
+    async def _writable_table(
+        self, identity: Identity, service_id: int, table_id: int
+    ) -> tuple[ServiceSnapshot, TableInfo]:
+        service, table = await self._table(identity, service_id, table_id)
+        _refuse_archived(service, table)
+        return service, table
+
+    async def merge(
+        self, identity: Identity, service_id: int, table_id: int, customer_id: str, data: Mapping[str, Any]
+    ) -> ProfileView:
+        if len(data) > MAX_KEYS_PER_WRITE:
+            raise InvalidArgument.field("data", f"at most {MAX_KEYS_PER_WRITE} attributes per write, got {len(data)}")
+        service, table = await self._writable_table(identity, service_id, table_id)
+        problem = customer_id_problem(customer_id, pii_guard=service.pii_guard)
+        if problem:
+            raise InvalidArgument.field("customer_id", problem)
+        if any(name not in table.by_name for name in data):
+            # An attribute registered a moment ago is writable at once.
+            service = await self._registry.fresh_service(identity, service_id)
+            table = service.table(table_id)
+        specs = {name: attribute.spec for name, attribute in table.by_name.items()}
+        canonical = validate_update(specs, data, pii_guard=service.pii_guard)
+        changes = {str(table.by_name[name].id): value for name, value in canonical.items()}
+        stored = await self._repo.merge(table_id, customer_id, changes)
+        return ProfileView(service_id, table_id, customer_id, _readable(table, stored))
+
+    async def delete(self, identity: Identity, service_id: int, table_id: int, customer_id: str) -> None:
+        await self._table(identity, service_id, table_id)
+        await self._repo.delete(table_id, customer_id)
+
+    async def merge_batch(
+        self,
+        identity: Identity,
+        service_id: int,
+        table_id: int,
+        rows: Iterable[BatchRow],
+        *,
+        all_or_nothing: bool,
+        max_errors: int = 1000,
+    ) -> BatchResult:
+        """Validates every row like a single write; stores the valid ones in one transaction."""
+        # A batch is long enough that a fresh look at the registry costs nothing.
+        service = await self._registry.fresh_service(identity, service_id)
+        table = service.table(table_id)
+        _refuse_archived(service, table)
+        result = BatchResult()
+        # Rows for one customer fold in order, so a later row wins per attribute.
+        folded: dict[str, Values] = {}
+        for row in rows:
+            result.rows_received += 1
+            problem = customer_id_problem(row.customer_id, pii_guard=service.pii_guard)
+            if problem:
+                _note(result, RowError(row.row_number, "customerId", problem), max_errors)
+                continue
+            changes: Values = {}
+            bad = False
+            for name, value in row.data.items():
+                attribute = table.by_name.get(name)
+                if attribute is None:
+                    _note(
+                        result, RowError(row.row_number, name, "is not an active attribute of this table"), max_errors
+                    )
+                    bad = True
+                    continue
+                try:
+                    changes[str(attribute.id)] = (
+                        None if value is None else check_json_value(attribute.spec, value, pii_guard=service.pii_guard)
+                    )
+                except ValueProblem as problem_value:
+                    _note(result, RowError(row.row_number, name, str(problem_value)), max_errors)
+                    bad = True
+            if bad:
+                continue
+            folded.setdefault(row.customer_id, {}).update(changes)
+            result.rows_stored += 1
+        if all_or_nothing and result.errors:
+            result.rows_stored = 0
+            return result
+        await self._repo.merge_batch(table_id, list(folded.items()))
+        return result
+
+    async def consolidated(
+        self, identity: Identity, service_id: int, optimizely_user_id: str, *, optimizely_table_id: int | None = None
+    ) -> list[ProfileView]:
+        """The Optimizely table's profile first, then each aliased table's in table-id order."""
+        service = await self._registry.service(identity, service_id)
+        if optimizely_table_id is not None and optimizely_table_id != service.optimizely_table_id:
+            raise NotFound(
+                f"table {optimizely_table_id} is not the Optimizely table of DCP service {service_id}",
+                metadata={"resource": "table", "id": str(optimizely_table_id)},
+            )
+        links = dict(await self._aliases(identity, service_id, optimizely_user_id))
+        if any(table_id not in service.tables for table_id in links):
+            service = await self._registry.fresh_service(identity, service_id)
+        keys: list[tuple[int, str]] = []
+        if service.optimizely_table_id:
+            keys.append((service.optimizely_table_id, optimizely_user_id))
+        for table_id in sorted(links):
+            info = service.tables.get(table_id)
+            if info is not None and not info.archived and not info.is_optimizely:
+                keys.append((table_id, links[table_id]))
+        stored = await self._repo.get_many(keys)
+        views = []
+        for table_id, customer_id in keys:
+            visible = _readable(service.tables[table_id], stored.get((table_id, customer_id), {}))
+            if visible:
+                views.append(ProfileView(service_id, table_id, customer_id, visible))
+        return views
+
+
+def _refuse_archived(service: ServiceSnapshot, table: TableInfo) -> None:
+    if table.archived or service.archived:
+        raise FailedPrecondition(
+            f"table {table.id} is archived; its profiles can no longer be written", reason="RESOURCE_ARCHIVED"
+        )
+
+
+def _note(result: BatchResult, error: RowError, max_errors: int) -> None:
+    if len(result.errors) < max_errors:
+        result.errors.append(error)

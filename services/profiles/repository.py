@@ -1,0 +1,78 @@
+"""SQL for the profiles schema: attribute values keyed by attribute id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from services._runtime.db import MigrationSet
+
+SCHEMA = "profiles"
+MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migrations")
+
+# `||` overwrites the named keys and keeps the rest; a JSON null then marks a
+# key to clear, which jsonb_strip_nulls removes.
+_MERGE = """
+INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)
+VALUES ($1, $2, jsonb_strip_nulls($3::jsonb))
+ON CONFLICT (customer_id, datasource_id)
+DO UPDATE SET data = jsonb_strip_nulls(p.data || EXCLUDED.data), updated_at = now()
+RETURNING data
+"""
+
+_MERGE_STAGED = """
+INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)
+SELECT customer_id, $1, jsonb_strip_nulls(data) FROM pg_temp.profile_batch
+ON CONFLICT (customer_id, datasource_id)
+DO UPDATE SET data = jsonb_strip_nulls(p.data || EXCLUDED.data), updated_at = now()
+"""
+
+Values = dict[str, Any]
+
+
+class ProfilesRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, table_id: int, customer_id: str) -> Values | None:
+        data: Values | None = await self._pool.fetchval(
+            "SELECT data FROM profiles.profiles WHERE customer_id = $1 AND datasource_id = $2", customer_id, table_id
+        )
+        return data
+
+    async def get_many(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Values]:
+        """Many (table, customer) profiles in one query."""
+        if not keys:
+            return {}
+        rows = await self._pool.fetch(
+            "SELECT p.datasource_id, p.customer_id, p.data FROM profiles.profiles p"
+            " JOIN unnest($1::bigint[], $2::text[]) AS k(datasource_id, customer_id)"
+            " ON p.customer_id = k.customer_id AND p.datasource_id = k.datasource_id",
+            [table_id for table_id, _ in keys],
+            [customer_id for _, customer_id in keys],
+        )
+        return {(row["datasource_id"], row["customer_id"]): row["data"] for row in rows}
+
+    async def merge(self, table_id: int, customer_id: str, changes: Values) -> Values:
+        data: Values = await self._pool.fetchval(_MERGE, customer_id, table_id, changes)
+        return data
+
+    async def delete(self, table_id: int, customer_id: str) -> None:
+        await self._pool.execute(
+            "DELETE FROM profiles.profiles WHERE customer_id = $1 AND datasource_id = $2", customer_id, table_id
+        )
+
+    async def merge_batch(self, table_id: int, rows: Sequence[tuple[str, Values]]) -> int:
+        """Merges folded rows (one per customer) in one transaction, via COPY."""
+        if not rows:
+            return 0
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS profile_batch (customer_id text, data jsonb) ON COMMIT DELETE ROWS"
+            )
+            await connection.copy_records_to_table("profile_batch", records=rows, schema_name="pg_temp")
+            await connection.execute(_MERGE_STAGED, table_id)
+        return len(rows)

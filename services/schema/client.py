@@ -1,0 +1,204 @@
+"""What other services need of the registry, fetched over gRPC and cached briefly.
+
+Profiles and aliases check every request against a service's tables and
+attributes. Asking the schema service each time would double the latency of a
+profile read, so a snapshot per (account, service) is kept for at most
+`ttl_seconds` (one second by default): an archived attribute or table is
+refused within that time, and a name the snapshot does not know triggers one
+immediate refresh, so a newly registered attribute is writable at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+
+from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
+from services._runtime.errors import DcpError, NotFound, Unavailable
+from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, Identity
+from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
+from services.profiles.validation import AttributeSpec
+
+_DATATYPES = {
+    resources_pb2.DATATYPE_STRING: "string",
+    resources_pb2.DATATYPE_BOOL: "bool",
+    resources_pb2.DATATYPE_LONG: "long",
+    resources_pb2.DATATYPE_DOUBLE: "double",
+    resources_pb2.DATATYPE_DATETIME: "datetime",
+}
+_FORMATS = {
+    resources_pb2.DATETIME_FORMAT_DATE: "yyyy-mm-dd",
+    resources_pb2.DATETIME_FORMAT_DATETIME: "yyyy-mm-ddThh:mm:ssZ",
+    resources_pb2.DATETIME_FORMAT_EPOCH: "epoch",
+}
+_LOCATORS = {
+    resources_pb2.LOCATOR_TYPE_COOKIE: "cookie",
+    resources_pb2.LOCATOR_TYPE_QUERY_PARAMETER: "query parameter",
+    resources_pb2.LOCATOR_TYPE_JS_VARIABLE: "js_variable",
+    resources_pb2.LOCATOR_TYPE_UID: "uid",
+}
+
+
+DEFAULT_BLOCKED_CUSTOMER_IDS = frozenset({"", "null", "undefined", "0", "anonymous"})
+
+
+@dataclass(frozen=True)
+class ActiveAttribute:
+    id: int
+    spec: AttributeSpec
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A table as profiles and aliases see it: its locator and active attributes."""
+
+    id: int
+    name: str
+    archived: bool
+    is_optimizely: bool
+    locator_type: str
+    locator_name: str | None
+    by_name: Mapping[str, ActiveAttribute]
+    by_id: Mapping[int, ActiveAttribute]
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    """One DCP service's tables, as of `fetched_at` (monotonic seconds)."""
+
+    id: int
+    account_id: int
+    archived: bool
+    tables: Mapping[int, TableInfo]
+    fetched_at: float
+    optimizely_table_id: int = field(default=0)
+    pii_guard: bool = True
+    """Refuse values that look like personal data."""
+    alias_blocked_customer_ids: frozenset[str] = DEFAULT_BLOCKED_CUSTOMER_IDS
+    """Lower-cased placeholder values that are never linked."""
+    alias_max_users_per_customer_id: int = 100
+    """How many Optimizely users one customer id may link to."""
+
+    def table(self, table_id: int) -> TableInfo:
+        """The table, or NOT_FOUND when it is not one of this service's."""
+        info = self.tables.get(table_id)
+        if info is None:
+            raise NotFound(
+                f"table {table_id} does not exist in DCP service {self.id}",
+                metadata={"resource": "table", "id": str(table_id)},
+            )
+        return info
+
+
+def _table_info(table: resources_pb2.Table) -> TableInfo:
+    active = [
+        ActiveAttribute(
+            id=a.id,
+            spec=AttributeSpec(name=a.name, datatype=_DATATYPES[a.datatype], format=_FORMATS.get(a.format)),
+        )
+        for a in table.attributes
+        if not a.archived
+    ]
+    return TableInfo(
+        id=table.id,
+        name=table.name,
+        archived=table.archived,
+        is_optimizely=table.is_optimizely,
+        locator_type=_LOCATORS.get(table.keyfield_locator_type, "uid"),
+        locator_name=table.keyfield_locator_name if table.HasField("keyfield_locator_name") else None,
+        by_name={a.spec.name: a for a in active},
+        by_id={a.id: a for a in active},
+    )
+
+
+class RegistryClient:
+    """Cached, per-account snapshots of DCP services, from the schema service."""
+
+    def __init__(
+        self,
+        stub: schema_service_pb2_grpc.SchemaServiceAsyncStub,
+        signer: AssertionSigner,
+        *,
+        ttl_seconds: float = 1.0,
+    ) -> None:
+        self._stub = stub
+        self._signer = signer
+        self._ttl = ttl_seconds
+        self._snapshots: dict[tuple[int, int], ServiceSnapshot] = {}
+        self._refreshing: dict[tuple[int, int], asyncio.Future[ServiceSnapshot]] = {}
+
+    async def service(self, identity: Identity, service_id: int, *, max_age: float | None = None) -> ServiceSnapshot:
+        """The service's snapshot, no older than `max_age` (default: the TTL)."""
+        key = (identity.account_id, service_id)
+        limit = self._ttl if max_age is None else max_age
+        cached = self._snapshots.get(key)
+        if cached is not None and time.monotonic() - cached.fetched_at <= limit:
+            return cached
+        pending = self._refreshing.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        # One fetch per service at a time, however many requests are waiting.
+        future: asyncio.Future[ServiceSnapshot] = asyncio.get_running_loop().create_future()
+        self._refreshing[key] = future
+        try:
+            snapshot = await self._fetch(identity, service_id)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved here, so an unawaited future never warns
+            raise
+        else:
+            future.set_result(snapshot)
+            self._snapshots[key] = snapshot
+            return snapshot
+        finally:
+            del self._refreshing[key]
+
+    async def fresh_service(self, identity: Identity, service_id: int) -> ServiceSnapshot:
+        """A snapshot fetched now: for names the cached one does not know."""
+        return await self.service(identity, service_id, max_age=0.0)
+
+    async def _fetch(self, identity: Identity, service_id: int) -> ServiceSnapshot:
+        metadata = (
+            (IDENTITY_METADATA_KEY, self._signer.sign(identity)),
+            (REQUEST_ID_METADATA_KEY, request_id.get()),
+        )
+        try:
+            service = await self._stub.GetDcpService(
+                schema_service_pb2.GetDcpServiceRequest(dcp_service_id=service_id), metadata=metadata
+            )
+            tables: dict[int, TableInfo] = {}
+            token = ""
+            while True:
+                page = await self._stub.ListTables(
+                    schema_service_pb2.ListTablesRequest(dcp_service_id=service_id, page_size=1000, page_token=token),
+                    metadata=metadata,
+                )
+                tables.update((t.id, _table_info(t)) for t in page.tables)
+                token = page.next_page_token
+                if not token:
+                    break
+        except grpc.aio.AioRpcError as error:
+            raise _from_schema_error(error, service_id) from None
+        optimizely = next((t.id for t in tables.values() if t.is_optimizely), 0)
+        return ServiceSnapshot(
+            id=service.id,
+            account_id=service.account_id,
+            archived=service.archived,
+            tables=tables,
+            fetched_at=time.monotonic(),
+            optimizely_table_id=optimizely,
+        )
+
+
+def _from_schema_error(error: grpc.aio.AioRpcError, service_id: int) -> DcpError:
+    if error.code() is grpc.StatusCode.NOT_FOUND:
+        return NotFound(
+            f"DCP service {service_id} does not exist", metadata={"resource": "DCP service", "id": str(service_id)}
+        )
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable("the schema service is unavailable; retry later")
+    return DcpError(f"the schema service answered {error.code().name}: {error.details()}")
