@@ -1,0 +1,255 @@
+"""The v1 profile API under /api: customer profiles, the consolidated view, aliases, resolve."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dcp.aliases.v1 import aliases_service_pb2 as aliases_pb
+from dcp.aliases.v1 import aliases_service_pb2_grpc as aliases_grpc
+from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
+from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
+from gateway.bodies import INT64_MAX
+from gateway.config_api import Call, Endpoint, path_id
+from gateway.errors import ApiError
+
+PREFIX = "/api"
+INT64_MIN = -(2**63)
+
+
+def _value_to_proto(name: str, value: Any) -> profiles_pb.Value:
+    """A JSON value as a typed wire value; the profiles service checks it against the attribute."""
+    if value is None:
+        return profiles_pb.Value(null_value=True)
+    if isinstance(value, bool):
+        return profiles_pb.Value(bool_value=value)
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ApiError.field(f"data.{name}", "must fit in a signed 64-bit integer")
+        return profiles_pb.Value(long_value=value)
+    if isinstance(value, float):
+        return profiles_pb.Value(double_value=value)
+    if isinstance(value, str):
+        return profiles_pb.Value(string_value=value)
+    kind = "an array" if isinstance(value, list) else "an object"
+    raise ApiError.field(f"data.{name}", f"must be a string, number, boolean or null, got {kind}")
+
+
+def _value_from_proto(value: profiles_pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    return None if kind in (None, "null_value") else getattr(value, kind)
+
+
+def _profile(message: profiles_pb.Profile) -> dict[str, Any]:
+    return {
+        "customerId": message.customer_id,
+        "dcpServiceId": str(message.dcp_service_id),
+        "datasourceId": str(message.dcp_datasource_id),
+        "data": {name: _value_from_proto(value) for name, value in message.data.items()},
+    }
+
+
+def _alias_set(message: aliases_pb.AliasSet) -> dict[str, Any]:
+    return {
+        "customerId": message.optimizely_user_id,
+        "dcpServiceId": str(message.dcp_service_id),
+        "datasourceId": str(message.optimizely_datasource_id),
+        "data": {str(table_id): customer_id for table_id, customer_id in sorted(message.customer_ids.items())},
+    }
+
+
+def _data_object(body: Any, *, allowed: frozenset[str] = frozenset({"data"})) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object with a 'data' object", code="MALFORMED_REQUEST")
+    for key in body:
+        if key not in allowed:
+            raise ApiError.field(key, 'is not a field of this request; send {"data": {...}}')
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise ApiError.field("data", "is required and must be a JSON object")
+    return data
+
+
+def _string_map(body: Mapping[str, Any], field: str) -> dict[str, str]:
+    value = body.get(field, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError.field(field, "must be a JSON object of names to string values")
+    result: dict[str, str] = {}
+    for name, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise ApiError.field(f"{field}.{name}", "must be a string")
+        result[name] = str(item)
+    return result
+
+
+class ProfileApi:
+    def __init__(
+        self, profiles: profiles_grpc.ProfilesServiceAsyncStub, aliases: aliases_grpc.AliasesServiceAsyncStub
+    ) -> None:
+        self._profiles = profiles
+        self._aliases = aliases
+
+    def routes(self, wrap: Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+            handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
+
+            async def dispatch(request: Request) -> Response:
+                method = "GET" if request.method == "HEAD" else request.method
+                return await handlers[method](request)
+
+            return Route(PREFIX + path, dispatch, methods=list(methods))
+
+        return [
+            route(
+                "/customer_profile/{service_id}/{table_id}/{customer_id:path}",
+                {"GET": self.get_profile, "POST": self.merge_profile, "DELETE": self.delete_profile},
+            ),
+            route("/consolidatedCustomerView/{service_id}/{user_id}", {"GET": self.consolidated}),
+            route(
+                "/consolidatedCustomerView/{service_id}/{optimizely_table_id}/{user_id:path}",
+                {"GET": self.consolidated},
+            ),
+            route(
+                "/alias/{service_id}/{optimizely_table_id}/{user_id}",
+                {"GET": self.get_aliases, "POST": self.merge_aliases},
+            ),
+            route("/alias/{service_id}/{optimizely_table_id}/{user_id}/{table_id}", {"DELETE": self.delete_alias}),
+            route("/resolve/{service_id}/{user_id}", {"POST": self.resolve}),
+        ]
+
+    # Customer profiles
+
+    async def get_profile(self, request: Request, call: Call) -> Response:
+        result = await self._profiles.GetProfile(
+            profiles_pb.GetProfileRequest(
+                dcp_service_id=path_id(request, "service_id"),
+                dcp_datasource_id=path_id(request, "table_id"),
+                customer_id=request.path_params["customer_id"],
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(_profile(result))
+
+    async def merge_profile(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        table_id = path_id(request, "table_id")
+        data = _data_object(await call.json())
+        result = await self._profiles.MergeProfile(
+            profiles_pb.MergeProfileRequest(
+                dcp_service_id=service_id,
+                dcp_datasource_id=table_id,
+                customer_id=request.path_params["customer_id"],
+                data={name: _value_to_proto(name, value) for name, value in data.items()},
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(_profile(result), status_code=201)
+
+    async def delete_profile(self, request: Request, call: Call) -> Response:
+        await self._profiles.DeleteProfile(
+            profiles_pb.DeleteProfileRequest(
+                dcp_service_id=path_id(request, "service_id"),
+                dcp_datasource_id=path_id(request, "table_id"),
+                customer_id=request.path_params["customer_id"],
+            ),
+            metadata=call.metadata,
+        )
+        return Response(status_code=204)
+
+    async def consolidated(self, request: Request, call: Call) -> Response:
+        optimizely_table_id = (
+            path_id(request, "optimizely_table_id") if "optimizely_table_id" in request.path_params else 0
+        )
+        result = await self._profiles.GetConsolidatedView(
+            profiles_pb.GetConsolidatedViewRequest(
+                dcp_service_id=path_id(request, "service_id"),
+                optimizely_user_id=request.path_params["user_id"],
+                optimizely_datasource_id=optimizely_table_id,
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse([_profile(p) for p in result.profiles])
+
+    # Aliases
+
+    async def get_aliases(self, request: Request, call: Call) -> Response:
+        result = await self._aliases.GetAliases(
+            aliases_pb.GetAliasesRequest(
+                dcp_service_id=path_id(request, "service_id"),
+                optimizely_datasource_id=path_id(request, "optimizely_table_id"),
+                optimizely_user_id=request.path_params["user_id"],
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(_alias_set(result))
+
+    async def merge_aliases(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        optimizely_table_id = path_id(request, "optimizely_table_id")
+        data = _data_object(await call.json())
+        customer_ids: dict[int, str] = {}
+        for key, customer_id in data.items():
+            if not (key.isascii() and key.isdigit()) or len(key) > 18:
+                raise ApiError.field(f"data.{key}", "keys must be table ids")
+            if not isinstance(customer_id, str):
+                raise ApiError.field(f"data.{key}", "must be a customer id string")
+            customer_ids[int(key)] = customer_id
+        result = await self._aliases.MergeAliases(
+            aliases_pb.MergeAliasesRequest(
+                dcp_service_id=service_id,
+                optimizely_datasource_id=optimizely_table_id,
+                optimizely_user_id=request.path_params["user_id"],
+                customer_ids=customer_ids,
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(_alias_set(result), status_code=201)
+
+    async def delete_alias(self, request: Request, call: Call) -> Response:
+        await self._aliases.DeleteAlias(
+            aliases_pb.DeleteAliasRequest(
+                dcp_service_id=path_id(request, "service_id"),
+                optimizely_datasource_id=path_id(request, "optimizely_table_id"),
+                optimizely_user_id=request.path_params["user_id"],
+                dcp_datasource_id=path_id(request, "table_id"),
+            ),
+            metadata=call.metadata,
+        )
+        return Response(status_code=204)
+
+    # Resolving a visitor
+
+    async def resolve(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        user_id = request.path_params["user_id"]
+        body = await call.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="MALFORMED_REQUEST")
+        for key in body:
+            if key not in ("cookies", "query", "js"):
+                raise ApiError.field(key, "is not a field of this request; send cookies, query and js")
+        resolution = await self._aliases.ResolveVisitor(
+            aliases_pb.ResolveVisitorRequest(
+                dcp_service_id=service_id,
+                optimizely_user_id=user_id,
+                cookies=_string_map(body, "cookies"),
+                query=_string_map(body, "query"),
+                js=_string_map(body, "js"),
+            ),
+            metadata=call.metadata,
+        )
+        view = await self._profiles.GetConsolidatedView(
+            profiles_pb.GetConsolidatedViewRequest(dcp_service_id=service_id, optimizely_user_id=user_id),
+            metadata=call.metadata,
+        )
+        headers = {}
+        if resolution.skipped:
+            # The view is the answer; which tables' locator values were refused travels beside it.
+            headers["X-DCP-Skipped-Tables"] = ",".join(str(s.dcp_datasource_id) for s in resolution.skipped)
+        return JSONResponse([_profile(p) for p in view.profiles], headers=headers)
