@@ -16,10 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services._runtime.errors import DcpError, NotFound, Unavailable
-from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, Identity
+from services._runtime.errors import DcpError, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, CredentialKind, Identity, Scope
 from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
 from services.profiles.validation import AttributeSpec
 
@@ -202,3 +204,49 @@ def _from_schema_error(error: grpc.aio.AioRpcError, service_id: int) -> DcpError
     if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable("the schema service is unavailable; retry later")
     return DcpError(f"the schema service answered {error.code().name}: {error.details()}")
+
+
+class RemoteAuthenticator:
+    """Verifies credentials through the schema service's AuthService (for services in other processes)."""
+
+    def __init__(self, stub: schema_service_pb2_grpc.AuthServiceAsyncStub) -> None:
+        self._stub = stub
+
+    async def authenticate(self, token: str) -> Identity:
+        try:
+            response = await self._stub.Authenticate(
+                schema_service_pb2.AuthenticateRequest(token=token),
+                metadata=((REQUEST_ID_METADATA_KEY, request_id.get()),),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _auth_error(error) from None
+        identity = response.identity
+        return Identity(
+            account_id=identity.account_id,
+            scopes=frozenset(Scope(s) for s in identity.scopes),
+            credential_kind=CredentialKind(identity.credential_kind),
+            subject=identity.subject,
+        )
+
+
+def _auth_error(error: grpc.aio.AioRpcError) -> DcpError:
+    reason = _error_reason(error)
+    if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(error.details() or "the credentials are not valid")
+    if error.code() is grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(error.details() or "permission denied", reason=reason)
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable("the schema service is unavailable; retry later")
+    return DcpError(f"the schema service answered {error.code().name}: {error.details()}")
+
+
+def _error_reason(error: grpc.aio.AioRpcError) -> str | None:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return None

@@ -1,0 +1,35 @@
+"""The aliases service as other services call it over gRPC."""
+
+from __future__ import annotations
+
+import grpc
+
+from dcp.aliases.v1 import aliases_service_pb2 as pb
+from dcp.aliases.v1 import aliases_service_pb2_grpc as pb_grpc
+from services._runtime.errors import DcpError, NotFound, Unavailable
+from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, Identity
+from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
+
+
+class AliasesClient:
+    def __init__(self, stub: pb_grpc.AliasesServiceAsyncStub, signer: AssertionSigner) -> None:
+        self._stub = stub
+        self._signer = signer
+
+    async def links_of(self, identity: Identity, service_id: int, optimizely_user_id: str) -> dict[int, str]:
+        metadata = (
+            (IDENTITY_METADATA_KEY, self._signer.sign(identity)),
+            (REQUEST_ID_METADATA_KEY, request_id.get()),
+        )
+        try:
+            result = await self._stub.GetAliases(
+                pb.GetAliasesRequest(dcp_service_id=service_id, optimizely_user_id=optimizely_user_id),
+                metadata=metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                raise NotFound(error.details() or f"DCP service {service_id} does not exist") from None
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable("the aliases service is unavailable; retry later") from None
+            raise DcpError(f"the aliases service answered {error.code().name}: {error.details()}") from None
+        return dict(result.customer_ids)
