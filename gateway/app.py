@@ -14,11 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dcp.aliases.v1 import aliases_service_pb2_grpc
+from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.auth import Metadata, authenticate, request_id_of
 from gateway.bodies import read_json
 from gateway.config_api import ConfigApi, Endpoint
 from gateway.errors import ApiError, from_rpc_error
+from gateway.profile_api import ProfileApi
 from services._runtime.interceptors import request_id
 
 logger = logging.getLogger(__name__)
@@ -30,12 +33,22 @@ class GatewayClients:
 
     auth: schema_service_pb2_grpc.AuthServiceAsyncStub
     schema: schema_service_pb2_grpc.SchemaServiceAsyncStub
+    profiles: profiles_service_pb2_grpc.ProfilesServiceAsyncStub
+    aliases: aliases_service_pb2_grpc.AliasesServiceAsyncStub
 
     @classmethod
-    def over(cls, schema_channel: grpc.aio.Channel) -> GatewayClients:
+    def over(
+        cls,
+        schema_channel: grpc.aio.Channel,
+        profiles_channel: grpc.aio.Channel | None = None,
+        aliases_channel: grpc.aio.Channel | None = None,
+    ) -> GatewayClients:
+        """Stubs over the services' channels; one channel serves all when they share a process."""
         return cls(
             auth=schema_service_pb2_grpc.AuthServiceStub(schema_channel),
             schema=schema_service_pb2_grpc.SchemaServiceStub(schema_channel),
+            profiles=profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel or schema_channel),
+            aliases=aliases_service_pb2_grpc.AliasesServiceStub(aliases_channel or schema_channel),
         )
 
 
@@ -86,5 +99,9 @@ def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) ->
             return ApiError(404, f"no such endpoint: {request.url.path}", code="ROUTE_NOT_FOUND").response()
         return ApiError(exc.status_code, str(exc.detail)).response()
 
-    routes = [Route("/healthz", healthz), *ConfigApi(clients.schema).routes(wrap)]
+    routes = [
+        Route("/healthz", healthz),
+        *ConfigApi(clients.schema).routes(wrap),
+        *ProfileApi(clients.profiles, clients.aliases).routes(wrap),
+    ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

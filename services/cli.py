@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from grpc import aio
+
 from gateway.app import GatewayClients
 from services import platform
 from services._runtime import logs
@@ -32,62 +34,74 @@ def _settings(options: argparse.Namespace) -> Settings:
 
 async def _up(settings: Settings) -> None:
     with platform.database_url(settings) as url:
-        async with AsyncExitStack() as stack:
-            pool = await stack.enter_async_context(platform.opened_pool(url, settings))
+        async with platform.opened_pool(url, settings) as pool:
             await platform.migrate_all(pool)
             parts = platform.schema_parts(settings, pool)
             first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
             signer = platform.identity_signer(settings, allow_generated=True)
-            grpc_server = await platform.start_grpc(
-                settings,
-                platform.schema_bindings(parts, signer),
-                parts.credentials,
-                signer,
-            )
-            grpc_address = f"{settings.grpc_host}:{grpc_server.port}"
-            channel = await stack.enter_async_context(platform.grpc_channel(grpc_address))
-            gateway = await platform.start_gateway(settings, GatewayClients.over(channel))
-            await grpc_server.mark_serving()
-            print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
-            print(f"  REST: http://{settings.http_host}:{gateway.port}/experiment/v1/", flush=True)
-            print(f"  gRPC: {grpc_address}", flush=True)
-            print(
-                f"  database: {'embedded PostgreSQL' if not settings.database_url else 'DCP_DATABASE_URL'}", flush=True
-            )
-            if first_token:
-                print(f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):")
-                print(f"    {first_token}", flush=True)
-            await wait_for_stop_signal()
-            print("stopping...", flush=True)
-            await gateway.stop()
-            await grpc_server.stop(settings.shutdown_grace_seconds)
+            suite = await platform.start_suite(settings, pool, signer)
+            try:
+                print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
+                print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
+                print(f"  gRPC: {suite.grpc_address}", flush=True)
+                database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
+                print(f"  database: {database}", flush=True)
+                if first_token:
+                    print(
+                        f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):"
+                    )
+                    print(f"    {first_token}", flush=True)
+                await wait_for_stop_signal()
+                print("stopping...", flush=True)
+            finally:
+                await suite.stop(settings.shutdown_grace_seconds)
+
+
+def _require(value: str | None, variable: str, service: str) -> str:
+    if not value:
+        raise SystemExit(f"dcp serve {service} needs {variable}")
+    return value
 
 
 async def _serve(settings: Settings, service: str) -> None:
-    if service == "schema":
-        if not settings.database_url:
-            raise SystemExit("dcp serve schema needs DCP_DATABASE_URL")
-        async with platform.opened_pool(settings.database_url, settings) as pool:
-            await platform.migrate_all(pool)
-            parts = platform.schema_parts(settings, pool)
-            signer = platform.identity_signer(settings, allow_generated=False)
-            server = await platform.start_grpc(
-                settings, platform.schema_bindings(parts, signer), parts.credentials, signer
-            )
-            await server.mark_serving()
-            print(f"schema service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)
-            await wait_for_stop_signal()
-            await server.stop(settings.shutdown_grace_seconds)
-    elif service == "gateway":
-        if not settings.schema_address:
-            raise SystemExit("dcp serve gateway needs DCP_SCHEMA_ADDRESS")
-        async with platform.grpc_channel(settings.schema_address) as channel:
-            gateway = await platform.start_gateway(settings, GatewayClients.over(channel))
+    if service == "gateway":
+        schema_address = _require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service)
+        async with AsyncExitStack() as stack:
+            channels = [
+                await stack.enter_async_context(platform.grpc_channel(address))
+                for address in (
+                    schema_address,
+                    settings.profiles_address or schema_address,
+                    settings.aliases_address or schema_address,
+                )
+            ]
+            gateway = await platform.start_gateway(settings, GatewayClients.over(*channels))
             print(f"gateway serving REST on http://{settings.http_host}:{gateway.port}", flush=True)
             await wait_for_stop_signal()
             await gateway.stop()
-    else:
-        raise SystemExit(f"unknown service {service!r}; one of: {', '.join(platform.SERVICES)}")
+        return
+    database_url = _require(settings.database_url, "DCP_DATABASE_URL", service)
+    signer = platform.identity_signer(settings, allow_generated=False)
+    async with platform.opened_pool(database_url, settings) as pool, AsyncExitStack() as stack:
+        await platform.migrate_all(pool)
+        if service == "schema":
+            server = await platform.start_schema_server(settings, pool, signer)
+        else:
+            schema = await stack.enter_async_context(
+                platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
+            )
+            aliases: aio.Channel | None = None
+            if service == "profiles":
+                aliases = await stack.enter_async_context(
+                    platform.grpc_channel(_require(settings.aliases_address, "DCP_ALIASES_ADDRESS", service))
+                )
+            server = await platform.start_remote_server(
+                settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases
+            )
+        await server.mark_serving()
+        print(f"{service} service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)
+        await wait_for_stop_signal()
+        await server.stop(settings.shutdown_grace_seconds)
 
 
 async def _with_credentials(settings: Settings, action: Callable[[platform.SchemaParts], Awaitable[None]]) -> None:

@@ -16,23 +16,38 @@ from typing import Any
 import asyncpg
 import grpc
 import uvicorn
+from grpc import aio
 
+from dcp.aliases.v1 import aliases_service_pb2_grpc
+from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients, create_app
 from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, create_pool, migrate
 from services._runtime.identity import AssertionSigner
-from services._runtime.server import RunningServer, ServiceBinding, build_server
+from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server
 from services._runtime.settings import Settings
+from services.aliases import repository as aliases_repository
+from services.aliases import servicer as aliases_servicer
+from services.aliases.aliases import Aliases
+from services.aliases.client import AliasesClient
+from services.profiles import repository as profiles_repository
+from services.profiles import servicer as profiles_servicer
+from services.profiles.profiles import Profiles
 from services.schema import repository as schema_repository
 from services.schema import servicer as schema_servicer
 from services.schema.catalog import Catalog
+from services.schema.client import RegistryClient, RemoteAuthenticator
 from services.schema.credentials import Credentials
 from services.schema.model import TokenKind
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("schema", "gateway")
-ALL_MIGRATIONS: tuple[MigrationSet, ...] = (schema_repository.MIGRATIONS,)
+SERVICES = ("schema", "profiles", "aliases", "gateway")
+ALL_MIGRATIONS: tuple[MigrationSet, ...] = (
+    schema_repository.MIGRATIONS,
+    profiles_repository.MIGRATIONS,
+    aliases_repository.MIGRATIONS,
+)
 
 
 class EmbeddedPostgres:
@@ -106,6 +121,116 @@ async def start_grpc(
     return await build_server(bindings, resolver=resolver, address=f"{settings.grpc_host}:{settings.grpc_port}")
 
 
+@dataclass
+class Suite:
+    """Every service in one process on one gRPC port, and optionally the gateway."""
+
+    grpc: RunningServer
+    grpc_address: str
+    channel: aio.Channel
+    schema: SchemaParts
+    profiles: Profiles
+    aliases: Aliases
+    gateway: RunningGateway | None
+
+    @property
+    def http_url(self) -> str:
+        assert self.gateway is not None
+        return f"http://{self.gateway.host}:{self.gateway.port}"
+
+    async def stop(self, grace: float) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
+        await self.grpc.stop(grace)
+        await self.channel.close(grace=None)
+
+
+def _dial_address(host: str, port: int) -> str:
+    # A wildcard listener is reached through loopback from inside the process.
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def start_suite(
+    settings: Settings, pool: asyncpg.Pool, signer: AssertionSigner, *, with_gateway: bool = True
+) -> Suite:
+    """Starts schema, profiles and aliases on one server, wired to each other through it."""
+    parts = schema_parts(settings, pool)
+    prepared = prepare_server(
+        resolver=CallerResolver(signer, parts.credentials), address=f"{settings.grpc_host}:{settings.grpc_port}"
+    )
+    address = _dial_address(settings.grpc_host, prepared.port)
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        registry = RegistryClient(
+            schema_service_pb2_grpc.SchemaServiceStub(channel), signer, ttl_seconds=settings.registry_cache_seconds
+        )
+        aliases = Aliases(aliases_repository.AliasesRepository(pool), registry)
+        # In one process the consolidated view asks the aliases domain directly:
+        # one round trip fewer on the hottest read.
+        profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, aliases.links_of)
+        server = await prepared.start(
+            [
+                *schema_bindings(parts, signer),
+                *profiles_servicer.bindings(profiles),
+                *aliases_servicer.bindings(aliases),
+            ]
+        )
+        gateway = await start_gateway(settings, GatewayClients.over(channel)) if with_gateway else None
+    except BaseException:
+        await prepared.server.stop(None)
+        await channel.close(grace=None)
+        raise
+    await server.mark_serving()
+    return Suite(
+        grpc=server,
+        grpc_address=address,
+        channel=channel,
+        schema=parts,
+        profiles=profiles,
+        aliases=aliases,
+        gateway=gateway,
+    )
+
+
+async def start_schema_server(settings: Settings, pool: asyncpg.Pool, signer: AssertionSigner) -> RunningServer:
+    """The schema service alone: it verifies credentials itself."""
+    parts = schema_parts(settings, pool)
+    return await start_grpc(settings, schema_bindings(parts, signer), parts.credentials, signer)
+
+
+async def start_remote_server(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    signer: AssertionSigner,
+    service: str,
+    *,
+    schema_channel: aio.Channel,
+    aliases_channel: aio.Channel | None,
+) -> RunningServer:
+    """Profiles or aliases alone, asking the schema (and aliases) service over gRPC."""
+    registry = RegistryClient(
+        schema_service_pb2_grpc.SchemaServiceStub(schema_channel), signer, ttl_seconds=settings.registry_cache_seconds
+    )
+    authenticator = RemoteAuthenticator(schema_service_pb2_grpc.AuthServiceStub(schema_channel))
+    if service == "aliases":
+        bindings = aliases_servicer.bindings(Aliases(aliases_repository.AliasesRepository(pool), registry))
+    elif service == "profiles":
+        assert aliases_channel is not None
+        lookup = AliasesClient(aliases_service_pb2_grpc.AliasesServiceStub(aliases_channel), signer)
+        bindings = profiles_servicer.bindings(
+            Profiles(profiles_repository.ProfilesRepository(pool), registry, lookup.links_of)
+        )
+    else:
+        raise SystemExit(f"unknown service {service!r}; one of: {', '.join(SERVICES)}")
+    return await build_server(
+        bindings,
+        resolver=CallerResolver(signer, authenticator),
+        address=f"{settings.grpc_host}:{settings.grpc_port}",
+    )
+
+
 class _QuietUvicorn(uvicorn.Server):
     # The process owns SIGTERM/SIGINT and stops every part in order.
     @contextlib.contextmanager
@@ -117,6 +242,7 @@ class _QuietUvicorn(uvicorn.Server):
 class RunningGateway:
     server: uvicorn.Server
     task: asyncio.Task[None]
+    host: str
     port: int
 
     async def stop(self) -> None:
@@ -126,7 +252,11 @@ class RunningGateway:
 
 async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningGateway:
     app = create_app(clients, max_body_bytes=settings.max_body_bytes)
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only
+    # when their proto says TCP, and without it Nagle holds each response body
+    # back until the client's delayed ACK (~40 ms per request).
+    family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.http_host, settings.http_port))
     sock.listen(1024)
@@ -138,7 +268,7 @@ async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningG
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    return RunningGateway(server=server, task=task, port=sock.getsockname()[1])
+    return RunningGateway(server=server, task=task, host=settings.http_host, port=sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

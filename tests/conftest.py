@@ -15,7 +15,6 @@ import grpc
 import httpx
 import pytest
 
-from gateway.app import GatewayClients
 from services import platform
 from services._runtime.db import create_pool
 from services._runtime.settings import Settings
@@ -117,25 +116,18 @@ class RunningPlatform:
 
 @pytest.fixture(scope="session")
 async def running(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[RunningPlatform]:
-    parts = platform.schema_parts(settings, pool)
     signer = platform.identity_signer(settings, allow_generated=False)
-    server = await platform.start_grpc(settings, platform.schema_bindings(parts, signer), parts.credentials, signer)
-    address = f"{settings.grpc_host}:{server.port}"
-    channel = grpc.aio.insecure_channel(address)
-    gateway = await platform.start_gateway(settings, GatewayClients.over(channel))
-    await server.mark_serving()
+    suite = await platform.start_suite(settings, pool, signer)
     try:
         yield RunningPlatform(
             settings=settings,
-            parts=parts,
-            grpc_address=address,
-            http_url=f"http://{settings.http_host}:{gateway.port}",
-            channel=channel,
+            parts=suite.schema,
+            grpc_address=suite.grpc_address,
+            http_url=suite.http_url,
+            channel=suite.channel,
         )
     finally:
-        await gateway.stop()
-        await server.stop(1)
-        await channel.close()
+        await suite.stop(1)
 
 
 @dataclass(frozen=True)
@@ -177,9 +169,7 @@ async def http(running: RunningPlatform) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(autouse=True)
-def _isolate_aws_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def _isolate_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """A developer's AWS profile or region must never change what the suite asserts."""
     for name in list(os.environ):
         if name.startswith("AWS_"):

@@ -44,26 +44,47 @@ class RunningServer:
         await self.server.stop(grace)
 
 
-async def build_server(bindings: Sequence[ServiceBinding], *, resolver: CallerResolver, address: str) -> RunningServer:
-    """Builds and starts a server on `address` ("host:0" picks a free port)."""
+@dataclass
+class PreparedServer:
+    """A server bound to its port but not started: callers can dial the port
+    (e.g. a service that asks another in the same process) before servicers exist."""
+
+    server: grpc.aio.Server
+    port: int
+
+    async def start(self, bindings: Sequence[ServiceBinding]) -> RunningServer:
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        names: list[str] = []
+        for binding in bindings:
+            binding.register(self.server)
+            names.extend(binding.service_names)
+        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        await self.server.start()
+        # Ready only once the process says so (RunningServer.mark_serving).
+        for name in ("", *names):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        return RunningServer(server=self.server, port=self.port, health=health_servicer, service_names=tuple(names))
+
+
+def prepare_server(*, resolver: CallerResolver, address: str) -> PreparedServer:
+    """A server listening on `address` ("host:0" picks a free port) once started."""
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(resolver)],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names: list[str] = []
-    for binding in bindings:
-        binding.register(server)
-        names.extend(binding.service_names)
-    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise OSError(f"cannot listen for gRPC on {address}: {error}") from None
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    await server.start()
-    for name in ("", *names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer, service_names=tuple(names))
+        raise OSError(f"cannot listen for gRPC on {address}")
+    return PreparedServer(server=server, port=port)
+
+
+async def build_server(bindings: Sequence[ServiceBinding], *, resolver: CallerResolver, address: str) -> RunningServer:
+    """Builds and starts a server on `address` ("host:0" picks a free port)."""
+    return await prepare_server(resolver=resolver, address=address).start(bindings)
 
 
 async def wait_for_stop_signal() -> None:

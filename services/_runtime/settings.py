@@ -80,6 +80,9 @@ class Settings:
     """Time in-flight calls get on SIGTERM; keep it below Kubernetes' grace period."""
     max_body_bytes: int = 1024 * 1024
     """Largest REST request body accepted (413 beyond)."""
+    registry_cache_seconds: float = 1.0
+    """How long profiles and aliases trust their copy of a service's tables and
+    attributes: an archived attribute or table is refused within this time."""
     log_format: str = "text"
     """`text` for terminals, `json` for production."""
     log_level: str = "INFO"
@@ -122,6 +125,7 @@ class Settings:
             db_pool_max_size=reader.integer("DCP_DB_POOL_MAX_SIZE", 10, minimum=1),
             shutdown_grace_seconds=reader.number("DCP_SHUTDOWN_GRACE_SECONDS", 10.0),
             max_body_bytes=reader.integer("DCP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            registry_cache_seconds=reader.number("DCP_REGISTRY_CACHE_SECONDS", 1.0),
             log_format=reader.choice("DCP_LOG_FORMAT", ("text", "json"), "text"),
             log_level=reader.choice("DCP_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             oauth=oauth,

@@ -13,21 +13,30 @@ from services._runtime.db import MigrationSet
 SCHEMA = "profiles"
 MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migrations")
 
-# `||` overwrites the named keys and keeps the rest; a JSON null then marks a
-# key to clear, which jsonb_strip_nulls removes.
+# `||` overwrites the named keys and keeps the rest; a JSON null marks a key
+# to clear, which jsonb_strip_nulls then removes. The update reads the
+# parameter, not EXCLUDED, because the inserted row has its nulls stripped.
 _MERGE = """
 INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)
 VALUES ($1, $2, jsonb_strip_nulls($3::jsonb))
 ON CONFLICT (customer_id, datasource_id)
-DO UPDATE SET data = jsonb_strip_nulls(p.data || EXCLUDED.data), updated_at = now()
+DO UPDATE SET data = jsonb_strip_nulls(p.data || $3::jsonb), updated_at = now()
 RETURNING data
 """
 
+# A batch row's clears must reach the update, so rows go in with their nulls
+# and the few new rows that carried some are stripped afterwards.
 _MERGE_STAGED = """
 INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)
-SELECT customer_id, $1, jsonb_strip_nulls(data) FROM pg_temp.profile_batch
+SELECT customer_id, $1, data FROM pg_temp.profile_batch
 ON CONFLICT (customer_id, datasource_id)
 DO UPDATE SET data = jsonb_strip_nulls(p.data || EXCLUDED.data), updated_at = now()
+"""
+
+_STRIP_STAGED_NULLS = """
+UPDATE profiles.profiles AS p SET data = jsonb_strip_nulls(p.data)
+FROM pg_temp.profile_batch AS b
+WHERE p.customer_id = b.customer_id AND p.datasource_id = $1 AND jsonb_strip_nulls(b.data) <> b.data
 """
 
 Values = dict[str, Any]
@@ -75,4 +84,6 @@ class ProfilesRepository:
             )
             await connection.copy_records_to_table("profile_batch", records=rows, schema_name="pg_temp")
             await connection.execute(_MERGE_STAGED, table_id)
+            if any(value is None for _, data in rows for value in data.values()):
+                await connection.execute(_STRIP_STAGED_NULLS, table_id)
         return len(rows)
