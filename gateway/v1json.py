@@ -59,6 +59,10 @@ def dcp_service(message: resources_pb2.DcpService) -> dict[str, Any]:
         "last_modified": timestamp(message.last_modified),
         "name": message.name,
         "s3_path": message.s3_path,
+        # Open DCP's guards; v1 clients ignore fields they do not know.
+        "pii_guard": message.guards.pii_guard,
+        "alias_blocked_customer_ids": list(message.guards.alias_blocked_customer_ids),
+        "alias_max_users_per_customer_id": message.guards.alias_max_users_per_customer_id,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services._runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.paging import Page
@@ -24,6 +24,16 @@ def new_access_key_pair() -> tuple[str, str]:
     access_key = "AKDC" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16))
     secret_key = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40))
     return access_key, secret_key
+
+
+@dataclass(frozen=True)
+class ServiceChanges:
+    """Fields of a DCP service update; None leaves a field as it is."""
+
+    name: str | None = None
+    pii_guard: bool | None = None
+    alias_blocked_customer_ids: list[str] | None = None
+    alias_max_users_per_customer_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,15 +149,28 @@ class Catalog:
             )
             return service
 
-    async def rename_service(self, account_id: int, service_id: int, name: str) -> DcpService:
-        rules.name(name)
+    async def update_service(self, account_id: int, service_id: int, changes: ServiceChanges) -> DcpService:
+        if changes.name is not None:
+            rules.name(changes.name)
+        blocked = rules.blocked_customer_ids(changes.alias_blocked_customer_ids)
+        if changes.alias_max_users_per_customer_id is not None:
+            rules.max_users_per_customer_id(changes.alias_max_users_per_customer_id)
         async with self._repo.transaction() as repo:
             service = await repo.get_service(account_id, service_id, for_update=True)
             if service is None:
                 raise _not_found("DCP service", service_id)
             if service.archived:
                 raise _archived("DCP service", service_id)
-            return await repo.rename_service(account_id, service_id, name)
+            updated = replace(
+                service,
+                name=service.name if changes.name is None else changes.name,
+                pii_guard=service.pii_guard if changes.pii_guard is None else changes.pii_guard,
+                alias_blocked_customer_ids=service.alias_blocked_customer_ids if blocked is None else blocked,
+                alias_max_users_per_customer_id=service.alias_max_users_per_customer_id
+                if changes.alias_max_users_per_customer_id is None
+                else changes.alias_max_users_per_customer_id,
+            )
+            return await repo.update_service(updated)
 
     async def archive_service(self, account_id: int, service_id: int) -> None:
         async with self._repo.transaction() as repo:

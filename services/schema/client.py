@@ -193,6 +193,11 @@ class RegistryClient:
             tables=tables,
             fetched_at=time.monotonic(),
             optimizely_table_id=optimizely,
+            pii_guard=service.guards.pii_guard if service.guards.HasField("pii_guard") else True,
+            alias_blocked_customer_ids=frozenset(service.guards.alias_blocked_customer_ids)
+            if service.HasField("guards")
+            else DEFAULT_BLOCKED_CUSTOMER_IDS,
+            alias_max_users_per_customer_id=service.guards.alias_max_users_per_customer_id or 100,
         )
 
 

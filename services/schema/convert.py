@@ -101,6 +101,11 @@ def service_to_proto(service: DcpService) -> resources_pb2.DcpService:
         s3_path=service.s3_path,
         created=timestamp(service.created),
         last_modified=timestamp(service.last_modified),
+        guards=resources_pb2.ServiceGuards(
+            pii_guard=service.pii_guard,
+            alias_blocked_customer_ids=list(service.alias_blocked_customer_ids),
+            alias_max_users_per_customer_id=service.alias_max_users_per_customer_id,
+        ),
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+DEFAULT_BLOCKED_CUSTOMER_IDS = ("", "null", "undefined", "0", "anonymous")
+
 
 class LocatorType(StrEnum):
     COOKIE = "cookie"
@@ -70,6 +72,9 @@ class DcpService:
     aws_secret_key: str
     created: datetime
     last_modified: datetime
+    pii_guard: bool = True
+    alias_blocked_customer_ids: tuple[str, ...] = DEFAULT_BLOCKED_CUSTOMER_IDS
+    alias_max_users_per_customer_id: int = 100
 
     @property
     def s3_path(self) -> str:

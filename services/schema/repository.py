@@ -58,7 +58,9 @@ def _project(row: asyncpg.Record) -> Project:
 
 
 def _service(row: asyncpg.Record) -> DcpService:
-    return DcpService(**dict(row))
+    values = dict(row)
+    values["alias_blocked_customer_ids"] = tuple(values["alias_blocked_customer_ids"])
+    return DcpService(**values)
 
 
 def _attribute(row: asyncpg.Record) -> Attribute:
@@ -215,13 +217,17 @@ class SchemaRepository:
         )
         return _service(row)
 
-    async def rename_service(self, account_id: int, service_id: int, name: str) -> DcpService:
+    async def update_service(self, service: DcpService) -> DcpService:
         row = await self._db.fetchrow(
-            "UPDATE catalog.dcp_services SET name = $3, last_modified = now()"
+            "UPDATE catalog.dcp_services SET name = $3, pii_guard = $4, alias_blocked_customer_ids = $5,"
+            " alias_max_users_per_customer_id = $6, last_modified = now()"
             " WHERE account_id = $1 AND id = $2 RETURNING *",
-            account_id,
-            service_id,
-            name,
+            service.account_id,
+            service.id,
+            service.name,
+            service.pii_guard,
+            list(service.alias_blocked_customer_ids),
+            service.alias_max_users_per_customer_id,
         )
         return _service(row)
 

@@ -54,7 +54,7 @@ def locator(kind: LocatorType, locator_name: str | None) -> str | None:
         raise InvalidArgument.field(
             "keyfield_locator_name", f"is required when keyfield_locator_type is {kind.value!r}"
         )
-    if len(locator_name) > MAX_NAME_LENGTH or not _LOCATOR_NAME.match(locator_name):
+    if len(locator_name) > MAX_NAME_LENGTH or not _LOCATOR_NAME.fullmatch(locator_name):
         raise InvalidArgument.field(
             "keyfield_locator_name",
             "must start with a letter or underscore and hold only letters, digits, underscores and '$' "
@@ -84,3 +84,31 @@ def datetime_format(kind: Datatype, value: str | None) -> DatetimeFormat | None:
     except ValueError:
         choices = ", ".join(repr(f.value) for f in DatetimeFormat)
         raise InvalidArgument.field("format", f"must be one of {choices}, got {value!r}") from None
+
+
+MAX_BLOCKED_CUSTOMER_IDS = 100
+MAX_USERS_PER_CUSTOMER_ID = 1_000_000
+
+
+def blocked_customer_ids(values: list[str] | None) -> tuple[str, ...] | None:
+    """Placeholder customer ids, normalised for case-insensitive comparison."""
+    if values is None:
+        return None
+    if len(values) > MAX_BLOCKED_CUSTOMER_IDS:
+        raise InvalidArgument.field(
+            "guards.alias_blocked_customer_ids", f"at most {MAX_BLOCKED_CUSTOMER_IDS} values, got {len(values)}"
+        )
+    for value in values:
+        if len(value) > MAX_NAME_LENGTH:
+            raise InvalidArgument.field(
+                "guards.alias_blocked_customer_ids", f"values must be at most {MAX_NAME_LENGTH} characters"
+            )
+    return tuple(dict.fromkeys(value.strip().lower() for value in values))
+
+
+def max_users_per_customer_id(value: int) -> int:
+    if not 1 <= value <= MAX_USERS_PER_CUSTOMER_ID:
+        raise InvalidArgument.field(
+            "guards.alias_max_users_per_customer_id", f"must be between 1 and {MAX_USERS_PER_CUSTOMER_ID}, got {value}"
+        )
+    return value

@@ -13,7 +13,7 @@ from services._runtime.identity import AssertionSigner, Scope, caller
 from services._runtime.paging import next_token, read_page
 from services._runtime.server import ServiceBinding
 from services.schema import convert
-from services.schema.catalog import Catalog, TableChanges
+from services.schema.catalog import Catalog, ServiceChanges, TableChanges
 from services.schema.credentials import Credentials
 
 Context = ServicerContext
@@ -113,10 +113,35 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
     ) -> resources_pb2.DcpService:
         account = caller(Scope.WRITE).account_id
         service = request.dcp_service
-        paths = _mask_paths(request.update_mask, ("name",), {"name"} if service.name else set())
-        if "name" not in paths:
-            return convert.service_to_proto(await self._catalog.get_service(account, service.id))
-        return convert.service_to_proto(await self._catalog.rename_service(account, service.id, service.name))
+        guards = service.guards
+        present = {"name"} if service.name else set()
+        if guards.HasField("pii_guard"):
+            present.add("guards.pii_guard")
+        if guards.alias_blocked_customer_ids:
+            present.add("guards.alias_blocked_customer_ids")
+        if guards.HasField("alias_max_users_per_customer_id"):
+            present.add("guards.alias_max_users_per_customer_id")
+        paths = _mask_paths(
+            request.update_mask,
+            (
+                "name",
+                "guards.pii_guard",
+                "guards.alias_blocked_customer_ids",
+                "guards.alias_max_users_per_customer_id",
+            ),
+            present,
+        )
+        changes = ServiceChanges(
+            name=service.name if "name" in paths else None,
+            pii_guard=guards.pii_guard if "guards.pii_guard" in paths else None,
+            alias_blocked_customer_ids=list(guards.alias_blocked_customer_ids)
+            if "guards.alias_blocked_customer_ids" in paths
+            else None,
+            alias_max_users_per_customer_id=guards.alias_max_users_per_customer_id
+            if "guards.alias_max_users_per_customer_id" in paths
+            else None,
+        )
+        return convert.service_to_proto(await self._catalog.update_service(account, service.id, changes))
 
     async def ArchiveDcpService(
         self, request: schema_service_pb2.ArchiveDcpServiceRequest, context: Context

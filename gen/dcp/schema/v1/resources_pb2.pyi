@@ -182,6 +182,7 @@ class DcpService(_message.Message):
     S3_PATH_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     LAST_MODIFIED_FIELD_NUMBER: _builtins.int
+    GUARDS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     account_id: _builtins.int
     name: _builtins.str
@@ -195,6 +196,10 @@ class DcpService(_message.Message):
     def created(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_modified(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def guards(self) -> Global___ServiceGuards:
+        """Guards of what profiles and aliases accept; defaults apply when unset."""
+
     def __init__(
         self,
         *,
@@ -207,14 +212,61 @@ class DcpService(_message.Message):
         s3_path: _builtins.str = ...,
         created: _timestamp_pb2.Timestamp | None = ...,
         last_modified: _timestamp_pb2.Timestamp | None = ...,
+        guards: Global___ServiceGuards | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "last_modified", b"last_modified"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "guards", b"guards", "last_modified", b"last_modified"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "archived", b"archived", "aws_access_key", b"aws_access_key", "aws_secret_key", b"aws_secret_key", "created", b"created", "id", b"id", "last_modified", b"last_modified", "name", b"name", "s3_path", b"s3_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "archived", b"archived", "aws_access_key", b"aws_access_key", "aws_secret_key", b"aws_secret_key", "created", b"created", "guards", b"guards", "id", b"id", "last_modified", b"last_modified", "name", b"name", "s3_path", b"s3_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DcpService: _TypeAlias = DcpService  # noqa: Y015
+
+@_typing.final
+class ServiceGuards(_message.Message):
+    """What a DCP service refuses to store, so that integrations cannot leak
+    personal data or merge unrelated visitors by mistake.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PII_GUARD_FIELD_NUMBER: _builtins.int
+    ALIAS_BLOCKED_CUSTOMER_IDS_FIELD_NUMBER: _builtins.int
+    ALIAS_MAX_USERS_PER_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    pii_guard: _builtins.bool
+    """Refuse customer ids and string values that look like personal data
+    (e-mail addresses, US social security numbers, payment card numbers).
+    Default: on.
+    """
+    alias_max_users_per_customer_id: _builtins.int
+    """How many Optimizely users one customer id may link to. Default: 100."""
+    @_builtins.property
+    def alias_blocked_customer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Customer-id values never linked to a visitor, compared case-insensitively.
+        Default: "", "null", "undefined", "0", "anonymous".
+        """
+
+    def __init__(
+        self,
+        *,
+        pii_guard: _builtins.bool | None = ...,
+        alias_blocked_customer_ids: _abc.Iterable[_builtins.str] | None = ...,
+        alias_max_users_per_customer_id: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alias_max_users_per_customer_id", b"_alias_max_users_per_customer_id", "_pii_guard", b"_pii_guard", "alias_max_users_per_customer_id", b"alias_max_users_per_customer_id", "pii_guard", b"pii_guard"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alias_max_users_per_customer_id", b"_alias_max_users_per_customer_id", "_pii_guard", b"_pii_guard", "alias_blocked_customer_ids", b"alias_blocked_customer_ids", "alias_max_users_per_customer_id", b"alias_max_users_per_customer_id", "pii_guard", b"pii_guard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alias_max_users_per_customer_id: _TypeAlias = _typing.Literal["alias_max_users_per_customer_id"]  # noqa: Y015
+    _WhichOneofArgType__alias_max_users_per_customer_id: _TypeAlias = _typing.Literal["_alias_max_users_per_customer_id", b"_alias_max_users_per_customer_id"]  # noqa: Y015
+    _WhichOneofReturnType__pii_guard: _TypeAlias = _typing.Literal["pii_guard"]  # noqa: Y015
+    _WhichOneofArgType__pii_guard: _TypeAlias = _typing.Literal["_pii_guard", b"_pii_guard"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alias_max_users_per_customer_id) -> _WhichOneofReturnType__alias_max_users_per_customer_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pii_guard) -> _WhichOneofReturnType__pii_guard | None: ...
+
+Global___ServiceGuards: _TypeAlias = ServiceGuards  # noqa: Y015
 
 @_typing.final
 class Table(_message.Message):

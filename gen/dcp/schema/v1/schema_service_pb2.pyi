@@ -269,7 +269,9 @@ class UpdateDcpServiceRequest(_message.Message):
     def dcp_service(self) -> _resources_pb2.DcpService: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths: "name"."""
+        """Paths: "name", "guards.pii_guard", "guards.alias_blocked_customer_ids",
+        "guards.alias_max_users_per_customer_id".
+        """
 
     def __init__(
         self,

@@ -212,7 +212,7 @@ class SchemaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateDcpService(self, request, context):
-        """Renames a DCP service ("name" is the only mutable field).
+        """Renames a DCP service or changes its guards.
         NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION (RESOURCE_ARCHIVED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -64,7 +64,7 @@ class SchemaServiceStub:
     (SERVICE_LIMIT_REACHED) when the account has its maximum of active services.
     """
     UpdateDcpService: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateDcpServiceRequest, _resources_pb2.DcpService]
-    """Renames a DCP service ("name" is the only mutable field).
+    """Renames a DCP service or changes its guards.
     NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION (RESOURCE_ARCHIVED).
     """
     ArchiveDcpService: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveDcpServiceRequest, _empty_pb2.Empty]
@@ -145,7 +145,7 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     (SERVICE_LIMIT_REACHED) when the account has its maximum of active services.
     """
     UpdateDcpService: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateDcpServiceRequest, _resources_pb2.DcpService]  # type: ignore[assignment]
-    """Renames a DCP service ("name" is the only mutable field).
+    """Renames a DCP service or changes its guards.
     NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION (RESOURCE_ARCHIVED).
     """
     ArchiveDcpService: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveDcpServiceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
@@ -271,7 +271,7 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schema_service_pb2.UpdateDcpServiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.DcpService, _abc.Awaitable[_resources_pb2.DcpService]]:
-        """Renames a DCP service ("name" is the only mutable field).
+        """Renames a DCP service or changes its guards.
         NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION (RESOURCE_ARCHIVED).
         """
 
