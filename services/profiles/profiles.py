@@ -71,6 +71,17 @@ def customer_id_problem(customer_id: str, *, pii_guard: bool) -> str | None:
     return None
 
 
+def table_key_hint(table: TableInfo) -> Callable[[str], str]:
+    """Why a key is not an attribute name, pointing at the name when an id was sent."""
+
+    def hint(key: str) -> str:
+        if key.isascii() and key.isdigit() and int(key) in table.by_id:
+            return f"is an attribute id; use the attribute's name {table.by_id[int(key)].spec.name!r}"
+        return "is not an active attribute of this table"
+
+    return hint
+
+
 def _readable(table: TableInfo, stored: Values) -> dict[str, Any]:
     """Stored values of active attributes, by name, in registration order."""
     visible: dict[str, Any] = {}
@@ -140,7 +151,7 @@ class Profiles:
             service = await self._registry.fresh_service(identity, service_id)
             table = service.table(table_id)
         specs = {name: attribute.spec for name, attribute in table.by_name.items()}
-        canonical = validate_update(specs, data, pii_guard=service.pii_guard)
+        canonical = validate_update(specs, data, pii_guard=service.pii_guard, unknown_key=table_key_hint(table))
         changes = {str(table.by_name[name].id): value for name, value in canonical.items()}
         stored = await self._repo.merge(table_id, customer_id, changes)
         return ProfileView(service_id, table_id, customer_id, _readable(table, stored))
@@ -164,6 +175,7 @@ class Profiles:
         service = await self._registry.fresh_service(identity, service_id)
         table = service.table(table_id)
         _refuse_archived(service, table)
+        hint = table_key_hint(table)
         result = BatchResult()
         # Rows for one customer fold in order, so a later row wins per attribute.
         folded: dict[str, Values] = {}
@@ -178,9 +190,7 @@ class Profiles:
             for name, value in row.data.items():
                 attribute = table.by_name.get(name)
                 if attribute is None:
-                    _note(
-                        result, RowError(row.row_number, name, "is not an active attribute of this table"), max_errors
-                    )
+                    _note(result, RowError(row.row_number, name, hint(name)), max_errors)
                     bad = True
                     continue
                 try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -144,7 +144,11 @@ def parse_cell(spec: AttributeSpec, text: str, *, pii_guard: bool = True) -> Any
 
 
 def validate_update(
-    attributes: Mapping[str, AttributeSpec], data: Mapping[str, Any], *, pii_guard: bool = True
+    attributes: Mapping[str, AttributeSpec],
+    data: Mapping[str, Any],
+    *,
+    pii_guard: bool = True,
+    unknown_key: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Checks a whole partial update: every key must be an active attribute.
 
@@ -156,7 +160,8 @@ def validate_update(
     for name, value in data.items():
         spec = attributes.get(name)
         if spec is None:
-            violations.append((f"data.{name}", "is not an active attribute of this table"))
+            reason = unknown_key(name) if unknown_key else "is not an active attribute of this table"
+            violations.append((f"data.{name}", reason))
             continue
         if value is None:
             canonical[name] = None
