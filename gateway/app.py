@@ -102,6 +102,6 @@ def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) ->
     routes = [
         Route("/healthz", healthz),
         *ConfigApi(clients.schema).routes(wrap),
-        *ProfileApi(clients.profiles, clients.aliases).routes(wrap),
+        *ProfileApi(clients.schema, clients.profiles, clients.aliases).routes(wrap),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -13,6 +13,7 @@ from dcp.aliases.v1 import aliases_service_pb2 as aliases_pb
 from dcp.aliases.v1 import aliases_service_pb2_grpc as aliases_grpc
 from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
+from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
 from gateway.bodies import INT64_MAX
 from gateway.config_api import Call, Endpoint, path_id
 from gateway.errors import ApiError
@@ -90,8 +91,12 @@ def _string_map(body: Mapping[str, Any], field: str) -> dict[str, str]:
 
 class ProfileApi:
     def __init__(
-        self, profiles: profiles_grpc.ProfilesServiceAsyncStub, aliases: aliases_grpc.AliasesServiceAsyncStub
+        self,
+        schema: schema_service_pb2_grpc.SchemaServiceAsyncStub,
+        profiles: profiles_grpc.ProfilesServiceAsyncStub,
+        aliases: aliases_grpc.AliasesServiceAsyncStub,
     ) -> None:
+        self._schema = schema
         self._profiles = profiles
         self._aliases = aliases
 
@@ -121,6 +126,7 @@ class ProfileApi:
             ),
             route("/alias/{service_id}/{optimizely_table_id}/{user_id}/{table_id}", {"DELETE": self.delete_alias}),
             route("/resolve/{service_id}/{user_id}", {"POST": self.resolve}),
+            route("/whoami", {"GET": self.whoami}),
         ]
 
     # Customer profiles
@@ -222,6 +228,16 @@ class ProfileApi:
             metadata=call.metadata,
         )
         return Response(status_code=204)
+
+    async def whoami(self, request: Request, call: Call) -> Response:
+        identity = await self._schema.WhoAmI(schema_service_pb2.WhoAmIRequest(), metadata=call.metadata)
+        return JSONResponse(
+            {
+                "accountId": str(identity.account_id),
+                "scopes": list(identity.scopes),
+                "credentialKind": identity.credential_kind,
+            }
+        )
 
     # Resolving a visitor
 

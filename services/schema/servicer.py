@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from google.protobuf import empty_pb2, field_mask_pb2
 
+from dcp.common.v1 import identity_pb2
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from services._runtime.errors import InvalidArgument
 from services._runtime.grpc_types import ServicerContext
@@ -35,6 +36,9 @@ def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present:
 class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
+
+    async def WhoAmI(self, request: schema_service_pb2.WhoAmIRequest, context: Context) -> identity_pb2.CallerIdentity:
+        return convert.identity_to_proto(caller(Scope.READ))
 
     # Projects
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from dcp.common.v1 import identity_pb2 as dcp_dot_common_dot_v1_dot_identity__pb2
 from dcp.schema.v1 import resources_pb2 as dcp_dot_schema_dot_v1_dot_resources__pb2
 from dcp.schema.v1 import schema_service_pb2 as dcp_dot_schema_dot_v1_dot_schema__service__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
@@ -45,6 +46,11 @@ class SchemaServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.WhoAmI = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/WhoAmI',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=dcp_dot_common_dot_v1_dot_identity__pb2.CallerIdentity.FromString,
+                _registered_method=True)
         self.ListProjects = channel.unary_unary(
                 '/dcp.schema.v1.SchemaService/ListProjects',
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListProjectsRequest.SerializeToString,
@@ -158,6 +164,14 @@ class SchemaServiceServicer:
     Missing or invalid credentials: UNAUTHENTICATED; revoked token, personal
     token or missing scope: PERMISSION_DENIED.
     """
+
+    def WhoAmI(self, request, context):
+        """Who the caller is: the account and scopes its credentials grant. Reads no
+        data, so integrations can check a token cheaply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def ListProjects(self, request, context):
         """Lists the caller's projects. INVALID_ARGUMENT for a bad page token.
@@ -317,6 +331,11 @@ class SchemaServiceServicer:
 
 def add_SchemaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.WhoAmIRequest.FromString,
+                    response_serializer=dcp_dot_common_dot_v1_dot_identity__pb2.CallerIdentity.SerializeToString,
+            ),
             'ListProjects': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProjects,
                     request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListProjectsRequest.FromString,
@@ -436,6 +455,33 @@ class SchemaService:
     Missing or invalid credentials: UNAUTHENTICATED; revoked token, personal
     token or missing scope: PERMISSION_DENIED.
     """
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/WhoAmI',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.WhoAmIRequest.SerializeToString,
+            dcp_dot_common_dot_v1_dot_identity__pb2.CallerIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ListProjects(request,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from dcp.common.v1 import identity_pb2 as _identity_pb2
 from dcp.schema.v1 import resources_pb2 as _resources_pb2
 from dcp.schema.v1 import schema_service_pb2 as _schema_service_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
@@ -44,6 +45,10 @@ class SchemaServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SchemaServiceAsyncStub: ...
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.WhoAmIRequest, _identity_pb2.CallerIdentity]
+    """Who the caller is: the account and scopes its credentials grant. Reads no
+    data, so integrations can check a token cheaply.
+    """
     ListProjects: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ListProjectsRequest, _schema_service_pb2.ListProjectsResponse]
     """Lists the caller's projects. INVALID_ARGUMENT for a bad page token."""
     GetProject: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.GetProjectRequest, _resources_pb2.Project]
@@ -125,6 +130,10 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.WhoAmIRequest, _identity_pb2.CallerIdentity]  # type: ignore[assignment]
+    """Who the caller is: the account and scopes its credentials grant. Reads no
+    data, so integrations can check a token cheaply.
+    """
     ListProjects: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ListProjectsRequest, _schema_service_pb2.ListProjectsResponse]  # type: ignore[assignment]
     """Lists the caller's projects. INVALID_ARGUMENT for a bad page token."""
     GetProject: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.GetProjectRequest, _resources_pb2.Project]  # type: ignore[assignment]
@@ -203,6 +212,16 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
     Missing or invalid credentials: UNAUTHENTICATED; revoked token, personal
     token or missing scope: PERMISSION_DENIED.
     """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _schema_service_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.CallerIdentity, _abc.Awaitable[_identity_pb2.CallerIdentity]]:
+        """Who the caller is: the account and scopes its credentials grant. Reads no
+        data, so integrations can check a token cheaply.
+        """
 
     @_abc_1.abstractmethod
     def ListProjects(
