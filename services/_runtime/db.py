@@ -15,14 +15,29 @@ logger = logging.getLogger(__name__)
 Pool = asyncpg.Pool
 
 
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: object) -> bytes:
+    return _JSONB_VERSION + json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _decode_jsonb(data: bytes) -> object:
+    return json.loads(data[1:])
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(
-            type_name,
-            encoder=lambda v: json.dumps(v, separators=(",", ":")),
-            decoder=json.loads,
-            schema="pg_catalog",
-        )
+    # Binary codecs, because COPY (bulk merges) only speaks the binary format.
+    await connection.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
+    await connection.set_type_codec(
+        "json",
+        encoder=lambda v: json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode(),
+        decoder=json.loads,
+        schema="pg_catalog",
+        format="binary",
+    )
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
