@@ -56,14 +56,20 @@ class ProfilesRepository:
         """Many (table, customer) profiles in one query."""
         if not keys:
             return {}
+        wanted = set(keys)
+        # Two ANY lists keep the plan a primary-key lookup per customer whatever
+        # the planner guesses; pairs that were not asked for are dropped here.
         rows = await self._pool.fetch(
-            "SELECT p.datasource_id, p.customer_id, p.data FROM profiles.profiles p"
-            " JOIN unnest($1::bigint[], $2::text[]) AS k(datasource_id, customer_id)"
-            " ON p.customer_id = k.customer_id AND p.datasource_id = k.datasource_id",
-            [table_id for table_id, _ in keys],
-            [customer_id for _, customer_id in keys],
+            "SELECT datasource_id, customer_id, data FROM profiles.profiles"
+            " WHERE customer_id = ANY($1::text[]) AND datasource_id = ANY($2::bigint[])",
+            list({customer_id for _, customer_id in keys}),
+            list({table_id for table_id, _ in keys}),
         )
-        return {(row["datasource_id"], row["customer_id"]): row["data"] for row in rows}
+        return {
+            (row["datasource_id"], row["customer_id"]): row["data"]
+            for row in rows
+            if (row["datasource_id"], row["customer_id"]) in wanted
+        }
 
     async def merge(self, table_id: int, customer_id: str, changes: Values) -> Values:
         data: Values = await self._pool.fetchval(_MERGE, customer_id, table_id, changes)
