@@ -18,7 +18,7 @@ class AliasesClient:
 
     async def links_of(self, identity: Identity, service_id: int, optimizely_user_id: str) -> dict[int, str]:
         metadata = (
-            (IDENTITY_METADATA_KEY, self._signer.sign(identity)),
+            (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
             (REQUEST_ID_METADATA_KEY, request_id.get()),
         )
         try:

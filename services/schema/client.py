@@ -165,7 +165,7 @@ class RegistryClient:
 
     async def _fetch(self, identity: Identity, service_id: int) -> ServiceSnapshot:
         metadata = (
-            (IDENTITY_METADATA_KEY, self._signer.sign(identity)),
+            (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
             (REQUEST_ID_METADATA_KEY, request_id.get()),
         )
         try:
