@@ -36,13 +36,25 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
             400, f"the request body is not valid UTF-8 (byte {error.start})", code="MALFORMED_REQUEST"
         ) from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise ApiError(
             400,
             f"the request body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
             code="MALFORMED_REQUEST",
         ) from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply", code="MALFORMED_REQUEST") from None
+    try:
+        # A \u escape of a lone surrogate parses, but is not Unicode and cannot be stored or echoed.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400,
+            "the request body escapes a lone UTF-16 surrogate, which is not valid Unicode",
+            code="MALFORMED_REQUEST",
+        ) from None
+    return value
 
 
 def _refuse_constant(name: str) -> Any:
@@ -53,8 +65,9 @@ def _refuse_constant(name: str) -> Any:
 class FieldType:
     """A writable field's JSON type."""
 
-    kind: str  # "string", "integer" or "boolean"
+    kind: str  # "string", "integer", "boolean" or "string list"
     nullable: bool = False
+    max_length: int | None = None
 
     def check(self, name: str, value: Any) -> None:
         if value is None:
@@ -65,14 +78,19 @@ class FieldType:
             "string": isinstance(value, str),
             "integer": isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX,
             "boolean": isinstance(value, bool),
+            "string list": isinstance(value, list) and all(isinstance(item, str) for item in value),
         }[self.kind]
         if not ok:
-            expected = "a non-negative integer" if self.kind == "integer" else f"a {self.kind}"
+            expected = {"integer": "a non-negative integer", "string list": "an array of strings"}.get(
+                self.kind, f"a {self.kind}"
+            )
             raise ApiError.field(
                 name, f"must be {expected}{' or null' if self.nullable else ''}, got {_json_type(value)}"
             )
         if isinstance(value, str) and "\x00" in value:
             raise ApiError.field(name, "must not contain NUL characters")
+        if isinstance(value, str) and self.max_length is not None and len(value) > self.max_length:
+            raise ApiError.field(name, f"must be at most {self.max_length} characters, got {len(value)}")
 
 
 def _json_type(value: Any) -> str:

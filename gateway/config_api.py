@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import grpc
 from google.protobuf import field_mask_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,7 +14,8 @@ from starlette.routing import Route
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from gateway import v1json
 from gateway.bodies import BodySpec, FieldType
-from gateway.errors import ApiError
+from gateway.errors import ApiError, from_rpc_error
+from services.schema.rules import MAX_DESCRIPTION_LENGTH
 
 PREFIX = "/experiment/v1"
 
@@ -22,7 +24,12 @@ _PROJECT = BodySpec(
     read_only=frozenset({"id", "account_id", "created", "last_modified"}),
 )
 _SERVICE = BodySpec(
-    writable={"name": FieldType("string")},
+    writable={
+        "name": FieldType("string"),
+        "pii_guard": FieldType("boolean"),
+        "alias_blocked_customer_ids": FieldType("string list"),
+        "alias_max_users_per_customer_id": FieldType("integer"),
+    },
     read_only=frozenset(
         {"id", "account_id", "archived", "aws_access_key", "aws_secret_key", "created", "last_modified", "s3_path"}
     ),
@@ -60,9 +67,11 @@ _ATTRIBUTE_CREATE = BodySpec(
     read_only=frozenset({"id", "archived", "created", "last_modified", "dcp_datasource_id"}),
 )
 # Name and datatype never change; a client may send them back unchanged.
+# The description's limit is checked here too: an unarchive in the same request
+# happens before the edit and must not happen when the edit will be refused.
 _ATTRIBUTE_UPDATE = BodySpec(
     writable={
-        "description": FieldType("string", nullable=True),
+        "description": FieldType("string", nullable=True, max_length=MAX_DESCRIPTION_LENGTH),
         "is_value_public": FieldType("boolean"),
         "archived": FieldType("boolean"),
     },
@@ -84,7 +93,8 @@ Endpoint = Callable[[Request, Call], Awaitable[Response]]
 def path_id(request: Request, name: str) -> int:
     """An id from the path; anything that is not one cannot exist (404)."""
     raw = request.path_params[name]
-    if not raw.isdigit() or len(raw) > 18:
+    # isdigit() alone admits other scripts' digits: Arabic-Indic one parses as 1, superscript two not at all.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, f"{raw!r} is not an id of this API", code="NOT_FOUND")
     return int(raw)
 
@@ -119,6 +129,17 @@ def _format_value(name: str | None) -> resources_pb2.DatetimeFormat.ValueType:
     return value
 
 
+def _project_error(error: grpc.aio.AioRpcError) -> Exception:
+    """The schema service calls a project's name `name`; v1 calls it `project_name`."""
+    if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+        return error
+    api_error = from_rpc_error(error)
+    api_error.errors = [("project_name" if f == "name" else f, m) for f, m in api_error.errors]
+    if api_error.message.startswith("name:"):
+        api_error.message = "project_name:" + api_error.message.removeprefix("name:")
+    return api_error
+
+
 def created(body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, status_code=201)
 
@@ -140,7 +161,9 @@ class ConfigApi:
             handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
 
             async def dispatch(request: Request) -> Response:
-                return await handlers[request.method](request)
+                # Starlette routes HEAD wherever GET is allowed; answer it as GET.
+                method = "GET" if request.method == "HEAD" else request.method
+                return await handlers[method](request)
 
             return Route(PREFIX + path, dispatch, methods=list(methods))
 
@@ -186,9 +209,12 @@ class ConfigApi:
         project = resources_pb2.Project(name=values.get("project_name", ""))
         if values.get("dcp_service_id") is not None:
             project.dcp_service_id = values["dcp_service_id"]
-        result = await self._schema.CreateProject(
-            schema_service_pb2.CreateProjectRequest(project=project), metadata=call.metadata
-        )
+        try:
+            result = await self._schema.CreateProject(
+                schema_service_pb2.CreateProjectRequest(project=project), metadata=call.metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _project_error(error) from None
         return created(v1json.project(result))
 
     async def get_project(self, request: Request, call: Call) -> Response:
@@ -214,10 +240,15 @@ class ConfigApi:
                 project.dcp_service_id = values["dcp_service_id"]
         if not paths:
             return accepted(v1json.project(current))
-        result = await self._schema.UpdateProject(
-            schema_service_pb2.UpdateProjectRequest(project=project, update_mask=field_mask_pb2.FieldMask(paths=paths)),
-            metadata=call.metadata,
-        )
+        try:
+            result = await self._schema.UpdateProject(
+                schema_service_pb2.UpdateProjectRequest(
+                    project=project, update_mask=field_mask_pb2.FieldMask(paths=paths)
+                ),
+                metadata=call.metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _project_error(error) from None
         return accepted(v1json.project(result))
 
     # DCP services
@@ -258,12 +289,19 @@ class ConfigApi:
             schema_service_pb2.GetDcpServiceRequest(dcp_service_id=service_id), metadata=call.metadata
         )
         values = _SERVICE.decode(body, current=v1json.dcp_service(current))
-        if "name" not in values:
+        if not values:
             return accepted(v1json.dcp_service(current))
+        service = resources_pb2.DcpService(id=service_id, name=values.get("name", ""))
+        if "pii_guard" in values:
+            service.guards.pii_guard = values["pii_guard"]
+        if "alias_blocked_customer_ids" in values:
+            service.guards.alias_blocked_customer_ids.extend(values["alias_blocked_customer_ids"])
+        if "alias_max_users_per_customer_id" in values:
+            service.guards.alias_max_users_per_customer_id = min(values["alias_max_users_per_customer_id"], 2**31 - 1)
+        paths = ["name" if field == "name" else f"guards.{field}" for field in values]
         result = await self._schema.UpdateDcpService(
             schema_service_pb2.UpdateDcpServiceRequest(
-                dcp_service=resources_pb2.DcpService(id=service_id, name=values["name"]),
-                update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+                dcp_service=service, update_mask=field_mask_pb2.FieldMask(paths=paths)
             ),
             metadata=call.metadata,
         )
