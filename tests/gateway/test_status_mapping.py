@@ -9,7 +9,7 @@ from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_
 from gateway.errors import HTTP_STATUS_BY_GRPC_CODE, from_rpc_error
 from tests.conftest import MakeAccount, RunningPlatform
 
-EXPECTED = {
+EXPECTED: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.UNKNOWN: 500,
@@ -30,7 +30,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize(("code", "status"), sorted(EXPECTED.items(), key=lambda item: item[1]))
+@pytest.mark.parametrize(("code", "status"), list(EXPECTED.items()), ids=[code.name for code in EXPECTED])
 def test_every_grpc_code_has_its_http_status(code: grpc.StatusCode, status: int) -> None:
     assert HTTP_STATUS_BY_GRPC_CODE[code] == status
 
