@@ -134,6 +134,8 @@ async def running(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Runni
 class TestAccount:
     """An account with a classic token, as `dcp tokens create` makes them."""
 
+    __test__ = False  # a fixture value, not a test class
+
     id: int
     token: str
 

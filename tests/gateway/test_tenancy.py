@@ -1,0 +1,144 @@
+"""One account never sees another's data: every endpoint answers 404 as if it did not exist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MakeAccount, TestAccount
+
+V1 = "/experiment/v1"
+
+
+async def _world(http: httpx.AsyncClient, owner: TestAccount) -> dict[str, int]:
+    """A service, table, attribute, project and profile of `owner`."""
+
+    async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await http.post(path, json=body, headers=owner.headers)
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    service = await post(f"{V1}/dcp_services", {"name": "owned"})
+    table = await post(
+        f"{V1}/dcp_services/{service['id']}/dcp_datasources",
+        {"name": "crm", "keyfield_locator_type": "cookie", "keyfield_locator_name": "crm_id"},
+    )
+    attribute = await post(
+        f"{V1}/dcp_datasources/{table['id']}/dcp_datasource_attributes", {"name": "ltv", "datatype": "long"}
+    )
+    project = await post(f"{V1}/projects", {"project_name": "web", "dcp_service_id": service["id"]})
+    await post(f"/api/customer_profile/{service['id']}/{table['id']}/c1", {"data": {"ltv": 5}})
+    optimizely = (await http.get(f"{V1}/dcp_services/{service['id']}/dcp_datasources", headers=owner.headers)).json()[0]
+    await post(f"/api/alias/{service['id']}/{optimizely['id']}/oeu1", {"data": {str(table["id"]): "c1"}})
+    return {
+        "service": service["id"],
+        "table": table["id"],
+        "attribute": attribute["id"],
+        "project": project["id"],
+        "optimizely": optimizely["id"],
+    }
+
+
+# (method, path template, body): every endpoint that names an object.
+ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", V1 + "/projects/{project}", None),
+    ("PUT", V1 + "/projects/{project}", {"project_name": "stolen"}),
+    ("GET", V1 + "/dcp_services/{service}", None),
+    ("PUT", V1 + "/dcp_services/{service}", {"name": "stolen"}),
+    ("DELETE", V1 + "/dcp_services/{service}", None),
+    ("GET", V1 + "/dcp_services/{service}/dcp_datasources", None),
+    ("POST", V1 + "/dcp_services/{service}/dcp_datasources", {"name": "x", "keyfield_locator_type": "uid"}),
+    ("GET", V1 + "/dcp_datasources/{table}", None),
+    ("PUT", V1 + "/dcp_datasources/{table}", {"name": "stolen"}),
+    ("DELETE", V1 + "/dcp_datasources/{table}", None),
+    ("GET", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", None),
+    ("POST", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", {"name": "x", "datatype": "long"}),
+    ("GET", V1 + "/dcp_datasource_attributes/{attribute}", None),
+    ("PUT", V1 + "/dcp_datasource_attributes/{attribute}", {"description": "stolen"}),
+    ("DELETE", V1 + "/dcp_datasource_attributes/{attribute}", None),
+    ("GET", "/api/customer_profile/{service}/{table}/c1", None),
+    ("POST", "/api/customer_profile/{service}/{table}/c1", {"data": {"ltv": 6}}),
+    ("DELETE", "/api/customer_profile/{service}/{table}/c1", None),
+    ("GET", "/api/consolidatedCustomerView/{service}/oeu1", None),
+    ("GET", "/api/consolidatedCustomerView/{service}/{optimizely}/oeu1", None),
+    ("GET", "/api/alias/{service}/{optimizely}/oeu1", None),
+    ("POST", "/api/alias/{service}/{optimizely}/oeu1", {"data": {"{table}": "c2"}}),
+    ("DELETE", "/api/alias/{service}/{optimizely}/oeu1/{table}", None),
+    ("POST", "/api/resolve/{service}/oeu1", {"cookies": {"crm_id": "c3"}}),
+]
+
+
+def _fill(template: str, ids: dict[str, int]) -> str:
+    return template.format(**ids)
+
+
+def _fill_body(body: dict[str, Any] | None, ids: dict[str, int]) -> dict[str, Any] | None:
+    if body is None:
+        return None
+    filled: dict[str, Any] = {}
+    for key, value in body.items():
+        filled[_fill(key, ids)] = _fill_body(value, ids) if isinstance(value, dict) else value
+    return filled
+
+
+async def _snapshot(http: httpx.AsyncClient, owner: TestAccount, ids: dict[str, int]) -> list[Any]:
+    paths = [
+        f"{V1}/projects/{ids['project']}",
+        f"{V1}/dcp_services/{ids['service']}",
+        f"{V1}/dcp_services/{ids['service']}/dcp_datasources",
+        f"/api/customer_profile/{ids['service']}/{ids['table']}/c1",
+        f"/api/alias/{ids['service']}/{ids['optimizely']}/oeu1",
+    ]
+    return [(await http.get(path, headers=owner.headers)).json() for path in paths]
+
+
+@pytest.mark.parametrize(("method", "template", "body"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _ in ENDPOINTS])
+async def test_another_accounts_objects_answer_404_and_stay_unchanged(
+    http: httpx.AsyncClient, make_account: MakeAccount, method: str, template: str, body: dict[str, Any] | None
+) -> None:
+    owner = await make_account()
+    intruder = await make_account()
+    ids = await _world(http, owner)
+    # The intruder has a world of its own, so its ids are real too, just not these.
+    await _world(http, intruder)
+    before = await _snapshot(http, owner, ids)
+
+    response = await http.request(method, _fill(template, ids), json=_fill_body(body, ids), headers=intruder.headers)
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "NOT_FOUND"
+
+    absent = {key: value + 10_000 for key, value in ids.items()}
+    unknown = await http.request(
+        method, _fill(template, absent), json=_fill_body(body, absent), headers=intruder.headers
+    )
+    assert unknown.status_code == 404
+    assert set(unknown.json()) == set(response.json())
+
+    assert await _snapshot(http, owner, ids) == before
+
+
+async def test_lists_never_show_another_accounts_objects(http: httpx.AsyncClient, make_account: MakeAccount) -> None:
+    owner = await make_account()
+    other = await make_account()
+    ids = await _world(http, owner)
+    assert (await http.get(f"{V1}/dcp_services", headers=other.headers)).json() == []
+    assert (await http.get(f"{V1}/projects", headers=other.headers)).json() == []
+    own = (await http.get(f"{V1}/dcp_services", headers=owner.headers)).json()
+    assert [s["id"] for s in own] == [ids["service"]]
+
+
+async def test_a_project_cannot_link_to_another_accounts_service(
+    http: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    owner = await make_account()
+    other = await make_account()
+    ids = await _world(http, owner)
+    response = await http.post(
+        f"{V1}/projects", json={"project_name": "p", "dcp_service_id": ids["service"]}, headers=other.headers
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "dcp_service_id"
+    assert "does not exist" in response.json()["errors"][0]["message"]
