@@ -105,10 +105,26 @@ class Profiles:
             service = await self._registry.fresh_service(identity, service_id)
         return service, service.table(table_id)
 
+    async def _reading(
+        self, identity: Identity, service: ServiceSnapshot, stored: Iterable[tuple[int, Values]]
+    ) -> ServiceSnapshot:
+        """The snapshot to read stored values with: a fresh one when they name attributes it has not seen.
+
+        Another replica may have stored a value of an attribute registered after
+        this snapshot was taken; hiding it until the snapshot expires would
+        make a profile look different depending on which replica answers.
+        """
+        for table_id, values in stored:
+            table = service.tables.get(table_id)
+            if table is not None and not table.knows_all(values):
+                return await self._registry.fresh_service(identity, service.id)
+        return service
+
     async def get(self, identity: Identity, service_id: int, table_id: int, customer_id: str) -> ProfileView:
-        _, table = await self._table(identity, service_id, table_id)
-        stored = await self._repo.get(table_id, customer_id)
-        visible = _readable(table, stored or {})
+        service, _ = await self._table(identity, service_id, table_id)
+        stored = await self._repo.get(table_id, customer_id) or {}
+        service = await self._reading(identity, service, [(table_id, stored)])
+        visible = _readable(service.table(table_id), stored)
         if not visible:
             raise NotFound(
                 f"customer {customer_id!r} has no values in table {table_id}",
@@ -121,8 +137,10 @@ class Profiles:
     ) -> list[ProfileView]:
         if len(customer_ids) > MAX_BATCH_READ:
             raise InvalidArgument.field("customer_ids", f"at most {MAX_BATCH_READ} per call, got {len(customer_ids)}")
-        _, table = await self._table(identity, service_id, table_id)
+        service, _ = await self._table(identity, service_id, table_id)
         stored = await self._repo.get_many([(table_id, c) for c in dict.fromkeys(customer_ids)])
+        service = await self._reading(identity, service, [(table_id, values) for values in stored.values()])
+        table = service.table(table_id)
         views = []
         for customer_id in dict.fromkeys(customer_ids):
             visible = _readable(table, stored.get((table_id, customer_id), {}))
@@ -154,7 +172,8 @@ class Profiles:
         canonical = validate_update(specs, data, pii_guard=service.pii_guard, unknown_key=table_key_hint(table))
         changes = {str(table.by_name[name].id): value for name, value in canonical.items()}
         stored = await self._repo.merge(table_id, customer_id, changes)
-        return ProfileView(service_id, table_id, customer_id, _readable(table, stored))
+        service = await self._reading(identity, service, [(table_id, stored)])
+        return ProfileView(service_id, table_id, customer_id, _readable(service.table(table_id), stored))
 
     async def delete(self, identity: Identity, service_id: int, table_id: int, customer_id: str) -> None:
         await self._table(identity, service_id, table_id)
@@ -231,6 +250,7 @@ class Profiles:
             if info is not None and not info.archived and not info.is_optimizely:
                 keys.append((table_id, links[table_id]))
         stored = await self._repo.get_many(keys)
+        service = await self._reading(identity, service, [(t, values) for (t, _), values in stored.items()])
         views = []
         for table_id, customer_id in keys:
             visible = _readable(service.tables[table_id], stored.get((table_id, customer_id), {}))

@@ -4,15 +4,19 @@ Profiles and aliases check every request against a service's tables and
 attributes. Asking the schema service each time would double the latency of a
 profile read, so a snapshot per (account, service) is kept for at most
 `ttl_seconds` (one second by default): an archived attribute or table is
-refused within that time, and a name the snapshot does not know triggers one
-immediate refresh, so a newly registered attribute is writable at once.
+refused within that time, and a name or stored attribute id the snapshot does
+not know triggers one immediate refresh, so a newly registered attribute is
+writable and readable at once on every replica.
+
+A snapshot's age counts from when its fetch began, since it can miss any
+change made after that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -66,6 +70,12 @@ class TableInfo:
     locator_name: str | None
     by_name: Mapping[str, ActiveAttribute]
     by_id: Mapping[int, ActiveAttribute]
+    known_ids: frozenset[int] = frozenset()
+    """Every attribute id of the table, archived ones included."""
+
+    def knows_all(self, attribute_ids: Iterable[str]) -> bool:
+        """Whether every stored attribute key was registered before this snapshot."""
+        return all(key.isdigit() and int(key) in self.known_ids for key in attribute_ids)
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,7 @@ def _table_info(table: resources_pb2.Table) -> TableInfo:
         locator_name=table.keyfield_locator_name if table.HasField("keyfield_locator_name") else None,
         by_name={a.spec.name: a for a in active},
         by_id={a.id: a for a in active},
+        known_ids=frozenset(a.id for a in table.attributes),
     )
 
 
@@ -131,39 +142,44 @@ class RegistryClient:
         self._signer = signer
         self._ttl = ttl_seconds
         self._snapshots: dict[tuple[int, int], ServiceSnapshot] = {}
-        self._refreshing: dict[tuple[int, int], asyncio.Future[ServiceSnapshot]] = {}
+        self._refreshing: dict[tuple[int, int], tuple[float, asyncio.Future[ServiceSnapshot]]] = {}
 
     async def service(self, identity: Identity, service_id: int, *, max_age: float | None = None) -> ServiceSnapshot:
         """The service's snapshot, no older than `max_age` (default: the TTL)."""
         key = (identity.account_id, service_id)
         limit = self._ttl if max_age is None else max_age
+        now = time.monotonic()
         cached = self._snapshots.get(key)
-        if cached is not None and time.monotonic() - cached.fetched_at <= limit:
+        if cached is not None and now - cached.fetched_at <= limit:
             return cached
         pending = self._refreshing.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        # One fetch per service at a time, however many requests are waiting.
+        if pending is not None and now - pending[0] <= limit:
+            return await asyncio.shield(pending[1])
+        # One fetch per service at a time, however many requests are waiting;
+        # a caller that needs a newer look than the one in flight starts its own.
         future: asyncio.Future[ServiceSnapshot] = asyncio.get_running_loop().create_future()
-        self._refreshing[key] = future
+        self._refreshing[key] = (now, future)
         try:
-            snapshot = await self._fetch(identity, service_id)
+            snapshot = await self._fetch(identity, service_id, started_at=now)
         except BaseException as error:
             future.set_exception(error)
             future.exception()  # retrieved here, so an unawaited future never warns
             raise
         else:
             future.set_result(snapshot)
-            self._snapshots[key] = snapshot
+            newest = self._snapshots.get(key)
+            if newest is None or newest.fetched_at <= snapshot.fetched_at:
+                self._snapshots[key] = snapshot
             return snapshot
         finally:
-            del self._refreshing[key]
+            if self._refreshing.get(key, (0.0, None))[1] is future:
+                del self._refreshing[key]
 
     async def fresh_service(self, identity: Identity, service_id: int) -> ServiceSnapshot:
         """A snapshot fetched now: for names the cached one does not know."""
         return await self.service(identity, service_id, max_age=0.0)
 
-    async def _fetch(self, identity: Identity, service_id: int) -> ServiceSnapshot:
+    async def _fetch(self, identity: Identity, service_id: int, *, started_at: float) -> ServiceSnapshot:
         metadata = (
             (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
             (REQUEST_ID_METADATA_KEY, request_id.get()),
@@ -191,7 +207,7 @@ class RegistryClient:
             account_id=service.account_id,
             archived=service.archived,
             tables=tables,
-            fetched_at=time.monotonic(),
+            fetched_at=started_at,
             optimizely_table_id=optimizely,
             pii_guard=service.guards.pii_guard if service.guards.HasField("pii_guard") else True,
             alias_blocked_customer_ids=frozenset(service.guards.alias_blocked_customer_ids)
