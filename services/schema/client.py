@@ -70,12 +70,12 @@ class TableInfo:
     locator_name: str | None
     by_name: Mapping[str, ActiveAttribute]
     by_id: Mapping[int, ActiveAttribute]
-    known_ids: frozenset[int] = frozenset()
-    """Every attribute id of the table, archived ones included."""
+    known_keys: frozenset[str] = frozenset()
+    """Every attribute id of the table as stored profiles key it, archived ones included."""
 
-    def knows_all(self, attribute_ids: Iterable[str]) -> bool:
+    def knows_all(self, stored_keys: Iterable[str]) -> bool:
         """Whether every stored attribute key was registered before this snapshot."""
-        return all(key.isdigit() and int(key) in self.known_ids for key in attribute_ids)
+        return self.known_keys.issuperset(stored_keys)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _table_info(table: resources_pb2.Table) -> TableInfo:
         locator_name=table.keyfield_locator_name if table.HasField("keyfield_locator_name") else None,
         by_name={a.spec.name: a for a in active},
         by_id={a.id: a for a in active},
-        known_ids=frozenset(a.id for a in table.attributes),
+        known_keys=frozenset(str(a.id) for a in table.attributes),
     )
 
 
