@@ -68,8 +68,13 @@ class FieldType:
     kind: str  # "string", "integer", "boolean" or "string list"
     nullable: bool = False
     max_length: int | None = None
+    choices: tuple[str, ...] = ()
+    """For a string: the only values it may take."""
 
     def check(self, name: str, value: Any) -> None:
+        if self.choices:
+            self._check_choice(name, value)
+            return
         if value is None:
             if not self.nullable:
                 raise ApiError.field(name, f"must be a {self.kind}, not null")
@@ -91,6 +96,14 @@ class FieldType:
             raise ApiError.field(name, "must not contain NUL characters")
         if isinstance(value, str) and self.max_length is not None and len(value) > self.max_length:
             raise ApiError.field(name, f"must be at most {self.max_length} characters, got {len(value)}")
+
+    def _check_choice(self, name: str, value: Any) -> None:
+        # A wrong type gets the same answer as a wrong word: what the field may be.
+        if (value is None and self.nullable) or (isinstance(value, str) and value in self.choices):
+            return
+        allowed = ", ".join(repr(choice) for choice in self.choices)
+        got = repr(value) if isinstance(value, str) else _json_type(value)
+        raise ApiError.field(name, f"must be one of {allowed}{' or null' if self.nullable else ''}, got {got}")
 
 
 def _json_type(value: Any) -> str:

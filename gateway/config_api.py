@@ -40,6 +40,7 @@ _TABLE = BodySpec(
         "description": FieldType("string", nullable=True),
         "keyfield_locator_type": FieldType("string"),
         "keyfield_locator_name": FieldType("string", nullable=True),
+        "import_mode": FieldType("string", choices=tuple(v1json.IMPORT_MODE_VALUES)),
     },
     read_only=frozenset(
         {
@@ -340,6 +341,8 @@ class ConfigApi:
             table.description = values["description"]
         if values.get("keyfield_locator_name") is not None:
             table.keyfield_locator_name = values["keyfield_locator_name"]
+        if "import_mode" in values:
+            table.import_mode = v1json.IMPORT_MODE_VALUES[values["import_mode"]]
         result = await self._schema.CreateTable(
             schema_service_pb2.CreateTableRequest(dcp_service_id=service_id, table=table), metadata=call.metadata
         )
@@ -365,6 +368,8 @@ class ConfigApi:
             table.keyfield_locator_type = _locator_value(values["keyfield_locator_type"])
         if values.get("keyfield_locator_name") is not None:
             table.keyfield_locator_name = values["keyfield_locator_name"]
+        if "import_mode" in values:
+            table.import_mode = v1json.IMPORT_MODE_VALUES[values["import_mode"]]
         if not values:
             return accepted(v1json.table(current))
         result = await self._schema.UpdateTable(

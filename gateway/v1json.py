@@ -30,6 +30,18 @@ FORMAT_NAMES = {
     resources_pb2.DATETIME_FORMAT_EPOCH: "epoch",
 }
 FORMAT_VALUES = {v: k for k, v in FORMAT_NAMES.items()}
+IMPORT_MODE_NAMES = {
+    resources_pb2.IMPORT_MODE_PARTIAL: "partial",
+    resources_pb2.IMPORT_MODE_ALL_OR_NOTHING: "all_or_nothing",
+}
+IMPORT_MODE_VALUES = {v: k for k, v in IMPORT_MODE_NAMES.items()}
+
+
+def import_mode_name(value: resources_pb2.ImportMode.ValueType) -> str | None:
+    # A schema service older than the setting leaves it unset, and imports partially.
+    if value == resources_pb2.IMPORT_MODE_UNSPECIFIED:
+        return "partial"
+    return IMPORT_MODE_NAMES.get(value)
 
 
 def timestamp(value: timestamp_pb2.Timestamp) -> str:
@@ -104,4 +116,6 @@ def table(message: resources_pb2.Table) -> dict[str, Any]:
         "last_modified": timestamp(message.last_modified),
         "name": message.name,
         "s3_path": message.s3_path,
+        # Open DCP's setting; v1 clients ignore fields they do not know.
+        "import_mode": import_mode_name(message.import_mode),
     }

@@ -20,11 +20,15 @@ _ASSERTION_AUDIENCE = "open-dcp-services"
 class Scope(StrEnum):
     READ = "read"
     WRITE = "write"
+    INTERNAL = "internal"
+    """Cross-account methods for the platform's own services; no token grants it."""
 
 
 class CredentialKind(StrEnum):
     CLASSIC = "classic"
     OAUTH = "oauth"
+    SERVICE = "service"
+    """One of the platform's services, asserting itself with the identity key."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,15 @@ class Identity:
     credential_kind: CredentialKind
     subject: str
 
+    def __post_init__(self) -> None:
+        # The internal scope reaches every account, so it must never ride along
+        # with an account's credentials, nor pass for an account caller: a
+        # method checking only for read or write would then serve account 0.
+        if Scope.INTERNAL in self.scopes and (
+            self.credential_kind is not CredentialKind.SERVICE or self.account_id != 0 or len(self.scopes) != 1
+        ):
+            raise ValueError("the internal scope belongs to a service identity of account 0, alone")
+
     def require(self, scope: Scope) -> None:
         # Write access includes read access: an integration that may change
         # data may also look at what it changed.
@@ -44,6 +57,13 @@ class Identity:
         raise PermissionDenied(
             f"the credentials lack the {scope.value!r} scope this method needs", reason="INSUFFICIENT_SCOPE"
         )
+
+
+def internal_identity(subject: str) -> Identity:
+    """The identity a platform service (named by `subject`) calls internal methods with."""
+    return Identity(
+        account_id=0, scopes=frozenset({Scope.INTERNAL}), credential_kind=CredentialKind.SERVICE, subject=subject
+    )
 
 
 class AssertionSigner:

@@ -25,11 +25,18 @@ def _fingerprint(scope: str) -> str:
     return hashlib.sha256(scope.encode()).hexdigest()[:12]
 
 
-def read_page(page_size: int, page_token: str, *, scope: str) -> Page:
+def read_page(
+    page_size: int,
+    page_token: str,
+    *,
+    scope: str,
+    default_size: int = DEFAULT_PAGE_SIZE,
+    max_size: int = MAX_PAGE_SIZE,
+) -> Page:
     """Decodes a request's page; `scope` ties the token to the same query."""
     if page_size < 0:
         raise InvalidArgument.field("page_size", "must not be negative")
-    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    size = min(page_size or default_size, max_size)
     if not page_token:
         return Page(after_id=0, size=size)
     try:

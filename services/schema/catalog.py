@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from services._runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.paging import Page
 from services.schema import rules
-from services.schema.model import Attribute, DcpService, LocatorType, Project, Table
+from services.schema.model import Attribute, DcpService, ImportMode, ImportTarget, LocatorType, Project, Table
 from services.schema.repository import SchemaRepository
 
 OPTIMIZELY_TABLE_NAME = "Optimizely"
@@ -46,6 +46,7 @@ class TableChanges:
     keyfield_locator_type: str | None = None
     keyfield_locator_name: str | None = None
     clear_locator_name: bool = False
+    import_mode: str | None = None
 
 
 def _not_found(kind: str, resource_id: int) -> NotFound:
@@ -199,11 +200,14 @@ class Catalog:
         description: str | None,
         locator_type: str | None,
         locator_name: str | None,
+        import_mode: str | None = None,
     ) -> Table:
+        """A new table; without an `import_mode` it stores the valid rows of a file with bad ones."""
         rules.name(name)
         rules.description(description)
         kind = rules.locator_type(locator_type)
         stored_locator = rules.locator(kind, locator_name)
+        mode = ImportMode.PARTIAL if import_mode is None else rules.import_mode(import_mode)
         async with self._repo.transaction() as repo:
             service = await repo.get_service(account_id, service_id, for_update=True)
             if service is None:
@@ -217,6 +221,7 @@ class Catalog:
                 description=description,
                 locator_type=kind,
                 locator_name=stored_locator,
+                import_mode=mode,
             )
             table = await repo.get_table(account_id, table_id)
             assert table is not None
@@ -247,6 +252,8 @@ class Catalog:
                 # Switching to uid drops the old name rather than refusing the change.
                 locator_name = None
             locator_name = rules.locator(kind, locator_name)
+            # The Optimizely table takes uploads like any other, so its mode may change too.
+            mode = table.import_mode if changes.import_mode is None else rules.import_mode(changes.import_mode)
             relocated = (kind, locator_name) != (table.keyfield_locator_type, table.keyfield_locator_name)
             if table.is_optimizely and relocated:
                 raise FailedPrecondition(
@@ -260,10 +267,15 @@ class Catalog:
                 description=description,
                 locator_type=kind,
                 locator_name=locator_name,
+                import_mode=mode,
             )
             updated = await repo.get_table(account_id, table_id)
             assert updated is not None
             return updated
+
+    async def list_import_targets(self, page: Page) -> list[ImportTarget]:
+        """Every account's tables, archived ones too: files still arrive for them and must be recorded as refused."""
+        return await self._repo.list_import_targets(page)
 
     async def archive_table(self, account_id: int, table_id: int) -> None:
         async with self._repo.transaction() as repo:

@@ -25,7 +25,14 @@ from grpc_status import rpc_status
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from services._runtime.errors import DcpError, NotFound, PermissionDenied, Unauthenticated, Unavailable
-from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, CredentialKind, Identity, Scope
+from services._runtime.identity import (
+    IDENTITY_METADATA_KEY,
+    AssertionSigner,
+    CredentialKind,
+    Identity,
+    Scope,
+    internal_identity,
+)
 from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
 from services.profiles.validation import AttributeSpec
 
@@ -72,6 +79,8 @@ class TableInfo:
     by_id: Mapping[int, ActiveAttribute]
     known_keys: frozenset[str] = frozenset()
     """Every attribute id of the table as stored profiles key it, archived ones included."""
+    import_mode: str = "partial"
+    """How an uploaded file with bad rows is applied: "partial" or "all_or_nothing"."""
 
     def knows_all(self, stored_keys: Iterable[str]) -> bool:
         """Whether every stored attribute key was registered before this snapshot."""
@@ -125,7 +134,13 @@ def _table_info(table: resources_pb2.Table) -> TableInfo:
         by_name={a.spec.name: a for a in active},
         by_id={a.id: a for a in active},
         known_keys=frozenset(str(a.id) for a in table.attributes),
+        import_mode=_IMPORT_MODES.get(table.import_mode, "partial"),
     )
+
+
+def table_info_from_proto(table: resources_pb2.Table) -> TableInfo:
+    """A table as profiles, aliases and imports see it."""
+    return _table_info(table)
 
 
 class RegistryClient:
@@ -271,3 +286,81 @@ def _error_reason(error: grpc.aio.AioRpcError) -> str | None:
             detail.Unpack(info)
             return str(info.reason)
     return None
+
+
+@dataclass(frozen=True)
+class ImportTarget:
+    """A table that uploaded files may be meant for, whichever account owns it."""
+
+    table_id: int
+    service_id: int
+    account_id: int
+    s3_path: str
+    """"dcp/{service_id}/{table_id}": the prefix its files arrive under."""
+    import_mode: str
+    """"partial" or "all_or_nothing"."""
+    archived: bool
+    """The table or its service is archived."""
+
+
+# An unset mode comes from a schema service older than the setting, which
+# applied every file partially.
+_IMPORT_MODES = {
+    resources_pb2.IMPORT_MODE_UNSPECIFIED: "partial",
+    resources_pb2.IMPORT_MODE_PARTIAL: "partial",
+    resources_pb2.IMPORT_MODE_ALL_OR_NOTHING: "all_or_nothing",
+}
+
+
+class ImportTargetsClient:
+    """Every account's tables, for the imports service to map uploaded files to."""
+
+    def __init__(
+        self,
+        stub: schema_service_pb2_grpc.SchemaServiceAsyncStub,
+        signer: AssertionSigner,
+        *,
+        subject: str = "imports",
+        page_size: int = 5000,
+    ) -> None:
+        self._stub = stub
+        self._signer = signer
+        self._identity = internal_identity(subject)
+        self._page_size = page_size
+
+    async def all(self) -> list[ImportTarget]:
+        """Every table, archived ones included, in id order."""
+        targets: list[ImportTarget] = []
+        token = ""
+        while True:
+            # Signed per page: a long listing must not outlive its assertion.
+            metadata = (
+                (IDENTITY_METADATA_KEY, self._signer.sign_cached(self._identity)),
+                (REQUEST_ID_METADATA_KEY, request_id.get()),
+            )
+            try:
+                page = await self._stub.ListImportTargets(
+                    schema_service_pb2.ListImportTargetsRequest(page_size=self._page_size, page_token=token),
+                    metadata=metadata,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise _auth_error(error) from None
+            targets.extend(_import_target(t) for t in page.targets)
+            token = page.next_page_token
+            if not token:
+                return targets
+
+
+def _import_target(message: schema_service_pb2.ImportTarget) -> ImportTarget:
+    mode = _IMPORT_MODES.get(message.import_mode)
+    if mode is None:
+        # Guessing could store rows the table's owner asked to keep out.
+        raise DcpError(f"table {message.dcp_datasource_id} has import mode {message.import_mode}, unknown here")
+    return ImportTarget(
+        table_id=message.dcp_datasource_id,
+        service_id=message.dcp_service_id,
+        account_id=message.account_id,
+        s3_path=message.s3_path,
+        import_mode=mode,
+        archived=message.archived,
+    )

@@ -7,7 +7,7 @@ from datetime import datetime
 from google.protobuf import timestamp_pb2
 
 from dcp.common.v1 import identity_pb2
-from dcp.schema.v1 import resources_pb2
+from dcp.schema.v1 import resources_pb2, schema_service_pb2
 from services._runtime.errors import InvalidArgument
 from services._runtime.identity import Identity
 from services.schema.model import (
@@ -15,6 +15,8 @@ from services.schema.model import (
     Datatype,
     DatetimeFormat,
     DcpService,
+    ImportMode,
+    ImportTarget,
     LocatorType,
     Project,
     Table,
@@ -41,6 +43,11 @@ FORMAT_TO_PROTO = {
     DatetimeFormat.EPOCH: resources_pb2.DATETIME_FORMAT_EPOCH,
 }
 FORMAT_FROM_PROTO = {v: k for k, v in FORMAT_TO_PROTO.items()}
+IMPORT_MODE_TO_PROTO = {
+    ImportMode.PARTIAL: resources_pb2.IMPORT_MODE_PARTIAL,
+    ImportMode.ALL_OR_NOTHING: resources_pb2.IMPORT_MODE_ALL_OR_NOTHING,
+}
+IMPORT_MODE_FROM_PROTO = {v: k for k, v in IMPORT_MODE_TO_PROTO.items()}
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -75,6 +82,16 @@ def format_from_proto(value: int) -> str | None:
     if kind is None:
         raise InvalidArgument.field("format", f"unknown value {value}")
     return str(kind.value)
+
+
+def import_mode_from_proto(value: int) -> str | None:
+    """The v1 spelling, or None when unset: the default on create, no change on update."""
+    if value == resources_pb2.IMPORT_MODE_UNSPECIFIED:
+        return None
+    mode = IMPORT_MODE_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if mode is None:
+        raise InvalidArgument.field("import_mode", f"unknown value {value}")
+    return str(mode.value)
 
 
 def project_to_proto(project: Project) -> resources_pb2.Project:
@@ -140,12 +157,24 @@ def table_to_proto(table: Table) -> resources_pb2.Table:
         attributes=[attribute_to_proto(a) for a in table.attributes],
         created=timestamp(table.created),
         last_modified=timestamp(table.last_modified),
+        import_mode=IMPORT_MODE_TO_PROTO[table.import_mode],
     )
     if table.description is not None:
         message.description = table.description
     if table.keyfield_locator_name is not None:
         message.keyfield_locator_name = table.keyfield_locator_name
     return message
+
+
+def import_target_to_proto(target: ImportTarget) -> schema_service_pb2.ImportTarget:
+    return schema_service_pb2.ImportTarget(
+        dcp_datasource_id=target.table_id,
+        dcp_service_id=target.service_id,
+        account_id=target.account_id,
+        s3_path=target.s3_path,
+        import_mode=IMPORT_MODE_TO_PROTO[target.import_mode],
+        archived=target.archived,
+    )
 
 
 def identity_to_proto(identity: Identity) -> identity_pb2.CallerIdentity:

@@ -30,6 +30,15 @@ class DatetimeFormat(StrEnum):
     EPOCH = "epoch"
 
 
+class ImportMode(StrEnum):
+    """What an uploaded file with bad rows stores."""
+
+    PARTIAL = "partial"
+    """Its valid rows; the bad ones are reported."""
+    ALL_OR_NOTHING = "all_or_nothing"
+    """Nothing at all."""
+
+
 class TokenKind(StrEnum):
     CLASSIC = "classic"
     PERSONAL = "personal"
@@ -110,8 +119,30 @@ class Table:
     last_modified: datetime
     aws_access_key: str
     aws_secret_key: str
+    import_mode: ImportMode
     attributes: tuple[Attribute, ...] = ()
 
     @property
     def s3_path(self) -> str:
-        return f"dcp/{self.dcp_service_id}/{self.id}"
+        return table_s3_path(self.dcp_service_id, self.id)
+
+
+def table_s3_path(service_id: int, table_id: int) -> str:
+    """The prefix a table's uploads arrive under."""
+    return f"dcp/{service_id}/{table_id}"
+
+
+@dataclass(frozen=True)
+class ImportTarget:
+    """A table as the importer sees it, whichever account owns it."""
+
+    table_id: int
+    service_id: int
+    account_id: int
+    import_mode: ImportMode
+    archived: bool
+    """The table or its service is archived."""
+
+    @property
+    def s3_path(self) -> str:
+        return table_s3_path(self.service_id, self.table_id)

@@ -1,4 +1,4 @@
-"""SQL for the catalog schema; every query is scoped by account."""
+"""SQL for the catalog schema; every query is scoped by account but the importer's listing of all tables."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from services.schema.model import (
     Datatype,
     DatetimeFormat,
     DcpService,
+    ImportMode,
+    ImportTarget,
     LocatorType,
     Project,
     Table,
@@ -30,7 +32,7 @@ MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migr
 _TABLE_COLUMNS = """
     d.id, d.account_id, d.dcp_service_id, d.name, d.description, d.keyfield_locator_type,
     d.keyfield_locator_name, d.is_optimizely, d.archived, d.created, d.last_modified,
-    s.aws_access_key, s.aws_secret_key
+    s.aws_access_key, s.aws_secret_key, d.import_mode
 """
 _TABLE_FROM = "catalog.datasources d JOIN catalog.dcp_services s ON s.id = d.dcp_service_id"
 _ATTRIBUTE_COLUMNS = """
@@ -73,6 +75,7 @@ def _attribute(row: asyncpg.Record) -> Attribute:
 def _table(row: asyncpg.Record, attributes: Sequence[Attribute] = ()) -> Table:
     values = dict(row)
     values["keyfield_locator_type"] = LocatorType(values["keyfield_locator_type"])
+    values["import_mode"] = ImportMode(values["import_mode"])
     return Table(**values, attributes=tuple(attributes))
 
 
@@ -295,12 +298,13 @@ class SchemaRepository:
         description: str | None,
         locator_type: LocatorType,
         locator_name: str | None,
+        import_mode: ImportMode = ImportMode.PARTIAL,
         is_optimizely: bool = False,
     ) -> int:
         table_id: int = await self._db.fetchval(
             "INSERT INTO catalog.datasources (account_id, dcp_service_id, name, description,"
-            " keyfield_locator_type, keyfield_locator_name, is_optimizely)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            " keyfield_locator_type, keyfield_locator_name, is_optimizely, import_mode)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
             account_id,
             service_id,
             name,
@@ -308,6 +312,7 @@ class SchemaRepository:
             locator_type.value,
             locator_name,
             is_optimizely,
+            import_mode.value,
         )
         return table_id
 
@@ -320,17 +325,39 @@ class SchemaRepository:
         description: str | None,
         locator_type: LocatorType,
         locator_name: str | None,
+        import_mode: ImportMode,
     ) -> None:
         await self._db.execute(
             "UPDATE catalog.datasources SET name = $3, description = $4, keyfield_locator_type = $5,"
-            " keyfield_locator_name = $6, last_modified = now() WHERE account_id = $1 AND id = $2",
+            " keyfield_locator_name = $6, import_mode = $7, last_modified = now()"
+            " WHERE account_id = $1 AND id = $2",
             account_id,
             table_id,
             name,
             description,
             locator_type.value,
             locator_name,
+            import_mode.value,
         )
+
+    async def list_import_targets(self, page: Page) -> list[ImportTarget]:
+        """Every account's tables, for the importer that maps uploads to them."""
+        rows = await self._db.fetch(
+            "SELECT d.id, d.dcp_service_id, d.account_id, d.import_mode, d.archived OR s.archived AS archived"
+            f" FROM {_TABLE_FROM} WHERE d.id > $1 ORDER BY d.id LIMIT $2",
+            page.after_id,
+            page.size + 1,
+        )
+        return [
+            ImportTarget(
+                table_id=r["id"],
+                service_id=r["dcp_service_id"],
+                account_id=r["account_id"],
+                import_mode=ImportMode(r["import_mode"]),
+                archived=r["archived"],
+            )
+            for r in rows
+        ]
 
     async def archive_table(self, account_id: int, table_id: int) -> None:
         await self._db.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from services._runtime.errors import InvalidArgument
-from services.schema.model import Datatype, DatetimeFormat, LocatorType
+from services.schema.model import Datatype, DatetimeFormat, ImportMode, LocatorType
 
 MAX_NAME_LENGTH = 255
 MAX_DESCRIPTION_LENGTH = 4096
@@ -61,6 +61,14 @@ def locator(kind: LocatorType, locator_name: str | None) -> str | None:
             f"(at most {MAX_NAME_LENGTH} characters), got {locator_name!r}",
         )
     return locator_name
+
+
+def import_mode(value: str) -> ImportMode:
+    try:
+        return ImportMode(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in ImportMode)
+        raise InvalidArgument.field("import_mode", f"must be one of {choices}, got {value!r}") from None
 
 
 def datatype(value: str | None) -> Datatype:

@@ -19,6 +19,11 @@ from services.schema.credentials import Credentials
 
 Context = ServicerContext
 
+# The importer lists every table of every account each time it looks for
+# files, so its pages are larger than an account's listings.
+IMPORT_TARGETS_DEFAULT_PAGE_SIZE = 1000
+IMPORT_TARGETS_MAX_PAGE_SIZE = 5000
+
 
 def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present: Iterable[str]) -> set[str]:
     """The fields to change: the mask's paths, or, with no mask, the fields set."""
@@ -184,6 +189,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             description=table.description if table.HasField("description") else None,
             locator_type=convert.locator_from_proto(table.keyfield_locator_type),
             locator_name=table.keyfield_locator_name if table.HasField("keyfield_locator_name") else None,
+            import_mode=convert.import_mode_from_proto(table.import_mode),
         )
         return convert.table_to_proto(created)
 
@@ -196,8 +202,12 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
         present |= {f for f in ("description", "keyfield_locator_name") if table.HasField(f)}
         if table.keyfield_locator_type:
             present.add("keyfield_locator_type")
+        if table.import_mode:
+            present.add("import_mode")
         paths = _mask_paths(
-            request.update_mask, ("name", "description", "keyfield_locator_type", "keyfield_locator_name"), present
+            request.update_mask,
+            ("name", "description", "keyfield_locator_type", "keyfield_locator_name", "import_mode"),
+            present,
         )
         changes = TableChanges(
             name=table.name if "name" in paths else None,
@@ -210,6 +220,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             if "keyfield_locator_name" in paths and table.HasField("keyfield_locator_name")
             else None,
             clear_locator_name="keyfield_locator_name" in paths and not table.HasField("keyfield_locator_name"),
+            import_mode=convert.import_mode_from_proto(table.import_mode) if "import_mode" in paths else None,
         )
         if "keyfield_locator_type" in paths and changes.keyfield_locator_type is None:
             raise InvalidArgument.field("keyfield_locator_type", "must be set when named in update_mask")
@@ -286,6 +297,26 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
     ) -> resources_pb2.Attribute:
         account = caller(Scope.WRITE).account_id
         return convert.attribute_to_proto(await self._catalog.unarchive_attribute(account, request.attribute_id))
+
+    # Internal
+
+    async def ListImportTargets(
+        self, request: schema_service_pb2.ListImportTargetsRequest, context: Context
+    ) -> schema_service_pb2.ListImportTargetsResponse:
+        caller(Scope.INTERNAL)
+        scope = "import-targets"
+        page = read_page(
+            request.page_size,
+            request.page_token,
+            scope=scope,
+            default_size=IMPORT_TARGETS_DEFAULT_PAGE_SIZE,
+            max_size=IMPORT_TARGETS_MAX_PAGE_SIZE,
+        )
+        targets = await self._catalog.list_import_targets(page)
+        return schema_service_pb2.ListImportTargetsResponse(
+            targets=[convert.import_target_to_proto(t) for t in targets[: page.size]],
+            next_page_token=next_token([t.table_id for t in targets], page, scope=scope),
+        )
 
 
 class AuthServicer(schema_service_pb2_grpc.AuthServiceServicer):

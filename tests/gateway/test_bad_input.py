@@ -128,7 +128,12 @@ WRITES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "POST",
         "/dcp_services/{service}/dcp_datasources",
-        {"name": "ERP", "keyfield_locator_type": "js_variable", "keyfield_locator_name": "erp_id"},
+        {
+            "name": "ERP",
+            "keyfield_locator_type": "js_variable",
+            "keyfield_locator_name": "erp_id",
+            "import_mode": "all_or_nothing",
+        },
     ),
     ("PUT", "/dcp_datasources/{table}", {"name": "Salesforce"}),
     ("POST", "/dcp_datasources/{table}/dcp_datasource_attributes", {"name": "Churn", "datatype": "double"}),
@@ -283,6 +288,21 @@ WRONG_TYPES: list[tuple[str, str, dict[str, Any], str]] = [
     ("PUT", "/dcp_datasources/{table}", {"description": ["x"]}, "description"),
     ("PUT", "/dcp_datasources/{table}", {"keyfield_locator_type": None}, "keyfield_locator_type"),
     ("PUT", "/dcp_datasources/{table}", {"name": None}, "name"),
+    (
+        "POST",
+        "/dcp_services/{service}/dcp_datasources",
+        {"name": "t", "keyfield_locator_type": "uid", "import_mode": 2},
+        "import_mode",
+    ),
+    (
+        "POST",
+        "/dcp_services/{service}/dcp_datasources",
+        {"name": "t", "keyfield_locator_type": "uid", "import_mode": None},
+        "import_mode",
+    ),
+    ("PUT", "/dcp_datasources/{table}", {"import_mode": True}, "import_mode"),
+    ("PUT", "/dcp_datasources/{table}", {"import_mode": None}, "import_mode"),
+    ("PUT", "/dcp_datasources/{optimizely}", {"import_mode": ["partial"]}, "import_mode"),
     ("POST", "/dcp_datasources/{table}/dcp_datasource_attributes", {"name": 5, "datatype": "long"}, "name"),
     ("POST", "/dcp_datasources/{table}/dcp_datasource_attributes", {"name": "a", "datatype": 1}, "datatype"),
     (
@@ -516,6 +536,28 @@ async def test_unknown_locator_types_are_refused(http: httpx.AsyncClient, world:
         json={"name": "ERP", "keyfield_locator_name": "x"},
     )
     assert_error(response, 400, "INVALID_FIELD", "keyfield_locator_type")
+
+
+# Import modes
+
+TABLE_WRITES: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/dcp_services/{service}/dcp_datasources", {"name": "ERP", "keyfield_locator_type": "uid"}),
+    ("PUT", "/dcp_datasources/{table}", {"name": "Salesforce"}),
+    ("PUT", "/dcp_datasources/{optimizely}", {}),
+]
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(("method", "template", "rest"), TABLE_WRITES, ids=[f"{m} {t}" for m, t, _ in TABLE_WRITES])
+async def test_unknown_import_modes_are_refused(
+    http: httpx.AsyncClient, world: World, method: str, template: str, rest: dict[str, Any]
+) -> None:
+    for mode in ("strict", "Partial", "ALL_OR_NOTHING", "all-or-nothing", "all or nothing", " partial", ""):
+        response = await send(http, world, method, template, json={**rest, "import_mode": mode})
+        body = assert_error(response, 400, "INVALID_FIELD", "import_mode")
+        assert body["message"].startswith("import_mode"), body
+        assert "'partial', 'all_or_nothing'" in body["message"], body
+        assert repr(mode) in body["message"], body
 
 
 # Attributes

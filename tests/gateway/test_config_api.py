@@ -45,6 +45,7 @@ TABLE_KEYS = {
     "last_modified",
     "name",
     "s3_path",
+    "import_mode",
 }
 ATTRIBUTE_SUMMARY_KEYS = {"archived", "datatype", "description", "format", "id", "is_value_public", "name"}
 ATTRIBUTE_KEYS = ATTRIBUTE_SUMMARY_KEYS | {"created", "dcp_datasource_id", "last_modified"}
@@ -468,6 +469,86 @@ async def test_table_put_is_a_partial_update(http: httpx.AsyncClient, account: A
     assert to_uid.json()["keyfield_locator_type"] == "uid"
     assert to_uid.json()["keyfield_locator_name"] is None
     assert await get(http, account, path) == to_uid.json()
+
+
+async def test_import_mode_defaults_to_partial(http: httpx.AsyncClient, account: Account) -> None:
+    service = await new_service(http, account)
+    table = await new_table(http, account, service["id"])
+    assert table["import_mode"] == "partial"
+    listed = await get(http, account, f"/dcp_services/{service['id']}/dcp_datasources")
+    assert [t["import_mode"] for t in listed] == ["partial", "partial"]
+    assert (await get(http, account, f"/dcp_datasources/{table['id']}"))["import_mode"] == "partial"
+
+
+@pytest.mark.parametrize("mode", ["partial", "all_or_nothing"])
+async def test_table_create_with_each_import_mode(http: httpx.AsyncClient, account: Account, mode: str) -> None:
+    service = await new_service(http, account)
+    table = await new_table(http, account, service["id"], import_mode=mode)
+    assert set(table) == TABLE_KEYS
+    assert table["import_mode"] == mode
+    assert await get(http, account, f"/dcp_datasources/{table['id']}") == table
+    listed = await get(http, account, f"/dcp_services/{service['id']}/dcp_datasources")
+    assert listed[1] == table
+
+
+async def test_import_mode_put_changes_only_the_mode(http: httpx.AsyncClient, account: Account) -> None:
+    service = await new_service(http, account)
+    table = await new_table(http, account, service["id"], description="from the CRM")
+    path = f"/dcp_datasources/{table['id']}"
+
+    strict = await put(http, account, path, {"import_mode": "all_or_nothing"})
+    assert strict.status_code == 202, strict.text
+    assert strict.json()["import_mode"] == "all_or_nothing"
+    assert strict.json()["last_modified"] > table["last_modified"]
+    ignored = {"import_mode", "last_modified"}
+    assert {k: v for k, v in strict.json().items() if k not in ignored} == {
+        k: v for k, v in table.items() if k not in ignored
+    }
+    assert await get(http, account, path) == strict.json()
+
+    # Another field's change leaves the mode alone.
+    renamed = await put(http, account, path, {"name": "Salesforce"})
+    assert renamed.status_code == 202, renamed.text
+    assert renamed.json()["import_mode"] == "all_or_nothing"
+
+    # A read-modify-write client sends the whole object back.
+    lenient = await put(http, account, path, {**renamed.json(), "import_mode": "partial"})
+    assert lenient.status_code == 202, lenient.text
+    assert lenient.json()["import_mode"] == "partial"
+    assert lenient.json()["name"] == "Salesforce"
+    assert await get(http, account, path) == lenient.json()
+
+
+async def test_the_optimizely_table_import_mode_can_change(http: httpx.AsyncClient, account: Account) -> None:
+    service = await new_service(http, account)
+    [optimizely] = await get(http, account, f"/dcp_services/{service['id']}/dcp_datasources")
+    response = await put(http, account, f"/dcp_datasources/{optimizely['id']}", {"import_mode": "all_or_nothing"})
+    assert response.status_code == 202, response.text
+    assert response.json()["import_mode"] == "all_or_nothing"
+    assert response.json()["is_optimizely"] is True
+    assert response.json()["keyfield_locator_type"] == "uid"
+    assert await get(http, account, f"/dcp_services/{service['id']}/dcp_datasources") == [response.json()]
+
+
+BAD_IMPORT_MODES: list[Any] = ["", "Partial", "ALL_OR_NOTHING", "all-or-nothing", "strict", None, 1, True, ["partial"]]
+
+
+async def test_bad_import_modes_are_refused_and_change_nothing(http: httpx.AsyncClient, account: Account) -> None:
+    service = await new_service(http, account)
+    table = await new_table(http, account, service["id"], import_mode="all_or_nothing")
+    tables_path = f"/dcp_services/{service['id']}/dcp_datasources"
+    before = await get(http, account, tables_path)
+    for mode in BAD_IMPORT_MODES:
+        created = await post(
+            http, account, tables_path, {"name": "ERP", "keyfield_locator_type": "uid", "import_mode": mode}
+        )
+        updated = await put(http, account, f"/dcp_datasources/{table['id']}", {"name": "X", "import_mode": mode})
+        for response in (created, updated):
+            body = assert_error(response, 400, "INVALID_FIELD", "import_mode")
+            assert "import_mode" in body["message"], body
+            assert "'partial'" in body["message"], body
+            assert "'all_or_nothing'" in body["message"], body
+    assert await get(http, account, tables_path) == before
 
 
 async def test_table_delete_archives_it(http: httpx.AsyncClient, account: Account) -> None:

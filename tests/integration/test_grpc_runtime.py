@@ -151,4 +151,8 @@ async def test_lists_are_paginated_without_gaps_or_repeats(running: RunningPlatf
 async def test_migrations_apply_once(pool: asyncpg.Pool) -> None:
     assert await platform.migrate_all(pool) == []
     versions = await pool.fetch("SELECT version FROM catalog.schema_migrations ORDER BY version")
-    assert [v["version"] for v in versions] == ["0001_catalog.sql", "0002_service_guards.sql"]
+    assert [v["version"] for v in versions] == [
+        "0001_catalog.sql",
+        "0002_service_guards.sql",
+        "0003_import_mode.sql",
+    ]

@@ -50,6 +50,28 @@ LOCATOR_TYPE_UID: LocatorType.ValueType  # 4
 """The Optimizely end-user id; v1 spelling "uid"."""
 Global___LocatorType: _TypeAlias = LocatorType  # noqa: Y015
 
+class _ImportMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImportModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMPORT_MODE_UNSPECIFIED: _ImportMode.ValueType  # 0
+    IMPORT_MODE_PARTIAL: _ImportMode.ValueType  # 1
+    """The valid rows of a file are stored and its bad rows reported; v1 spelling "partial"."""
+    IMPORT_MODE_ALL_OR_NOTHING: _ImportMode.ValueType  # 2
+    """A file with any bad row stores nothing; v1 spelling "all_or_nothing"."""
+
+class ImportMode(_ImportMode, metaclass=_ImportModeEnumTypeWrapper):
+    """How a table's uploaded CSV files are applied."""
+
+IMPORT_MODE_UNSPECIFIED: ImportMode.ValueType  # 0
+IMPORT_MODE_PARTIAL: ImportMode.ValueType  # 1
+"""The valid rows of a file are stored and its bad rows reported; v1 spelling "partial"."""
+IMPORT_MODE_ALL_OR_NOTHING: ImportMode.ValueType  # 2
+"""A file with any bad row stores nothing; v1 spelling "all_or_nothing"."""
+Global___ImportMode: _TypeAlias = ImportMode  # noqa: Y015
+
 class _Datatype:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -288,6 +310,7 @@ class Table(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     LAST_MODIFIED_FIELD_NUMBER: _builtins.int
+    IMPORT_MODE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     dcp_service_id: _builtins.int
     name: _builtins.str
@@ -303,6 +326,10 @@ class Table(_message.Message):
     aws_access_key: _builtins.str
     """The owning service's access key pair."""
     aws_secret_key: _builtins.str
+    import_mode: Global___ImportMode.ValueType
+    """What happens to an uploaded file with bad rows. Unspecified on create
+    means IMPORT_MODE_PARTIAL; on update, it leaves the mode as it is.
+    """
     @_builtins.property
     def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attribute]:
         """The table's attributes, active and archived, in creation order."""
@@ -328,10 +355,11 @@ class Table(_message.Message):
         attributes: _abc.Iterable[Global___Attribute] | None = ...,
         created: _timestamp_pb2.Timestamp | None = ...,
         last_modified: _timestamp_pb2.Timestamp | None = ...,
+        import_mode: Global___ImportMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_keyfield_locator_name", b"_keyfield_locator_name", "created", b"created", "description", b"description", "keyfield_locator_name", b"keyfield_locator_name", "last_modified", b"last_modified"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_keyfield_locator_name", b"_keyfield_locator_name", "archived", b"archived", "attributes", b"attributes", "aws_access_key", b"aws_access_key", "aws_secret_key", b"aws_secret_key", "created", b"created", "dcp_service_id", b"dcp_service_id", "description", b"description", "id", b"id", "is_optimizely", b"is_optimizely", "keyfield_locator_name", b"keyfield_locator_name", "keyfield_locator_type", b"keyfield_locator_type", "last_modified", b"last_modified", "name", b"name", "s3_path", b"s3_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_keyfield_locator_name", b"_keyfield_locator_name", "archived", b"archived", "attributes", b"attributes", "aws_access_key", b"aws_access_key", "aws_secret_key", b"aws_secret_key", "created", b"created", "dcp_service_id", b"dcp_service_id", "description", b"description", "id", b"id", "import_mode", b"import_mode", "is_optimizely", b"is_optimizely", "keyfield_locator_name", b"keyfield_locator_name", "keyfield_locator_type", b"keyfield_locator_type", "last_modified", b"last_modified", "name", b"name", "s3_path", b"s3_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
     _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015

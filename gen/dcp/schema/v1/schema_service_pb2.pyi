@@ -421,7 +421,9 @@ class UpdateTableRequest(_message.Message):
     def table(self) -> _resources_pb2.Table: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths: "name", "description", "keyfield_locator_type", "keyfield_locator_name"."""
+        """Paths: "name", "description", "keyfield_locator_type", "keyfield_locator_name",
+        "import_mode" (IMPORT_MODE_UNSPECIFIED leaves the mode unchanged).
+        """
 
     def __init__(
         self,
@@ -613,3 +615,87 @@ class UnarchiveAttributeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnarchiveAttributeRequest: _TypeAlias = UnarchiveAttributeRequest  # noqa: Y015
+
+@_typing.final
+class ListImportTargetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Default 1000, at most 5000."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImportTargetsRequest: _TypeAlias = ListImportTargetsRequest  # noqa: Y015
+
+@_typing.final
+class ImportTarget(_message.Message):
+    """Where a table's uploads arrive and how they are applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    S3_PATH_FIELD_NUMBER: _builtins.int
+    IMPORT_MODE_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    dcp_service_id: _builtins.int
+    account_id: _builtins.int
+    s3_path: _builtins.str
+    """"dcp/{service_id}/{table_id}"."""
+    import_mode: _resources_pb2.ImportMode.ValueType
+    archived: _builtins.bool
+    """The table or its service is archived."""
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+        dcp_service_id: _builtins.int = ...,
+        account_id: _builtins.int = ...,
+        s3_path: _builtins.str = ...,
+        import_mode: _resources_pb2.ImportMode.ValueType = ...,
+        archived: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "archived", b"archived", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "import_mode", b"import_mode", "s3_path", b"s3_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportTarget: _TypeAlias = ImportTarget  # noqa: Y015
+
+@_typing.final
+class ListImportTargetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGETS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportTarget]: ...
+    def __init__(
+        self,
+        *,
+        targets: _abc.Iterable[Global___ImportTarget] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListImportTargetsResponse: _TypeAlias = ListImportTargetsResponse  # noqa: Y015

@@ -151,6 +151,11 @@ class SchemaServiceStub:
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UnarchiveAttributeRequest.SerializeToString,
                 response_deserializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Attribute.FromString,
                 _registered_method=True)
+        self.ListImportTargets = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/ListImportTargets',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListImportTargetsRequest.SerializeToString,
+                response_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListImportTargetsResponse.FromString,
+                _registered_method=True)
 
 
 class SchemaServiceServicer:
@@ -263,8 +268,8 @@ class SchemaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTable(self, request, context):
-        """Updates name, description and locator fields named in update_mask.
-        NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
+        """Updates name, description, locator fields and import mode named in
+        update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
         OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -323,6 +328,17 @@ class SchemaServiceServicer:
         """Makes an archived attribute active again. Idempotent. NOT_FOUND;
         ALREADY_EXISTS when another active attribute of the table took its name;
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImportTargets(self, request, context):
+        """Internal: every table's import settings, across accounts. Callers need the
+        internal scope, which only services holding the identity key can assert.
+        Lists active and archived tables in id order. UNAUTHENTICATED without a
+        verifiable caller; PERMISSION_DENIED (INSUFFICIENT_SCOPE) for any caller
+        without the internal scope; INVALID_ARGUMENT for a bad page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -435,6 +451,11 @@ def add_SchemaServiceServicer_to_server(servicer, server):
                     servicer.UnarchiveAttribute,
                     request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UnarchiveAttributeRequest.FromString,
                     response_serializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Attribute.SerializeToString,
+            ),
+            'ListImportTargets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImportTargets,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListImportTargetsRequest.FromString,
+                    response_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListImportTargetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1013,6 +1034,33 @@ class SchemaService:
             '/dcp.schema.v1.SchemaService/UnarchiveAttribute',
             dcp_dot_schema_dot_v1_dot_schema__service__pb2.UnarchiveAttributeRequest.SerializeToString,
             dcp_dot_schema_dot_v1_dot_resources__pb2.Attribute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImportTargets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/ListImportTargets',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListImportTargetsRequest.SerializeToString,
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListImportTargetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,8 +83,8 @@ class SchemaServiceStub:
     name or locator; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived service.
     """
     UpdateTable: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateTableRequest, _resources_pb2.Table]
-    """Updates name, description and locator fields named in update_mask.
-    NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
+    """Updates name, description, locator fields and import mode named in
+    update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
     OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
     """
     ArchiveTable: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveTableRequest, _empty_pb2.Empty]
@@ -114,6 +114,13 @@ class SchemaServiceStub:
     """Makes an archived attribute active again. Idempotent. NOT_FOUND;
     ALREADY_EXISTS when another active attribute of the table took its name;
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+    """
+    ListImportTargets: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ListImportTargetsRequest, _schema_service_pb2.ListImportTargetsResponse]
+    """Internal: every table's import settings, across accounts. Callers need the
+    internal scope, which only services holding the identity key can assert.
+    Lists active and archived tables in id order. UNAUTHENTICATED without a
+    verifiable caller; PERMISSION_DENIED (INSUFFICIENT_SCOPE) for any caller
+    without the internal scope; INVALID_ARGUMENT for a bad page token.
     """
 
 @_typing.type_check_only
@@ -168,8 +175,8 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     name or locator; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived service.
     """
     UpdateTable: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateTableRequest, _resources_pb2.Table]  # type: ignore[assignment]
-    """Updates name, description and locator fields named in update_mask.
-    NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
+    """Updates name, description, locator fields and import mode named in
+    update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
     OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
     """
     ArchiveTable: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveTableRequest, _empty_pb2.Empty]  # type: ignore[assignment]
@@ -199,6 +206,13 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     """Makes an archived attribute active again. Idempotent. NOT_FOUND;
     ALREADY_EXISTS when another active attribute of the table took its name;
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+    """
+    ListImportTargets: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ListImportTargetsRequest, _schema_service_pb2.ListImportTargetsResponse]  # type: ignore[assignment]
+    """Internal: every table's import settings, across accounts. Callers need the
+    internal scope, which only services holding the identity key can assert.
+    Lists active and archived tables in id order. UNAUTHENTICATED without a
+    verifiable caller; PERMISSION_DENIED (INSUFFICIENT_SCOPE) for any caller
+    without the internal scope; INVALID_ARGUMENT for a bad page token.
     """
 
 class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -334,8 +348,8 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schema_service_pb2.UpdateTableRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Table, _abc.Awaitable[_resources_pb2.Table]]:
-        """Updates name, description and locator fields named in update_mask.
-        NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
+        """Updates name, description, locator fields and import mode named in
+        update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
         OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
         """
 
@@ -407,6 +421,19 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         """Makes an archived attribute active again. Idempotent. NOT_FOUND;
         ALREADY_EXISTS when another active attribute of the table took its name;
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+        """
+
+    @_abc_1.abstractmethod
+    def ListImportTargets(
+        self,
+        request: _schema_service_pb2.ListImportTargetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schema_service_pb2.ListImportTargetsResponse, _abc.Awaitable[_schema_service_pb2.ListImportTargetsResponse]]:
+        """Internal: every table's import settings, across accounts. Callers need the
+        internal scope, which only services holding the identity key can assert.
+        Lists active and archived tables in id order. UNAUTHENTICATED without a
+        verifiable caller; PERMISSION_DENIED (INSUFFICIENT_SCOPE) for any caller
+        without the internal scope; INVALID_ARGUMENT for a bad page token.
         """
 
 def add_SchemaServiceServicer_to_server(servicer: SchemaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
