@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +10,7 @@ from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFou
 from services._runtime.identity import Identity
 from services.profiles import pii
 from services.profiles.repository import ProfilesRepository, Values
-from services.profiles.validation import ValueProblem, check_json_value, validate_update
+from services.profiles.validation import AttributeSpec, ValueProblem, check_json_value, parse_cell, validate_update
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
 
 MAX_KEYS_PER_WRITE = 1000
@@ -36,21 +36,54 @@ class BatchRow:
 
 
 @dataclass(frozen=True)
+class TextRow:
+    """A row of text cells, in the order of its batch's columns; "" leaves an attribute unchanged."""
+
+    row_number: int
+    customer_id: str
+    cells: Sequence[str]
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    """What the first message of a batch says about all of it."""
+
+    service_id: int
+    table_id: int
+    all_or_nothing: bool = False
+    idempotency_key: str = ""
+    columns: Sequence[str] = ()
+    """Attribute names of text rows' cells."""
+    validate_only: bool = False
+    """Report what would happen; store nothing."""
+
+
+@dataclass(frozen=True)
+class BatchChunk:
+    rows: Sequence[BatchRow] = ()
+    text_rows: Sequence[TextRow] = ()
+    rejected_by_caller: int = 0
+
+
+@dataclass(frozen=True)
 class RowError:
     row_number: int
     field: str
     message: str
+    value: str = ""
 
 
 @dataclass
 class BatchResult:
     rows_received: int = 0
     rows_stored: int = 0
+    rows_rejected: int = 0
     errors: list[RowError] = field(default_factory=list)
+    already_applied: bool = False
 
-    @property
-    def rows_rejected(self) -> int:
-        return self.rows_received - self.rows_stored
+
+ERROR_VALUE_CHARS = 200
+MAX_BATCH_ERRORS = 10_000
 
 
 # Looks up an Optimizely user's links: table id -> customer id.
@@ -179,54 +212,39 @@ class Profiles:
         await self._table(identity, service_id, table_id)
         await self._repo.delete(table_id, customer_id)
 
-    async def merge_batch(
+    async def merge_stream(
         self,
         identity: Identity,
-        service_id: int,
-        table_id: int,
-        rows: Iterable[BatchRow],
+        header: BatchHeader,
+        chunks: AsyncIterator[BatchChunk],
         *,
-        all_or_nothing: bool,
-        max_errors: int = 1000,
+        max_errors: int = MAX_BATCH_ERRORS,
     ) -> BatchResult:
-        """Validates every row like a single write; stores the valid ones in one transaction."""
+        """Validates every row like a single write and merges the valid ones in one transaction.
+
+        Rows are staged as they arrive, so memory stays flat however many come.
+        """
         # A batch is long enough that a fresh look at the registry costs nothing.
-        service = await self._registry.fresh_service(identity, service_id)
-        table = service.table(table_id)
+        service = await self._registry.fresh_service(identity, header.service_id)
+        table = service.table(header.table_id)
         _refuse_archived(service, table)
-        hint = table_key_hint(table)
-        result = BatchResult()
-        # Rows for one customer fold in order, so a later row wins per attribute.
-        folded: dict[str, Values] = {}
-        for row in rows:
-            result.rows_received += 1
-            problem = customer_id_problem(row.customer_id, pii_guard=service.pii_guard)
-            if problem:
-                _note(result, RowError(row.row_number, "customerId", problem), max_errors)
-                continue
-            changes: Values = {}
-            bad = False
-            for name, value in row.data.items():
-                attribute = table.by_name.get(name)
-                if attribute is None:
-                    _note(result, RowError(row.row_number, name, hint(name)), max_errors)
-                    bad = True
-                    continue
-                try:
-                    changes[str(attribute.id)] = (
-                        None if value is None else check_json_value(attribute.spec, value, pii_guard=service.pii_guard)
-                    )
-                except ValueProblem as problem_value:
-                    _note(result, RowError(row.row_number, name, str(problem_value)), max_errors)
-                    bad = True
-            if bad:
-                continue
-            folded.setdefault(row.customer_id, {}).update(changes)
-            result.rows_stored += 1
-        if all_or_nothing and result.errors:
-            result.rows_stored = 0
-            return result
-        await self._repo.merge_batch(table_id, list(folded.items()))
+        columns = _text_columns(table, header.columns)
+        rows = _RowChecker(table, columns, pii_guard=service.pii_guard, max_errors=max_errors)
+        async with self._repo.staged_merge(table.id, header.idempotency_key) as stage:
+            async for chunk in chunks:
+                rows.rejected_by_caller += chunk.rejected_by_caller
+                staged = [*rows.typed(chunk.rows), *rows.text(chunk.text_rows)]
+                # Once an all-or-nothing batch has a bad row, staging more is wasted work.
+                if not header.validate_only and not (header.all_or_nothing and rows.any_rejected):
+                    await stage.add(staged)
+            result = rows.result()
+            if header.validate_only:
+                return result
+            if header.all_or_nothing and rows.any_rejected:
+                result.rows_stored = 0
+                return result
+            await stage.apply(result.rows_stored)
+            result.already_applied = stage.already_applied
         return result
 
     async def consolidated(
@@ -266,6 +284,113 @@ def _refuse_archived(service: ServiceSnapshot, table: TableInfo) -> None:
         )
 
 
-def _note(result: BatchResult, error: RowError, max_errors: int) -> None:
-    if len(result.errors) < max_errors:
-        result.errors.append(error)
+def _text_columns(table: TableInfo, names: Sequence[str]) -> list[tuple[str, AttributeSpec]]:
+    """(stored key, spec) per column; every column must name an active attribute, once."""
+    hint = table_key_hint(table)
+    violations = [(f"columns.{name}", hint(name)) for name in names if name not in table.by_name]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    violations += [(f"columns.{name}", "appears more than once") for name in duplicates]
+    if violations:
+        raise InvalidArgument("the batch's columns are not all attributes of this table", violations=violations)
+    return [(str(table.by_name[name].id), table.by_name[name].spec) for name in names]
+
+
+def _cut(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= ERROR_VALUE_CHARS else text[: ERROR_VALUE_CHARS - 1] + "…"
+
+
+class _RowChecker:
+    """Validates a batch's rows, keeping counts and the first errors."""
+
+    def __init__(
+        self, table: TableInfo, columns: list[tuple[str, AttributeSpec]], *, pii_guard: bool, max_errors: int
+    ) -> None:
+        self._table = table
+        self._columns = columns
+        self._pii_guard = pii_guard
+        self._max_errors = max_errors
+        self._hint = table_key_hint(table)
+        self._received = 0
+        self._stored = 0
+        self._rejected = 0
+        self._errors: list[RowError] = []
+        self.rejected_by_caller = 0
+
+    @property
+    def any_rejected(self) -> bool:
+        return self._rejected > 0 or self.rejected_by_caller > 0
+
+    def _error(self, row_number: int, field_name: str, message: str, value: Any = "") -> None:
+        if len(self._errors) < self._max_errors:
+            self._errors.append(RowError(row_number, field_name, message, _cut(value)))
+
+    def _customer_ok(self, row_number: int, customer_id: str) -> bool:
+        problem = customer_id_problem(customer_id, pii_guard=self._pii_guard)
+        if problem:
+            self._error(row_number, "customerId", problem, customer_id)
+        return problem is None
+
+    def typed(self, rows: Iterable[BatchRow]) -> list[tuple[int, str, Values]]:
+        staged: list[tuple[int, str, Values]] = []
+        for row in rows:
+            self._received += 1
+            good = self._customer_ok(row.row_number, row.customer_id)
+            changes: Values = {}
+            for name, value in row.data.items():
+                attribute = self._table.by_name.get(name)
+                if attribute is None:
+                    self._error(row.row_number, name, self._hint(name))
+                    good = False
+                    continue
+                try:
+                    changes[str(attribute.id)] = (
+                        None if value is None else check_json_value(attribute.spec, value, pii_guard=self._pii_guard)
+                    )
+                except ValueProblem as problem:
+                    self._error(row.row_number, name, str(problem), value)
+                    good = False
+            self._count(good, staged, row.row_number, row.customer_id, changes)
+        return staged
+
+    def text(self, rows: Iterable[TextRow]) -> list[tuple[int, str, Values]]:
+        staged: list[tuple[int, str, Values]] = []
+        columns = self._columns
+        width = len(columns)
+        pii_guard = self._pii_guard
+        for row in rows:
+            self._received += 1
+            good = self._customer_ok(row.row_number, row.customer_id)
+            changes: Values = {}
+            if len(row.cells) != width:
+                self._error(row.row_number, "", f"has {len(row.cells)} cells for {width} columns")
+                good = False
+            else:
+                for (key, spec), cell in zip(columns, row.cells, strict=True):
+                    if not cell:
+                        continue
+                    try:
+                        changes[key] = parse_cell(spec, cell, pii_guard=pii_guard)
+                    except ValueProblem as problem:
+                        self._error(row.row_number, spec.name, str(problem), cell)
+                        good = False
+            self._count(good, staged, row.row_number, row.customer_id, changes)
+        return staged
+
+    def _count(
+        self, good: bool, staged: list[tuple[int, str, Values]], row_number: int, customer_id: str, changes: Values
+    ) -> None:
+        if good:
+            self._stored += 1
+            if changes:
+                staged.append((self._received, customer_id, changes))
+        else:
+            self._rejected += 1
+
+    def result(self) -> BatchResult:
+        return BatchResult(
+            rows_received=self._received,
+            rows_stored=self._stored,
+            rows_rejected=self._rejected,
+            errors=list(self._errors),
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from google.protobuf import empty_pb2
@@ -13,7 +13,7 @@ from services._runtime.errors import InvalidArgument
 from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Identity, Scope, caller
 from services._runtime.server import ServiceBinding
-from services.profiles.profiles import BatchResult, BatchRow, Profiles, ProfileView
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, BatchRow, Profiles, ProfileView, TextRow
 
 
 def value_from_proto(value: pb.Value) -> Any:
@@ -51,7 +51,10 @@ def batch_result_to_proto(result: BatchResult) -> pb.MergeProfilesResponse:
         rows_received=result.rows_received,
         rows_stored=result.rows_stored,
         rows_rejected=result.rows_rejected,
-        errors=[pb.RowError(row_number=e.row_number, field=e.field, message=e.message) for e in result.errors],
+        errors=[
+            pb.RowError(row_number=e.row_number, field=e.field, message=e.message, value=e.value) for e in result.errors
+        ],
+        already_applied=result.already_applied,
     )
 
 
@@ -93,17 +96,25 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         self, request_iterator: AsyncIterator[pb.MergeProfilesRequest], context: Context
     ) -> pb.MergeProfilesResponse:
         identity = caller(Scope.WRITE)
-        first: pb.MergeProfilesRequest | None = None
-        rows: list[BatchRow] = []
-        async for message in request_iterator:
-            if first is None:
-                first = message
-            rows.extend(_rows(message))
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
         if first is None:
             raise InvalidArgument.field("dcp_datasource_id", "the stream sent no message naming the table")
-        result = await self._profiles.merge_batch(
-            identity, first.dcp_service_id, first.dcp_datasource_id, rows, all_or_nothing=first.all_or_nothing
+        header = BatchHeader(
+            service_id=first.dcp_service_id,
+            table_id=first.dcp_datasource_id,
+            all_or_nothing=first.all_or_nothing,
+            idempotency_key=first.idempotency_key,
+            columns=tuple(first.columns),
+            validate_only=first.validate_only,
         )
+
+        async def chunks() -> AsyncIterator[BatchChunk]:
+            yield _chunk(first)
+            async for message in messages:
+                yield _chunk(message)
+
+        result = await self._profiles.merge_stream(identity, header, chunks())
         return batch_result_to_proto(result)
 
     async def GetConsolidatedView(
@@ -119,9 +130,15 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         return pb.ConsolidatedView(profiles=[profile_to_proto(v) for v in views])
 
 
-def _rows(message: pb.MergeProfilesRequest) -> Iterator[BatchRow]:
-    for row in message.rows:
-        yield BatchRow(row_number=row.row_number, customer_id=row.customer_id, data=data_from_proto(row.data))
+def _chunk(message: pb.MergeProfilesRequest) -> BatchChunk:
+    return BatchChunk(
+        rows=[
+            BatchRow(row_number=row.row_number, customer_id=row.customer_id, data=data_from_proto(row.data))
+            for row in message.rows
+        ],
+        text_rows=[TextRow(row.row_number, row.customer_id, row.cells) for row in message.text_rows],
+        rejected_by_caller=message.rows_rejected_by_caller,
+    )
 
 
 def bindings(profiles: Profiles) -> list[ServiceBinding]:

@@ -305,6 +305,34 @@ class ProfileRow(_message.Message):
 Global___ProfileRow: _TypeAlias = ProfileRow  # noqa: Y015
 
 @_typing.final
+class TextRow(_message.Message):
+    """One row of text cells, in the order of the batch's columns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_NUMBER_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CELLS_FIELD_NUMBER: _builtins.int
+    row_number: _builtins.int
+    customer_id: _builtins.str
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        row_number: _builtins.int = ...,
+        customer_id: _builtins.str = ...,
+        cells: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "customer_id", b"customer_id", "row_number", b"row_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextRow: _TypeAlias = TextRow  # noqa: Y015
+
+@_typing.final
 class MergeProfilesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -312,12 +340,33 @@ class MergeProfilesRequest(_message.Message):
     DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
     ALL_OR_NOTHING_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    TEXT_ROWS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ROWS_REJECTED_BY_CALLER_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     """Set in the first message; later messages may leave them unset."""
     dcp_datasource_id: _builtins.int
     all_or_nothing: _builtins.bool
+    idempotency_key: _builtins.str
+    """Names the batch so that a retry after a failure is never applied twice;
+    set in the first message. Empty: no such guarantee.
+    """
+    rows_rejected_by_caller: _builtins.int
+    """Rows the caller refused before sending (e.g. a wrong field count); with
+    all_or_nothing, any stores nothing. Counted from every message.
+    """
+    validate_only: _builtins.bool
+    """Validate and report only: nothing is stored. Set in the first message."""
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileRow]: ...
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Attribute names of text_rows' cells; set in the first message."""
+
+    @_builtins.property
+    def text_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextRow]: ...
     def __init__(
         self,
         *,
@@ -325,10 +374,15 @@ class MergeProfilesRequest(_message.Message):
         dcp_datasource_id: _builtins.int = ...,
         all_or_nothing: _builtins.bool = ...,
         rows: _abc.Iterable[Global___ProfileRow] | None = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        text_rows: _abc.Iterable[Global___TextRow] | None = ...,
+        idempotency_key: _builtins.str = ...,
+        rows_rejected_by_caller: _builtins.int = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_or_nothing", b"all_or_nothing", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_or_nothing", b"all_or_nothing", "columns", b"columns", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "idempotency_key", b"idempotency_key", "rows", b"rows", "rows_rejected_by_caller", b"rows_rejected_by_caller", "text_rows", b"text_rows", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,20 +395,24 @@ class RowError(_message.Message):
     ROW_NUMBER_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
     row_number: _builtins.int
     field: _builtins.str
     """The attribute name, or "customerId"."""
     message: _builtins.str
+    value: _builtins.str
+    """The offending value as received, cut to 200 characters."""
     def __init__(
         self,
         *,
         row_number: _builtins.int = ...,
         field: _builtins.str = ...,
         message: _builtins.str = ...,
+        value: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "message", b"message", "row_number", b"row_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "message", b"message", "row_number", b"row_number", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,11 +426,16 @@ class MergeProfilesResponse(_message.Message):
     ROWS_STORED_FIELD_NUMBER: _builtins.int
     ROWS_REJECTED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    ALREADY_APPLIED_FIELD_NUMBER: _builtins.int
     rows_received: _builtins.int
     rows_stored: _builtins.int
     rows_rejected: _builtins.int
+    already_applied: _builtins.bool
+    """True when the idempotency key had been applied before: nothing changed now."""
     @_builtins.property
-    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowError]: ...
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowError]:
+        """The first errors, up to the service's cap; rows_rejected counts them all."""
+
     def __init__(
         self,
         *,
@@ -380,10 +443,11 @@ class MergeProfilesResponse(_message.Message):
         rows_stored: _builtins.int = ...,
         rows_rejected: _builtins.int = ...,
         errors: _abc.Iterable[Global___RowError] | None = ...,
+        already_applied: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "rows_received", b"rows_received", "rows_rejected", b"rows_rejected", "rows_stored", b"rows_stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_applied", b"already_applied", "errors", b"errors", "rows_received", b"rows_received", "rows_rejected", b"rows_rejected", "rows_stored", b"rows_stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -124,9 +124,14 @@ class ProfilesServiceServicer:
     def MergeProfiles(self, request_iterator, context):
         """Merges many customers' values into one table in one transaction: the
         first message names the table, every message carries rows, applied in
-        order (a later row for the same customer wins per attribute). Rows that
-        do not validate are reported, not stored; with all_or_nothing set, one
-        bad row stores nothing.
+        order (a later row for the same customer wins per attribute). Rows come
+        typed (rows) or as text cells under named columns (columns, text_rows),
+        which are parsed by each attribute's datatype exactly as a CSV file's
+        cells are; an empty cell leaves its attribute unchanged. Rows that do not
+        validate are reported, not stored; with all_or_nothing set, one bad row
+        (or any row the caller rejected itself) stores nothing. A batch sent
+        again under the same idempotency_key is validated and reported again but
+        never applied twice. Memory does not grow with the number of rows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,9 +64,14 @@ class ProfilesServiceStub:
     MergeProfiles: _grpc.StreamUnaryMultiCallable[_profiles_service_pb2.MergeProfilesRequest, _profiles_service_pb2.MergeProfilesResponse]
     """Merges many customers' values into one table in one transaction: the
     first message names the table, every message carries rows, applied in
-    order (a later row for the same customer wins per attribute). Rows that
-    do not validate are reported, not stored; with all_or_nothing set, one
-    bad row stores nothing.
+    order (a later row for the same customer wins per attribute). Rows come
+    typed (rows) or as text cells under named columns (columns, text_rows),
+    which are parsed by each attribute's datatype exactly as a CSV file's
+    cells are; an empty cell leaves its attribute unchanged. Rows that do not
+    validate are reported, not stored; with all_or_nothing set, one bad row
+    (or any row the caller rejected itself) stores nothing. A batch sent
+    again under the same idempotency_key is validated and reported again but
+    never applied twice. Memory does not grow with the number of rows.
     """
     GetConsolidatedView: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]
     """The consolidated view of one Optimizely user: the Optimizely table's
@@ -109,9 +114,14 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     MergeProfiles: _aio.StreamUnaryMultiCallable[_profiles_service_pb2.MergeProfilesRequest, _profiles_service_pb2.MergeProfilesResponse]  # type: ignore[assignment]
     """Merges many customers' values into one table in one transaction: the
     first message names the table, every message carries rows, applied in
-    order (a later row for the same customer wins per attribute). Rows that
-    do not validate are reported, not stored; with all_or_nothing set, one
-    bad row stores nothing.
+    order (a later row for the same customer wins per attribute). Rows come
+    typed (rows) or as text cells under named columns (columns, text_rows),
+    which are parsed by each attribute's datatype exactly as a CSV file's
+    cells are; an empty cell leaves its attribute unchanged. Rows that do not
+    validate are reported, not stored; with all_or_nothing set, one bad row
+    (or any row the caller rejected itself) stores nothing. A batch sent
+    again under the same idempotency_key is validated and reported again but
+    never applied twice. Memory does not grow with the number of rows.
     """
     GetConsolidatedView: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]  # type: ignore[assignment]
     """The consolidated view of one Optimizely user: the Optimizely table's
@@ -181,9 +191,14 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_profiles_service_pb2.MergeProfilesResponse, _abc.Awaitable[_profiles_service_pb2.MergeProfilesResponse]]:
         """Merges many customers' values into one table in one transaction: the
         first message names the table, every message carries rows, applied in
-        order (a later row for the same customer wins per attribute). Rows that
-        do not validate are reported, not stored; with all_or_nothing set, one
-        bad row stores nothing.
+        order (a later row for the same customer wins per attribute). Rows come
+        typed (rows) or as text cells under named columns (columns, text_rows),
+        which are parsed by each attribute's datatype exactly as a CSV file's
+        cells are; an empty cell leaves its attribute unchanged. Rows that do not
+        validate are reported, not stored; with all_or_nothing set, one bad row
+        (or any row the caller rejected itself) stores nothing. A batch sent
+        again under the same idempotency_key is validated and reported again but
+        never applied twice. Memory does not grow with the number of rows.
         """
 
     @_abc_1.abstractmethod
