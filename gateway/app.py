@@ -15,12 +15,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dcp.aliases.v1 import aliases_service_pb2_grpc
+from dcp.imports.v1 import imports_service_pb2_grpc
 from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.auth import Metadata, authenticate, request_id_of
 from gateway.bodies import read_json
 from gateway.config_api import ConfigApi, Endpoint
 from gateway.errors import ApiError, from_rpc_error
+from gateway.imports_api import ImportsApi
 from gateway.profile_api import ProfileApi
 from services._runtime.interceptors import request_id
 
@@ -35,6 +37,7 @@ class GatewayClients:
     schema: schema_service_pb2_grpc.SchemaServiceAsyncStub
     profiles: profiles_service_pb2_grpc.ProfilesServiceAsyncStub
     aliases: aliases_service_pb2_grpc.AliasesServiceAsyncStub
+    imports: imports_service_pb2_grpc.ImportsServiceAsyncStub
 
     @classmethod
     def over(
@@ -42,6 +45,7 @@ class GatewayClients:
         schema_channel: grpc.aio.Channel,
         profiles_channel: grpc.aio.Channel | None = None,
         aliases_channel: grpc.aio.Channel | None = None,
+        imports_channel: grpc.aio.Channel | None = None,
     ) -> GatewayClients:
         """Stubs over the services' channels; one channel serves all when they share a process."""
         return cls(
@@ -49,6 +53,7 @@ class GatewayClients:
             schema=schema_service_pb2_grpc.SchemaServiceStub(schema_channel),
             profiles=profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel or schema_channel),
             aliases=aliases_service_pb2_grpc.AliasesServiceStub(aliases_channel or schema_channel),
+            imports=imports_service_pb2_grpc.ImportsServiceStub(imports_channel or schema_channel),
         )
 
 
@@ -103,5 +108,6 @@ def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) ->
         Route("/healthz", healthz),
         *ConfigApi(clients.schema).routes(wrap),
         *ProfileApi(clients.schema, clients.profiles, clients.aliases).routes(wrap),
+        *ImportsApi(clients.imports).routes(wrap),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

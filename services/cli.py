@@ -16,7 +16,7 @@ from services import platform
 from services._runtime import logs
 from services._runtime.errors import DcpError
 from services._runtime.server import wait_for_stop_signal
-from services._runtime.settings import Settings
+from services._runtime.settings import S3Settings, Settings
 from services.schema.credentials import parse_token_kind
 
 
@@ -39,22 +39,30 @@ async def _up(settings: Settings) -> None:
             parts = platform.schema_parts(settings, pool)
             first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
             signer = platform.identity_signer(settings, allow_generated=True)
-            suite = await platform.start_suite(settings, pool, signer)
-            try:
-                print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
-                print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
-                print(f"  gRPC: {suite.grpc_address}", flush=True)
-                database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
-                print(f"  database: {database}", flush=True)
-                if first_token:
-                    print(
-                        f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):"
-                    )
-                    print(f"    {first_token}", flush=True)
-                await wait_for_stop_signal()
-                print("stopping...", flush=True)
-            finally:
-                await suite.stop(settings.shutdown_grace_seconds)
+            async with platform.upload_store(settings.s3, embedded=True) as (store, s3):
+                suite = await platform.start_suite(settings, pool, signer, store=store)
+                await _serve_suite(settings, suite, s3, first_token)
+
+
+async def _serve_suite(settings: Settings, suite: platform.Suite, s3: S3Settings, first_token: str | None) -> None:
+    try:
+        print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
+        print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
+        print(f"  gRPC: {suite.grpc_address}", flush=True)
+        database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
+        print(f"  database: {database}", flush=True)
+        if settings.s3.endpoint_url is None:
+            print(f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (objects live in memory)", flush=True)
+            print(f"    access key {s3.access_key_id}  secret {s3.secret_access_key}", flush=True)
+        else:
+            print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
+        if first_token:
+            print(f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):")
+            print(f"    {first_token}", flush=True)
+        await wait_for_stop_signal()
+        print("stopping...", flush=True)
+    finally:
+        await suite.stop(settings.shutdown_grace_seconds)
 
 
 def _require(value: str | None, variable: str, service: str) -> str:
@@ -73,6 +81,7 @@ async def _serve(settings: Settings, service: str) -> None:
                     schema_address,
                     settings.profiles_address or schema_address,
                     settings.aliases_address or schema_address,
+                    settings.imports_address or schema_address,
                 )
             ]
             gateway = await platform.start_gateway(settings, GatewayClients.over(*channels))
@@ -84,8 +93,22 @@ async def _serve(settings: Settings, service: str) -> None:
     signer = platform.identity_signer(settings, allow_generated=False)
     async with platform.opened_pool(database_url, settings) as pool, AsyncExitStack() as stack:
         await platform.migrate_all(pool)
+        stop: Callable[[float], Awaitable[None]] | None = None
         if service == "schema":
             server = await platform.start_schema_server(settings, pool, signer)
+        elif service == "imports":
+            schema = await stack.enter_async_context(
+                platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
+            )
+            profiles = await stack.enter_async_context(
+                platform.grpc_channel(_require(settings.profiles_address, "DCP_PROFILES_ADDRESS", service))
+            )
+            store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
+            imports = await platform.start_imports_server(
+                settings, pool, signer, store, schema_channel=schema, profiles_channel=profiles
+            )
+            server = imports.server
+            stop = imports.stop
         else:
             schema = await stack.enter_async_context(
                 platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
@@ -101,7 +124,7 @@ async def _serve(settings: Settings, service: str) -> None:
         await server.mark_serving()
         print(f"{service} service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)
         await wait_for_stop_signal()
-        await server.stop(settings.shutdown_grace_seconds)
+        await (stop or server.stop)(settings.shutdown_grace_seconds)
 
 
 async def _with_credentials(settings: Settings, action: Callable[[platform.SchemaParts], Awaitable[None]]) -> None:

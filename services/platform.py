@@ -10,7 +10,7 @@ import secrets
 import socket
 import warnings
 from collections.abc import AsyncIterator, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +20,46 @@ import uvicorn
 from grpc import aio
 
 from dcp.aliases.v1 import aliases_service_pb2_grpc
+from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients, create_app
 from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, create_pool, migrate
 from services._runtime.identity import AssertionSigner
+from services._runtime.s3 import EmbeddedS3, ObjectStore, open_store
 from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server
-from services._runtime.settings import Settings
+from services._runtime.settings import S3Settings, Settings
 from services.aliases import repository as aliases_repository
 from services.aliases import servicer as aliases_servicer
 from services.aliases.aliases import Aliases
 from services.aliases.client import AliasesClient
+from services.imports import repository as imports_repository
+from services.imports import servicer as imports_servicer
+from services.imports.intake import Intake
+from services.imports.processing import Importer
+from services.imports.uploads import TableDirectory, UploadHistory
+from services.imports.worker import ImportWorker
 from services.profiles import repository as profiles_repository
 from services.profiles import servicer as profiles_servicer
 from services.profiles.profiles import Profiles
 from services.schema import repository as schema_repository
 from services.schema import servicer as schema_servicer
 from services.schema.catalog import Catalog
-from services.schema.client import RegistryClient, RemoteAuthenticator
+from services.schema.client import ImportTargetsClient, RegistryClient, RemoteAuthenticator
 from services.schema.credentials import Credentials
 from services.schema.model import TokenKind
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("schema", "profiles", "aliases", "gateway")
+# The embedded S3 server accepts any key; the platform signs with this one.
+EMBEDDED_S3_KEY = ("dcp-local", "dcp-local-secret")
+
+SERVICES = ("schema", "profiles", "aliases", "imports", "gateway")
 ALL_MIGRATIONS: tuple[MigrationSet, ...] = (
     schema_repository.MIGRATIONS,
     profiles_repository.MIGRATIONS,
     aliases_repository.MIGRATIONS,
+    imports_repository.MIGRATIONS,
 )
 
 
@@ -136,6 +148,7 @@ class Suite:
     profiles: Profiles
     aliases: Aliases
     gateway: RunningGateway | None
+    worker: asyncio.Task[None] | None = None
 
     @property
     def http_url(self) -> str:
@@ -145,6 +158,11 @@ class Suite:
     async def stop(self, grace: float) -> None:
         if self.gateway is not None:
             await self.gateway.stop()
+        if self.worker is not None:
+            # An import cut short rolls back and is taken up again at the next start.
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
         await self.grpc.stop(grace)
         await self.channel.close(grace=None)
 
@@ -156,10 +174,52 @@ def _dial_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@dataclass
+class ImportParts:
+    """The imports service's pieces: its API and its background worker."""
+
+    history: UploadHistory
+    worker: ImportWorker
+
+
+def import_parts(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    signer: AssertionSigner,
+    store: ObjectStore,
+    *,
+    schema_channel: aio.Channel,
+    profiles_channel: aio.Channel,
+    queue: Any = None,
+) -> ImportParts:
+    schema_stub = schema_service_pb2_grpc.SchemaServiceStub(schema_channel)
+    registry = RegistryClient(schema_stub, signer, ttl_seconds=settings.registry_cache_seconds)
+    repository = imports_repository.ImportsRepository(pool)
+    importer = Importer(
+        store,
+        registry,
+        profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel),
+        signer,
+        settings.imports,
+    )
+    intake = Intake(store, repository, ImportTargetsClient(schema_stub, signer))
+    worker = ImportWorker(intake, importer, repository, store, settings.imports, queue=queue)
+    history = UploadHistory(repository, TableDirectory(schema_stub, signer).owned_table, store, importer)
+    return ImportParts(history, worker)
+
+
 async def start_suite(
-    settings: Settings, pool: asyncpg.Pool, signer: AssertionSigner, *, with_gateway: bool = True
+    settings: Settings,
+    pool: asyncpg.Pool,
+    signer: AssertionSigner,
+    *,
+    with_gateway: bool = True,
+    store: ObjectStore | None = None,
 ) -> Suite:
-    """Starts schema, profiles and aliases on one server, wired to each other through it."""
+    """Starts every service on one server, wired to each other through it.
+
+    Without a store the imports service is left out: nothing else needs S3.
+    """
     parts = schema_parts(settings, pool)
     prepared = prepare_server(
         resolver=CallerResolver(signer, parts.credentials), address=f"{settings.grpc_host}:{settings.grpc_port}"
@@ -174,11 +234,17 @@ async def start_suite(
         # In one process the consolidated view asks the aliases domain directly:
         # one round trip fewer on the hottest read.
         profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, aliases.links_of)
+        imports = (
+            import_parts(settings, pool, signer, store, schema_channel=channel, profiles_channel=channel)
+            if store is not None
+            else None
+        )
         server = await prepared.start(
             [
                 *schema_bindings(parts, signer),
                 *profiles_servicer.bindings(profiles),
                 *aliases_servicer.bindings(aliases),
+                *(imports_servicer.bindings(imports.history) if imports is not None else []),
             ]
         )
         gateway = await start_gateway(settings, GatewayClients.over(channel)) if with_gateway else None
@@ -187,7 +253,9 @@ async def start_suite(
         await channel.close(grace=None)
         raise
     await server.mark_serving()
+    worker = asyncio.create_task(imports.worker.run(), name="imports-worker") if imports is not None else None
     return Suite(
+        worker=worker,
         grpc=server,
         grpc_address=address,
         channel=channel,
@@ -233,6 +301,63 @@ async def start_remote_server(
         resolver=CallerResolver(signer, authenticator),
         address=f"{settings.grpc_host}:{settings.grpc_port}",
     )
+
+
+@dataclass
+class RunningImports:
+    server: RunningServer
+    worker: asyncio.Task[None]
+
+    async def stop(self, grace: float) -> None:
+        self.worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.worker
+        await self.server.stop(grace)
+
+
+async def start_imports_server(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    signer: AssertionSigner,
+    store: ObjectStore,
+    *,
+    schema_channel: aio.Channel,
+    profiles_channel: aio.Channel,
+) -> RunningImports:
+    """The imports service alone: its API, and the worker applying uploads."""
+    parts = import_parts(
+        settings, pool, signer, store, schema_channel=schema_channel, profiles_channel=profiles_channel
+    )
+    authenticator = RemoteAuthenticator(schema_service_pb2_grpc.AuthServiceStub(schema_channel))
+    server = await build_server(
+        imports_servicer.bindings(parts.history),
+        resolver=CallerResolver(signer, authenticator),
+        address=f"{settings.grpc_host}:{settings.grpc_port}",
+    )
+    return RunningImports(server, asyncio.create_task(parts.worker.run(), name="imports-worker"))
+
+
+@contextlib.asynccontextmanager
+async def upload_store(settings: S3Settings, *, embedded: bool) -> AsyncIterator[tuple[ObjectStore, S3Settings]]:
+    """The bucket, created if missing; with `embedded` and no endpoint, on an S3 server in this process."""
+    server: EmbeddedS3 | None = None
+    if embedded and settings.endpoint_url is None:
+        server = EmbeddedS3(port=settings.embedded_port)
+        endpoint = await asyncio.to_thread(server.start)
+        settings = replace(
+            settings,
+            endpoint_url=endpoint,
+            access_key_id=settings.access_key_id or EMBEDDED_S3_KEY[0],
+            secret_access_key=settings.secret_access_key or EMBEDDED_S3_KEY[1],
+        )
+    try:
+        async with open_store(settings) as store:
+            await store.ensure_bucket(settings.region)
+            await store.keep_versions()
+            yield store, settings
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
 
 
 class _QuietUvicorn(uvicorn.Server):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -17,7 +17,8 @@ import pytest
 
 from services import platform
 from services._runtime.db import create_pool
-from services._runtime.settings import Settings
+from services._runtime.s3 import EmbeddedS3, ObjectStore, open_store
+from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
 
 
@@ -99,8 +100,45 @@ async def _clean_database(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, http_port=0, grpc_port=0, identity_key=secrets.token_urlsafe(48))
+def s3_server() -> Iterator[str]:
+    """An S3 protocol server (moto's) on a free port, for the whole session."""
+    server = EmbeddedS3()
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, s3_server: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        http_port=0,
+        grpc_port=0,
+        identity_key=secrets.token_urlsafe(48),
+        s3=S3Settings(endpoint_url=s3_server, access_key_id="testing", secret_access_key="testing"),
+        # Quick rounds, so tests wait for imports in tenths of a second.
+        imports=ImportSettings(poll_seconds=0.2),
+    )
+
+
+@pytest.fixture(scope="session")
+async def session_store(settings: Settings) -> AsyncIterator[ObjectStore]:
+    async with open_store(settings.s3) as store:
+        await store.ensure_bucket(settings.s3.region)
+        await store.keep_versions()
+        yield store
+
+
+@pytest.fixture
+async def store(session_store: ObjectStore, settings: Settings, s3_server: str) -> ObjectStore:
+    """The upload bucket, emptied: moto's state is reset before each test that asks for it."""
+    async with httpx.AsyncClient() as client:
+        (await client.post(f"{s3_server}/moto-api/reset")).raise_for_status()
+    await session_store.ensure_bucket(settings.s3.region)
+    await session_store.keep_versions()
+    return session_store
 
 
 @dataclass
@@ -115,9 +153,9 @@ class RunningPlatform:
 
 
 @pytest.fixture(scope="session")
-async def running(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[RunningPlatform]:
+async def running(settings: Settings, pool: asyncpg.Pool, session_store: ObjectStore) -> AsyncIterator[RunningPlatform]:
     signer = platform.identity_signer(settings, allow_generated=False)
-    suite = await platform.start_suite(settings, pool, signer)
+    suite = await platform.start_suite(settings, pool, signer, store=session_store)
     try:
         yield RunningPlatform(
             settings=settings,

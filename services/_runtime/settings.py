@@ -42,6 +42,54 @@ class OAuthSettings:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """The S3-compatible store that customers drop files into."""
+
+    endpoint_url: str | None = None
+    """Store endpoint (MinIO, Ceph, a local server). Unset: AWS itself, except
+    under `dcp up`, which then starts an embedded S3 server."""
+    region: str = "us-east-1"
+    """Region of the bucket."""
+    bucket: str = "optimizely-import"
+    """Bucket holding every table's upload prefix."""
+    access_key_id: str | None = None
+    """The platform's own key; unset uses the standard AWS credential chain
+    (environment, web identity on Kubernetes, instance profile)."""
+    secret_access_key: str | None = None
+    """Secret of `access_key_id`."""
+    addressing_style: str = "auto"
+    """`path`, `virtual` or `auto` (path-style for a custom endpoint)."""
+    provision_keys: bool = False
+    """Create an IAM user per DCP service, limited to its prefix, and hand out
+    that user's keys; needs a store with an IAM API."""
+    embedded_port: int = 9000
+    """Port of the embedded S3 server that `dcp up` starts (0 picks a free one)."""
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """How uploaded files are found and applied."""
+
+    poll_seconds: float = 2.0
+    """Pause between listings of the bucket."""
+    queue_url: str | None = None
+    """SQS queue receiving the bucket's event notifications; files then start
+    at once, and polling remains as the safety net."""
+    after: str = "archive"
+    """What becomes of a processed object: `archive`, `delete` or `keep`."""
+    archive_prefix: str = "archive/"
+    """Where processed objects move when `after` is `archive`."""
+    max_errors: int = 10_000
+    """Error rows kept per upload; the rest are counted."""
+    concurrency: int = 4
+    """Tables imported at once by one process."""
+    max_file_bytes: int = 5 * 1024**3
+    """Larger objects are refused without being read."""
+    max_field_chars: int = 1024 * 1024
+    """A longer field fails its file."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Settings shared by every Open DCP process; see README "Configuration"."""
 
@@ -89,6 +137,10 @@ class Settings:
     """Root log level."""
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
     """OAuth 2.0 access-token verification."""
+    s3: S3Settings = field(default_factory=S3Settings)
+    """The upload store."""
+    imports: ImportSettings = field(default_factory=ImportSettings)
+    """File intake."""
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -129,6 +181,26 @@ class Settings:
             log_format=reader.choice("DCP_LOG_FORMAT", ("text", "json"), "text"),
             log_level=reader.choice("DCP_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             oauth=oauth,
+            s3=S3Settings(
+                endpoint_url=reader.text("DCP_S3_ENDPOINT_URL"),
+                region=reader.text("DCP_S3_REGION") or "us-east-1",
+                bucket=reader.text("DCP_S3_BUCKET") or "optimizely-import",
+                access_key_id=reader.text("DCP_S3_ACCESS_KEY_ID"),
+                secret_access_key=reader.text("DCP_S3_SECRET_ACCESS_KEY"),
+                addressing_style=reader.choice("DCP_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"),
+                provision_keys=reader.choice("DCP_S3_PROVISION_KEYS", ("off", "on"), "off") == "on",
+                embedded_port=reader.integer("DCP_S3_EMBEDDED_PORT", 9000, minimum=0, maximum=65535),
+            ),
+            imports=ImportSettings(
+                poll_seconds=reader.number("DCP_IMPORT_POLL_SECONDS", 2.0),
+                queue_url=reader.text("DCP_IMPORT_QUEUE_URL"),
+                after=reader.choice("DCP_IMPORT_AFTER", ("archive", "delete", "keep"), "archive"),
+                archive_prefix=reader.text("DCP_IMPORT_ARCHIVE_PREFIX") or "archive/",
+                max_errors=reader.integer("DCP_IMPORT_MAX_ERRORS", 10_000, minimum=1),
+                concurrency=reader.integer("DCP_IMPORT_CONCURRENCY", 4, minimum=1),
+                max_file_bytes=reader.integer("DCP_IMPORT_MAX_FILE_BYTES", 5 * 1024**3, minimum=1),
+                max_field_chars=reader.integer("DCP_IMPORT_MAX_FIELD_CHARS", 1024 * 1024, minimum=4096),
+            ),
         )
         reader.raise_if_invalid()
         return settings

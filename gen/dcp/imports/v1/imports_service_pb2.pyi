@@ -60,6 +60,7 @@ class Upload(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    ERRORS_KEPT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     dcp_datasource_id: _builtins.int
     file_name: _builtins.str
@@ -67,9 +68,13 @@ class Upload(_message.Message):
     size_bytes: _builtins.int
     status: Global___UploadStatus.ValueType
     rows_total: _builtins.int
+    """Data rows read (the header excluded)."""
     rows_ok: _builtins.int
     rows_failed: _builtins.int
     error: _builtins.str
+    """Why the whole file failed; empty otherwise."""
+    errors_kept: _builtins.int
+    """Error rows kept; rows_failed counts them all."""
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -92,10 +97,11 @@ class Upload(_message.Message):
         received_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        errors_kept: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "received_at", b"received_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "error", b"error", "file_name", b"file_name", "finished_at", b"finished_at", "id", b"id", "received_at", b"received_at", "rows_failed", b"rows_failed", "rows_ok", b"rows_ok", "rows_total", b"rows_total", "s3_key", b"s3_key", "size_bytes", b"size_bytes", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "error", b"error", "errors_kept", b"errors_kept", "file_name", b"file_name", "finished_at", b"finished_at", "id", b"id", "received_at", b"received_at", "rows_failed", b"rows_failed", "rows_ok", b"rows_ok", "rows_total", b"rows_total", "s3_key", b"s3_key", "size_bytes", b"size_bytes", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,3 +176,256 @@ class GetUploadRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUploadRequest: _TypeAlias = GetUploadRequest  # noqa: Y015
+
+@_typing.final
+class RowProblem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    row: _builtins.int
+    """Spreadsheet row: the header is row 1, the first data row 2."""
+    column: _builtins.str
+    """The column named in the header, or empty for the whole row."""
+    value: _builtins.str
+    """The cell as written, cut to 200 characters."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        row: _builtins.int = ...,
+        column: _builtins.str = ...,
+        value: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "message", b"message", "row", b"row", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowProblem: _TypeAlias = RowProblem  # noqa: Y015
+
+@_typing.final
+class ListUploadErrorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    upload_id: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+        upload_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "page_size", b"page_size", "page_token", b"page_token", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUploadErrorsRequest: _TypeAlias = ListUploadErrorsRequest  # noqa: Y015
+
+@_typing.final
+class ListUploadErrorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERRORS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ROWS_FAILED_FIELD_NUMBER: _builtins.int
+    ERRORS_KEPT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    rows_failed: _builtins.int
+    """Every refused row, including those beyond the kept cap."""
+    errors_kept: _builtins.int
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowProblem]: ...
+    def __init__(
+        self,
+        *,
+        errors: _abc.Iterable[Global___RowProblem] | None = ...,
+        next_page_token: _builtins.str = ...,
+        rows_failed: _builtins.int = ...,
+        errors_kept: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "errors_kept", b"errors_kept", "next_page_token", b"next_page_token", "rows_failed", b"rows_failed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUploadErrorsResponse: _TypeAlias = ListUploadErrorsResponse  # noqa: Y015
+
+@_typing.final
+class GetTemplateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTemplateRequest: _TypeAlias = GetTemplateRequest  # noqa: Y015
+
+@_typing.final
+class Template(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    file_name: _builtins.str
+    csv: _builtins.str
+    def __init__(
+        self,
+        *,
+        file_name: _builtins.str = ...,
+        csv: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "file_name", b"file_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Template: _TypeAlias = Template  # noqa: Y015
+
+@_typing.final
+class ValidateFileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    """First message only."""
+    file_name: _builtins.str
+    """First message only: decides CSV or TSV (.tsv, .tab) and gzip (.gz)."""
+    chunk: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+        file_name: _builtins.str = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "dcp_datasource_id", b"dcp_datasource_id", "file_name", b"file_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateFileRequest: _TypeAlias = ValidateFileRequest  # noqa: Y015
+
+@_typing.final
+class ValidationReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    ROWS_TOTAL_FIELD_NUMBER: _builtins.int
+    ROWS_OK_FIELD_NUMBER: _builtins.int
+    ROWS_FAILED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    status: Global___UploadStatus.ValueType
+    """"processed", "partially_processed" or "failed": what an upload of this
+    file would end as now.
+    """
+    rows_total: _builtins.int
+    rows_ok: _builtins.int
+    rows_failed: _builtins.int
+    error: _builtins.str
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowProblem]: ...
+    def __init__(
+        self,
+        *,
+        status: Global___UploadStatus.ValueType = ...,
+        rows_total: _builtins.int = ...,
+        rows_ok: _builtins.int = ...,
+        rows_failed: _builtins.int = ...,
+        error: _builtins.str = ...,
+        errors: _abc.Iterable[Global___RowProblem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "errors", b"errors", "rows_failed", b"rows_failed", "rows_ok", b"rows_ok", "rows_total", b"rows_total", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidationReport: _TypeAlias = ValidationReport  # noqa: Y015
+
+@_typing.final
+class CreateUploadUrlRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    file_name: _builtins.str
+    expires_in_seconds: _builtins.int
+    """Default 900, at most 604800 (seven days, the S3 limit)."""
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+        file_name: _builtins.str = ...,
+        expires_in_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "expires_in_seconds", b"expires_in_seconds", "file_name", b"file_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateUploadUrlRequest: _TypeAlias = CreateUploadUrlRequest  # noqa: Y015
+
+@_typing.final
+class UploadUrl(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    S3_KEY_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    method: _builtins.str
+    s3_key: _builtins.str
+    bucket: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        method: _builtins.str = ...,
+        s3_key: _builtins.str = ...,
+        bucket: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "expires_at", b"expires_at", "method", b"method", "s3_key", b"s3_key", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadUrl: _TypeAlias = UploadUrl  # noqa: Y015

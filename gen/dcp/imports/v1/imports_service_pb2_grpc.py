@@ -26,9 +26,13 @@ if _version_not_supported:
 
 
 class ImportsServiceStub:
-    """DRAFT: completed by the bulk-upload capability.
+    """Bulk upload: CSV/TSV files dropped into a table's S3 path are parsed,
+    validated against the table's attributes and merged row by row, in the
+    order they arrived; the upload history says what became of every file.
 
-    Upload history of files dropped into a table's S3 path.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, the others "write". A table of another account
+    answers NOT_FOUND, as if it did not exist.
     """
 
     def __init__(self, channel):
@@ -47,23 +51,77 @@ class ImportsServiceStub:
                 request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetUploadRequest.SerializeToString,
                 response_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.FromString,
                 _registered_method=True)
+        self.ListUploadErrors = channel.unary_unary(
+                '/dcp.imports.v1.ImportsService/ListUploadErrors',
+                request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ListUploadErrorsRequest.SerializeToString,
+                response_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ListUploadErrorsResponse.FromString,
+                _registered_method=True)
+        self.GetTemplate = channel.unary_unary(
+                '/dcp.imports.v1.ImportsService/GetTemplate',
+                request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetTemplateRequest.SerializeToString,
+                response_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Template.FromString,
+                _registered_method=True)
+        self.ValidateFile = channel.stream_unary(
+                '/dcp.imports.v1.ImportsService/ValidateFile',
+                request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ValidateFileRequest.SerializeToString,
+                response_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ValidationReport.FromString,
+                _registered_method=True)
+        self.CreateUploadUrl = channel.unary_unary(
+                '/dcp.imports.v1.ImportsService/CreateUploadUrl',
+                request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.CreateUploadUrlRequest.SerializeToString,
+                response_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.UploadUrl.FromString,
+                _registered_method=True)
 
 
 class ImportsServiceServicer:
-    """DRAFT: completed by the bulk-upload capability.
+    """Bulk upload: CSV/TSV files dropped into a table's S3 path are parsed,
+    validated against the table's attributes and merged row by row, in the
+    order they arrived; the upload history says what became of every file.
 
-    Upload history of files dropped into a table's S3 path.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, the others "write". A table of another account
+    answers NOT_FOUND, as if it did not exist.
     """
 
     def ListUploads(self, request, context):
-        """Lists a table's uploads, newest first. NOT_FOUND for the table.
+        """A table's uploads, newest first. NOT_FOUND for the table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUpload(self, request, context):
-        """Gets one upload. NOT_FOUND.
+        """One upload. NOT_FOUND for the table or the upload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUploadErrors(self, request, context):
+        """The rows an upload refused, in row order, up to the kept cap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplate(self, request, context):
+        """The table's CSV template: customerId, then its active attribute names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateFile(self, request_iterator, context):
+        """Checks a file as an upload would, and stores nothing. The first message
+        names the table and the file; every message carries the next bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUploadUrl(self, request, context):
+        """A presigned URL that uploads one file into the table's S3 path.
+        FAILED_PRECONDITION for an archived table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +140,26 @@ def add_ImportsServiceServicer_to_server(servicer, server):
                     request_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetUploadRequest.FromString,
                     response_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.SerializeToString,
             ),
+            'ListUploadErrors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUploadErrors,
+                    request_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ListUploadErrorsRequest.FromString,
+                    response_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ListUploadErrorsResponse.SerializeToString,
+            ),
+            'GetTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplate,
+                    request_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetTemplateRequest.FromString,
+                    response_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Template.SerializeToString,
+            ),
+            'ValidateFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.ValidateFile,
+                    request_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ValidateFileRequest.FromString,
+                    response_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ValidationReport.SerializeToString,
+            ),
+            'CreateUploadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUploadUrl,
+                    request_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.CreateUploadUrlRequest.FromString,
+                    response_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.UploadUrl.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dcp.imports.v1.ImportsService', rpc_method_handlers)
@@ -91,9 +169,13 @@ def add_ImportsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ImportsService:
-    """DRAFT: completed by the bulk-upload capability.
+    """Bulk upload: CSV/TSV files dropped into a table's S3 path are parsed,
+    validated against the table's attributes and merged row by row, in the
+    order they arrived; the upload history says what became of every file.
 
-    Upload history of files dropped into a table's S3 path.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, the others "write". A table of another account
+    answers NOT_FOUND, as if it did not exist.
     """
 
     @staticmethod
@@ -140,6 +222,114 @@ class ImportsService:
             '/dcp.imports.v1.ImportsService/GetUpload',
             dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetUploadRequest.SerializeToString,
             dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUploadErrors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.imports.v1.ImportsService/ListUploadErrors',
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.ListUploadErrorsRequest.SerializeToString,
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.ListUploadErrorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.imports.v1.ImportsService/GetTemplate',
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetTemplateRequest.SerializeToString,
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/dcp.imports.v1.ImportsService/ValidateFile',
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.ValidateFileRequest.SerializeToString,
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.ValidationReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUploadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.imports.v1.ImportsService/CreateUploadUrl',
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.CreateUploadUrlRequest.SerializeToString,
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.UploadUrl.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,9 +27,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ImportsServiceStub:
-    """DRAFT: completed by the bulk-upload capability.
+    """Bulk upload: CSV/TSV files dropped into a table's S3 path are parsed,
+    validated against the table's attributes and merged row by row, in the
+    order they arrived; the upload history says what became of every file.
 
-    Upload history of files dropped into a table's S3 path.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, the others "write". A table of another account
+    answers NOT_FOUND, as if it did not exist.
     """
 
     @_typing.overload
@@ -37,27 +41,59 @@ class ImportsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ImportsServiceAsyncStub: ...
     ListUploads: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.ListUploadsRequest, _imports_service_pb2.ListUploadsResponse]
-    """Lists a table's uploads, newest first. NOT_FOUND for the table."""
+    """A table's uploads, newest first. NOT_FOUND for the table."""
     GetUpload: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.GetUploadRequest, _imports_service_pb2.Upload]
-    """Gets one upload. NOT_FOUND."""
+    """One upload. NOT_FOUND for the table or the upload."""
+    ListUploadErrors: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.ListUploadErrorsRequest, _imports_service_pb2.ListUploadErrorsResponse]
+    """The rows an upload refused, in row order, up to the kept cap."""
+    GetTemplate: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.GetTemplateRequest, _imports_service_pb2.Template]
+    """The table's CSV template: customerId, then its active attribute names."""
+    ValidateFile: _grpc.StreamUnaryMultiCallable[_imports_service_pb2.ValidateFileRequest, _imports_service_pb2.ValidationReport]
+    """Checks a file as an upload would, and stores nothing. The first message
+    names the table and the file; every message carries the next bytes.
+    """
+    CreateUploadUrl: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.CreateUploadUrlRequest, _imports_service_pb2.UploadUrl]
+    """A presigned URL that uploads one file into the table's S3 path.
+    FAILED_PRECONDITION for an archived table.
+    """
 
 @_typing.type_check_only
 class ImportsServiceAsyncStub(ImportsServiceStub):
-    """DRAFT: completed by the bulk-upload capability.
+    """Bulk upload: CSV/TSV files dropped into a table's S3 path are parsed,
+    validated against the table's attributes and merged row by row, in the
+    order they arrived; the upload history says what became of every file.
 
-    Upload history of files dropped into a table's S3 path.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, the others "write". A table of another account
+    answers NOT_FOUND, as if it did not exist.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListUploads: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.ListUploadsRequest, _imports_service_pb2.ListUploadsResponse]  # type: ignore[assignment]
-    """Lists a table's uploads, newest first. NOT_FOUND for the table."""
+    """A table's uploads, newest first. NOT_FOUND for the table."""
     GetUpload: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.GetUploadRequest, _imports_service_pb2.Upload]  # type: ignore[assignment]
-    """Gets one upload. NOT_FOUND."""
+    """One upload. NOT_FOUND for the table or the upload."""
+    ListUploadErrors: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.ListUploadErrorsRequest, _imports_service_pb2.ListUploadErrorsResponse]  # type: ignore[assignment]
+    """The rows an upload refused, in row order, up to the kept cap."""
+    GetTemplate: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.GetTemplateRequest, _imports_service_pb2.Template]  # type: ignore[assignment]
+    """The table's CSV template: customerId, then its active attribute names."""
+    ValidateFile: _aio.StreamUnaryMultiCallable[_imports_service_pb2.ValidateFileRequest, _imports_service_pb2.ValidationReport]  # type: ignore[assignment]
+    """Checks a file as an upload would, and stores nothing. The first message
+    names the table and the file; every message carries the next bytes.
+    """
+    CreateUploadUrl: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.CreateUploadUrlRequest, _imports_service_pb2.UploadUrl]  # type: ignore[assignment]
+    """A presigned URL that uploads one file into the table's S3 path.
+    FAILED_PRECONDITION for an archived table.
+    """
 
 class ImportsServiceServicer(metaclass=_abc_1.ABCMeta):
-    """DRAFT: completed by the bulk-upload capability.
+    """Bulk upload: CSV/TSV files dropped into a table's S3 path are parsed,
+    validated against the table's attributes and merged row by row, in the
+    order they arrived; the upload history says what became of every file.
 
-    Upload history of files dropped into a table's S3 path.
+    Every method needs a caller identity (see dcp.schema.v1.SchemaService);
+    reads need the "read" scope, the others "write". A table of another account
+    answers NOT_FOUND, as if it did not exist.
     """
 
     @_abc_1.abstractmethod
@@ -66,7 +102,7 @@ class ImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _imports_service_pb2.ListUploadsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_imports_service_pb2.ListUploadsResponse, _abc.Awaitable[_imports_service_pb2.ListUploadsResponse]]:
-        """Lists a table's uploads, newest first. NOT_FOUND for the table."""
+        """A table's uploads, newest first. NOT_FOUND for the table."""
 
     @_abc_1.abstractmethod
     def GetUpload(
@@ -74,6 +110,42 @@ class ImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _imports_service_pb2.GetUploadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_imports_service_pb2.Upload, _abc.Awaitable[_imports_service_pb2.Upload]]:
-        """Gets one upload. NOT_FOUND."""
+        """One upload. NOT_FOUND for the table or the upload."""
+
+    @_abc_1.abstractmethod
+    def ListUploadErrors(
+        self,
+        request: _imports_service_pb2.ListUploadErrorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_service_pb2.ListUploadErrorsResponse, _abc.Awaitable[_imports_service_pb2.ListUploadErrorsResponse]]:
+        """The rows an upload refused, in row order, up to the kept cap."""
+
+    @_abc_1.abstractmethod
+    def GetTemplate(
+        self,
+        request: _imports_service_pb2.GetTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_service_pb2.Template, _abc.Awaitable[_imports_service_pb2.Template]]:
+        """The table's CSV template: customerId, then its active attribute names."""
+
+    @_abc_1.abstractmethod
+    def ValidateFile(
+        self,
+        request_iterator: _MaybeAsyncIterator[_imports_service_pb2.ValidateFileRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_service_pb2.ValidationReport, _abc.Awaitable[_imports_service_pb2.ValidationReport]]:
+        """Checks a file as an upload would, and stores nothing. The first message
+        names the table and the file; every message carries the next bytes.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateUploadUrl(
+        self,
+        request: _imports_service_pb2.CreateUploadUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_service_pb2.UploadUrl, _abc.Awaitable[_imports_service_pb2.UploadUrl]]:
+        """A presigned URL that uploads one file into the table's S3 path.
+        FAILED_PRECONDITION for an archived table.
+        """
 
 def add_ImportsServiceServicer_to_server(servicer: ImportsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,233 @@
+"""Bulk upload under /experiment/v1/dcp_datasources/{id}/: upload history, template, validation, upload URLs."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dcp.imports.v1 import imports_service_pb2 as pb
+from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
+from gateway import v1json
+from gateway.config_api import Call, Endpoint, path_id
+from gateway.errors import ApiError
+
+PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
+DEFAULT_PER_PAGE = 25
+MAX_PER_PAGE = 100
+# A file checked by `validate` streams through; this caps how long a caller can hold the line.
+MAX_VALIDATE_BYTES = 256 * 1024 * 1024
+MAX_URL_SECONDS = 7 * 24 * 3600
+STATUS_NAMES = {
+    pb.UPLOAD_STATUS_PENDING: "pending",
+    pb.UPLOAD_STATUS_PROCESSING: "processing",
+    pb.UPLOAD_STATUS_PROCESSED: "processed",
+    pb.UPLOAD_STATUS_PARTIALLY_PROCESSED: "partially_processed",
+    pb.UPLOAD_STATUS_FAILED: "failed",
+}
+
+
+def _moment(message: pb.Upload, name: Literal["received_at", "started_at", "finished_at"]) -> str | None:
+    return v1json.timestamp(getattr(message, name)) if message.HasField(name) else None
+
+
+def upload_json(message: pb.Upload) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "dcp_datasource_id": message.dcp_datasource_id,
+        "file_name": message.file_name,
+        "s3_key": message.s3_key,
+        "size_bytes": message.size_bytes,
+        "status": STATUS_NAMES.get(message.status, "pending"),
+        "rows_total": message.rows_total,
+        "rows_ok": message.rows_ok,
+        "rows_failed": message.rows_failed,
+        "errors_kept": message.errors_kept,
+        "error": message.error or None,
+        "received_at": _moment(message, "received_at"),
+        "started_at": _moment(message, "started_at"),
+        "finished_at": _moment(message, "finished_at"),
+    }
+
+
+def problem_json(problem: pb.RowProblem) -> dict[str, Any]:
+    return {"row": problem.row, "column": problem.column, "value": problem.value, "message": problem.message}
+
+
+def _per_page(request: Request) -> int:
+    raw = request.query_params.get("per_page")
+    if raw is None:
+        return DEFAULT_PER_PAGE
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PER_PAGE:
+        raise ApiError.field("per_page", f"must be an integer between 1 and {MAX_PER_PAGE}")
+    return int(raw)
+
+
+class ImportsApi:
+    def __init__(self, imports: pb_grpc.ImportsServiceAsyncStub) -> None:
+        self._imports = imports
+
+    def routes(self, wrap: Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+            handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
+
+            async def dispatch(request: Request) -> Response:
+                method = "GET" if request.method == "HEAD" else request.method
+                return await handlers[method](request)
+
+            return Route(PREFIX + path, dispatch, methods=list(methods))
+
+        return [
+            route("/uploads", {"GET": self.list_uploads, "POST": self.upload_url}),
+            route("/uploads/{upload_id}", {"GET": self.get_upload}),
+            route("/uploads/{upload_id}/errors", {"GET": self.upload_errors}),
+            route("/template", {"GET": self.template}),
+            route("/validate", {"POST": self.validate}),
+        ]
+
+    async def list_uploads(self, request: Request, call: Call) -> Response:
+        answer = await self._imports.ListUploads(
+            pb.ListUploadsRequest(
+                dcp_datasource_id=path_id(request, "table_id"),
+                page_size=_per_page(request),
+                page_token=request.query_params.get("page_token", ""),
+            ),
+            metadata=call.metadata,
+        )
+        response = JSONResponse([upload_json(u) for u in answer.uploads])
+        if answer.next_page_token:
+            query = urlencode({"per_page": _per_page(request), "page_token": answer.next_page_token})
+            response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
+        return response
+
+    async def get_upload(self, request: Request, call: Call) -> Response:
+        answer = await self._imports.GetUpload(
+            pb.GetUploadRequest(
+                dcp_datasource_id=path_id(request, "table_id"), upload_id=path_id(request, "upload_id")
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(upload_json(answer))
+
+    async def upload_errors(self, request: Request, call: Call) -> Response:
+        output = request.query_params.get("format", "json")
+        if output not in ("json", "csv"):
+            raise ApiError.field("format", "must be 'json' or 'csv'")
+        table_id = path_id(request, "table_id")
+        upload_id = path_id(request, "upload_id")
+        problems: list[pb.RowProblem] = []
+        token = ""
+        while True:
+            page = await self._imports.ListUploadErrors(
+                pb.ListUploadErrorsRequest(
+                    dcp_datasource_id=table_id, upload_id=upload_id, page_size=10_000, page_token=token
+                ),
+                metadata=call.metadata,
+            )
+            problems.extend(page.errors)
+            token = page.next_page_token
+            if not token:
+                break
+        if output == "csv":
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\r\n")
+            writer.writerow(["row", "column", "value", "message"])
+            writer.writerows([p.row, p.column, p.value, p.message] for p in problems)
+            return Response(
+                out.getvalue(),
+                media_type="text/csv; charset=utf-8",
+                headers={"content-disposition": f'attachment; filename="upload-{upload_id}-errors.csv"'},
+            )
+        return JSONResponse(
+            {
+                "upload_id": upload_id,
+                "rows_failed": page.rows_failed,
+                "errors_kept": page.errors_kept,
+                "errors": [problem_json(p) for p in problems],
+            }
+        )
+
+    async def template(self, request: Request, call: Call) -> Response:
+        answer = await self._imports.GetTemplate(
+            pb.GetTemplateRequest(dcp_datasource_id=path_id(request, "table_id")), metadata=call.metadata
+        )
+        return Response(
+            answer.csv,
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{answer.file_name}"'},
+        )
+
+    async def validate(self, request: Request, call: Call) -> Response:
+        table_id = path_id(request, "table_id")
+        file_name = request.query_params.get("file_name", "upload.csv")
+
+        too_large = False
+
+        async def messages() -> AsyncIterator[pb.ValidateFileRequest]:
+            nonlocal too_large
+            yield pb.ValidateFileRequest(dcp_datasource_id=table_id, file_name=file_name)
+            received = 0
+            pending = bytearray()
+            async for piece in request.stream():
+                received += len(piece)
+                if received > MAX_VALIDATE_BYTES:
+                    too_large = True
+                    return
+                pending += piece
+                if len(pending) >= 1024 * 1024:
+                    yield pb.ValidateFileRequest(chunk=bytes(pending))
+                    pending.clear()
+            if pending:
+                yield pb.ValidateFileRequest(chunk=bytes(pending))
+
+        report = await self._imports.ValidateFile(messages(), metadata=call.metadata)
+        if too_large:
+            raise ApiError(
+                413, f"a file to validate may have at most {MAX_VALIDATE_BYTES} bytes", code="PAYLOAD_TOO_LARGE"
+            )
+        return JSONResponse(
+            {
+                "status": STATUS_NAMES.get(report.status, "failed"),
+                "rows_total": report.rows_total,
+                "rows_ok": report.rows_ok,
+                "rows_failed": report.rows_failed,
+                "error": report.error or None,
+                "errors": [problem_json(p) for p in report.errors],
+            }
+        )
+
+    async def upload_url(self, request: Request, call: Call) -> Response:
+        body = await call.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="MALFORMED_REQUEST")
+        unknown = sorted(set(body) - {"file_name", "expires_in_seconds"})
+        if unknown:
+            raise ApiError.field(unknown[0], "is not a field of this request")
+        name = body.get("file_name")
+        if not isinstance(name, str):
+            raise ApiError.field("file_name", "is required and must be a string")
+        expires = body.get("expires_in_seconds", 0)
+        if isinstance(expires, bool) or not isinstance(expires, int) or not 0 <= expires <= MAX_URL_SECONDS:
+            raise ApiError.field("expires_in_seconds", f"must be an integer between 1 and {MAX_URL_SECONDS}")
+        answer = await self._imports.CreateUploadUrl(
+            pb.CreateUploadUrlRequest(
+                dcp_datasource_id=path_id(request, "table_id"), file_name=name, expires_in_seconds=expires
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(
+            {
+                "url": answer.url,
+                "method": answer.method,
+                "bucket": answer.bucket,
+                "s3_key": answer.s3_key,
+                "expires_at": v1json.timestamp(answer.expires_at),
+            },
+            status_code=201,
+        )

@@ -1,0 +1,263 @@
+"""The upload store: any S3-compatible server, spoken to over HTTP with aiobotocore.
+
+Everything the platform does with S3 goes through `ObjectStore`, so the
+imports service reads as a story about files, not about botocore calls, and a
+store that behaves differently (AWS, MinIO, Ceph) changes one module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from services._runtime.settings import S3Settings
+
+log = logging.getLogger(__name__)
+
+# Reading in pieces this size keeps memory flat whatever the file's size,
+# while each await still carries enough bytes to amortise its cost.
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One version of one object, as a listing or an event names it."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    version_id: str = ""
+    """Empty on unversioned buckets."""
+
+
+class ObjectGone(Exception):
+    """The object (or that version of it) is no longer in the store."""
+
+
+class ObjectStore:
+    """One bucket, through one long-lived client."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.versioned = False
+        """Whether the bucket keeps every version: then a file uploaded twice
+        under one name, before the first was seen, is still two uploads."""
+
+    async def ensure_bucket(self, region: str) -> None:
+        """Creates the bucket when missing; an existing one is left as it is."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as error:
+            if _code(error) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+        arguments: dict[str, Any] = {"Bucket": self.bucket}
+        if region != "us-east-1":
+            arguments["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        with contextlib.suppress(self._client.exceptions.BucketAlreadyOwnedByYou):
+            await self._client.create_bucket(**arguments)
+
+    async def keep_versions(self) -> bool:
+        """Turns on versioning where the store allows it; says whether it is on."""
+        try:
+            answer = await self._client.get_bucket_versioning(Bucket=self.bucket)
+            if answer.get("Status") != "Enabled":
+                await self._client.put_bucket_versioning(
+                    Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
+                )
+            self.versioned = True
+        except ClientError as error:
+            log.warning(
+                "bucket %s keeps no versions (%s): a file re-uploaded under one name before the first was"
+                " imported replaces it",
+                self.bucket,
+                _code(error),
+            )
+            self.versioned = False
+        return self.versioned
+
+    async def list(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object under `prefix`; every version of each, oldest first, on a versioned bucket."""
+        if self.versioned:
+            async for found in self._list_versions(prefix):
+                yield found
+            return
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                yield StoredObject(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    etag=str(item.get("ETag", "")).strip('"'),
+                    last_modified=item["LastModified"],
+                )
+
+    async def _list_versions(self, prefix: str) -> AsyncIterator[StoredObject]:
+        paginator = self._client.get_paginator("list_object_versions")
+        same_key: list[StoredObject] = []
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Versions", ()):
+                found = StoredObject(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    etag=str(item.get("ETag", "")).strip('"'),
+                    last_modified=item["LastModified"],
+                    version_id=str(item.get("VersionId") or ""),
+                )
+                if same_key and same_key[0].key != found.key:
+                    # A key's versions come newest first; uploads want them as they arrived.
+                    for earlier in reversed(same_key):
+                        yield earlier
+                    same_key = []
+                same_key.append(found)
+        for earlier in reversed(same_key):
+            yield earlier
+
+    async def head(self, key: str, version_id: str = "") -> StoredObject | None:
+        arguments = {"Bucket": self.bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+        try:
+            answer = await self._client.head_object(**arguments)
+        except ClientError as error:
+            if _code(error) in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
+                return None
+            raise
+        return StoredObject(
+            key=key,
+            size=int(answer["ContentLength"]),
+            etag=str(answer.get("ETag", "")).strip('"'),
+            last_modified=answer["LastModified"],
+            version_id=str(answer.get("VersionId") or version_id or ""),
+        )
+
+    async def chunks(self, stored: StoredObject, chunk_bytes: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:
+        """The object's bytes, read as they are consumed; the exact version listed, never a newer one."""
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": stored.key}
+        if stored.version_id:
+            arguments["VersionId"] = stored.version_id
+        elif stored.etag:
+            # An unversioned key overwritten since it was listed is another upload.
+            arguments["IfMatch"] = f'"{stored.etag}"'
+        try:
+            answer = await self._client.get_object(**arguments)
+        except ClientError as error:
+            if _code(error) in ("404", "NoSuchKey", "NoSuchVersion", "PreconditionFailed", "412"):
+                raise ObjectGone(stored.key) from None
+            raise
+        async with answer["Body"] as body:
+            while True:
+                chunk: bytes = await body.read(chunk_bytes)
+                if not chunk:
+                    return
+                yield chunk
+
+    async def put(self, key: str, body: bytes, content_type: str = "text/csv") -> StoredObject:
+        answer = await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+        stored = await self.head(key, str(answer.get("VersionId") or ""))
+        if stored is None:
+            raise ObjectGone(key)
+        return stored
+
+    async def delete(self, stored: StoredObject) -> None:
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": stored.key}
+        if stored.version_id:
+            arguments["VersionId"] = stored.version_id
+        await self._client.delete_object(**arguments)
+
+    async def move(self, stored: StoredObject, destination: str) -> None:
+        """Copies the object under `destination`, then removes the original."""
+        source: dict[str, str] = {"Bucket": self.bucket, "Key": stored.key}
+        if stored.version_id:
+            source["VersionId"] = stored.version_id
+        try:
+            await self._client.copy_object(Bucket=self.bucket, Key=destination, CopySource=source)
+        except ClientError as error:
+            if _code(error) in ("404", "NoSuchKey", "NoSuchVersion"):
+                return  # already moved by an earlier attempt
+            raise
+        await self.delete(stored)
+
+    async def presigned_put(self, key: str, expires_seconds: int) -> str:
+        url: str = await self._client.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
+        )
+        return url
+
+    async def presigned_get(self, key: str, expires_seconds: int) -> str:
+        url: str = await self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
+        )
+        return url
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def client_config(settings: S3Settings) -> dict[str, Any]:
+    """Keyword arguments for an S3 (or IAM) client of this store."""
+    style = settings.addressing_style
+    if style == "auto" and settings.endpoint_url:
+        # Self-hosted stores rarely have wildcard DNS for virtual-hosted buckets.
+        style = "path"
+    arguments: dict[str, Any] = {
+        "region_name": settings.region,
+        "config": Config(
+            s3={"addressing_style": style},
+            retries={"max_attempts": 5, "mode": "standard"},
+            signature_version="s3v4",
+        ),
+    }
+    if settings.endpoint_url:
+        arguments["endpoint_url"] = settings.endpoint_url
+    if settings.access_key_id and settings.secret_access_key:
+        arguments["aws_access_key_id"] = settings.access_key_id
+        arguments["aws_secret_access_key"] = settings.secret_access_key
+    return arguments
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
+    """The store's client, open for the life of the process."""
+    session = get_session()
+    async with session.create_client("s3", **client_config(settings)) as client:
+        yield ObjectStore(client, settings.bucket)
+
+
+class EmbeddedS3:
+    """An S3-compatible server inside this process, for `dcp up` without a store.
+
+    It keeps objects in memory: files not yet imported when the process stops
+    are gone, which is why production points `DCP_S3_ENDPOINT_URL` at a real store.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        from moto.server import ThreadedMotoServer  # noqa: PLC0415 - only `dcp up` without a store needs it
+
+        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self._started = False
+
+    def start(self) -> str:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self._server.start()
+        self._started = True
+        return self.endpoint_url
+
+    @property
+    def endpoint_url(self) -> str:
+        host, port = self._server.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._started:
+            self._server.stop()
+            self._started = False

@@ -1,0 +1,166 @@
+"""The importer's loop: find files, apply each table's files in order, tidy the bucket.
+
+Tables proceed in parallel, up to a setting; within a table, one importer at
+a time (a PostgreSQL advisory lock) applies the uploads oldest first, so a
+later file's values win. Replicas share the work through those locks alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from typing import Any
+
+from services._runtime.s3 import ObjectStore, StoredObject
+from services._runtime.settings import ImportSettings
+from services.imports.intake import Intake, event_objects
+from services.imports.processing import Importer, RetryLater
+from services.imports.repository import ImportsRepository, Upload
+
+log = logging.getLogger(__name__)
+
+# A table whose import could not finish waits this long before another try.
+RETRY_SECONDS = 5.0
+
+
+class ImportWorker:
+    def __init__(
+        self,
+        intake: Intake,
+        importer: Importer,
+        repository: ImportsRepository,
+        store: ObjectStore,
+        settings: ImportSettings,
+        *,
+        queue: Any = None,
+    ) -> None:
+        self._intake = intake
+        self._importer = importer
+        self._repo = repository
+        self._store = store
+        self._settings = settings
+        self._queue = queue
+        self._wake = asyncio.Event()
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._resting: dict[int, float] = {}
+
+    async def run(self) -> None:
+        """Works until cancelled."""
+        listener = asyncio.create_task(self._listen()) if self._queue is not None else None
+        try:
+            while True:
+                await self.step()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+                self._wake.clear()
+        finally:
+            if listener is not None:
+                listener.cancel()
+            for task in self._running.values():
+                task.cancel()
+            await asyncio.gather(listener or asyncio.sleep(0), *self._running.values(), return_exceptions=True)
+
+    async def step(self) -> None:
+        """One round: list the bucket, start idle tables, retry tidying."""
+        try:
+            await self._intake.poll()
+        except Exception:
+            log.exception("listing the bucket failed; trying again in %.0f s", self._settings.poll_seconds)
+        try:
+            await self._dispatch()
+            await self._dispose_leftovers()
+        except Exception:
+            log.exception("the import round failed; trying again in %.0f s", self._settings.poll_seconds)
+
+    async def _dispatch(self) -> None:
+        now = time.monotonic()
+        for table_id in await self._repo.tables_with_open_uploads():
+            if len(self._running) >= self._settings.concurrency:
+                return
+            if table_id in self._running or self._resting.get(table_id, 0.0) > now:
+                continue
+            task = asyncio.create_task(self._drain(table_id), name=f"import-table-{table_id}")
+            self._running[table_id] = task
+            task.add_done_callback(functools.partial(self._finished, table_id))
+
+    def _finished(self, table_id: int, _: asyncio.Task[None]) -> None:
+        self._running.pop(table_id, None)
+        # Another table may be waiting for a free slot.
+        self._wake.set()
+
+    async def _drain(self, table_id: int) -> None:
+        async with self._repo.table_lock(table_id) as queue:
+            if queue is None:
+                return  # another importer holds the table
+            while (upload := await queue.next()) is not None:
+                try:
+                    outcome = await self._importer.process(upload)
+                except RetryLater as reason:
+                    log.warning("upload %d waits: %s", upload.id, reason)
+                    self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                    return
+                except Exception:
+                    log.exception("upload %d could not be applied; it will be tried again", upload.id)
+                    self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                    return
+                await queue.finish(upload.id, outcome)
+                log.info(
+                    "upload %d %s: %d rows, %d stored, %d refused%s",
+                    upload.id,
+                    outcome.status,
+                    outcome.rows_total,
+                    outcome.rows_ok,
+                    outcome.rows_failed,
+                    f" ({outcome.error})" if outcome.error else "",
+                )
+                await self._dispose(upload)
+
+    async def _dispose(self, upload: Upload) -> None:
+        stored = StoredObject(upload.s3_key, upload.size_bytes, upload.etag, upload.object_modified, upload.version_id)
+        try:
+            if self._settings.after == "archive":
+                await self._store.move(stored, f"{self._settings.archive_prefix}{upload.s3_key}.{upload.id}")
+            elif self._settings.after == "delete":
+                await self._store.delete(stored)
+        except Exception:
+            log.exception("could not %s %s; trying again later", self._settings.after, upload.s3_key)
+            return
+        await self._repo.mark_disposed(upload.id)
+
+    async def _dispose_leftovers(self) -> None:
+        for upload in await self._repo.undisposed():
+            if upload.datasource_id not in self._running:
+                await self._dispose(upload)
+
+    async def _listen(self) -> None:
+        """Starts imports as soon as the bucket's event notifications arrive."""
+        queue_url = self._settings.queue_url
+        while True:
+            try:
+                answer = await self._queue.receive_message(
+                    QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=10
+                )
+                messages = answer.get("Messages", [])
+                found: list[StoredObject] = []
+                for message in messages:
+                    objects, understood = event_objects(message.get("Body", ""))
+                    if not understood:
+                        log.warning("ignoring a queue message that is not an S3 event notification")
+                    for key, version_id in objects:
+                        head = await self._store.head(key, version_id)
+                        if head is not None:
+                            found.append(head)
+                if found:
+                    await self._intake.admit(found)
+                    self._wake.set()
+                for message in messages:
+                    # Deleted only once recorded: a crash before this redelivers, and the record de-duplicates.
+                    await self._queue.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading the event queue failed; polling still finds every file")
+                await asyncio.sleep(self._settings.poll_seconds)
