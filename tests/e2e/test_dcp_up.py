@@ -2,78 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import signal
 import stat
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-DCP = str(Path(sys.executable).parent / "dcp")
-
-
-class Running:
-    """A `dcp` process whose output is read line by line without blocking."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [DCP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.process.poll() is not None:
-                    break
-                continue
-            self.output.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"no line matching {pattern!r}; output so far:\n{''.join(self.output)}")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def kill(self) -> None:
-        """Ends the process if it still runs, and releases its pipe."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-        self._reader.join(timeout=10)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DCP_")}
-    env["DCP_LOG_LEVEL"] = "WARNING"
-    return env
+from tests.e2e.processes import DCP, Running, base_env
 
 
 def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [DCP, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, env=_env(), timeout=120, check=False
+        [DCP, *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        timeout=120,
+        check=False,
     )
 
 
@@ -83,7 +29,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def _up(data_dir: Path) -> Running:
-    return Running(["up", "--data-dir", str(data_dir), "--http-port", "0", "--grpc-port", "0"], _env())
+    return Running(["up", "--data-dir", str(data_dir), "--http-port", "0", "--grpc-port", "0"], base_env())
 
 
 def test_dcp_up_runs_on_the_embedded_database_and_keeps_its_data(data_dir: Path) -> None:
