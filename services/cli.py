@@ -15,6 +15,7 @@ from gateway.app import GatewayClients
 from services import platform
 from services._runtime import logs
 from services._runtime.errors import DcpError
+from services._runtime.s3 import open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services.schema.credentials import parse_token_kind
@@ -39,8 +40,11 @@ async def _up(settings: Settings) -> None:
             parts = platform.schema_parts(settings, pool)
             first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
             signer = platform.identity_signer(settings, allow_generated=True)
-            async with platform.upload_store(settings.s3, embedded=True) as (store, s3):
-                suite = await platform.start_suite(settings, pool, signer, store=store)
+            async with (
+                platform.upload_store(settings.s3, embedded=True) as (store, s3),
+                open_queue(s3, settings.imports.queue_url) as queue,
+            ):
+                suite = await platform.start_suite(settings, pool, signer, store=store, queue=queue)
                 await _serve_suite(settings, suite, s3, first_token)
 
 
@@ -104,8 +108,9 @@ async def _serve(settings: Settings, service: str) -> None:
                 platform.grpc_channel(_require(settings.profiles_address, "DCP_PROFILES_ADDRESS", service))
             )
             store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
+            queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
             imports = await platform.start_imports_server(
-                settings, pool, signer, store, schema_channel=schema, profiles_channel=profiles
+                settings, pool, signer, store, schema_channel=schema, profiles_channel=profiles, queue=queue
             )
             server = imports.server
             stop = imports.stop

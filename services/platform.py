@@ -215,6 +215,7 @@ async def start_suite(
     *,
     with_gateway: bool = True,
     store: ObjectStore | None = None,
+    queue: Any = None,
 ) -> Suite:
     """Starts every service on one server, wired to each other through it.
 
@@ -235,7 +236,7 @@ async def start_suite(
         # one round trip fewer on the hottest read.
         profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, aliases.links_of)
         imports = (
-            import_parts(settings, pool, signer, store, schema_channel=channel, profiles_channel=channel)
+            import_parts(settings, pool, signer, store, schema_channel=channel, profiles_channel=channel, queue=queue)
             if store is not None
             else None
         )
@@ -323,10 +324,11 @@ async def start_imports_server(
     *,
     schema_channel: aio.Channel,
     profiles_channel: aio.Channel,
+    queue: Any = None,
 ) -> RunningImports:
     """The imports service alone: its API, and the worker applying uploads."""
     parts = import_parts(
-        settings, pool, signer, store, schema_channel=schema_channel, profiles_channel=profiles_channel
+        settings, pool, signer, store, schema_channel=schema_channel, profiles_channel=profiles_channel, queue=queue
     )
     authenticator = RemoteAuthenticator(schema_service_pb2_grpc.AuthServiceStub(schema_channel))
     server = await build_server(

@@ -233,6 +233,18 @@ async def open_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
         yield ObjectStore(client, settings.bucket)
 
 
+@contextlib.asynccontextmanager
+async def open_queue(settings: S3Settings, queue_url: str | None) -> AsyncIterator[Any]:
+    """An SQS client for the bucket's event notifications, or None without a queue."""
+    if not queue_url:
+        yield None
+        return
+    arguments = client_config(settings)
+    arguments.pop("config")
+    async with get_session().create_client("sqs", **arguments) as client:
+        yield client
+
+
 class EmbeddedS3:
     """An S3-compatible server inside this process, for `dcp up` without a store.
 
