@@ -122,10 +122,19 @@ async def drop_database(server: str, name: str) -> None:
         await connection.close()
 
 
-def start_platform(database_url: str, data_dir: Path) -> tuple[subprocess.Popen[str], str, str, str]:
+def start_platform(
+    database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, str, str]:
     """`dcp up` in its own process; returns it with its REST URL, gRPC address and token."""
     dcp = Path(sys.executable).parent / "dcp"
-    env = {**os.environ, "DCP_DATABASE_URL": database_url, "DCP_LOG_LEVEL": "WARNING", "DCP_DB_POOL_MAX_SIZE": "20"}
+    env = {
+        **os.environ,
+        "DCP_DATABASE_URL": database_url,
+        "DCP_LOG_LEVEL": "WARNING",
+        "DCP_DB_POOL_MAX_SIZE": "20",
+        "DCP_S3_EMBEDDED_PORT": "0",
+        **(extra_env or {}),
+    }
     process = subprocess.Popen(
         [str(dcp), "up", "--data-dir", str(data_dir), "--http-port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,

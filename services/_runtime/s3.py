@@ -154,11 +154,18 @@ class ObjectStore:
                 raise ObjectGone(stored.key) from None
             raise
         async with answer["Body"] as body:
+            # The socket hands over a few kilobytes at a time; the parser works
+            # best on large pieces, so reads gather into one before it is yielded.
+            pending = bytearray()
             while True:
-                chunk: bytes = await body.read(chunk_bytes)
-                if not chunk:
+                piece: bytes = await body.read(chunk_bytes - len(pending))
+                if piece:
+                    pending += piece
+                if pending and (not piece or len(pending) >= chunk_bytes):
+                    yield bytes(pending)
+                    pending.clear()
+                if not piece:
                     return
-                yield chunk
 
     async def put(self, key: str, body: bytes, content_type: str = "text/csv") -> StoredObject:
         answer = await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)

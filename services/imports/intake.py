@@ -69,10 +69,12 @@ class Intake:
         if not candidates:
             return []
         known = await self._repo.known(
-            [(found.key, found.version_id, found.etag, found.last_modified) for found, _, _ in candidates]
+            self._store.bucket,
+            [(found.key, found.version_id, found.etag, found.last_modified) for found, _, _ in candidates],
         )
         fresh = [
             NewUpload(
+                bucket=self._store.bucket,
                 account_id=target.account_id,
                 dcp_service_id=target.service_id,
                 datasource_id=target.table_id,

@@ -213,7 +213,8 @@ class Importer:
     ) -> AsyncIterator[profiles_pb.MergeProfilesRequest]:
         customer_index = columns.customer_index
         max_errors = self._settings.max_errors
-        rows: list[profiles_pb.TextRow] = []
+        numbers: list[int] = []
+        cells: list[str] = []
         size = 0
         rejected = 0
         async for batch in stream:
@@ -232,17 +233,23 @@ class Importer:
                             )
                         )
                     continue
-                customer_id = fields[customer_index]
-                cells = fields[:customer_index] + fields[customer_index + 1 :]
-                rows.append(profiles_pb.TextRow(row_number=record.row, customer_id=customer_id, cells=cells))
-                size += len(customer_id) + sum(map(len, cells)) + 8 * width
+                numbers.append(record.row)
+                if customer_index:
+                    # The wire wants the customer id first; templates put it there already.
+                    fields = [fields[customer_index], *fields[:customer_index], *fields[customer_index + 1 :]]
+                cells += fields
+                size += sum(map(len, fields)) + 4 * width
                 if size >= MESSAGE_BYTES:
                     tally.rejected_here += rejected
-                    yield profiles_pb.MergeProfilesRequest(text_rows=rows, rows_rejected_by_caller=rejected)
-                    rows, size, rejected = [], 0, 0
+                    yield profiles_pb.MergeProfilesRequest(
+                        text_row_numbers=numbers, text_cells=cells, rows_rejected_by_caller=rejected
+                    )
+                    numbers, cells, size, rejected = [], [], 0, 0
         tally.rejected_here += rejected
-        if rows or rejected:
-            yield profiles_pb.MergeProfilesRequest(text_rows=rows, rows_rejected_by_caller=rejected)
+        if numbers or rejected:
+            yield profiles_pb.MergeProfilesRequest(
+                text_row_numbers=numbers, text_cells=cells, rows_rejected_by_caller=rejected
+            )
 
     def _outcome(self, tally: _Tally, response: profiles_pb.MergeProfilesResponse, *, all_or_nothing: bool) -> Outcome:
         failed = tally.rejected_here + response.rows_rejected

@@ -49,6 +49,7 @@ class Upload:
 
 @dataclass(frozen=True)
 class NewUpload:
+    bucket: str
     account_id: int
     dcp_service_id: int
     datasource_id: int
@@ -95,7 +96,7 @@ class ImportsRepository:
             for upload in uploads:
                 row = await connection.fetchrow(
                     "INSERT INTO imports.uploads (account_id, dcp_service_id, datasource_id, s3_key, version_id, etag,"
-                    " object_modified, file_name, size_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                    " object_modified, file_name, size_bytes, bucket) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
                     f" ON CONFLICT DO NOTHING RETURNING {_UPLOAD_COLUMNS}",
                     upload.account_id,
                     upload.dcp_service_id,
@@ -106,35 +107,41 @@ class ImportsRepository:
                     upload.object_modified,
                     upload.file_name,
                     upload.size_bytes,
+                    upload.bucket,
                 )
                 if row is not None:
                     created.append(_upload(row))
         return created
 
-    async def known(self, keys: Sequence[tuple[str, str, str, datetime]]) -> set[tuple[str, str, str, datetime]]:
-        """Which of these (key, version, etag, modified) object versions are already recorded."""
+    async def known(
+        self, bucket: str, keys: Sequence[tuple[str, str, str, datetime]]
+    ) -> set[tuple[str, str, str, datetime]]:
+        """Which of these (key, version, etag, modified) object versions of the bucket are already recorded."""
         if not keys:
             return set()
         rows = await self._pool.fetch(
             "SELECT u.s3_key, u.version_id, u.etag, u.object_modified FROM imports.uploads u"
             " JOIN unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS k(s3_key, version_id, etag, m)"
-            " ON u.s3_key = k.s3_key AND u.version_id = k.version_id AND u.etag = k.etag AND u.object_modified = k.m",
+            " ON u.s3_key = k.s3_key AND u.version_id = k.version_id AND u.etag = k.etag AND u.object_modified = k.m"
+            " WHERE u.bucket = $5",
             [k[0] for k in keys],
             [k[1] for k in keys],
             [k[2] for k in keys],
             [k[3] for k in keys],
+            bucket,
         )
         return {(r["s3_key"], r["version_id"], r["etag"], r["object_modified"]) for r in rows}
 
-    async def tables_with_open_uploads(self) -> list[int]:
+    async def tables_with_open_uploads(self, bucket: str) -> list[int]:
         rows = await self._pool.fetch(
-            "SELECT DISTINCT datasource_id FROM imports.uploads WHERE status IN ('pending', 'processing')"
-            " ORDER BY datasource_id"
+            "SELECT DISTINCT datasource_id FROM imports.uploads"
+            " WHERE bucket = $1 AND status IN ('pending', 'processing') ORDER BY datasource_id",
+            bucket,
         )
         return [r["datasource_id"] for r in rows]
 
     @contextlib.asynccontextmanager
-    async def table_lock(self, table_id: int) -> AsyncIterator[TableQueue | None]:
+    async def table_lock(self, bucket: str, table_id: int) -> AsyncIterator[TableQueue | None]:
         """The right to import one table's files, held by one importer at a time.
 
         A session advisory lock on a connection of its own: if the process
@@ -147,7 +154,7 @@ class ImportsRepository:
                 yield None
                 return
             try:
-                yield TableQueue(connection, table_id)
+                yield TableQueue(connection, bucket, table_id)
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1, $2)", _TABLE_LOCK_SPACE, table_id)
 
@@ -181,10 +188,11 @@ class ImportsRepository:
         )
         return [(r["seq"], ErrorRow(r["row_number"], r["column_name"], r["value"], r["message"])) for r in rows]
 
-    async def undisposed(self, limit: int = 500) -> list[Upload]:
+    async def undisposed(self, bucket: str, limit: int = 500) -> list[Upload]:
         rows = await self._pool.fetch(
-            f"SELECT {_UPLOAD_COLUMNS} FROM imports.uploads"
-            " WHERE NOT disposed AND status IN ('processed', 'partially_processed', 'failed') ORDER BY id LIMIT $1",
+            f"SELECT {_UPLOAD_COLUMNS} FROM imports.uploads WHERE bucket = $1"
+            " AND NOT disposed AND status IN ('processed', 'partially_processed', 'failed') ORDER BY id LIMIT $2",
+            bucket,
             limit,
         )
         return [_upload(r) for r in rows]
@@ -196,18 +204,20 @@ class ImportsRepository:
 class TableQueue:
     """One table's open uploads, oldest first, for the importer holding its lock."""
 
-    def __init__(self, connection: asyncpg.Connection, table_id: int) -> None:
+    def __init__(self, connection: asyncpg.Connection, bucket: str, table_id: int) -> None:
         self._connection = connection
+        self.bucket = bucket
         self.table_id = table_id
 
     async def next(self) -> Upload | None:
         """Claims the oldest open upload; one left `processing` by a dead importer comes first."""
         row = await self._connection.fetchrow(
             "UPDATE imports.uploads SET status = 'processing', started_at = now(), attempts = attempts + 1"
-            " WHERE id = (SELECT id FROM imports.uploads WHERE datasource_id = $1"
+            " WHERE id = (SELECT id FROM imports.uploads WHERE bucket = $2 AND datasource_id = $1"
             " AND status IN ('pending', 'processing') ORDER BY id LIMIT 1)"
             f" RETURNING {_UPLOAD_COLUMNS}",
             self.table_id,
+            self.bucket,
         )
         return None if row is None else _upload(row)
 

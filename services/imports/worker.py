@@ -77,7 +77,7 @@ class ImportWorker:
 
     async def _dispatch(self) -> None:
         now = time.monotonic()
-        for table_id in await self._repo.tables_with_open_uploads():
+        for table_id in await self._repo.tables_with_open_uploads(self._store.bucket):
             if len(self._running) >= self._settings.concurrency:
                 return
             if table_id in self._running or self._resting.get(table_id, 0.0) > now:
@@ -92,7 +92,7 @@ class ImportWorker:
         self._wake.set()
 
     async def _drain(self, table_id: int) -> None:
-        async with self._repo.table_lock(table_id) as queue:
+        async with self._repo.table_lock(self._store.bucket, table_id) as queue:
             if queue is None:
                 return  # another importer holds the table
             while (upload := await queue.next()) is not None:
@@ -131,7 +131,7 @@ class ImportWorker:
         await self._repo.mark_disposed(upload.id)
 
     async def _dispose_leftovers(self) -> None:
-        for upload in await self._repo.undisposed():
+        for upload in await self._repo.undisposed(self._store.bucket):
             if upload.datasource_id not in self._running:
                 await self._dispose(upload)
 

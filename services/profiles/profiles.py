@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFou
 from services._runtime.identity import Identity
 from services.profiles import pii
 from services.profiles.repository import ProfilesRepository, Values
-from services.profiles.validation import AttributeSpec, ValueProblem, check_json_value, parse_cell, validate_update
+from services.profiles.validation import AttributeSpec, ValueProblem, cell_parser, check_json_value, validate_update
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
 
 MAX_KEYS_PER_WRITE = 1000
@@ -36,12 +37,12 @@ class BatchRow:
 
 
 @dataclass(frozen=True)
-class TextRow:
-    """A row of text cells, in the order of its batch's columns; "" leaves an attribute unchanged."""
+class TextRows:
+    """Rows of text, flat: row i is row_numbers[i], and its customer id then one
+    cell per column of the batch at cells[i * (1 + columns)]; "" leaves an attribute unchanged."""
 
-    row_number: int
-    customer_id: str
-    cells: Sequence[str]
+    row_numbers: Sequence[int] = ()
+    cells: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class BatchHeader:
 @dataclass(frozen=True)
 class BatchChunk:
     rows: Sequence[BatchRow] = ()
-    text_rows: Sequence[TextRow] = ()
+    text_rows: TextRows = field(default_factory=TextRows)
     rejected_by_caller: int = 0
 
 
@@ -90,12 +91,15 @@ MAX_BATCH_ERRORS = 10_000
 AliasLookup = Callable[[Identity, int, str], Awaitable[Mapping[int, str]]]
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def customer_id_problem(customer_id: str, *, pii_guard: bool) -> str | None:
     if not customer_id or not customer_id.strip():
         return "is required and must not be blank"
     if len(customer_id) > MAX_CUSTOMER_ID_LENGTH:
         return f"must be at most {MAX_CUSTOMER_ID_LENGTH} characters"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in customer_id):
+    if _CONTROL_CHARACTER.search(customer_id):
         return "must not contain control characters"
     if pii_guard:
         found = pii.detect(customer_id)
@@ -236,7 +240,7 @@ class Profiles:
                 staged = [*rows.typed(chunk.rows), *rows.text(chunk.text_rows)]
                 # Once an all-or-nothing batch has a bad row, staging more is wasted work.
                 if not header.validate_only and not (header.all_or_nothing and rows.any_rejected):
-                    await stage.add(staged)
+                    await stage.add(staged, clears=rows.cleared)
             result = rows.result()
             if header.validate_only:
                 return result
@@ -308,6 +312,7 @@ class _RowChecker:
     ) -> None:
         self._table = table
         self._columns = columns
+        self._parsers = [(key, spec.name, cell_parser(spec, pii_guard=pii_guard)) for key, spec in columns]
         self._pii_guard = pii_guard
         self._max_errors = max_errors
         self._hint = table_key_hint(table)
@@ -316,6 +321,8 @@ class _RowChecker:
         self._rejected = 0
         self._errors: list[RowError] = []
         self.rejected_by_caller = 0
+        self.cleared = False
+        """Whether any accepted row clears a value (text rows never do)."""
 
     @property
     def any_rejected(self) -> bool:
@@ -344,37 +351,41 @@ class _RowChecker:
                     good = False
                     continue
                 try:
-                    changes[str(attribute.id)] = (
-                        None if value is None else check_json_value(attribute.spec, value, pii_guard=self._pii_guard)
-                    )
+                    if value is None:
+                        changes[str(attribute.id)] = None
+                        self.cleared = True
+                    else:
+                        changes[str(attribute.id)] = check_json_value(attribute.spec, value, pii_guard=self._pii_guard)
                 except ValueProblem as problem:
                     self._error(row.row_number, name, str(problem), value)
                     good = False
             self._count(good, staged, row.row_number, row.customer_id, changes)
         return staged
 
-    def text(self, rows: Iterable[TextRow]) -> list[tuple[int, str, Values]]:
+    def text(self, rows: TextRows) -> list[tuple[int, str, Values]]:
         staged: list[tuple[int, str, Values]] = []
-        columns = self._columns
-        width = len(columns)
-        pii_guard = self._pii_guard
-        for row in rows:
+        parsers = self._parsers
+        stride = 1 + len(parsers)
+        cells = list(rows.cells)
+        if len(cells) != stride * len(rows.row_numbers):
+            raise InvalidArgument.field(
+                "text_cells", f"must hold {stride} cells (customer id and one per column) for each row number"
+            )
+        for index, row_number in enumerate(rows.row_numbers):
             self._received += 1
-            good = self._customer_ok(row.row_number, row.customer_id)
+            start = index * stride
+            customer_id = cells[start]
+            good = self._customer_ok(row_number, customer_id)
             changes: Values = {}
-            if len(row.cells) != width:
-                self._error(row.row_number, "", f"has {len(row.cells)} cells for {width} columns")
-                good = False
-            else:
-                for (key, spec), cell in zip(columns, row.cells, strict=True):
-                    if not cell:
-                        continue
-                    try:
-                        changes[key] = parse_cell(spec, cell, pii_guard=pii_guard)
-                    except ValueProblem as problem:
-                        self._error(row.row_number, spec.name, str(problem), cell)
-                        good = False
-            self._count(good, staged, row.row_number, row.customer_id, changes)
+            for (key, name, parse), cell in zip(parsers, cells[start + 1 : start + stride], strict=True):
+                if not cell:
+                    continue
+                try:
+                    changes[key] = parse(cell)
+                except ValueProblem as problem:
+                    self._error(row_number, name, str(problem), cell)
+                    good = False
+            self._count(good, staged, row_number, customer_id, changes)
         return staged
 
     def _count(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -34,6 +35,18 @@ SELECT customer_id, $1, profiles.jsonb_merge_agg(data ORDER BY seq)
 FROM pg_temp.profile_stage GROUP BY customer_id
 ON CONFLICT (customer_id, datasource_id)
 DO UPDATE SET data = jsonb_strip_nulls(p.data || EXCLUDED.data), updated_at = now()
+"""
+
+# Most batches name each customer once; they skip the fold's sort.
+_MERGE_STAGED_UNIQUE = """
+INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)
+SELECT customer_id, $1, data FROM pg_temp.profile_stage
+ON CONFLICT (customer_id, datasource_id)
+DO UPDATE SET data = jsonb_strip_nulls(p.data || EXCLUDED.data), updated_at = now()
+"""
+
+_STAGE_HAS_REPEATS = """
+SELECT EXISTS (SELECT 1 FROM pg_temp.profile_stage GROUP BY customer_id HAVING count(*) > 1)
 """
 
 _STRIP_STAGED_NULLS = """
@@ -92,6 +105,7 @@ class ProfilesRepository:
         async with self._pool.acquire() as connection:
             transaction = connection.transaction()
             await transaction.start()
+            stage: StagedMerge | None = None
             try:
                 already = False
                 if idempotency_key:
@@ -110,16 +124,28 @@ class ProfilesRepository:
                 stage = StagedMerge(connection, table_id, idempotency_key, already_applied=already)
                 yield stage
             except BaseException:
+                if stage is not None:
+                    await stage.abandon()
                 await transaction.rollback()
                 raise
             if stage.applied:
                 await transaction.commit()
             else:
+                await stage.abandon()
                 await transaction.rollback()
 
 
 class StagedMerge:
-    """Rows staged in one transaction, merged into profiles by `apply()`."""
+    """Rows staged in one transaction and merged into profiles as they come.
+
+    Writing runs in a task of its own behind a short queue, so PostgreSQL
+    ingests and merges one part of a batch while the caller validates the
+    next; every MERGE_EVERY rows the stage is merged and emptied, in order, so
+    a later row still wins. `apply()` merges the rest and records the key.
+    """
+
+    QUEUE_PARTS = 4
+    MERGE_EVERY = 50_000
 
     def __init__(self, connection: asyncpg.Connection, table_id: int, key: str, *, already_applied: bool) -> None:
         self._connection = connection
@@ -129,24 +155,60 @@ class StagedMerge:
         self.applied = False
         self._has_clears = False
         self._staged = 0
+        self._queue: asyncio.Queue[Sequence[tuple[int, str, Values]] | None] = asyncio.Queue(self.QUEUE_PARTS)
+        self._writer: asyncio.Task[None] | None = None
 
-    async def add(self, records: Sequence[tuple[int, str, Values]]) -> None:
-        """Stages (sequence, customer id, attribute id -> value) rows; None clears a value."""
+    async def add(self, records: Sequence[tuple[int, str, Values]], *, clears: bool = False) -> None:
+        """Stages (sequence, customer id, attribute id -> value) rows; None clears a value (say so with `clears`)."""
         if self.already_applied or not records:
             return
-        if not self._has_clears:
-            self._has_clears = any(value is None for _, _, data in records for value in data.values())
-        await self._connection.copy_records_to_table(
-            "profile_stage", records=records, columns=("seq", "customer_id", "data"), schema_name="pg_temp"
-        )
-        self._staged += len(records)
+        self._has_clears = self._has_clears or clears
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        if self._writer.done():
+            self._writer.result()  # a failed write surfaces here
+        put = asyncio.ensure_future(self._queue.put(records))
+        # Wait for room in the queue, unless the writer fails meanwhile: then its error is the answer.
+        await asyncio.wait((put, self._writer), return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self._writer.result()
+
+    async def _write(self) -> None:
+        while (records := await self._queue.get()) is not None:
+            await self._connection.copy_records_to_table(
+                "profile_stage", records=records, columns=("seq", "customer_id", "data"), schema_name="pg_temp"
+            )
+            self._staged += len(records)
+            if self._staged >= self.MERGE_EVERY:
+                await self._merge_staged()
+
+    async def _merge_staged(self) -> None:
+        repeats = await self._connection.fetchval(_STAGE_HAS_REPEATS)
+        await self._connection.execute(_MERGE_STAGED if repeats else _MERGE_STAGED_UNIQUE, self._table_id)
+        if self._has_clears:
+            await self._connection.execute(_STRIP_STAGED_NULLS, self._table_id)
+        await self._connection.execute("TRUNCATE pg_temp.profile_stage")
+        self._staged = 0
+
+    async def finish_writing(self) -> None:
+        if self._writer is not None:
+            if not self._writer.done():
+                await self._queue.put(None)
+            await self._writer
+
+    async def abandon(self) -> None:
+        """Stops the writer; the transaction is about to roll back."""
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
 
     async def apply(self, rows_stored: int) -> None:
-        """Merges everything staged and records the idempotency key; the transaction then commits."""
+        """Merges what is still staged and records the idempotency key; the transaction then commits."""
+        await self.finish_writing()
         if not self.already_applied and self._staged:
-            await self._connection.execute(_MERGE_STAGED, self._table_id)
-            if self._has_clears:
-                await self._connection.execute(_STRIP_STAGED_NULLS, self._table_id)
+            await self._merge_staged()
         if self._key and not self.already_applied:
             await self._connection.execute(
                 "INSERT INTO profiles.applied_batches (idempotency_key, datasource_id, rows_stored)"

@@ -13,7 +13,7 @@ from services._runtime.errors import InvalidArgument
 from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Identity, Scope, caller
 from services._runtime.server import ServiceBinding
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, BatchRow, Profiles, ProfileView, TextRow
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, BatchRow, Profiles, ProfileView, TextRows
 
 
 def value_from_proto(value: pb.Value) -> Any:
@@ -136,7 +136,7 @@ def _chunk(message: pb.MergeProfilesRequest) -> BatchChunk:
             BatchRow(row_number=row.row_number, customer_id=row.customer_id, data=data_from_proto(row.data))
             for row in message.rows
         ],
-        text_rows=[TextRow(row.row_number, row.customer_id, row.cells) for row in message.text_rows],
+        text_rows=TextRows(message.text_row_numbers, message.text_cells),
         rejected_by_caller=message.rows_rejected_by_caller,
     )
 

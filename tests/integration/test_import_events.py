@@ -73,7 +73,7 @@ async def test_an_event_starts_the_import_and_repeats_are_one_upload(
     await asyncio.sleep(0.5)
     await table.put("with space.csv", "customerId,ltv\ne1,5\n")
     [upload] = await table.finished(within=20)
-    assert upload["status"] == "processed"
+    assert upload["status"] == "processed", upload["error"]
     assert upload["file_name"] == "with space.csv"
     assert await table.profile("e1") == {"ltv": 5}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any
 
@@ -74,6 +75,9 @@ def test_values_that_fit_are_kept_as_written(spec: AttributeSpec, value: Any) ->
         (DATE, "2023-02-29", "not a real date"),
         (DATE, "2024-2-9", "yyyy-mm-dd"),
         (DATE, "2024-02-29T00:00:00Z", "yyyy-mm-dd"),
+        (DATE, "2024-02-29\n", "yyyy-mm-dd"),
+        (DATE, "\u0662\u0660\u0662\u0664-01-01", "yyyy-mm-dd"),
+        (DATETIME, "2024-02-29T10:00:00Z\n", "yyyy-mm-ddThh:mm:ssZ"),
         (DATETIME, "2024-02-29T24:00:00Z", "not a real date-time"),
         (DATETIME, "2024-02-29T10:00:00+01:00", "yyyy-mm-ddThh:mm:ssZ"),
         (DATETIME, "2024-02-29T10:00:00.123Z", "yyyy-mm-ddThh:mm:ssZ"),
@@ -126,7 +130,22 @@ def test_csv_cells_parse_to_the_same_values_as_json(spec: AttributeSpec, cell: s
 
 @pytest.mark.parametrize(
     ("spec", "cell"),
-    [(BOOL, "t"), (BOOL, "1"), (LONG, "1.0"), (LONG, "ten"), (DOUBLE, "nan"), (DOUBLE, "inf"), (EPOCH, "2024-01-01")],
+    [
+        (BOOL, "t"),
+        (BOOL, "1"),
+        (LONG, "1.0"),
+        (LONG, "ten"),
+        (LONG, "1_000"),
+        (LONG, "\u0661\u0662"),
+        (DOUBLE, "nan"),
+        (DOUBLE, "inf"),
+        (DOUBLE, "1_0.5"),
+        (DOUBLE, "\u0661.5"),
+        (DOUBLE, "1e999"),
+        (EPOCH, "2024-01-01"),
+        (STRING, "jane@example.com"),
+        (STRING, "4111 1111 1111 1111"),
+    ],
 )
 def test_csv_cells_that_do_not_fit_are_refused(spec: AttributeSpec, cell: str) -> None:
     with pytest.raises(ValueProblem):
@@ -150,3 +169,15 @@ def test_every_real_date_is_accepted_in_its_format(day: Any) -> None:
     text = day.isoformat()
     assert check_json_value(DATE, text) == text
     assert parse_cell(DATE, text) == text
+
+
+@given(st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32))
+def test_a_date_is_accepted_exactly_when_the_calendar_has_it(year: int, month: int, day: int) -> None:
+    text = f"{year:04d}-{month:02d}-{day:02d}"
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        with pytest.raises(ValueProblem, match="not a real date"):
+            parse_cell(DATE, text)
+    else:
+        assert parse_cell(DATE, text) == text

@@ -5,6 +5,8 @@ CREATE TABLE uploads (
     account_id      bigint NOT NULL,
     dcp_service_id  bigint NOT NULL,
     datasource_id   bigint NOT NULL,
+    -- Importers work only on their own bucket's uploads, should several share a database.
+    bucket          text NOT NULL,
     s3_key          text NOT NULL,
     version_id      text NOT NULL DEFAULT '',
     etag            text NOT NULL,
@@ -25,11 +27,11 @@ CREATE TABLE uploads (
     -- The object has been archived or deleted (or is kept by setting).
     disposed        boolean NOT NULL DEFAULT false,
     -- The same object seen again (a later listing, a repeated event) is the same upload.
-    UNIQUE (s3_key, version_id, etag, object_modified)
+    UNIQUE (bucket, s3_key, version_id, etag, object_modified)
 );
 
 CREATE INDEX uploads_history ON uploads (datasource_id, id DESC);
-CREATE INDEX uploads_open ON uploads (datasource_id, id) WHERE status IN ('pending', 'processing');
+CREATE INDEX uploads_open ON uploads (bucket, datasource_id, id) WHERE status IN ('pending', 'processing');
 CREATE INDEX uploads_undisposed ON uploads (id) WHERE NOT disposed AND status IN ('processed', 'partially_processed', 'failed');
 
 CREATE TABLE upload_errors (

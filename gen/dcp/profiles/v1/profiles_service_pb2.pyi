@@ -305,34 +305,6 @@ class ProfileRow(_message.Message):
 Global___ProfileRow: _TypeAlias = ProfileRow  # noqa: Y015
 
 @_typing.final
-class TextRow(_message.Message):
-    """One row of text cells, in the order of the batch's columns."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ROW_NUMBER_FIELD_NUMBER: _builtins.int
-    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
-    CELLS_FIELD_NUMBER: _builtins.int
-    row_number: _builtins.int
-    customer_id: _builtins.str
-    @_builtins.property
-    def cells(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        row_number: _builtins.int = ...,
-        customer_id: _builtins.str = ...,
-        cells: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "customer_id", b"customer_id", "row_number", b"row_number"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TextRow: _TypeAlias = TextRow  # noqa: Y015
-
-@_typing.final
 class MergeProfilesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -341,10 +313,11 @@ class MergeProfilesRequest(_message.Message):
     ALL_OR_NOTHING_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
-    TEXT_ROWS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ROWS_REJECTED_BY_CALLER_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    TEXT_ROW_NUMBERS_FIELD_NUMBER: _builtins.int
+    TEXT_CELLS_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     """Set in the first message; later messages may leave them unset."""
     dcp_datasource_id: _builtins.int
@@ -363,10 +336,17 @@ class MergeProfilesRequest(_message.Message):
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileRow]: ...
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Attribute names of text_rows' cells; set in the first message."""
+        """Attribute names of the text rows' cells; set in the first message."""
 
     @_builtins.property
-    def text_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextRow]: ...
+    def text_row_numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Text rows, flat: row i is text_row_numbers[i], and its customer id then
+        one cell per column at text_cells[i * (1 + len(columns)) ...]. Flat
+        because a message per row costs more than the row's own work.
+        """
+
+    @_builtins.property
+    def text_cells(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -375,14 +355,15 @@ class MergeProfilesRequest(_message.Message):
         all_or_nothing: _builtins.bool = ...,
         rows: _abc.Iterable[Global___ProfileRow] | None = ...,
         columns: _abc.Iterable[_builtins.str] | None = ...,
-        text_rows: _abc.Iterable[Global___TextRow] | None = ...,
         idempotency_key: _builtins.str = ...,
         rows_rejected_by_caller: _builtins.int = ...,
         validate_only: _builtins.bool = ...,
+        text_row_numbers: _abc.Iterable[_builtins.int] | None = ...,
+        text_cells: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_or_nothing", b"all_or_nothing", "columns", b"columns", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "idempotency_key", b"idempotency_key", "rows", b"rows", "rows_rejected_by_caller", b"rows_rejected_by_caller", "text_rows", b"text_rows", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_or_nothing", b"all_or_nothing", "columns", b"columns", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "idempotency_key", b"idempotency_key", "rows", b"rows", "rows_rejected_by_caller", b"rows_rejected_by_caller", "text_cells", b"text_cells", "text_row_numbers", b"text_row_numbers", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,7 +65,7 @@ class ProfilesServiceStub:
     """Merges many customers' values into one table in one transaction: the
     first message names the table, every message carries rows, applied in
     order (a later row for the same customer wins per attribute). Rows come
-    typed (rows) or as text cells under named columns (columns, text_rows),
+    typed (rows) or as text cells under named columns (columns, text_cells),
     which are parsed by each attribute's datatype exactly as a CSV file's
     cells are; an empty cell leaves its attribute unchanged. Rows that do not
     validate are reported, not stored; with all_or_nothing set, one bad row
@@ -115,7 +115,7 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """Merges many customers' values into one table in one transaction: the
     first message names the table, every message carries rows, applied in
     order (a later row for the same customer wins per attribute). Rows come
-    typed (rows) or as text cells under named columns (columns, text_rows),
+    typed (rows) or as text cells under named columns (columns, text_cells),
     which are parsed by each attribute's datatype exactly as a CSV file's
     cells are; an empty cell leaves its attribute unchanged. Rows that do not
     validate are reported, not stored; with all_or_nothing set, one bad row
@@ -192,7 +192,7 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         """Merges many customers' values into one table in one transaction: the
         first message names the table, every message carries rows, applied in
         order (a later row for the same customer wins per attribute). Rows come
-        typed (rows) or as text cells under named columns (columns, text_rows),
+        typed (rows) or as text cells under named columns (columns, text_cells),
         which are parsed by each attribute's datatype exactly as a CSV file's
         cells are; an empty cell leaves its attribute unchanged. Rows that do not
         validate are reported, not stored; with all_or_nothing set, one bad row
