@@ -28,6 +28,7 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench.profiles_bench
+	$(BIN)/python -m bench.import_bench
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
