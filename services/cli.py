@@ -19,6 +19,7 @@ from services._runtime.s3 import open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services.schema.credentials import parse_token_kind
+from services.schema.keys import key_issuer
 
 
 def _settings(options: argparse.Namespace) -> Settings:
@@ -43,8 +44,9 @@ async def _up(settings: Settings) -> None:
             async with (
                 platform.upload_store(settings.s3, embedded=True) as (store, s3),
                 open_queue(s3, settings.imports.queue_url) as queue,
+                key_issuer(s3) as keys,
             ):
-                suite = await platform.start_suite(settings, pool, signer, store=store, queue=queue)
+                suite = await platform.start_suite(settings, pool, signer, store=store, queue=queue, keys=keys)
                 await _serve_suite(settings, suite, s3, first_token)
 
 
@@ -99,7 +101,8 @@ async def _serve(settings: Settings, service: str) -> None:
         await platform.migrate_all(pool)
         stop: Callable[[float], Awaitable[None]] | None = None
         if service == "schema":
-            server = await platform.start_schema_server(settings, pool, signer)
+            keys = await stack.enter_async_context(key_issuer(settings.s3))
+            server = await platform.start_schema_server(settings, pool, signer, keys)
         elif service == "imports":
             schema = await stack.enter_async_context(
                 platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))

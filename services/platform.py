@@ -47,6 +47,7 @@ from services.schema import servicer as schema_servicer
 from services.schema.catalog import Catalog
 from services.schema.client import ImportTargetsClient, RegistryClient, RemoteAuthenticator
 from services.schema.credentials import Credentials
+from services.schema.keys import KeyIssuer
 from services.schema.model import TokenKind
 
 logger = logging.getLogger(__name__)
@@ -108,10 +109,10 @@ class SchemaParts:
     credentials: Credentials
 
 
-def schema_parts(settings: Settings, pool: asyncpg.Pool) -> SchemaParts:
+def schema_parts(settings: Settings, pool: asyncpg.Pool, keys: KeyIssuer | None = None) -> SchemaParts:
     repository = schema_repository.SchemaRepository(pool)
     return SchemaParts(
-        catalog=Catalog(repository, max_active_services=settings.max_active_services_per_account),
+        catalog=Catalog(repository, max_active_services=settings.max_active_services_per_account, keys=keys),
         credentials=Credentials(repository, OAuthVerifier(settings.oauth)),
     )
 
@@ -216,12 +217,13 @@ async def start_suite(
     with_gateway: bool = True,
     store: ObjectStore | None = None,
     queue: Any = None,
+    keys: KeyIssuer | None = None,
 ) -> Suite:
     """Starts every service on one server, wired to each other through it.
 
     Without a store the imports service is left out: nothing else needs S3.
     """
-    parts = schema_parts(settings, pool)
+    parts = schema_parts(settings, pool, keys)
     prepared = prepare_server(
         resolver=CallerResolver(signer, parts.credentials), address=f"{settings.grpc_host}:{settings.grpc_port}"
     )
@@ -267,9 +269,11 @@ async def start_suite(
     )
 
 
-async def start_schema_server(settings: Settings, pool: asyncpg.Pool, signer: AssertionSigner) -> RunningServer:
+async def start_schema_server(
+    settings: Settings, pool: asyncpg.Pool, signer: AssertionSigner, keys: KeyIssuer | None = None
+) -> RunningServer:
     """The schema service alone: it verifies credentials itself."""
-    parts = schema_parts(settings, pool)
+    parts = schema_parts(settings, pool, keys)
     return await start_grpc(settings, schema_bindings(parts, signer), parts.credentials, signer)
 
 

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
-import string
 from dataclasses import dataclass, replace
 
 from services._runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.paging import Page
 from services.schema import rules
+from services.schema.keys import KeyIssuer, LocalKeys, new_access_key_pair
 from services.schema.model import Attribute, DcpService, ImportMode, ImportTarget, LocatorType, Project, Table
 from services.schema.repository import SchemaRepository
 
 OPTIMIZELY_TABLE_NAME = "Optimizely"
 OPTIMIZELY_TABLE_DESCRIPTION = "Optimizely datasource"
-
-_KEY_ALPHABET = string.ascii_uppercase + string.digits
-_SECRET_ALPHABET = string.ascii_letters + string.digits + "/+"
-
-
-def new_access_key_pair() -> tuple[str, str]:
-    """An S3-style key pair: 20-character id, 40-character secret (>= 200 random bits)."""
-    access_key = "AKDC" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16))
-    secret_key = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40))
-    return access_key, secret_key
 
 
 @dataclass(frozen=True)
@@ -64,9 +53,12 @@ def _archived(kind: str, resource_id: int) -> FailedPrecondition:
 class Catalog:
     """Registry operations, each scoped to the calling account."""
 
-    def __init__(self, repository: SchemaRepository, *, max_active_services: int) -> None:
+    def __init__(
+        self, repository: SchemaRepository, *, max_active_services: int, keys: KeyIssuer | None = None
+    ) -> None:
         self._repo = repository
         self._max_active_services = max_active_services
+        self._keys: KeyIssuer = keys or LocalKeys()
 
     # Projects
 
@@ -139,6 +131,10 @@ class Catalog:
                     metadata={"limit": str(self._max_active_services)},
                 )
             service = await repo.create_service(account_id, name, access_key, secret_key)
+            if not isinstance(self._keys, LocalKeys):
+                # The store's own key replaces the placeholder; should this fail, the service is not created.
+                issued = await self._keys.issue(service.id)
+                service = await repo.set_service_keys(account_id, service.id, *issued)
             await repo.create_table(
                 account_id,
                 service.id,
@@ -175,9 +171,12 @@ class Catalog:
 
     async def archive_service(self, account_id: int, service_id: int) -> None:
         async with self._repo.transaction() as repo:
-            if await repo.get_service(account_id, service_id, for_update=True) is None:
+            service = await repo.get_service(account_id, service_id, for_update=True)
+            if service is None:
                 raise _not_found("DCP service", service_id)
             await repo.archive_service(account_id, service_id)
+        if not service.archived:
+            await self._keys.revoke(service_id, service.aws_access_key)
 
     # Tables
 

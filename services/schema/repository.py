@@ -220,6 +220,17 @@ class SchemaRepository:
         )
         return _service(row)
 
+    async def set_service_keys(self, account_id: int, service_id: int, access_key: str, secret_key: str) -> DcpService:
+        row = await self._db.fetchrow(
+            "UPDATE catalog.dcp_services SET aws_access_key = $3, aws_secret_key = $4"
+            " WHERE account_id = $1 AND id = $2 RETURNING *",
+            account_id,
+            service_id,
+            access_key,
+            secret_key,
+        )
+        return _service(row)
+
     async def update_service(self, service: DcpService) -> DcpService:
         row = await self._db.fetchrow(
             "UPDATE catalog.dcp_services SET name = $3, pii_guard = $4, alias_blocked_customer_ids = $5,"
