@@ -36,11 +36,12 @@ from services.aliases.client import AliasesClient
 from services.imports import repository as imports_repository
 from services.imports import servicer as imports_servicer
 from services.imports.intake import Intake
-from services.imports.processing import Importer
+from services.imports.processing import BatchMerger, Importer
 from services.imports.uploads import TableDirectory, UploadHistory
 from services.imports.worker import ImportWorker
 from services.profiles import repository as profiles_repository
 from services.profiles import servicer as profiles_servicer
+from services.profiles.client import RemoteBatchMerger
 from services.profiles.profiles import Profiles
 from services.schema import repository as schema_repository
 from services.schema import servicer as schema_servicer
@@ -190,19 +191,21 @@ def import_parts(
     store: ObjectStore,
     *,
     schema_channel: aio.Channel,
-    profiles_channel: aio.Channel,
+    profiles_channel: aio.Channel | None = None,
+    profiles: Profiles | None = None,
     queue: Any = None,
 ) -> ImportParts:
+    """With `profiles` (one process) rows go to the domain directly; else over `profiles_channel`."""
     schema_stub = schema_service_pb2_grpc.SchemaServiceStub(schema_channel)
     registry = RegistryClient(schema_stub, signer, ttl_seconds=settings.registry_cache_seconds)
     repository = imports_repository.ImportsRepository(pool)
-    importer = Importer(
-        store,
-        registry,
-        profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel),
-        signer,
-        settings.imports,
-    )
+    merger: BatchMerger
+    if profiles is not None:
+        merger = profiles
+    else:
+        assert profiles_channel is not None, "imports need the profiles service or its channel"
+        merger = RemoteBatchMerger(profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel), signer)
+    importer = Importer(store, registry, merger, settings.imports)
     intake = Intake(store, repository, ImportTargetsClient(schema_stub, signer))
     worker = ImportWorker(intake, importer, repository, store, settings.imports, queue=queue)
     history = UploadHistory(repository, TableDirectory(schema_stub, signer).owned_table, store, importer)

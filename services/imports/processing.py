@@ -1,8 +1,9 @@
 """Applying one uploaded file: header rules here, row rules in the profiles service.
 
 The importer reads the object as a stream, checks the header against the
-table's attributes, and hands the rows as text cells to the profiles service's
-batch merge, which parses each cell with the same validator as a single write
+table's attributes, and hands the rows as text cells to the profiles batch
+merge (the domain itself when both run in one process, its gRPC service
+otherwise), which parses each cell with the same validator as a single write
 and stores the file in one transaction. The batch carries the upload's id as
 its idempotency key, so a file retried after a crash is never applied twice.
 """
@@ -12,17 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import grpc
-
-from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
-from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
-from services._runtime.errors import DcpError, NotFound
-from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, CredentialKind, Identity, Scope
+from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgument, NotFound
+from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.s3 import ObjectGone, ObjectStore, StoredObject
 from services._runtime.settings import ImportSettings
 from services.imports.parsing import CsvStream, FileProblem
 from services.imports.repository import ErrorRow, Outcome, Upload
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, TextRows
 from services.schema.client import RegistryClient, TableInfo
 
 log = logging.getLogger(__name__)
@@ -81,21 +80,23 @@ class _Tally:
     errors: list[ErrorRow] = field(default_factory=list)
 
 
+class BatchMerger(Protocol):
+    """The profiles batch merge: the domain itself in one process, its gRPC client across processes."""
+
+    async def merge_stream(
+        self, identity: Identity, header: BatchHeader, chunks: AsyncIterator[BatchChunk]
+    ) -> BatchResult: ...
+
+
 class Importer:
     """Turns one recorded upload into stored profiles and an outcome."""
 
     def __init__(
-        self,
-        store: ObjectStore,
-        registry: RegistryClient,
-        profiles: profiles_grpc.ProfilesServiceAsyncStub,
-        signer: AssertionSigner,
-        settings: ImportSettings,
+        self, store: ObjectStore, registry: RegistryClient, merger: BatchMerger, settings: ImportSettings
     ) -> None:
         self._store = store
         self._registry = registry
-        self._profiles = profiles
-        self._signer = signer
+        self._merger = merger
         self._settings = settings
 
     async def process(self, upload: Upload) -> Outcome:
@@ -118,10 +119,18 @@ class Importer:
         if table.archived or service.archived:
             return Outcome("failed", error=f"table {table.id} is archived; files put in its path are not imported")
         stored = StoredObject(upload.s3_key, upload.size_bytes, upload.etag, upload.object_modified, upload.version_id)
-        metadata = ((IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),)
+        stream = CsvStream(
+            self._store.chunks(stored), key=upload.file_name, max_field_chars=self._settings.max_field_chars
+        )
         try:
-            return await self._apply(
-                upload, table, stored, metadata, all_or_nothing=table.import_mode == "all_or_nothing"
+            return await self._run(
+                stream,
+                identity,
+                upload.dcp_service_id,
+                table,
+                all_or_nothing=table.import_mode == "all_or_nothing",
+                idempotency_key=f"import:{upload.id}",
+                validate_only=False,
             )
         except ObjectGone:
             return Outcome("failed", error="the file was removed from the bucket before it could be imported")
@@ -130,45 +139,22 @@ class Importer:
         self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
     ) -> Outcome:
         """What an upload of this file would end as, storing nothing."""
-        metadata = ((IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),)
         return await self._run(
             CsvStream(chunks, key=file_name, max_field_chars=self._settings.max_field_chars),
+            identity,
             service_id,
             table,
-            metadata,
             all_or_nothing=table.import_mode == "all_or_nothing",
             idempotency_key="",
             validate_only=True,
         )
 
-    async def _apply(
-        self,
-        upload: Upload,
-        table: TableInfo,
-        stored: StoredObject,
-        metadata: tuple[tuple[str, str], ...],
-        *,
-        all_or_nothing: bool,
-    ) -> Outcome:
-        stream = CsvStream(
-            self._store.chunks(stored), key=upload.file_name, max_field_chars=self._settings.max_field_chars
-        )
-        return await self._run(
-            stream,
-            upload.dcp_service_id,
-            table,
-            metadata,
-            all_or_nothing=all_or_nothing,
-            idempotency_key=f"import:{upload.id}",
-            validate_only=False,
-        )
-
     async def _run(
         self,
         stream: CsvStream,
+        identity: Identity,
         service_id: int,
         table: TableInfo,
-        metadata: tuple[tuple[str, str], ...],
         *,
         all_or_nothing: bool,
         idempotency_key: str,
@@ -180,37 +166,30 @@ class Importer:
         except FileProblem as problem:
             return Outcome("failed", error=str(problem))
         tally = _Tally()
-        # Written message by message: a file problem found mid-stream cancels the
-        # call, and so the profiles transaction, before anything is stored.
-        call = self._profiles.MergeProfiles(metadata=metadata)  # type: ignore[call-arg]
+        batch = BatchHeader(
+            service_id=service_id,
+            table_id=table.id,
+            all_or_nothing=all_or_nothing,
+            idempotency_key=idempotency_key,
+            columns=columns.attribute_names,
+            validate_only=validate_only,
+        )
         try:
-            await call.write(
-                profiles_pb.MergeProfilesRequest(
-                    dcp_service_id=service_id,
-                    dcp_datasource_id=table.id,
-                    all_or_nothing=all_or_nothing,
-                    columns=columns.attribute_names,
-                    idempotency_key=idempotency_key,
-                    validate_only=validate_only,
-                )
+            # A file problem found mid-stream ends the batch's transaction before anything is stored.
+            result = await self._merger.merge_stream(
+                identity, batch, self._chunks(stream, columns, len(header.fields), tally)
             )
-            async for message in self._messages(stream, columns, len(header.fields), tally):
-                await call.write(message)
-            await call.done_writing()
-            response = await call
         except FileProblem as problem:
-            call.cancel()
             return Outcome("failed", rows_total=tally.rows_total, error=str(problem))
-        except grpc.aio.AioRpcError as error:
-            return _refused(error, tally)
-        except BaseException:
-            call.cancel()
-            raise
-        return self._outcome(tally, response, all_or_nothing=all_or_nothing)
+        except (InvalidArgument, FailedPrecondition, NotFound) as refusal:
+            return Outcome("failed", rows_total=tally.rows_total, error=refusal.message)
+        except DcpError as error:
+            raise RetryLater(error.message) from error
+        return self._outcome(tally, result, all_or_nothing=all_or_nothing)
 
-    async def _messages(
+    async def _chunks(
         self, stream: CsvStream, columns: Columns, width: int, tally: _Tally
-    ) -> AsyncIterator[profiles_pb.MergeProfilesRequest]:
+    ) -> AsyncIterator[BatchChunk]:
         customer_index = columns.customer_index
         max_errors = self._settings.max_errors
         numbers: list[int] = []
@@ -235,23 +214,19 @@ class Importer:
                     continue
                 numbers.append(record.row)
                 if customer_index:
-                    # The wire wants the customer id first; templates put it there already.
+                    # Batches carry the customer id first; templates put it there already.
                     fields = [fields[customer_index], *fields[:customer_index], *fields[customer_index + 1 :]]
                 cells += fields
                 size += sum(map(len, fields)) + 4 * width
                 if size >= MESSAGE_BYTES:
                     tally.rejected_here += rejected
-                    yield profiles_pb.MergeProfilesRequest(
-                        text_row_numbers=numbers, text_cells=cells, rows_rejected_by_caller=rejected
-                    )
+                    yield BatchChunk(text_rows=TextRows(numbers, cells), rejected_by_caller=rejected)
                     numbers, cells, size, rejected = [], [], 0, 0
         tally.rejected_here += rejected
         if numbers or rejected:
-            yield profiles_pb.MergeProfilesRequest(
-                text_row_numbers=numbers, text_cells=cells, rows_rejected_by_caller=rejected
-            )
+            yield BatchChunk(text_rows=TextRows(numbers, cells), rejected_by_caller=rejected)
 
-    def _outcome(self, tally: _Tally, response: profiles_pb.MergeProfilesResponse, *, all_or_nothing: bool) -> Outcome:
+    def _outcome(self, tally: _Tally, response: BatchResult, *, all_or_nothing: bool) -> Outcome:
         failed = tally.rejected_here + response.rows_rejected
         errors = sorted(
             [
@@ -286,10 +261,3 @@ class Importer:
             errors=errors,
             error="" if ok or not failed else "no row could be imported; see the errors",
         )
-
-
-def _refused(error: grpc.aio.AioRpcError, tally: _Tally) -> Outcome:
-    code = error.code()
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-        return Outcome("failed", rows_total=tally.rows_total, error=error.details() or code.name)
-    raise RetryLater(f"the profiles service answered {code.name}: {error.details()}")

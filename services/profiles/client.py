@@ -1,0 +1,89 @@
+"""The profiles batch merge as other processes call it over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from dcp.profiles.v1 import profiles_service_pb2 as pb
+from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
+from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, Identity
+from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, RowError
+from services.profiles.servicer import value_to_proto
+
+_REFUSALS: dict[grpc.StatusCode, type[DcpError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+}
+
+
+def _message(chunk: BatchChunk) -> pb.MergeProfilesRequest:
+    return pb.MergeProfilesRequest(
+        rows=[
+            pb.ProfileRow(
+                row_number=row.row_number,
+                customer_id=row.customer_id,
+                data={
+                    name: pb.Value(null_value=True) if value is None else value_to_proto(value)
+                    for name, value in row.data.items()
+                },
+            )
+            for row in chunk.rows
+        ],
+        text_row_numbers=chunk.text_rows.row_numbers,
+        text_cells=chunk.text_rows.cells,
+        rows_rejected_by_caller=chunk.rejected_by_caller,
+    )
+
+
+class RemoteBatchMerger:
+    """`Profiles.merge_stream` of a profiles service in another process."""
+
+    def __init__(self, stub: pb_grpc.ProfilesServiceAsyncStub, signer: AssertionSigner) -> None:
+        self._stub = stub
+        self._signer = signer
+
+    async def merge_stream(
+        self, identity: Identity, header: BatchHeader, chunks: AsyncIterator[BatchChunk]
+    ) -> BatchResult:
+        metadata = (
+            (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
+            (REQUEST_ID_METADATA_KEY, request_id.get()),
+        )
+        # Written message by message, so that a failure of the caller's own
+        # stream (a broken file) cancels the call, and the transaction with it.
+        call = self._stub.MergeProfiles(metadata=metadata)  # type: ignore[call-arg]
+        try:
+            await call.write(
+                pb.MergeProfilesRequest(
+                    dcp_service_id=header.service_id,
+                    dcp_datasource_id=header.table_id,
+                    all_or_nothing=header.all_or_nothing,
+                    idempotency_key=header.idempotency_key,
+                    columns=header.columns,
+                    validate_only=header.validate_only,
+                )
+            )
+            async for chunk in chunks:
+                await call.write(_message(chunk))
+            await call.done_writing()
+            response: pb.MergeProfilesResponse = await call
+        except grpc.aio.AioRpcError as error:
+            refusal = _REFUSALS.get(error.code())
+            if refusal is not None:
+                raise refusal(error.details() or error.code().name) from None
+            raise Unavailable(f"the profiles service answered {error.code().name}; retry later") from None
+        except BaseException:
+            call.cancel()
+            raise
+        return BatchResult(
+            rows_received=response.rows_received,
+            rows_stored=response.rows_stored,
+            rows_rejected=response.rows_rejected,
+            errors=[RowError(e.row_number, e.field, e.message, e.value) for e in response.errors],
+            already_applied=response.already_applied,
+        )
