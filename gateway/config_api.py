@@ -153,20 +153,28 @@ def no_content() -> Response:
     return Response(status_code=204)
 
 
+Wrap = Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]
+
+
+def method_route(wrap: Wrap, path: str, methods: dict[str, Endpoint]) -> Route:
+    """One path whose methods go to their endpoints, each authenticated by `wrap`."""
+    handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
+
+    async def dispatch(request: Request) -> Response:
+        # Starlette routes HEAD wherever GET is allowed; answer it as GET.
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, dispatch, methods=list(methods))
+
+
 class ConfigApi:
     def __init__(self, schema: schema_service_pb2_grpc.SchemaServiceAsyncStub) -> None:
         self._schema = schema
 
-    def routes(self, wrap: Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+    def routes(self, wrap: Wrap) -> list[Route]:
         def route(path: str, methods: dict[str, Endpoint]) -> Route:
-            handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
-
-            async def dispatch(request: Request) -> Response:
-                # Starlette routes HEAD wherever GET is allowed; answer it as GET.
-                method = "GET" if request.method == "HEAD" else request.method
-                return await handlers[method](request)
-
-            return Route(PREFIX + path, dispatch, methods=list(methods))
+            return method_route(wrap, PREFIX + path, methods)
 
         return [
             route("/projects", {"GET": self.list_projects, "POST": self.create_project}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -15,7 +15,7 @@ from starlette.routing import Route
 from dcp.imports.v1 import imports_service_pb2 as pb
 from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
 from gateway import v1json
-from gateway.config_api import Call, Endpoint, path_id
+from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id
 from gateway.errors import ApiError
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
@@ -73,15 +73,9 @@ class ImportsApi:
     def __init__(self, imports: pb_grpc.ImportsServiceAsyncStub) -> None:
         self._imports = imports
 
-    def routes(self, wrap: Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+    def routes(self, wrap: Wrap) -> list[Route]:
         def route(path: str, methods: dict[str, Endpoint]) -> Route:
-            handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
-
-            async def dispatch(request: Request) -> Response:
-                method = "GET" if request.method == "HEAD" else request.method
-                return await handlers[method](request)
-
-            return Route(PREFIX + path, dispatch, methods=list(methods))
+            return method_route(wrap, PREFIX + path, methods)
 
         return [
             route("/uploads", {"GET": self.list_uploads, "POST": self.upload_url}),

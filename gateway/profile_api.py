@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -15,7 +15,7 @@ from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
 from gateway.bodies import INT64_MAX
-from gateway.config_api import Call, Endpoint, path_id
+from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id
 from gateway.errors import ApiError
 
 PREFIX = "/api"
@@ -100,15 +100,9 @@ class ProfileApi:
         self._profiles = profiles
         self._aliases = aliases
 
-    def routes(self, wrap: Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+    def routes(self, wrap: Wrap) -> list[Route]:
         def route(path: str, methods: dict[str, Endpoint]) -> Route:
-            handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
-
-            async def dispatch(request: Request) -> Response:
-                method = "GET" if request.method == "HEAD" else request.method
-                return await handlers[method](request)
-
-            return Route(PREFIX + path, dispatch, methods=list(methods))
+            return method_route(wrap, PREFIX + path, methods)
 
         return [
             route(

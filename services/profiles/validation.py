@@ -185,24 +185,30 @@ def _bool_cell(text: str) -> bool:
     raise ValueProblem(f"must be true or false, got {_quote(text)}")
 
 
-def _long_cell(text: str) -> int:
+def _integer_cell(text: str, *, expected: str, low: int, high: int, out_of_range: str) -> int:
     stripped = text.strip()
     if not _INTEGER_TEXT.fullmatch(stripped):
-        raise ValueProblem(f"must be an integer, got {_quote(text)}")
+        raise ValueProblem(f"must be {expected}, got {_quote(text)}")
     value = int(stripped)
-    if not LONG_MIN <= value <= LONG_MAX:
-        raise ValueProblem("must fit in a signed 64-bit integer")
+    if not low <= value <= high:
+        raise ValueProblem(out_of_range)
     return value
 
 
-def _epoch_cell(text: str) -> int:
-    stripped = text.strip()
-    if not _INTEGER_TEXT.fullmatch(stripped):
-        raise ValueProblem(f"must be an integer of epoch milliseconds, got {_quote(text)}")
-    value = int(stripped)
-    if not EPOCH_MS_MIN <= value <= EPOCH_MS_MAX:
-        raise ValueProblem("must be epoch milliseconds between years 1 and 9999")
-    return value
+_long_cell = functools.partial(
+    _integer_cell,
+    expected="an integer",
+    low=LONG_MIN,
+    high=LONG_MAX,
+    out_of_range="must fit in a signed 64-bit integer",
+)
+_epoch_cell = functools.partial(
+    _integer_cell,
+    expected="an integer of epoch milliseconds",
+    low=EPOCH_MS_MIN,
+    high=EPOCH_MS_MAX,
+    out_of_range="must be epoch milliseconds between years 1 and 9999",
+)
 
 
 def _double_cell(text: str) -> float:
