@@ -7,6 +7,7 @@ store that behaves differently (AWS, MinIO, Ceph) changes one module.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from services._runtime.settings import S3Settings
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 # Reading in pieces this size keeps memory flat whatever the file's size,
 # while each await still carries enough bytes to amortise its cost.
 READ_CHUNK_BYTES = 1024 * 1024
+READ_AHEAD_PIECES = 4
 
 
 @dataclass(frozen=True)
@@ -153,19 +156,19 @@ class ObjectStore:
             if _code(error) in ("404", "NoSuchKey", "NoSuchVersion", "PreconditionFailed", "412"):
                 raise ObjectGone(stored.key) from None
             raise
-        async with answer["Body"] as body:
-            # The socket hands over a few kilobytes at a time; the parser works
-            # best on large pieces, so reads gather into one before it is yielded.
-            pending = bytearray()
-            while True:
-                piece: bytes = await body.read(chunk_bytes - len(pending))
-                if piece:
-                    pending += piece
-                if pending and (not piece or len(pending) >= chunk_bytes):
-                    yield bytes(pending)
-                    pending.clear()
-                if not piece:
-                    return
+        # Reading runs ahead of the consumer by a few pieces, so the network
+        # and the parsing of the previous piece overlap; memory stays bounded.
+        pieces: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(READ_AHEAD_PIECES)
+        reader = asyncio.create_task(_read_ahead(answer["Body"], chunk_bytes, pieces))
+        try:
+            while (piece := await pieces.get()) is not None:
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield piece
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
     async def put(self, key: str, body: bytes, content_type: str = "text/csv") -> StoredObject:
         answer = await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
@@ -204,6 +207,29 @@ class ObjectStore:
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
         )
         return url
+
+
+async def _read_ahead(stream: Any, chunk_bytes: int, pieces: asyncio.Queue[bytes | BaseException | None]) -> None:
+    """Fills `pieces` with ~chunk_bytes pieces of the body, then None; a failure is passed on as the item."""
+    try:
+        async with stream as body:
+            # The socket hands over a few kilobytes at a time; the parser works
+            # best on large pieces, so reads gather into one before it is queued.
+            pending = bytearray()
+            while True:
+                piece: bytes = await body.read(chunk_bytes - len(pending))
+                if piece:
+                    pending += piece
+                if pending and (not piece or len(pending) >= chunk_bytes):
+                    await pieces.put(bytes(pending))
+                    pending.clear()
+                if not piece:
+                    break
+    except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
+        # Handed to the consumer, which raises it where it reads.
+        await pieces.put(error)
+        return
+    await pieces.put(None)
 
 
 def _code(error: ClientError) -> str:

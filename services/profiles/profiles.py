@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,14 @@ from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFou
 from services._runtime.identity import Identity
 from services.profiles import pii
 from services.profiles.repository import ProfilesRepository, Values
-from services.profiles.validation import AttributeSpec, ValueProblem, cell_parser, check_json_value, validate_update
+from services.profiles.validation import (
+    SKIP,
+    AttributeSpec,
+    ValueProblem,
+    check_json_value,
+    column_parser,
+    validate_update,
+)
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
 
 MAX_KEYS_PER_WRITE = 1000
@@ -312,7 +320,9 @@ class _RowChecker:
     ) -> None:
         self._table = table
         self._columns = columns
-        self._parsers = [(key, spec.name, cell_parser(spec, pii_guard=pii_guard)) for key, spec in columns]
+        self._keys = [key for key, _ in columns]
+        self._names = [spec.name for _, spec in columns]
+        self._column_parsers = [column_parser(spec, pii_guard=pii_guard) for _, spec in columns]
         self._pii_guard = pii_guard
         self._max_errors = max_errors
         self._hint = table_key_hint(table)
@@ -362,30 +372,68 @@ class _RowChecker:
             self._count(good, staged, row.row_number, row.customer_id, changes)
         return staged
 
+    def _customer_problems(self, customers: Sequence[str]) -> list[tuple[int, str]]:
+        """(index, reason) of each bad customer id; clean columns are checked all at once."""
+        together = "".join(customers)
+        if (
+            customers
+            and max(map(len, customers)) <= MAX_CUSTOMER_ID_LENGTH
+            and "" not in set(map(str.strip, customers))
+            and not _CONTROL_CHARACTER.search(together)
+            and not (self._pii_guard and pii.detect("\n".join(customers)))
+        ):
+            return []
+        problems = []
+        for index, customer_id in enumerate(customers):
+            problem = customer_id_problem(customer_id, pii_guard=self._pii_guard)
+            if problem:
+                problems.append((index, problem))
+        return problems
+
     def text(self, rows: TextRows) -> list[tuple[int, str, Values]]:
-        staged: list[tuple[int, str, Values]] = []
-        parsers = self._parsers
-        stride = 1 + len(parsers)
+        """Validates text rows column by column, which is several times faster than cell by cell."""
+        numbers = list(rows.row_numbers)
+        stride = 1 + len(self._keys)
         cells = list(rows.cells)
-        if len(cells) != stride * len(rows.row_numbers):
+        if len(cells) != stride * len(numbers):
             raise InvalidArgument.field(
                 "text_cells", f"must hold {stride} cells (customer id and one per column) for each row number"
             )
-        for index, row_number in enumerate(rows.row_numbers):
-            self._received += 1
-            start = index * stride
-            customer_id = cells[start]
-            good = self._customer_ok(row_number, customer_id)
-            changes: Values = {}
-            for (key, name, parse), cell in zip(parsers, cells[start + 1 : start + stride], strict=True):
-                if not cell:
-                    continue
-                try:
-                    changes[key] = parse(cell)
-                except ValueProblem as problem:
-                    self._error(row_number, name, str(problem), cell)
-                    good = False
-            self._count(good, staged, row_number, customer_id, changes)
+        customers = cells[0::stride]
+        # (row index, column position, field, reason, value); the customer id is column -1.
+        problems: list[tuple[int, int, str, str, str]] = [
+            (index, -1, "customerId", reason, customers[index]) for index, reason in self._customer_problems(customers)
+        ]
+        columns: list[list[Any]] = []
+        has_skips = False
+        for position, parse in enumerate(self._column_parsers):
+            column = cells[position + 1 :: stride]
+            values, bad = parse(column)
+            problems += [(index, position, self._names[position], reason, column[index]) for index, reason in bad]
+            columns.append(values)
+            has_skips = has_skips or SKIP in values
+        problems.sort()
+        rejected = {problem[0] for problem in problems}
+        for index, _, name, reason, value in problems:
+            self._error(numbers[index], name, reason, value)
+        keys = self._keys
+        staged: list[tuple[int, str, Values]] = []
+        first_seq = self._received
+        rows_of_values: Iterable[tuple[Any, ...]] = (
+            zip(*columns, strict=True) if columns else itertools.repeat((), len(numbers))
+        )
+        for index, row_values in enumerate(rows_of_values):
+            if index in rejected:
+                continue
+            if has_skips:
+                changes = {key: value for key, value in zip(keys, row_values, strict=True) if value is not SKIP}
+            else:
+                changes = dict(zip(keys, row_values, strict=True))
+            if changes:
+                staged.append((first_seq + index + 1, customers[index], changes))
+        self._received += len(numbers)
+        self._rejected += len(rejected)
+        self._stored += len(numbers) - len(rejected)
         return staged
 
     def _count(

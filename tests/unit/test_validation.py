@@ -14,9 +14,11 @@ from services._runtime.errors import InvalidArgument
 from services.profiles.validation import (
     LONG_MAX,
     LONG_MIN,
+    SKIP,
     AttributeSpec,
     ValueProblem,
     check_json_value,
+    column_parser,
     parse_cell,
     validate_update,
 )
@@ -181,3 +183,62 @@ def test_a_date_is_accepted_exactly_when_the_calendar_has_it(year: int, month: i
             parse_cell(DATE, text)
     else:
         assert parse_cell(DATE, text) == text
+
+
+_CELL_TEXT = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "-12",
+            " 7 ",
+            "+3",
+            "1_000",
+            "9223372036854775808",
+            "1.5",
+            ".5",
+            "5.",
+            "1e3",
+            "1e999",
+            "nan",
+            "true",
+            "FALSE",
+            "yes",
+            "2024-02-29",
+            "2023-02-29",
+            "2024-01-01T00:00:00Z",
+            "1457385393173",
+            "a\nb",
+            "12\n34",
+            "jane@example.com",
+            "123-45-6789",
+            "4111 1111 1111 1111",
+            "\u0661\u0662",
+            "x\x00y",
+            "x" * 4097,
+            "Height: 6'1\"",
+        ]
+    ),
+    st.text(max_size=12),
+)
+
+
+@pytest.mark.parametrize("spec", [STRING, BOOL, LONG, DOUBLE, DATE, DATETIME, EPOCH], ids=lambda s: s.name)
+@given(cells=st.lists(_CELL_TEXT, max_size=12))
+def test_a_column_parses_exactly_as_its_cells_one_by_one(spec: AttributeSpec, cells: list[str]) -> None:
+    values, problems = column_parser(spec)(cells)
+    expected_values: list[Any] = []
+    expected_problems: list[tuple[int, str]] = []
+    for index, cell in enumerate(cells):
+        if not cell:
+            expected_values.append(SKIP)
+            continue
+        try:
+            expected_values.append(parse_cell(spec, cell))
+        except ValueProblem as problem:
+            expected_values.append(SKIP)
+            expected_problems.append((index, str(problem)))
+    assert problems == expected_problems
+    assert [type(v) for v in values] == [type(v) for v in expected_values]
+    assert [v for v in values if v is not SKIP] == [v for v in expected_values if v is not SKIP]
