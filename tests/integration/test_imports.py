@@ -256,6 +256,7 @@ async def test_tsv_gzip_bom_and_crlf(table: Table) -> None:
         ("latin1.csv", "customerId,name\nc1,Zoë\n".encode("latin-1"), "UTF-8"),
         ("quotes.csv", b'customerId,name\nc1,"never closed\n', "row 2"),
         ("semicolons.csv", b"customerId;ltv\nc1;1\n", "no customerId column"),
+        ("long-field.csv", b"customerId,name\nc1," + b"x" * (3 * 1024 * 1024) + b"\n", "longer than"),
     ],
 )
 async def test_broken_files_end_as_clear_failures(table: Table, name: str, body: bytes, reason: str) -> None:
