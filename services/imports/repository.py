@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services._runtime.db import MigrationSet
+from services._runtime.db import MigrationSet, release_session_lock
 
 SCHEMA = "imports"
 MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migrations")
@@ -156,7 +156,7 @@ class ImportsRepository:
             try:
                 yield TableQueue(connection, bucket, table_id)
             finally:
-                await connection.execute("SELECT pg_advisory_unlock($1, $2)", _TABLE_LOCK_SPACE, table_id)
+                await release_session_lock(connection, "SELECT pg_advisory_unlock($1, $2)", _TABLE_LOCK_SPACE, table_id)
 
     async def get(self, account_id: int, table_id: int, upload_id: int) -> Upload | None:
         row = await self._pool.fetchrow(
