@@ -38,12 +38,22 @@ def data_from_proto(data: Mapping[str, pb.Value]) -> dict[str, Any]:
 
 
 def profile_to_proto(view: ProfileView) -> pb.Profile:
-    return pb.Profile(
-        dcp_service_id=view.dcp_service_id,
-        dcp_datasource_id=view.datasource_id,
-        customer_id=view.customer_id,
-        data={name: value_to_proto(value) for name, value in view.data.items()},
+    message = pb.Profile(
+        dcp_service_id=view.dcp_service_id, dcp_datasource_id=view.datasource_id, customer_id=view.customer_id
     )
+    # Filled in place: building a Value per attribute and copying it into the
+    # map costs about three times as much on every read.
+    data = message.data
+    for name, value in view.data.items():
+        if value is True or value is False:
+            data[name].bool_value = value
+        elif isinstance(value, int):
+            data[name].long_value = value
+        elif isinstance(value, float):
+            data[name].double_value = value
+        else:
+            data[name].string_value = str(value)
+    return message
 
 
 def batch_result_to_proto(result: BatchResult) -> pb.MergeProfilesResponse:
