@@ -68,6 +68,12 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/api/alias/{service}/{optimizely}/oeu1", {"data": {"{table}": "c2"}}),
     ("DELETE", "/api/alias/{service}/{optimizely}/oeu1/{table}", None),
     ("POST", "/api/resolve/{service}/oeu1", {"cookies": {"crm_id": "c3"}}),
+    ("GET", V1 + "/dcp_datasources/{table}/uploads", None),
+    ("POST", V1 + "/dcp_datasources/{table}/uploads", {"file_name": "stolen.csv"}),
+    ("GET", V1 + "/dcp_datasources/{table}/uploads/1", None),
+    ("GET", V1 + "/dcp_datasources/{table}/uploads/1/errors", None),
+    ("GET", V1 + "/dcp_datasources/{table}/template", None),
+    ("POST", V1 + "/dcp_datasources/{table}/validate", {"customerId": "c1"}),
 ]
 
 

@@ -353,3 +353,25 @@ async def test_a_presigned_url_uploads_a_file_that_is_then_imported(table: Table
     [upload] = await table.finished()
     assert upload["status"] == "processed"
     assert await table.profile("u1") == {"ltv": 7}
+
+
+async def test_the_history_pages_newest_first_with_a_link_to_the_next_page(table: Table) -> None:
+    for step in range(5):
+        await table.put(f"page-{step}.csv", f"customerId,ltv\nc{step},{step}\n")
+    await table.finished(5)
+    seen: list[str] = []
+    path: str | None = f"{V1}/dcp_datasources/{table.id}/uploads?per_page=2"
+    while path is not None:
+        response = await table.http.get(path, headers=table.account.headers)
+        assert response.status_code == 200
+        page = response.json()
+        assert len(page) <= 2
+        seen += [upload["file_name"] for upload in page]
+        link = response.headers.get("link")
+        path = link[1 : link.index(">")] if link else None
+    assert seen == [f"page-{step}.csv" for step in reversed(range(5))]
+    refused = await table.http.get(
+        f"{V1}/dcp_datasources/{table.id}/uploads?per_page=1000", headers=table.account.headers
+    )
+    assert refused.status_code == 400
+    assert "per_page" in refused.text
