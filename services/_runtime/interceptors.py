@@ -22,6 +22,17 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_METADATA_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("dcp_request_id", default="-")
 
+
+def outgoing_metadata(
+    signer: identity_context.AssertionSigner, caller: identity_context.Identity
+) -> tuple[tuple[str, str], ...]:
+    """Metadata of a call to another service on `caller`'s behalf: its signed identity and this request's id."""
+    return (
+        (identity_context.IDENTITY_METADATA_KEY, signer.sign_cached(caller)),
+        (REQUEST_ID_METADATA_KEY, request_id.get()),
+    )
+
+
 # Health checks and reflection are for infrastructure, and credential
 # verification cannot demand credentials of its own.
 _INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -202,12 +202,6 @@ class ObjectStore:
         )
         return url
 
-    async def presigned_get(self, key: str, expires_seconds: int) -> str:
-        url: str = await self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
-        )
-        return url
-
 
 async def _read_ahead(stream: Any, chunk_bytes: int, pieces: asyncio.Queue[bytes | BaseException | None]) -> None:
     """Fills `pieces` with ~chunk_bytes pieces of the body, then None; a failure is passed on as the item."""

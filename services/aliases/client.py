@@ -7,8 +7,8 @@ import grpc
 from dcp.aliases.v1 import aliases_service_pb2 as pb
 from dcp.aliases.v1 import aliases_service_pb2_grpc as pb_grpc
 from services._runtime.errors import DcpError, NotFound, Unavailable
-from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, Identity
-from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
+from services._runtime.identity import AssertionSigner, Identity
+from services._runtime.interceptors import outgoing_metadata
 
 
 class AliasesClient:
@@ -17,10 +17,7 @@ class AliasesClient:
         self._signer = signer
 
     async def links_of(self, identity: Identity, service_id: int, optimizely_user_id: str) -> dict[int, str]:
-        metadata = (
-            (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
-            (REQUEST_ID_METADATA_KEY, request_id.get()),
-        )
+        metadata = outgoing_metadata(self._signer, identity)
         try:
             result = await self._stub.GetAliases(
                 pb.GetAliasesRequest(dcp_service_id=service_id, optimizely_user_id=optimizely_user_id),

@@ -59,6 +59,10 @@ class Intake:
         return await self.admit(listed)
 
     async def admit(self, objects: Iterable[StoredObject]) -> list[Upload]:
+        # A key ending in "/" is a "folder" made by a console or a client like Cyberduck.
+        objects = [found for found in objects if not found.key.endswith("/")]
+        if not objects:
+            return []  # the usual round: every file imported and moved away
         targets = {target.table_id: target for target in await self._targets.all()}
         candidates: list[tuple[StoredObject, KeyPlace, ImportTarget]] = []
         # Stable: versions of one key stay in the order the listing gave them.
@@ -102,8 +106,6 @@ class Intake:
     def _admissible(
         self, found: StoredObject, targets: dict[int, ImportTarget]
     ) -> tuple[KeyPlace, ImportTarget] | None:
-        if found.key.endswith("/"):
-            return None  # a "folder" made by a console or a client like Cyberduck
         place = place_of(found.key)
         if isinstance(place, str):
             self._ignore(found.key, place)

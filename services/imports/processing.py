@@ -10,6 +10,7 @@ its idempotency key, so a file retried after a crash is never applied twice.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,6 +46,11 @@ class Columns:
     attribute_names: list[str]
 
 
+def stored_object(upload: Upload) -> StoredObject:
+    """The object version an upload was recorded for."""
+    return StoredObject(upload.s3_key, upload.size_bytes, upload.etag, upload.object_modified, upload.version_id)
+
+
 def read_header(fields: list[str], table: TableInfo) -> Columns:
     """The header's columns, or FileProblem naming every column that breaks a rule."""
     customer = [i for i, name in enumerate(fields) if name.strip().lower() == CUSTOMER_ID_COLUMN]
@@ -54,8 +60,7 @@ def read_header(fields: list[str], table: TableInfo) -> Columns:
     if len(customer) > 1:
         problems.append("duplicate customerId columns: " + ", ".join(repr(fields[i]) for i in customer))
     others = [name for i, name in enumerate(fields) if i not in customer]
-    seen: set[str] = set()
-    duplicates = sorted({name for name in others if name in seen or seen.add(name)})  # type: ignore[func-returns-value]
+    duplicates = sorted(name for name, count in collections.Counter(others).items() if count > 1)
     if duplicates:
         problems.append("duplicate columns: " + ", ".join(repr(n) for n in duplicates))
     unknown = [name for name in dict.fromkeys(others) if name not in table.by_name]
@@ -118,9 +123,10 @@ class Importer:
             return Outcome("failed", error=f"table {upload.datasource_id} no longer exists")
         if table.archived or service.archived:
             return Outcome("failed", error=f"table {table.id} is archived; files put in its path are not imported")
-        stored = StoredObject(upload.s3_key, upload.size_bytes, upload.etag, upload.object_modified, upload.version_id)
         stream = CsvStream(
-            self._store.chunks(stored), key=upload.file_name, max_field_chars=self._settings.max_field_chars
+            self._store.chunks(stored_object(upload)),
+            key=upload.file_name,
+            max_field_chars=self._settings.max_field_chars,
         )
         try:
             return await self._run(

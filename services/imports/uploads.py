@@ -13,8 +13,8 @@ import grpc
 
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, Identity
-from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
+from services._runtime.identity import AssertionSigner, Identity
+from services._runtime.interceptors import outgoing_metadata
 from services._runtime.paging import Page
 from services._runtime.s3 import ObjectStore
 from services.imports.processing import Importer
@@ -75,10 +75,7 @@ class TableDirectory:
         self._signer = signer
 
     async def owned_table(self, identity: Identity, table_id: int) -> OwnedTable:
-        metadata = (
-            (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
-            (REQUEST_ID_METADATA_KEY, request_id.get()),
-        )
+        metadata = outgoing_metadata(self._signer, identity)
         try:
             table = await self._schema.GetTable(
                 schema_service_pb2.GetTableRequest(dcp_datasource_id=table_id), metadata=metadata

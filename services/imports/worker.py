@@ -17,7 +17,7 @@ from typing import Any
 from services._runtime.s3 import ObjectStore, StoredObject
 from services._runtime.settings import ImportSettings
 from services.imports.intake import Intake, event_objects
-from services.imports.processing import Importer, RetryLater
+from services.imports.processing import Importer, RetryLater, stored_object
 from services.imports.repository import ImportsRepository, Upload
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class ImportWorker:
                 await self._dispose(upload)
 
     async def _dispose(self, upload: Upload) -> None:
-        stored = StoredObject(upload.s3_key, upload.size_bytes, upload.etag, upload.object_modified, upload.version_id)
+        stored = stored_object(upload)
         try:
             if self._settings.after == "archive":
                 await self._store.move(stored, f"{self._settings.archive_prefix}{upload.s3_key}.{upload.id}")

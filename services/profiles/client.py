@@ -9,8 +9,8 @@ import grpc
 from dcp.profiles.v1 import profiles_service_pb2 as pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
 from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, Identity
-from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
+from services._runtime.identity import AssertionSigner, Identity
+from services._runtime.interceptors import outgoing_metadata
 from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, RowError
 from services.profiles.servicer import value_to_proto
 
@@ -50,10 +50,7 @@ class RemoteBatchMerger:
     async def merge_stream(
         self, identity: Identity, header: BatchHeader, chunks: AsyncIterator[BatchChunk]
     ) -> BatchResult:
-        metadata = (
-            (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
-            (REQUEST_ID_METADATA_KEY, request_id.get()),
-        )
+        metadata = outgoing_metadata(self._signer, identity)
         # Written message by message, so that a failure of the caller's own
         # stream (a broken file) cancels the call, and the transaction with it.
         call = self._stub.MergeProfiles(metadata=metadata)  # type: ignore[call-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -300,7 +301,7 @@ def _text_columns(table: TableInfo, names: Sequence[str]) -> list[tuple[str, Att
     """(stored key, spec) per column; every column must name an active attribute, once."""
     hint = table_key_hint(table)
     violations = [(f"columns.{name}", hint(name)) for name in names if name not in table.by_name]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
     violations += [(f"columns.{name}", "appears more than once") for name in duplicates]
     if violations:
         raise InvalidArgument("the batch's columns are not all attributes of this table", violations=violations)
@@ -319,7 +320,6 @@ class _RowChecker:
         self, table: TableInfo, columns: list[tuple[str, AttributeSpec]], *, pii_guard: bool, max_errors: int
     ) -> None:
         self._table = table
-        self._columns = columns
         self._keys = [key for key, _ in columns]
         self._names = [spec.name for _, spec in columns]
         self._column_parsers = [column_parser(spec, pii_guard=pii_guard) for _, spec in columns]

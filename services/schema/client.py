@@ -26,14 +26,13 @@ from grpc_status import rpc_status
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from services._runtime.errors import DcpError, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from services._runtime.identity import (
-    IDENTITY_METADATA_KEY,
     AssertionSigner,
     CredentialKind,
     Identity,
     Scope,
     internal_identity,
 )
-from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, request_id
+from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, outgoing_metadata, request_id
 from services.profiles.validation import AttributeSpec
 
 _DATATYPES = {
@@ -195,10 +194,7 @@ class RegistryClient:
         return await self.service(identity, service_id, max_age=0.0)
 
     async def _fetch(self, identity: Identity, service_id: int, *, started_at: float) -> ServiceSnapshot:
-        metadata = (
-            (IDENTITY_METADATA_KEY, self._signer.sign_cached(identity)),
-            (REQUEST_ID_METADATA_KEY, request_id.get()),
-        )
+        metadata = outgoing_metadata(self._signer, identity)
         try:
             service = await self._stub.GetDcpService(
                 schema_service_pb2.GetDcpServiceRequest(dcp_service_id=service_id), metadata=metadata
@@ -334,10 +330,7 @@ class ImportTargetsClient:
         token = ""
         while True:
             # Signed per page: a long listing must not outlive its assertion.
-            metadata = (
-                (IDENTITY_METADATA_KEY, self._signer.sign_cached(self._identity)),
-                (REQUEST_ID_METADATA_KEY, request_id.get()),
-            )
+            metadata = outgoing_metadata(self._signer, self._identity)
             try:
                 page = await self._stub.ListImportTargets(
                     schema_service_pb2.ListImportTargetsRequest(page_size=self._page_size, page_token=token),
