@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import urllib.parse
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 # while each await still carries enough bytes to amortise its cost.
 READ_CHUNK_BYTES = 1024 * 1024
 READ_AHEAD_PIECES = 4
+# S3's multipart rules: every part but the last at least 5 MiB, at most 10,000 parts.
+MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+DEFAULT_PART_BYTES = 8 * 1024 * 1024
+# What a failed write may raise from the client; used where a second failure
+# must not hide the first.
+_TRANSFER_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,152 @@ class ObjectStore:
             "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
         )
         return url
+
+    async def presigned_get(self, key: str, *, expires_seconds: int = 3600, file_name: str | None = None) -> str:
+        """A URL that downloads the object without credentials until it expires.
+
+        With `file_name`, the store answers with a Content-Disposition that makes
+        browsers save the download under that name rather than the key's last segment.
+        """
+        params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
+        if file_name is not None:
+            params["ResponseContentDisposition"] = _attachment(file_name)
+        url: str = await self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds)
+        return url
+
+    async def upload_stream(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str,
+        part_bytes: int = DEFAULT_PART_BYTES,
+    ) -> int:
+        """Writes the bytes of `chunks` as one object and returns how many there were.
+
+        Memory stays at a few parts' worth (one in flight, one being gathered)
+        plus the chunk at hand, whatever the object's size. A stream that fits in one
+        part is one PUT; a longer one is a multipart upload of `part_bytes`
+        parts (all equal but the last: some S3-compatible stores require it),
+        so the largest object is `part_bytes` x 10,000. If anything fails or
+        the caller is cancelled, the multipart upload is aborted, so neither an
+        object nor stored parts are left behind, and the error propagates.
+        """
+        if part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (S3's smallest part), got {part_bytes}")
+        upload = _MultipartUpload(self._client, self.bucket, key, content_type)
+        pending: list[bytes | memoryview] = []
+        held = 0
+        total = 0
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                view = memoryview(chunk)
+                # A part leaves only once a byte beyond it has arrived, so the
+                # last part is never empty and a one-part stream stays one PUT.
+                while held + len(view) > part_bytes:
+                    fill = part_bytes - held
+                    pending.append(view[:fill])
+                    view = view[fill:]
+                    part = b"".join(pending)
+                    pending, held = [], 0
+                    await upload.send(part)
+                if view:
+                    # A tail is copied, so a huge chunk is not kept alive for its last bytes.
+                    pending.append(chunk if len(view) == len(chunk) else bytes(view))
+                    held += len(view)
+            rest = b"".join(pending)
+            if upload.started:
+                await upload.complete(rest)
+            else:
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=rest, ContentType=content_type)
+        except BaseException:
+            await upload.abort()
+            raise
+        return total
+
+
+class _MultipartUpload:
+    """One multipart upload, started by its first part, with at most one part in flight."""
+
+    def __init__(self, client: Any, bucket: str, key: str, content_type: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._content_type = content_type
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._next_number = 1
+        self._sending: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._upload_id is not None
+
+    async def send(self, body: bytes) -> None:
+        """Starts sending the next part; returns once the previous one is stored."""
+        if self._next_number > MAX_PARTS:
+            raise ValueError(f"the object needs more than {MAX_PARTS} parts; upload it with larger parts")
+        if self._upload_id is None:
+            answer = await self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=self._key, ContentType=self._content_type
+            )
+            self._upload_id = str(answer["UploadId"])
+        await self._wait()
+        # Sending overlaps with gathering the next part, which is where the time goes.
+        self._sending = asyncio.create_task(self._upload_part(self._next_number, body))
+        self._next_number += 1
+
+    async def complete(self, last: bytes) -> None:
+        if last:
+            await self.send(last)
+        await self._wait()
+        await self._client.complete_multipart_upload(
+            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+        )
+
+    async def abort(self) -> None:
+        """Drops every stored part; a store error is only logged, so the error that led here is the one reported."""
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            sending.cancel()
+            await asyncio.wait([sending])
+            if not sending.cancelled():
+                sending.exception()  # retrieved, so asyncio does not report it as lost
+        if self._upload_id is None:
+            return
+        try:
+            await self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
+        except _TRANSFER_ERRORS as error:
+            # Its parts stay stored (and billed) until a lifecycle rule for
+            # incomplete multipart uploads removes them.
+            log.warning("could not abort multipart upload %s of %s: %s", self._upload_id, self._key, error)
+
+    async def _wait(self) -> None:
+        if self._sending is not None:
+            await self._sending
+            self._sending = None
+
+    async def _upload_part(self, number: int, body: bytes) -> None:
+        answer = await self._client.upload_part(
+            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+        )
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+
+def _attachment(file_name: str) -> str:
+    """A Content-Disposition value that saves a download as `file_name` (RFC 6266).
+
+    Browsers that read `filename*` get the name exactly, in UTF-8; the plain
+    `filename` is an ASCII stand-in for the others. Control characters are
+    dropped, as a header value cannot carry them.
+    """
+    name = "".join(c for c in file_name if c.isprintable())
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        value += "; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
+    return value
 
 
 async def _read_ahead(stream: Any, chunk_bytes: int, pieces: asyncio.Queue[bytes | BaseException | None]) -> None:
