@@ -18,6 +18,7 @@ from dcp.aliases.v1 import aliases_service_pb2_grpc
 from dcp.imports.v1 import imports_service_pb2_grpc
 from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
+from gateway.audiences_api import AudiencesApi
 from gateway.auth import Metadata, authenticate, request_id_of
 from gateway.bodies import read_json
 from gateway.config_api import ConfigApi, Endpoint
@@ -109,5 +110,6 @@ def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) ->
         *ConfigApi(clients.schema).routes(wrap),
         *ProfileApi(clients.schema, clients.profiles, clients.aliases).routes(wrap),
         *ImportsApi(clients.imports).routes(wrap),
+        *AudiencesApi(clients.schema, clients.profiles).routes(wrap),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -65,7 +65,7 @@ def _refuse_constant(name: str) -> Any:
 class FieldType:
     """A writable field's JSON type."""
 
-    kind: str  # "string", "integer", "boolean" or "string list"
+    kind: str  # "string", "integer", "boolean", "string list" or "json text or array"
     nullable: bool = False
     max_length: int | None = None
     choices: tuple[str, ...] = ()
@@ -84,11 +84,14 @@ class FieldType:
             "integer": isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX,
             "boolean": isinstance(value, bool),
             "string list": isinstance(value, list) and all(isinstance(item, str) for item in value),
+            "json text or array": isinstance(value, str | list),
         }[self.kind]
         if not ok:
-            expected = {"integer": "a non-negative integer", "string list": "an array of strings"}.get(
-                self.kind, f"a {self.kind}"
-            )
+            expected = {
+                "integer": "a non-negative integer",
+                "string list": "an array of strings",
+                "json text or array": "an array, or a string holding one as JSON",
+            }.get(self.kind, f"a {self.kind}")
             raise ApiError.field(
                 name, f"must be {expected}{' or null' if self.nullable else ''}, got {_json_type(value)}"
             )

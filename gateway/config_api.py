@@ -100,6 +100,16 @@ def path_id(request: Request, name: str) -> int:
     return int(raw)
 
 
+def per_page(request: Request, *, default: int, maximum: int) -> int:
+    """The `per_page` query parameter of a paginated listing."""
+    raw = request.query_params.get("per_page")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ApiError.field("per_page", f"must be an integer between 1 and {maximum}")
+    return int(raw)
+
+
 def _locator_value(name: str | None) -> resources_pb2.LocatorType.ValueType:
     if name is None:
         return resources_pb2.LOCATOR_TYPE_UNSPECIFIED

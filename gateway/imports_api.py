@@ -15,7 +15,7 @@ from starlette.routing import Route
 from dcp.imports.v1 import imports_service_pb2 as pb
 from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
 from gateway import v1json
-from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id
+from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id, per_page
 from gateway.errors import ApiError
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
@@ -61,12 +61,7 @@ def problem_json(problem: pb.RowProblem) -> dict[str, Any]:
 
 
 def _per_page(request: Request) -> int:
-    raw = request.query_params.get("per_page")
-    if raw is None:
-        return DEFAULT_PER_PAGE
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PER_PAGE:
-        raise ApiError.field("per_page", f"must be an integer between 1 and {MAX_PER_PAGE}")
-    return int(raw)
+    return per_page(request, default=DEFAULT_PER_PAGE, maximum=MAX_PER_PAGE)
 
 
 class ImportsApi:

@@ -15,7 +15,7 @@ from gateway.app import GatewayClients
 from services import platform
 from services._runtime import logs
 from services._runtime.errors import DcpError
-from services._runtime.s3 import open_queue
+from services._runtime.s3 import ObjectStore, open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services.schema.credentials import parse_token_kind
@@ -122,12 +122,15 @@ async def _serve(settings: Settings, service: str) -> None:
                 platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
             )
             aliases: aio.Channel | None = None
+            export_store: ObjectStore | None = None
             if service == "profiles":
                 aliases = await stack.enter_async_context(
                     platform.grpc_channel(_require(settings.aliases_address, "DCP_ALIASES_ADDRESS", service))
                 )
+                # Exports are written to the upload bucket.
+                export_store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
             server = await platform.start_remote_server(
-                settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases
+                settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases, store=export_store
             )
         await server.mark_serving()
         print(f"{service} service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)

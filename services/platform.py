@@ -9,7 +9,7 @@ import os
 import secrets
 import socket
 import warnings
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,15 @@ from services.imports.worker import ImportWorker
 from services.profiles import repository as profiles_repository
 from services.profiles import servicer as profiles_servicer
 from services.profiles.client import RemoteBatchMerger
-from services.profiles.profiles import Profiles
+from services.profiles.export_repository import ExportsRepository
+from services.profiles.exports import Exports
+from services.profiles.membership import Membership
+from services.profiles.profiles import AliasLookup, Profiles
+from services.profiles.targeting import Targeting
 from services.schema import repository as schema_repository
 from services.schema import servicer as schema_servicer
+from services.schema.audience_client import AudienceDirectory
+from services.schema.audiences import Audiences
 from services.schema.catalog import Catalog
 from services.schema.client import ImportTargetsClient, RegistryClient, RemoteAuthenticator
 from services.schema.credentials import Credentials
@@ -108,6 +114,7 @@ async def migrate_all(pool: asyncpg.Pool, migrations: Sequence[MigrationSet] = A
 class SchemaParts:
     catalog: Catalog
     credentials: Credentials
+    audiences: Audiences
 
 
 def schema_parts(settings: Settings, pool: asyncpg.Pool, keys: KeyIssuer | None = None) -> SchemaParts:
@@ -115,11 +122,12 @@ def schema_parts(settings: Settings, pool: asyncpg.Pool, keys: KeyIssuer | None 
     return SchemaParts(
         catalog=Catalog(repository, max_active_services=settings.max_active_services_per_account, keys=keys),
         credentials=Credentials(repository, OAuthVerifier(settings.oauth)),
+        audiences=Audiences(repository),
     )
 
 
 def schema_bindings(parts: SchemaParts, signer: AssertionSigner) -> list[ServiceBinding]:
-    return schema_servicer.bindings(parts.catalog, parts.credentials, signer)
+    return schema_servicer.bindings(parts.catalog, parts.audiences, parts.credentials, signer)
 
 
 def identity_signer(settings: Settings, *, allow_generated: bool) -> AssertionSigner:
@@ -150,7 +158,10 @@ class Suite:
     profiles: Profiles
     aliases: Aliases
     gateway: RunningGateway | None
+    targeting: Targeting | None = None
+    exports: Exports | None = None
     worker: asyncio.Task[None] | None = None
+    export_runner: asyncio.Task[None] | None = None
 
     @property
     def http_url(self) -> str:
@@ -165,6 +176,13 @@ class Suite:
             self.worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.worker
+        if self.export_runner is not None:
+            self.export_runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.export_runner
+        if self.exports is not None:
+            # An export cut short stays unfinished and is run again at the next start.
+            await self.exports.stop()
         await self.grpc.stop(grace)
         await self.channel.close(grace=None)
 
@@ -174,6 +192,36 @@ def _dial_address(host: str, port: int) -> str:
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
         host = "127.0.0.1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class ProfilesParts:
+    """The profiles service's pieces: values, audiences at work, exports."""
+
+    profiles: Profiles
+    targeting: Targeting
+    exports: Exports
+
+    def bindings(self) -> list[ServiceBinding]:
+        return profiles_servicer.bindings(self.profiles, self.targeting, self.exports)
+
+
+def profiles_parts(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    signer: AssertionSigner,
+    store: ObjectStore | None,
+    *,
+    schema_stub: schema_service_pb2_grpc.SchemaServiceAsyncStub,
+    registry: RegistryClient,
+    aliases: AliasLookup,
+) -> ProfilesParts:
+    profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, aliases)
+    membership = Membership(pool)
+    directory = AudienceDirectory(schema_stub, signer, ttl_seconds=settings.registry_cache_seconds)
+    targeting = Targeting(profiles, registry, directory, membership)
+    exports = Exports(ExportsRepository(pool), pool, store, registry, targeting, membership)
+    return ProfilesParts(profiles, targeting, exports)
 
 
 @dataclass
@@ -239,7 +287,16 @@ async def start_suite(
         aliases = Aliases(aliases_repository.AliasesRepository(pool), registry)
         # In one process the consolidated view asks the aliases domain directly:
         # one round trip fewer on the hottest read.
-        profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, aliases.links_of)
+        profile_parts = profiles_parts(
+            settings,
+            pool,
+            signer,
+            store,
+            schema_stub=schema_service_pb2_grpc.SchemaServiceStub(channel),
+            registry=registry,
+            aliases=aliases.links_of,
+        )
+        profiles = profile_parts.profiles
         imports = (
             # In one process rows go to the profiles domain directly: no encoding and
             # decoding of every cell on the hottest bulk path.
@@ -250,7 +307,7 @@ async def start_suite(
         server = await prepared.start(
             [
                 *schema_bindings(parts, signer),
-                *profiles_servicer.bindings(profiles),
+                *profile_parts.bindings(),
                 *aliases_servicer.bindings(aliases),
                 *(imports_servicer.bindings(imports.history) if imports is not None else []),
             ]
@@ -264,6 +321,9 @@ async def start_suite(
     worker = asyncio.create_task(imports.worker.run(), name="imports-worker") if imports is not None else None
     return Suite(
         worker=worker,
+        targeting=profile_parts.targeting,
+        exports=profile_parts.exports,
+        export_runner=asyncio.create_task(profile_parts.exports.run(), name="export-runner"),
         grpc=server,
         grpc_address=address,
         channel=channel,
@@ -290,8 +350,13 @@ async def start_remote_server(
     *,
     schema_channel: aio.Channel,
     aliases_channel: aio.Channel | None,
+    store: ObjectStore | None = None,
 ) -> RunningServer:
-    """Profiles or aliases alone, asking the schema (and aliases) service over gRPC."""
+    """Profiles or aliases alone, asking the schema (and aliases) service over gRPC.
+
+    Profiles also runs exports in the background; they stop with the server.
+    """
+    exports: Exports | None = None
     registry = RegistryClient(
         schema_service_pb2_grpc.SchemaServiceStub(schema_channel), signer, ttl_seconds=settings.registry_cache_seconds
     )
@@ -301,16 +366,39 @@ async def start_remote_server(
     elif service == "profiles":
         assert aliases_channel is not None
         lookup = AliasesClient(aliases_service_pb2_grpc.AliasesServiceStub(aliases_channel), signer)
-        bindings = profiles_servicer.bindings(
-            Profiles(profiles_repository.ProfilesRepository(pool), registry, lookup.links_of)
+        parts = profiles_parts(
+            settings,
+            pool,
+            signer,
+            store,
+            schema_stub=schema_service_pb2_grpc.SchemaServiceStub(schema_channel),
+            registry=registry,
+            aliases=lookup.links_of,
         )
+        bindings = parts.bindings()
+        exports = parts.exports
     else:
         raise SystemExit(f"unknown service {service!r}; one of: {', '.join(SERVICES)}")
-    return await build_server(
+    server = await build_server(
         bindings,
         resolver=CallerResolver(signer, authenticator),
         address=f"{settings.grpc_host}:{settings.grpc_port}",
     )
+    if exports is not None:
+        runner = asyncio.create_task(exports.run(), name="export-runner")
+        server.on_stop(_stopping_exports(runner, exports))
+    return server
+
+
+def _stopping_exports(runner: asyncio.Task[None], exports: Exports) -> Callable[[], Awaitable[None]]:
+    async def stop() -> None:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        # An export cut short stays unfinished and is run again by the next runner.
+        await exports.stop()
+
+    return stop
 
 
 @dataclass

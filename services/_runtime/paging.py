@@ -59,3 +59,43 @@ def next_token(last_ids: list[int], page: Page, *, scope: str) -> str:
         return ""
     payload = {"a": last_ids[page.size - 1], "q": _fingerprint(scope)}
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    """A page of a listing ordered by a text key rather than an id."""
+
+    after: str | None
+    size: int
+
+
+def read_key_page(
+    page_size: int,
+    page_token: str,
+    *,
+    scope: str,
+    default_size: int = DEFAULT_PAGE_SIZE,
+    max_size: int = MAX_PAGE_SIZE,
+) -> KeyPage:
+    if page_size < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    size = min(page_size or default_size, max_size)
+    if not page_token:
+        return KeyPage(after=None, size=size)
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+        after = decoded["k"]
+        fingerprint = str(decoded["q"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument.field("page_token", "is not a token this API issued") from None
+    if not isinstance(after, str) or fingerprint != _fingerprint(scope):
+        raise InvalidArgument.field("page_token", "was issued for a different query")
+    return KeyPage(after=after, size=size)
+
+
+def next_key_token(keys: list[str], page: KeyPage, *, scope: str) -> str:
+    """The token of the page after one holding `keys`; callers fetch `page.size + 1` keys."""
+    if len(keys) <= page.size:
+        return ""
+    payload = {"k": keys[page.size - 1], "q": _fingerprint(scope)}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -33,6 +33,11 @@ class RunningServer:
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     service_names: tuple[str, ...]
+    stop_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Background work to end once the server no longer takes calls."""
+        self.stop_hooks.append(hook)
 
     async def mark_serving(self) -> None:
         for name in ("", *self.service_names):
@@ -42,6 +47,8 @@ class RunningServer:
         # Readiness goes first so load balancers drain before calls are refused.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        for hook in self.stop_hooks:
+            await hook()
 
 
 @dataclass

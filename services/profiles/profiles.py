@@ -264,6 +264,24 @@ class Profiles:
         self, identity: Identity, service_id: int, optimizely_user_id: str, *, optimizely_table_id: int | None = None
     ) -> list[ProfileView]:
         """The Optimizely table's profile first, then each aliased table's in table-id order."""
+        service, keys, stored = await self.consolidated_values(
+            identity, service_id, optimizely_user_id, optimizely_table_id=optimizely_table_id
+        )
+        views = []
+        for table_id, customer_id in keys:
+            visible = _readable(service.tables[table_id], stored.get(table_id, {}))
+            if visible:
+                views.append(ProfileView(service_id, table_id, customer_id, visible))
+        return views
+
+    async def consolidated_values(
+        self, identity: Identity, service_id: int, optimizely_user_id: str, *, optimizely_table_id: int | None = None
+    ) -> tuple[ServiceSnapshot, list[tuple[int, str]], dict[int, Values]]:
+        """One user's stored values per active table, as stored (keyed by attribute id).
+
+        Also returns the snapshot they were read with and the (table, customer)
+        pairs in consolidated order; audiences are evaluated on these values.
+        """
         service = await self._registry.service(identity, service_id)
         if optimizely_table_id is not None and optimizely_table_id != service.optimizely_table_id:
             raise NotFound(
@@ -282,12 +300,12 @@ class Profiles:
                 keys.append((table_id, links[table_id]))
         stored = await self._repo.get_many(keys)
         service = await self._reading(identity, service, [(t, values) for (t, _), values in stored.items()])
-        views = []
-        for table_id, customer_id in keys:
-            visible = _readable(service.tables[table_id], stored.get((table_id, customer_id), {}))
-            if visible:
-                views.append(ProfileView(service_id, table_id, customer_id, visible))
-        return views
+        by_table = {
+            table_id: stored[(table_id, customer_id)]
+            for table_id, customer_id in keys
+            if (table_id, customer_id) in stored
+        }
+        return service, keys, by_table
 
 
 def _refuse_archived(service: ServiceSnapshot, table: TableInfo) -> None:

@@ -12,8 +12,14 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
 from services._runtime.errors import InvalidArgument
 from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Identity, Scope, caller
+from services._runtime.paging import next_key_token, read_key_page
 from services._runtime.server import ServiceBinding
+from services.profiles.exports import Exports, ExportView
 from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, BatchRow, Profiles, ProfileView, TextRows
+from services.profiles.targeting import Targeting
+
+MEMBERS_DEFAULT_PAGE_SIZE = 100
+MEMBERS_MAX_PAGE_SIZE = 10_000
 
 
 def value_from_proto(value: pb.Value) -> Any:
@@ -69,8 +75,10 @@ def batch_result_to_proto(result: BatchResult) -> pb.MergeProfilesResponse:
 
 
 class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
-    def __init__(self, profiles: Profiles) -> None:
+    def __init__(self, profiles: Profiles, targeting: Targeting, exports: Exports) -> None:
         self._profiles = profiles
+        self._targeting = targeting
+        self._exports = exports
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.Profile:
         view = await self._profiles.get(
@@ -139,6 +147,108 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         )
         return pb.ConsolidatedView(profiles=[profile_to_proto(v) for v in views])
 
+    # Audiences
+
+    async def EvaluateAudiences(
+        self, request: pb.EvaluateAudiencesRequest, context: Context
+    ) -> pb.EvaluateAudiencesResponse:
+        identity = caller(Scope.READ)
+        results = await self._targeting.evaluate(
+            identity,
+            request.dcp_service_id,
+            request.optimizely_user_id,
+            project_id=request.project_id,
+            audience_ids=list(request.audience_ids),
+        )
+        return pb.EvaluateAudiencesResponse(
+            dcp_service_id=request.dcp_service_id,
+            optimizely_user_id=request.optimizely_user_id,
+            audiences=[
+                pb.AudienceOutcome(
+                    audience_id=result.audience_id,
+                    name=result.name,
+                    matched=result.outcome.matched,
+                    conditions=[
+                        pb.ConditionOutcome(
+                            path=leaf.path,
+                            dcp_datasource_id=leaf.datasource_id,
+                            dcp_attribute_id=leaf.attribute_id,
+                            match_type=leaf.match_type,
+                            held=leaf.held,
+                            usable=leaf.usable,
+                        )
+                        for leaf in result.outcome.leaves
+                    ],
+                )
+                for result in results
+            ],
+        )
+
+    async def CountAudienceMembers(
+        self, request: pb.CountAudienceMembersRequest, context: Context
+    ) -> pb.CountAudienceMembersResponse:
+        count = await self._targeting.count(caller(Scope.READ), request.audience_id)
+        return pb.CountAudienceMembersResponse(audience_id=request.audience_id, count=count)
+
+    async def ListAudienceMembers(
+        self, request: pb.ListAudienceMembersRequest, context: Context
+    ) -> pb.ListAudienceMembersResponse:
+        identity = caller(Scope.READ)
+        scope = f"members:{identity.account_id}:{request.audience_id}"
+        page = read_key_page(
+            request.page_size,
+            request.page_token,
+            scope=scope,
+            default_size=MEMBERS_DEFAULT_PAGE_SIZE,
+            max_size=MEMBERS_MAX_PAGE_SIZE,
+        )
+        members = await self._targeting.members(identity, request.audience_id, after=page.after, limit=page.size + 1)
+        return pb.ListAudienceMembersResponse(
+            optimizely_user_ids=members[: page.size], next_page_token=next_key_token(members, page, scope=scope)
+        )
+
+    # Exports
+
+    async def CreateExport(self, request: pb.CreateExportRequest, context: Context) -> pb.Export:
+        # An export writes a copy of the data into the bucket.
+        identity = caller(Scope.WRITE)
+        export_format = request.format or "csv"
+        source = request.WhichOneof("source")
+        if source == "dcp_datasource_id":
+            view = await self._exports.export_table(identity, request.dcp_datasource_id, export_format)
+        elif source == "audience_id":
+            view = await self._exports.export_audience(identity, request.audience_id, export_format)
+        else:
+            raise InvalidArgument.field("source", "name a dcp_datasource_id or an audience_id to export")
+        return export_to_proto(view)
+
+    async def GetExport(self, request: pb.GetExportRequest, context: Context) -> pb.Export:
+        return export_to_proto(await self._exports.get(caller(Scope.READ), request.export_id))
+
+
+def export_to_proto(view: ExportView) -> pb.Export:
+    record = view.record
+    message = pb.Export(
+        id=record.id,
+        account_id=record.account_id,
+        format=record.format,
+        status=record.status,
+        row_count=record.row_count,
+        size_bytes=record.size_bytes,
+        bucket=record.bucket,
+        key=record.key,
+        download_url=view.download_url,
+        error=record.error or "",
+    )
+    if record.datasource_id is not None:
+        message.dcp_datasource_id = record.datasource_id
+    if record.audience_id is not None:
+        message.audience_id = record.audience_id
+    message.created.FromDatetime(record.created)
+    if record.finished is not None:
+        message.finished.FromDatetime(record.finished)
+    return message
+
 
 def _chunk(message: pb.MergeProfilesRequest) -> BatchChunk:
     return BatchChunk(
@@ -151,8 +261,8 @@ def _chunk(message: pb.MergeProfilesRequest) -> BatchChunk:
     )
 
 
-def bindings(profiles: Profiles) -> list[ServiceBinding]:
-    servicer = ProfilesServicer(profiles)
+def bindings(profiles: Profiles, targeting: Targeting, exports: Exports) -> list[ServiceBinding]:
+    servicer = ProfilesServicer(profiles, targeting, exports)
     return [
         ServiceBinding(
             service_names=(pb.DESCRIPTOR.services_by_name["ProfilesService"].full_name,),

@@ -189,6 +189,21 @@ class RegistryClient:
             if self._refreshing.get(key, (0.0, None))[1] is future:
                 del self._refreshing[key]
 
+    async def service_of_table(self, identity: Identity, table_id: int) -> int:
+        """The DCP service a table belongs to; NOT_FOUND for a table of no service of the caller's."""
+        try:
+            table = await self._stub.GetTable(
+                schema_service_pb2.GetTableRequest(dcp_datasource_id=table_id),
+                metadata=outgoing_metadata(self._signer, identity),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    f"table {table_id} does not exist", metadata={"resource": "table", "id": str(table_id)}
+                ) from None
+            raise _from_schema_error(error, 0) from None
+        return table.dcp_service_id
+
     async def fresh_service(self, identity: Identity, service_id: int) -> ServiceSnapshot:
         """A snapshot fetched now: for names the cached one does not know."""
         return await self.service(identity, service_id, max_age=0.0)

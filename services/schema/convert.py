@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import orjson
 from google.protobuf import timestamp_pb2
 
 from dcp.common.v1 import identity_pb2
@@ -12,6 +13,7 @@ from services._runtime.errors import InvalidArgument
 from services._runtime.identity import Identity
 from services.schema.model import (
     Attribute,
+    Audience,
     Datatype,
     DatetimeFormat,
     DcpService,
@@ -183,4 +185,20 @@ def identity_to_proto(identity: Identity) -> identity_pb2.CallerIdentity:
         scopes=sorted(scope.value for scope in identity.scopes),
         credential_kind=identity.credential_kind.value,
         subject=identity.subject,
+    )
+
+
+def audience_to_proto(audience: Audience) -> resources_pb2.Audience:
+    return resources_pb2.Audience(
+        id=audience.id,
+        project_id=audience.project_id,
+        account_id=audience.account_id,
+        name=audience.name,
+        description=audience.description,
+        conditions=orjson.dumps(audience.conditions).decode(),
+        segmentation=audience.segmentation,
+        archived=audience.archived,
+        created=timestamp(audience.created),
+        last_modified=timestamp(audience.last_modified),
+        dcp_service_id=audience.dcp_service_id or 0,
     )

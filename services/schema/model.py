@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 DEFAULT_BLOCKED_CUSTOMER_IDS = ("", "null", "undefined", "0", "anonymous")
 
@@ -69,6 +70,23 @@ class Project:
     dcp_service_id: int | None
     created: datetime
     last_modified: datetime
+
+
+@dataclass(frozen=True)
+class Audience:
+    id: int
+    account_id: int
+    project_id: int
+    name: str
+    description: str
+    conditions: Any
+    """The conditions as the user wrote them, parsed from JSON."""
+    segmentation: bool
+    archived: bool
+    created: datetime
+    last_modified: datetime
+    dcp_service_id: int | None
+    """The DCP service the project is linked to now."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from services._runtime.paging import Page
 from services.schema.model import (
     Account,
     Attribute,
+    Audience,
     Datatype,
     DatetimeFormat,
     DcpService,
@@ -38,6 +39,17 @@ _TABLE_FROM = "catalog.datasources d JOIN catalog.dcp_services s ON s.id = d.dcp
 _ATTRIBUTE_COLUMNS = """
     id, datasource_id, name, datatype, format, description, is_value_public, archived, created, last_modified
 """
+
+
+_AUDIENCE_COLUMNS = """
+    a.id, a.account_id, a.project_id, a.name, a.description, a.conditions, a.segmentation, a.archived,
+    a.created, a.last_modified, p.dcp_service_id
+"""
+_AUDIENCE_FROM = "catalog.audiences a JOIN catalog.projects p ON p.id = a.project_id"
+
+
+def _audience(row: asyncpg.Record) -> Audience:
+    return Audience(**dict(row))
 
 
 def _account(row: asyncpg.Record) -> Account:
@@ -450,3 +462,79 @@ class SchemaRepository:
             archived,
         )
         return _attribute(row)
+
+    # Audiences
+
+    async def list_audiences(self, account_id: int, project_id: int, page: Page) -> list[Audience]:
+        rows = await self._db.fetch(
+            f"SELECT {_AUDIENCE_COLUMNS} FROM {_AUDIENCE_FROM}"
+            " WHERE a.account_id = $1 AND a.project_id = $2 AND a.id > $3 ORDER BY a.id LIMIT $4",
+            account_id,
+            project_id,
+            page.after_id,
+            page.size + 1,
+        )
+        return [_audience(r) for r in rows]
+
+    async def list_service_audiences(
+        self, account_id: int, service_id: int, audience_ids: Sequence[int], page: Page
+    ) -> list[Audience]:
+        """Active audiences of every project linked to the service; only `audience_ids` when given."""
+        rows = await self._db.fetch(
+            f"SELECT {_AUDIENCE_COLUMNS} FROM {_AUDIENCE_FROM}"
+            " WHERE a.account_id = $1 AND p.dcp_service_id = $2 AND NOT a.archived"
+            " AND (cardinality($3::bigint[]) = 0 OR a.id = ANY($3::bigint[]))"
+            " AND a.id > $4 ORDER BY a.id LIMIT $5",
+            account_id,
+            service_id,
+            list(audience_ids),
+            page.after_id,
+            page.size + 1,
+        )
+        return [_audience(r) for r in rows]
+
+    async def get_audience(self, account_id: int, audience_id: int, *, for_update: bool = False) -> Audience | None:
+        lock = " FOR UPDATE OF a" if for_update else ""
+        row = await self._db.fetchrow(
+            f"SELECT {_AUDIENCE_COLUMNS} FROM {_AUDIENCE_FROM} WHERE a.account_id = $1 AND a.id = $2{lock}",
+            account_id,
+            audience_id,
+        )
+        return _audience(row) if row else None
+
+    async def create_audience(
+        self, account_id: int, project_id: int, *, name: str, description: str, conditions: Any, segmentation: bool
+    ) -> int:
+        audience_id: int = await self._db.fetchval(
+            "INSERT INTO catalog.audiences (account_id, project_id, name, description, conditions, segmentation)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            account_id,
+            project_id,
+            name,
+            description,
+            conditions,
+            segmentation,
+        )
+        return audience_id
+
+    async def update_audience(
+        self, account_id: int, audience_id: int, *, name: str, description: str, conditions: Any, segmentation: bool
+    ) -> None:
+        await self._db.execute(
+            "UPDATE catalog.audiences SET name = $3, description = $4, conditions = $5, segmentation = $6,"
+            " last_modified = now() WHERE account_id = $1 AND id = $2",
+            account_id,
+            audience_id,
+            name,
+            description,
+            conditions,
+            segmentation,
+        )
+
+    async def archive_audience(self, account_id: int, audience_id: int) -> None:
+        await self._db.execute(
+            "UPDATE catalog.audiences SET archived = true, last_modified = now()"
+            " WHERE account_id = $1 AND id = $2 AND NOT archived",
+            account_id,
+            audience_id,
+        )

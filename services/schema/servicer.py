@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from google.protobuf import empty_pb2, field_mask_pb2
@@ -14,6 +15,7 @@ from services._runtime.identity import AssertionSigner, Scope, caller
 from services._runtime.paging import next_token, read_page
 from services._runtime.server import ServiceBinding
 from services.schema import convert
+from services.schema.audiences import AudienceChanges, Audiences
 from services.schema.catalog import Catalog, ServiceChanges, TableChanges
 from services.schema.credentials import Credentials
 
@@ -39,8 +41,9 @@ def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present:
 
 
 class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, audiences: Audiences) -> None:
         self._catalog = catalog
+        self._audiences = audiences
 
     async def WhoAmI(self, request: schema_service_pb2.WhoAmIRequest, context: Context) -> identity_pb2.CallerIdentity:
         return convert.identity_to_proto(caller(Scope.READ))
@@ -90,6 +93,74 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             link="dcp_service_id" in paths,
         )
         return convert.project_to_proto(updated)
+
+    # Audiences
+
+    async def ListAudiences(
+        self, request: schema_service_pb2.ListAudiencesRequest, context: Context
+    ) -> schema_service_pb2.ListAudiencesResponse:
+        account = caller(Scope.READ).account_id
+        if bool(request.project_id) == bool(request.dcp_service_id):
+            raise InvalidArgument.field("project_id", "give either project_id or dcp_service_id")
+        if request.project_id:
+            scope = f"audiences:{account}:project:{request.project_id}"
+            page = read_page(request.page_size, request.page_token, scope=scope)
+            audiences = await self._audiences.list_in_project(account, request.project_id, page)
+        else:
+            wanted = sorted(set(request.audience_ids))
+            scope = f"audiences:{account}:service:{request.dcp_service_id}:{wanted}"
+            page = read_page(request.page_size, request.page_token, scope=scope)
+            audiences = await self._audiences.list_for_service(account, request.dcp_service_id, wanted, page)
+        return schema_service_pb2.ListAudiencesResponse(
+            audiences=[convert.audience_to_proto(a) for a in audiences[: page.size]],
+            next_page_token=next_token([a.id for a in audiences], page, scope=scope),
+        )
+
+    async def GetAudience(
+        self, request: schema_service_pb2.GetAudienceRequest, context: Context
+    ) -> resources_pb2.Audience:
+        account = caller(Scope.READ).account_id
+        return convert.audience_to_proto(await self._audiences.get(account, request.audience_id))
+
+    async def CreateAudience(
+        self, request: schema_service_pb2.CreateAudienceRequest, context: Context
+    ) -> resources_pb2.Audience:
+        account = caller(Scope.WRITE).account_id
+        audience = request.audience
+        created = await self._audiences.create(
+            account,
+            audience.project_id,
+            name=audience.name,
+            description=audience.description,
+            conditions=audience.conditions,
+            segmentation=audience.segmentation,
+        )
+        return convert.audience_to_proto(created)
+
+    async def UpdateAudience(
+        self, request: schema_service_pb2.UpdateAudienceRequest, context: Context
+    ) -> resources_pb2.Audience:
+        account = caller(Scope.WRITE).account_id
+        audience = request.audience
+        present = {name for name in ("name", "description", "conditions") if getattr(audience, name)}
+        if audience.segmentation:
+            present.add("segmentation")
+        paths = _mask_paths(request.update_mask, ("name", "description", "conditions", "segmentation"), present)
+        changes = AudienceChanges(
+            name=audience.name if "name" in paths else None,
+            description=audience.description if "description" in paths else None,
+            segmentation=audience.segmentation if "segmentation" in paths else None,
+        )
+        if "conditions" in paths:
+            changes = dataclasses.replace(changes, conditions=audience.conditions)
+        return convert.audience_to_proto(await self._audiences.update(account, audience.id, changes))
+
+    async def ArchiveAudience(
+        self, request: schema_service_pb2.ArchiveAudienceRequest, context: Context
+    ) -> empty_pb2.Empty:
+        account = caller(Scope.WRITE).account_id
+        await self._audiences.archive(account, request.audience_id)
+        return empty_pb2.Empty()
 
     # DCP services
 
@@ -333,8 +404,10 @@ class AuthServicer(schema_service_pb2_grpc.AuthServiceServicer):
         )
 
 
-def bindings(catalog: Catalog, credentials: Credentials, signer: AssertionSigner) -> list[ServiceBinding]:
-    schema_servicer = SchemaServicer(catalog)
+def bindings(
+    catalog: Catalog, audiences: Audiences, credentials: Credentials, signer: AssertionSigner
+) -> list[ServiceBinding]:
+    schema_servicer = SchemaServicer(catalog, audiences)
     auth_servicer = AuthServicer(credentials, signer)
     return [
         ServiceBinding(

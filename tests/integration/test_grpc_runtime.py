@@ -155,4 +155,5 @@ async def test_migrations_apply_once(pool: asyncpg.Pool) -> None:
         "0001_catalog.sql",
         "0002_service_guards.sql",
         "0003_import_mode.sql",
+        "0004_audiences.sql",
     ]

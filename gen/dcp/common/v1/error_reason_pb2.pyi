@@ -58,6 +58,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 17
     """The path or method is not part of the API."""
     METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 18
+    PROJECT_NOT_LINKED: _ErrorReason.ValueType  # 19
+    """The project is not linked to a DCP service, so its audiences cannot use DCP data."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain "dcp").
@@ -101,4 +103,6 @@ UNAVAILABLE: ErrorReason.ValueType  # 16
 ROUTE_NOT_FOUND: ErrorReason.ValueType  # 17
 """The path or method is not part of the API."""
 METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 18
+PROJECT_NOT_LINKED: ErrorReason.ValueType  # 19
+"""The project is not linked to a DCP service, so its audiences cannot use DCP data."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

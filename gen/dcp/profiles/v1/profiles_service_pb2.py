@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dcp/profiles/v1/profiles_service.proto\x12\x0f\x64\x63p.profiles.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\"\x81\x01\n\x05Value\x12\x14\n\nnull_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x14\n\nlong_value\x18\x03 \x01(\x12H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\xc8\x01\n\x07Profile\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x30\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32\".dcp.profiles.v1.Profile.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"[\n\x11GetProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"b\n\x17\x42\x61tchGetProfilesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ustomer_ids\x18\x03 \x03(\t\"F\n\x18\x42\x61tchGetProfilesResponse\x12*\n\x08profiles\x18\x01 \x03(\x0b\x32\x18.dcp.profiles.v1.Profile\"\xe0\x01\n\x13MergeProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12<\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32..dcp.profiles.v1.MergeProfileRequest.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"^\n\x14\x44\x65leteProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"\xaf\x01\n\nProfileRow\x12\x12\n\nrow_number\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x33\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32%.dcp.profiles.v1.ProfileRow.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"\xa2\x02\n\x14MergeProfilesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x16\n\x0e\x61ll_or_nothing\x18\x03 \x01(\x08\x12)\n\x04rows\x18\x04 \x03(\x0b\x32\x1b.dcp.profiles.v1.ProfileRow\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x1f\n\x17rows_rejected_by_caller\x18\x08 \x01(\x03\x12\x15\n\rvalidate_only\x18\t \x01(\x08\x12\x18\n\x10text_row_numbers\x18\n \x03(\x03\x12\x12\n\ntext_cells\x18\x0b \x03(\tJ\x04\x08\x06\x10\x07\"M\n\x08RowError\x12\x12\n\nrow_number\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\t\"\x9e\x01\n\x15MergeProfilesResponse\x12\x15\n\rrows_received\x18\x01 \x01(\x03\x12\x13\n\x0brows_stored\x18\x02 \x01(\x03\x12\x15\n\rrows_rejected\x18\x03 \x01(\x03\x12)\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x19.dcp.profiles.v1.RowError\x12\x17\n\x0f\x61lready_applied\x18\x05 \x01(\x08\"r\n\x1aGetConsolidatedViewRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x02 \x01(\t\x12 \n\x18optimizely_datasource_id\x18\x03 \x01(\x03\">\n\x10\x43onsolidatedView\x12*\n\x08profiles\x18\x01 \x03(\x0b\x32\x18.dcp.profiles.v1.Profile2\xf9\x06\n\x0fProfilesService\x12\x9c\x01\n\nGetProfile\x12\".dcp.profiles.v1.GetProfileRequest\x1a\x18.dcp.profiles.v1.Profile\"P\x82\xd3\xe4\x93\x02J\x12H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}\x12g\n\x10\x42\x61tchGetProfiles\x12(.dcp.profiles.v1.BatchGetProfilesRequest\x1a).dcp.profiles.v1.BatchGetProfilesResponse\x12\xa3\x01\n\x0cMergeProfile\x12$.dcp.profiles.v1.MergeProfileRequest\x1a\x18.dcp.profiles.v1.Profile\"S\x82\xd3\xe4\x93\x02M\"H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}:\x01*\x12\xa0\x01\n\rDeleteProfile\x12%.dcp.profiles.v1.DeleteProfileRequest\x1a\x16.google.protobuf.Empty\"P\x82\xd3\xe4\x93\x02J*H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}\x12`\n\rMergeProfiles\x12%.dcp.profiles.v1.MergeProfilesRequest\x1a&.dcp.profiles.v1.MergeProfilesResponse(\x01\x12\xb2\x01\n\x13GetConsolidatedView\x12+.dcp.profiles.v1.GetConsolidatedViewRequest\x1a!.dcp.profiles.v1.ConsolidatedView\"K\x82\xd3\xe4\x93\x02\x45\x12\x43/api/consolidatedCustomerView/{dcp_service_id}/{optimizely_user_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dcp/profiles/v1/profiles_service.proto\x12\x0f\x64\x63p.profiles.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x05Value\x12\x14\n\nnull_value\x18\x01 \x01(\x08H\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x14\n\nlong_value\x18\x03 \x01(\x12H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\xc8\x01\n\x07Profile\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x30\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32\".dcp.profiles.v1.Profile.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"[\n\x11GetProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"b\n\x17\x42\x61tchGetProfilesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ustomer_ids\x18\x03 \x03(\t\"F\n\x18\x42\x61tchGetProfilesResponse\x12*\n\x08profiles\x18\x01 \x03(\x0b\x32\x18.dcp.profiles.v1.Profile\"\xe0\x01\n\x13MergeProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12<\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32..dcp.profiles.v1.MergeProfileRequest.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"^\n\x14\x44\x65leteProfileRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"\xaf\x01\n\nProfileRow\x12\x12\n\nrow_number\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x33\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32%.dcp.profiles.v1.ProfileRow.DataEntry\x1a\x43\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.dcp.profiles.v1.Value:\x02\x38\x01\"\xa2\x02\n\x14MergeProfilesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x16\n\x0e\x61ll_or_nothing\x18\x03 \x01(\x08\x12)\n\x04rows\x18\x04 \x03(\x0b\x32\x1b.dcp.profiles.v1.ProfileRow\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x1f\n\x17rows_rejected_by_caller\x18\x08 \x01(\x03\x12\x15\n\rvalidate_only\x18\t \x01(\x08\x12\x18\n\x10text_row_numbers\x18\n \x03(\x03\x12\x12\n\ntext_cells\x18\x0b \x03(\tJ\x04\x08\x06\x10\x07\"M\n\x08RowError\x12\x12\n\nrow_number\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\t\"\x9e\x01\n\x15MergeProfilesResponse\x12\x15\n\rrows_received\x18\x01 \x01(\x03\x12\x13\n\x0brows_stored\x18\x02 \x01(\x03\x12\x15\n\rrows_rejected\x18\x03 \x01(\x03\x12)\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x19.dcp.profiles.v1.RowError\x12\x17\n\x0f\x61lready_applied\x18\x05 \x01(\x08\"r\n\x1aGetConsolidatedViewRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x02 \x01(\t\x12 \n\x18optimizely_datasource_id\x18\x03 \x01(\x03\">\n\x10\x43onsolidatedView\x12*\n\x08profiles\x18\x01 \x03(\x0b\x32\x18.dcp.profiles.v1.Profile\"x\n\x18\x45valuateAudiencesRequest\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\x03\x12\x14\n\x0c\x61udience_ids\x18\x04 \x03(\x03\"\x84\x01\n\x19\x45valuateAudiencesResponse\x12\x16\n\x0e\x64\x63p_service_id\x18\x01 \x01(\x03\x12\x1a\n\x12optimizely_user_id\x18\x02 \x01(\t\x12\x33\n\taudiences\x18\x03 \x03(\x0b\x32 .dcp.profiles.v1.AudienceOutcome\"|\n\x0f\x41udienceOutcome\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07matched\x18\x03 \x01(\x08\x12\x35\n\nconditions\x18\x04 \x03(\x0b\x32!.dcp.profiles.v1.ConditionOutcome\"\x87\x01\n\x10\x43onditionOutcome\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x18\n\x10\x64\x63p_attribute_id\x18\x03 \x01(\x03\x12\x12\n\nmatch_type\x18\x04 \x01(\t\x12\x0c\n\x04held\x18\x05 \x01(\x08\x12\x0e\n\x06usable\x18\x06 \x01(\x08\"2\n\x1b\x43ountAudienceMembersRequest\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x03\"B\n\x1c\x43ountAudienceMembersResponse\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"X\n\x1aListAudienceMembersRequest\x12\x13\n\x0b\x61udience_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x1bListAudienceMembersResponse\x12\x1b\n\x13optimizely_user_ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x13\x43reateExportRequest\x12\x1b\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x61udience_id\x18\x02 \x01(\x03H\x00\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\tB\x08\n\x06source\"%\n\x10GetExportRequest\x12\x11\n\texport_id\x18\x01 \x01(\x03\"\xca\x02\n\x06\x45xport\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\x03\x12\x1b\n\x11\x64\x63p_datasource_id\x18\x03 \x01(\x03H\x00\x12\x15\n\x0b\x61udience_id\x18\x04 \x01(\x03H\x00\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x11\n\trow_count\x18\x07 \x01(\x03\x12\x0b\n\x03key\x18\x08 \x01(\t\x12\x0e\n\x06\x62ucket\x18\t \x01(\t\x12\x14\n\x0c\x64ownload_url\x18\n \x01(\t\x12\x12\n\nsize_bytes\x18\x0b \x01(\x03\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12+\n\x07\x63reated\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66inished\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06source2\x9b\r\n\x0fProfilesService\x12\x9c\x01\n\nGetProfile\x12\".dcp.profiles.v1.GetProfileRequest\x1a\x18.dcp.profiles.v1.Profile\"P\x82\xd3\xe4\x93\x02J\x12H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}\x12g\n\x10\x42\x61tchGetProfiles\x12(.dcp.profiles.v1.BatchGetProfilesRequest\x1a).dcp.profiles.v1.BatchGetProfilesResponse\x12\xa3\x01\n\x0cMergeProfile\x12$.dcp.profiles.v1.MergeProfileRequest\x1a\x18.dcp.profiles.v1.Profile\"S\x82\xd3\xe4\x93\x02M\"H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}:\x01*\x12\xa0\x01\n\rDeleteProfile\x12%.dcp.profiles.v1.DeleteProfileRequest\x1a\x16.google.protobuf.Empty\"P\x82\xd3\xe4\x93\x02J*H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}\x12`\n\rMergeProfiles\x12%.dcp.profiles.v1.MergeProfilesRequest\x1a&.dcp.profiles.v1.MergeProfilesResponse(\x01\x12\xb2\x01\n\x13GetConsolidatedView\x12+.dcp.profiles.v1.GetConsolidatedViewRequest\x1a!.dcp.profiles.v1.ConsolidatedView\"K\x82\xd3\xe4\x93\x02\x45\x12\x43/api/consolidatedCustomerView/{dcp_service_id}/{optimizely_user_id}\x12\xb4\x01\n\x11\x45valuateAudiences\x12).dcp.profiles.v1.EvaluateAudiencesRequest\x1a*.dcp.profiles.v1.EvaluateAudiencesResponse\"H\x82\xd3\xe4\x93\x02\x42\"=/api/audiences/evaluate/{dcp_service_id}/{optimizely_user_id}:\x01*\x12\xb1\x01\n\x14\x43ountAudienceMembers\x12,.dcp.profiles.v1.CountAudienceMembersRequest\x1a-.dcp.profiles.v1.CountAudienceMembersResponse\"<\x82\xd3\xe4\x93\x02\x36\x12\x34/experiment/v1/audiences/{audience_id}/members/count\x12\xa8\x01\n\x13ListAudienceMembers\x12+.dcp.profiles.v1.ListAudienceMembersRequest\x1a,.dcp.profiles.v1.ListAudienceMembersResponse\"6\x82\xd3\xe4\x93\x02\x30\x12./experiment/v1/audiences/{audience_id}/members\x12\x94\x01\n\x0c\x43reateExport\x12$.dcp.profiles.v1.CreateExportRequest\x1a\x17.dcp.profiles.v1.Export\"E\x82\xd3\xe4\x93\x02?\":/experiment/v1/dcp_datasources/{dcp_datasource_id}/exports:\x01*\x12s\n\tGetExport\x12!.dcp.profiles.v1.GetExportRequest\x1a\x17.dcp.profiles.v1.Export\"*\x82\xd3\xe4\x93\x02$\x12\"/experiment/v1/exports/{export_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,38 +48,70 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROFILESSERVICE'].methods_by_name['DeleteProfile']._serialized_options = b'\202\323\344\223\002J*H/api/customer_profile/{dcp_service_id}/{dcp_datasource_id}/{customer_id}'
   _globals['_PROFILESSERVICE'].methods_by_name['GetConsolidatedView']._loaded_options = None
   _globals['_PROFILESSERVICE'].methods_by_name['GetConsolidatedView']._serialized_options = b'\202\323\344\223\002E\022C/api/consolidatedCustomerView/{dcp_service_id}/{optimizely_user_id}'
-  _globals['_VALUE']._serialized_start=119
-  _globals['_VALUE']._serialized_end=248
-  _globals['_PROFILE']._serialized_start=251
-  _globals['_PROFILE']._serialized_end=451
-  _globals['_PROFILE_DATAENTRY']._serialized_start=384
-  _globals['_PROFILE_DATAENTRY']._serialized_end=451
-  _globals['_GETPROFILEREQUEST']._serialized_start=453
-  _globals['_GETPROFILEREQUEST']._serialized_end=544
-  _globals['_BATCHGETPROFILESREQUEST']._serialized_start=546
-  _globals['_BATCHGETPROFILESREQUEST']._serialized_end=644
-  _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=646
-  _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=716
-  _globals['_MERGEPROFILEREQUEST']._serialized_start=719
-  _globals['_MERGEPROFILEREQUEST']._serialized_end=943
-  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._serialized_start=384
-  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._serialized_end=451
-  _globals['_DELETEPROFILEREQUEST']._serialized_start=945
-  _globals['_DELETEPROFILEREQUEST']._serialized_end=1039
-  _globals['_PROFILEROW']._serialized_start=1042
-  _globals['_PROFILEROW']._serialized_end=1217
-  _globals['_PROFILEROW_DATAENTRY']._serialized_start=384
-  _globals['_PROFILEROW_DATAENTRY']._serialized_end=451
-  _globals['_MERGEPROFILESREQUEST']._serialized_start=1220
-  _globals['_MERGEPROFILESREQUEST']._serialized_end=1510
-  _globals['_ROWERROR']._serialized_start=1512
-  _globals['_ROWERROR']._serialized_end=1589
-  _globals['_MERGEPROFILESRESPONSE']._serialized_start=1592
-  _globals['_MERGEPROFILESRESPONSE']._serialized_end=1750
-  _globals['_GETCONSOLIDATEDVIEWREQUEST']._serialized_start=1752
-  _globals['_GETCONSOLIDATEDVIEWREQUEST']._serialized_end=1866
-  _globals['_CONSOLIDATEDVIEW']._serialized_start=1868
-  _globals['_CONSOLIDATEDVIEW']._serialized_end=1930
-  _globals['_PROFILESSERVICE']._serialized_start=1933
-  _globals['_PROFILESSERVICE']._serialized_end=2822
+  _globals['_PROFILESSERVICE'].methods_by_name['EvaluateAudiences']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['EvaluateAudiences']._serialized_options = b'\202\323\344\223\002B\"=/api/audiences/evaluate/{dcp_service_id}/{optimizely_user_id}:\001*'
+  _globals['_PROFILESSERVICE'].methods_by_name['CountAudienceMembers']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['CountAudienceMembers']._serialized_options = b'\202\323\344\223\0026\0224/experiment/v1/audiences/{audience_id}/members/count'
+  _globals['_PROFILESSERVICE'].methods_by_name['ListAudienceMembers']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['ListAudienceMembers']._serialized_options = b'\202\323\344\223\0020\022./experiment/v1/audiences/{audience_id}/members'
+  _globals['_PROFILESSERVICE'].methods_by_name['CreateExport']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['CreateExport']._serialized_options = b'\202\323\344\223\002?\":/experiment/v1/dcp_datasources/{dcp_datasource_id}/exports:\001*'
+  _globals['_PROFILESSERVICE'].methods_by_name['GetExport']._loaded_options = None
+  _globals['_PROFILESSERVICE'].methods_by_name['GetExport']._serialized_options = b'\202\323\344\223\002$\022\"/experiment/v1/exports/{export_id}'
+  _globals['_VALUE']._serialized_start=152
+  _globals['_VALUE']._serialized_end=281
+  _globals['_PROFILE']._serialized_start=284
+  _globals['_PROFILE']._serialized_end=484
+  _globals['_PROFILE_DATAENTRY']._serialized_start=417
+  _globals['_PROFILE_DATAENTRY']._serialized_end=484
+  _globals['_GETPROFILEREQUEST']._serialized_start=486
+  _globals['_GETPROFILEREQUEST']._serialized_end=577
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_start=579
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_end=677
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=679
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=749
+  _globals['_MERGEPROFILEREQUEST']._serialized_start=752
+  _globals['_MERGEPROFILEREQUEST']._serialized_end=976
+  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._serialized_start=417
+  _globals['_MERGEPROFILEREQUEST_DATAENTRY']._serialized_end=484
+  _globals['_DELETEPROFILEREQUEST']._serialized_start=978
+  _globals['_DELETEPROFILEREQUEST']._serialized_end=1072
+  _globals['_PROFILEROW']._serialized_start=1075
+  _globals['_PROFILEROW']._serialized_end=1250
+  _globals['_PROFILEROW_DATAENTRY']._serialized_start=417
+  _globals['_PROFILEROW_DATAENTRY']._serialized_end=484
+  _globals['_MERGEPROFILESREQUEST']._serialized_start=1253
+  _globals['_MERGEPROFILESREQUEST']._serialized_end=1543
+  _globals['_ROWERROR']._serialized_start=1545
+  _globals['_ROWERROR']._serialized_end=1622
+  _globals['_MERGEPROFILESRESPONSE']._serialized_start=1625
+  _globals['_MERGEPROFILESRESPONSE']._serialized_end=1783
+  _globals['_GETCONSOLIDATEDVIEWREQUEST']._serialized_start=1785
+  _globals['_GETCONSOLIDATEDVIEWREQUEST']._serialized_end=1899
+  _globals['_CONSOLIDATEDVIEW']._serialized_start=1901
+  _globals['_CONSOLIDATEDVIEW']._serialized_end=1963
+  _globals['_EVALUATEAUDIENCESREQUEST']._serialized_start=1965
+  _globals['_EVALUATEAUDIENCESREQUEST']._serialized_end=2085
+  _globals['_EVALUATEAUDIENCESRESPONSE']._serialized_start=2088
+  _globals['_EVALUATEAUDIENCESRESPONSE']._serialized_end=2220
+  _globals['_AUDIENCEOUTCOME']._serialized_start=2222
+  _globals['_AUDIENCEOUTCOME']._serialized_end=2346
+  _globals['_CONDITIONOUTCOME']._serialized_start=2349
+  _globals['_CONDITIONOUTCOME']._serialized_end=2484
+  _globals['_COUNTAUDIENCEMEMBERSREQUEST']._serialized_start=2486
+  _globals['_COUNTAUDIENCEMEMBERSREQUEST']._serialized_end=2536
+  _globals['_COUNTAUDIENCEMEMBERSRESPONSE']._serialized_start=2538
+  _globals['_COUNTAUDIENCEMEMBERSRESPONSE']._serialized_end=2604
+  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_start=2606
+  _globals['_LISTAUDIENCEMEMBERSREQUEST']._serialized_end=2694
+  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_start=2696
+  _globals['_LISTAUDIENCEMEMBERSRESPONSE']._serialized_end=2779
+  _globals['_CREATEEXPORTREQUEST']._serialized_start=2781
+  _globals['_CREATEEXPORTREQUEST']._serialized_end=2880
+  _globals['_GETEXPORTREQUEST']._serialized_start=2882
+  _globals['_GETEXPORTREQUEST']._serialized_end=2919
+  _globals['_EXPORT']._serialized_start=2922
+  _globals['_EXPORT']._serialized_end=3252
+  _globals['_PROFILESSERVICE']._serialized_start=3255
+  _globals['_PROFILESSERVICE']._serialized_end=4946
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -479,3 +480,335 @@ class ConsolidatedView(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsolidatedView: _TypeAlias = ConsolidatedView  # noqa: Y015
+
+@_typing.final
+class EvaluateAudiencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_IDS_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    optimizely_user_id: _builtins.str
+    project_id: _builtins.int
+    """Only this project's audiences; 0 for every project linked to the service."""
+    @_builtins.property
+    def audience_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only these audiences; empty for all."""
+
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        optimizely_user_id: _builtins.str = ...,
+        project_id: _builtins.int = ...,
+        audience_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_ids", b"audience_ids", "dcp_service_id", b"dcp_service_id", "optimizely_user_id", b"optimizely_user_id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateAudiencesRequest: _TypeAlias = EvaluateAudiencesRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateAudiencesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    optimizely_user_id: _builtins.str
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedCompositeFieldContainer[Global___AudienceOutcome]: ...
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        optimizely_user_id: _builtins.str = ...,
+        audiences: _abc.Iterable[Global___AudienceOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "dcp_service_id", b"dcp_service_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateAudiencesResponse: _TypeAlias = EvaluateAudiencesResponse  # noqa: Y015
+
+@_typing.final
+class AudienceOutcome(_message.Message):
+    """Whether the user is in one audience, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    audience_id: _builtins.int
+    name: _builtins.str
+    matched: _builtins.bool
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConditionOutcome]:
+        """Every leaf condition in the order written, with whether it held."""
+
+    def __init__(
+        self,
+        *,
+        audience_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        matched: _builtins.bool = ...,
+        conditions: _abc.Iterable[Global___ConditionOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "conditions", b"conditions", "matched", b"matched", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceOutcome: _TypeAlias = AudienceOutcome  # noqa: Y015
+
+@_typing.final
+class ConditionOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    DCP_ATTRIBUTE_ID_FIELD_NUMBER: _builtins.int
+    MATCH_TYPE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    USABLE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Where the condition sits, e.g. "conditions[1][2]"."""
+    dcp_datasource_id: _builtins.int
+    dcp_attribute_id: _builtins.int
+    match_type: _builtins.str
+    held: _builtins.bool
+    usable: _builtins.bool
+    """False when the attribute or its table was archived since the audience
+    was saved: such a condition never holds.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        dcp_datasource_id: _builtins.int = ...,
+        dcp_attribute_id: _builtins.int = ...,
+        match_type: _builtins.str = ...,
+        held: _builtins.bool = ...,
+        usable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_attribute_id", b"dcp_attribute_id", "dcp_datasource_id", b"dcp_datasource_id", "held", b"held", "match_type", b"match_type", "path", b"path", "usable", b"usable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConditionOutcome: _TypeAlias = ConditionOutcome  # noqa: Y015
+
+@_typing.final
+class CountAudienceMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    audience_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        audience_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountAudienceMembersRequest: _TypeAlias = CountAudienceMembersRequest  # noqa: Y015
+
+@_typing.final
+class CountAudienceMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    audience_id: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        audience_id: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountAudienceMembersResponse: _TypeAlias = CountAudienceMembersResponse  # noqa: Y015
+
+@_typing.final
+class ListAudienceMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    audience_id: _builtins.int
+    page_size: _builtins.int
+    """Default 100, at most 10000."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        audience_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAudienceMembersRequest: _TypeAlias = ListAudienceMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListAudienceMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPTIMIZELY_USER_IDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def optimizely_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        optimizely_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "optimizely_user_ids", b"optimizely_user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAudienceMembersResponse: _TypeAlias = ListAudienceMembersResponse  # noqa: Y015
+
+@_typing.final
+class CreateExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    audience_id: _builtins.int
+    format: _builtins.str
+    """"csv" (default) or "jsonl"."""
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+        audience_id: _builtins.int = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "dcp_datasource_id", b"dcp_datasource_id", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "dcp_datasource_id", b"dcp_datasource_id", "format", b"format", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["dcp_datasource_id", "audience_id"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___CreateExportRequest: _TypeAlias = CreateExportRequest  # noqa: Y015
+
+@_typing.final
+class GetExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_id", b"export_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExportRequest: _TypeAlias = GetExportRequest  # noqa: Y015
+
+@_typing.final
+class Export(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ROW_COUNT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_URL_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    account_id: _builtins.int
+    dcp_datasource_id: _builtins.int
+    audience_id: _builtins.int
+    format: _builtins.str
+    status: _builtins.str
+    """"pending", "running", "done" or "failed"."""
+    row_count: _builtins.int
+    key: _builtins.str
+    """The object's key in the bucket, once done."""
+    bucket: _builtins.str
+    download_url: _builtins.str
+    """A presigned GET URL for the object, valid for an hour, once done."""
+    size_bytes: _builtins.int
+    error: _builtins.str
+    """Why it failed."""
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        account_id: _builtins.int = ...,
+        dcp_datasource_id: _builtins.int = ...,
+        audience_id: _builtins.int = ...,
+        format: _builtins.str = ...,
+        status: _builtins.str = ...,
+        row_count: _builtins.int = ...,
+        key: _builtins.str = ...,
+        bucket: _builtins.str = ...,
+        download_url: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        error: _builtins.str = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
+        finished: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "created", b"created", "dcp_datasource_id", b"dcp_datasource_id", "finished", b"finished", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "audience_id", b"audience_id", "bucket", b"bucket", "created", b"created", "dcp_datasource_id", b"dcp_datasource_id", "download_url", b"download_url", "error", b"error", "finished", b"finished", "format", b"format", "id", b"id", "key", b"key", "row_count", b"row_count", "size_bytes", b"size_bytes", "source", b"source", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["dcp_datasource_id", "audience_id"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___Export: _TypeAlias = Export  # noqa: Y015

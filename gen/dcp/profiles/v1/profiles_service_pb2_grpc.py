@@ -73,6 +73,31 @@ class ProfilesServiceStub:
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.SerializeToString,
                 response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ConsolidatedView.FromString,
                 _registered_method=True)
+        self.EvaluateAudiences = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/EvaluateAudiences',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.EvaluateAudiencesRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.EvaluateAudiencesResponse.FromString,
+                _registered_method=True)
+        self.CountAudienceMembers = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/CountAudienceMembers',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CountAudienceMembersRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CountAudienceMembersResponse.FromString,
+                _registered_method=True)
+        self.ListAudienceMembers = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/ListAudienceMembers',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListAudienceMembersRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListAudienceMembersResponse.FromString,
+                _registered_method=True)
+        self.CreateExport = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/CreateExport',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CreateExportRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
+                _registered_method=True)
+        self.GetExport = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/GetExport',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
+                _registered_method=True)
 
 
 class ProfilesServiceServicer:
@@ -146,6 +171,54 @@ class ProfilesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateAudiences(self, request, context):
+        """Which audiences one Optimizely user's consolidated profile matches, and
+        per audience which conditions held. Without audience_ids: every active
+        audience of the projects linked to the service (or of project_id only).
+        NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
+        linked to this service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountAudienceMembers(self, request, context):
+        """How many known Optimizely users an audience matches now, counted in the
+        database. NOT_FOUND for the audience; FAILED_PRECONDITION
+        (PROJECT_NOT_LINKED) when its project has no DCP service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudienceMembers(self, request, context):
+        """The Optimizely user ids an audience matches now, in ascending order.
+        Errors as CountAudienceMembers, and INVALID_ARGUMENT for a bad page token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateExport(self, request, context):
+        """Starts an export of a table's profiles or an audience's members (with
+        their consolidated values) to the upload bucket under "exports/", as CSV
+        (the importer's format) or JSON Lines. The export reads one consistent
+        snapshot. NOT_FOUND for the table or audience; FAILED_PRECONDITION
+        (RESOURCE_ARCHIVED) for an archived table or audience; INVALID_ARGUMENT
+        for an unknown format.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExport(self, request, context):
+        """An export's status; with a presigned download URL once it is done.
+        NOT_FOUND for the export, or when it is not of the named table or audience.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfilesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +251,31 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.GetConsolidatedView,
                     request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.FromString,
                     response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ConsolidatedView.SerializeToString,
+            ),
+            'EvaluateAudiences': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateAudiences,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.EvaluateAudiencesRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.EvaluateAudiencesResponse.SerializeToString,
+            ),
+            'CountAudienceMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountAudienceMembers,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CountAudienceMembersRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CountAudienceMembersResponse.SerializeToString,
+            ),
+            'ListAudienceMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudienceMembers,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListAudienceMembersRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListAudienceMembersResponse.SerializeToString,
+            ),
+            'CreateExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExport,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CreateExportRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.SerializeToString,
+            ),
+            'GetExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExport,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +448,141 @@ class ProfilesService:
             '/dcp.profiles.v1.ProfilesService/GetConsolidatedView',
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.SerializeToString,
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ConsolidatedView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateAudiences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/EvaluateAudiences',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.EvaluateAudiencesRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.EvaluateAudiencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountAudienceMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/CountAudienceMembers',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CountAudienceMembersRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CountAudienceMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudienceMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/ListAudienceMembers',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListAudienceMembersRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListAudienceMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/CreateExport',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.CreateExportRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/GetExport',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,34 @@ class ProfilesServiceStub:
     profile first, then each aliased table's profile in table-id order;
     empty when nothing is known. NOT_FOUND for the service.
     """
+    EvaluateAudiences: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.EvaluateAudiencesRequest, _profiles_service_pb2.EvaluateAudiencesResponse]
+    """Which audiences one Optimizely user's consolidated profile matches, and
+    per audience which conditions held. Without audience_ids: every active
+    audience of the projects linked to the service (or of project_id only).
+    NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
+    linked to this service.
+    """
+    CountAudienceMembers: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.CountAudienceMembersRequest, _profiles_service_pb2.CountAudienceMembersResponse]
+    """How many known Optimizely users an audience matches now, counted in the
+    database. NOT_FOUND for the audience; FAILED_PRECONDITION
+    (PROJECT_NOT_LINKED) when its project has no DCP service.
+    """
+    ListAudienceMembers: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.ListAudienceMembersRequest, _profiles_service_pb2.ListAudienceMembersResponse]
+    """The Optimizely user ids an audience matches now, in ascending order.
+    Errors as CountAudienceMembers, and INVALID_ARGUMENT for a bad page token.
+    """
+    CreateExport: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.CreateExportRequest, _profiles_service_pb2.Export]
+    """Starts an export of a table's profiles or an audience's members (with
+    their consolidated values) to the upload bucket under "exports/", as CSV
+    (the importer's format) or JSON Lines. The export reads one consistent
+    snapshot. NOT_FOUND for the table or audience; FAILED_PRECONDITION
+    (RESOURCE_ARCHIVED) for an archived table or audience; INVALID_ARGUMENT
+    for an unknown format.
+    """
+    GetExport: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetExportRequest, _profiles_service_pb2.Export]
+    """An export's status; with a presigned download URL once it is done.
+    NOT_FOUND for the export, or when it is not of the named table or audience.
+    """
 
 @_typing.type_check_only
 class ProfilesServiceAsyncStub(ProfilesServiceStub):
@@ -127,6 +155,34 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """The consolidated view of one Optimizely user: the Optimizely table's
     profile first, then each aliased table's profile in table-id order;
     empty when nothing is known. NOT_FOUND for the service.
+    """
+    EvaluateAudiences: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.EvaluateAudiencesRequest, _profiles_service_pb2.EvaluateAudiencesResponse]  # type: ignore[assignment]
+    """Which audiences one Optimizely user's consolidated profile matches, and
+    per audience which conditions held. Without audience_ids: every active
+    audience of the projects linked to the service (or of project_id only).
+    NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
+    linked to this service.
+    """
+    CountAudienceMembers: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.CountAudienceMembersRequest, _profiles_service_pb2.CountAudienceMembersResponse]  # type: ignore[assignment]
+    """How many known Optimizely users an audience matches now, counted in the
+    database. NOT_FOUND for the audience; FAILED_PRECONDITION
+    (PROJECT_NOT_LINKED) when its project has no DCP service.
+    """
+    ListAudienceMembers: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.ListAudienceMembersRequest, _profiles_service_pb2.ListAudienceMembersResponse]  # type: ignore[assignment]
+    """The Optimizely user ids an audience matches now, in ascending order.
+    Errors as CountAudienceMembers, and INVALID_ARGUMENT for a bad page token.
+    """
+    CreateExport: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.CreateExportRequest, _profiles_service_pb2.Export]  # type: ignore[assignment]
+    """Starts an export of a table's profiles or an audience's members (with
+    their consolidated values) to the upload bucket under "exports/", as CSV
+    (the importer's format) or JSON Lines. The export reads one consistent
+    snapshot. NOT_FOUND for the table or audience; FAILED_PRECONDITION
+    (RESOURCE_ARCHIVED) for an archived table or audience; INVALID_ARGUMENT
+    for an unknown format.
+    """
+    GetExport: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetExportRequest, _profiles_service_pb2.Export]  # type: ignore[assignment]
+    """An export's status; with a presigned download URL once it is done.
+    NOT_FOUND for the export, or when it is not of the named table or audience.
     """
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -210,6 +266,64 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         """The consolidated view of one Optimizely user: the Optimizely table's
         profile first, then each aliased table's profile in table-id order;
         empty when nothing is known. NOT_FOUND for the service.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluateAudiences(
+        self,
+        request: _profiles_service_pb2.EvaluateAudiencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.EvaluateAudiencesResponse, _abc.Awaitable[_profiles_service_pb2.EvaluateAudiencesResponse]]:
+        """Which audiences one Optimizely user's consolidated profile matches, and
+        per audience which conditions held. Without audience_ids: every active
+        audience of the projects linked to the service (or of project_id only).
+        NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
+        linked to this service.
+        """
+
+    @_abc_1.abstractmethod
+    def CountAudienceMembers(
+        self,
+        request: _profiles_service_pb2.CountAudienceMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.CountAudienceMembersResponse, _abc.Awaitable[_profiles_service_pb2.CountAudienceMembersResponse]]:
+        """How many known Optimizely users an audience matches now, counted in the
+        database. NOT_FOUND for the audience; FAILED_PRECONDITION
+        (PROJECT_NOT_LINKED) when its project has no DCP service.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudienceMembers(
+        self,
+        request: _profiles_service_pb2.ListAudienceMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.ListAudienceMembersResponse, _abc.Awaitable[_profiles_service_pb2.ListAudienceMembersResponse]]:
+        """The Optimizely user ids an audience matches now, in ascending order.
+        Errors as CountAudienceMembers, and INVALID_ARGUMENT for a bad page token.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateExport(
+        self,
+        request: _profiles_service_pb2.CreateExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.Export, _abc.Awaitable[_profiles_service_pb2.Export]]:
+        """Starts an export of a table's profiles or an audience's members (with
+        their consolidated values) to the upload bucket under "exports/", as CSV
+        (the importer's format) or JSON Lines. The export reads one consistent
+        snapshot. NOT_FOUND for the table or audience; FAILED_PRECONDITION
+        (RESOURCE_ARCHIVED) for an archived table or audience; INVALID_ARGUMENT
+        for an unknown format.
+        """
+
+    @_abc_1.abstractmethod
+    def GetExport(
+        self,
+        request: _profiles_service_pb2.GetExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.Export, _abc.Awaitable[_profiles_service_pb2.Export]]:
+        """An export's status; with a presigned download URL once it is done.
+        NOT_FOUND for the export, or when it is not of the named table or audience.
         """
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -426,3 +426,63 @@ class Attribute(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
 
 Global___Attribute: _TypeAlias = Attribute  # noqa: Y015
+
+@_typing.final
+class Audience(_message.Message):
+    """An audience: a saved condition tree over the attributes of the DCP service
+    its project is linked to.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    SEGMENTATION_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    LAST_MODIFIED_FIELD_NUMBER: _builtins.int
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    project_id: _builtins.int
+    account_id: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    conditions: _builtins.str
+    """The conditions as JSON text in the v1 grammar: ["and"|"or"|"not", ...]
+    over {"type": "dcp", "dcp_datasource_id", "dcp_attribute_id",
+    "match_type", "value"} leaves; "[]" matches nobody.
+    """
+    segmentation: _builtins.bool
+    archived: _builtins.bool
+    dcp_service_id: _builtins.int
+    """The DCP service the project is linked to now; 0 when it is not linked."""
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_modified(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        project_id: _builtins.int = ...,
+        account_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        conditions: _builtins.str = ...,
+        segmentation: _builtins.bool = ...,
+        archived: _builtins.bool = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
+        last_modified: _timestamp_pb2.Timestamp | None = ...,
+        dcp_service_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "last_modified", b"last_modified"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "archived", b"archived", "conditions", b"conditions", "created", b"created", "dcp_service_id", b"dcp_service_id", "description", b"description", "id", b"id", "last_modified", b"last_modified", "name", b"name", "project_id", b"project_id", "segmentation", b"segmentation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Audience: _TypeAlias = Audience  # noqa: Y015

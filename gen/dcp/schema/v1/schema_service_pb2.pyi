@@ -699,3 +699,147 @@ class ListImportTargetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListImportTargetsResponse: _TypeAlias = ListImportTargetsResponse  # noqa: Y015
+
+@_typing.final
+class ListAudiencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_IDS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    """The project whose audiences to list..."""
+    dcp_service_id: _builtins.int
+    """...or the DCP service whose linked projects' active audiences to list."""
+    page_size: _builtins.int
+    """Default 100, at most 1000."""
+    page_token: _builtins.str
+    @_builtins.property
+    def audience_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """With dcp_service_id: only these audiences (unknown ids are left out)."""
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.int = ...,
+        dcp_service_id: _builtins.int = ...,
+        audience_ids: _abc.Iterable[_builtins.int] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_ids", b"audience_ids", "dcp_service_id", b"dcp_service_id", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAudiencesRequest: _TypeAlias = ListAudiencesRequest  # noqa: Y015
+
+@_typing.final
+class ListAudiencesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Audience]: ...
+    def __init__(
+        self,
+        *,
+        audiences: _abc.Iterable[_resources_pb2.Audience] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAudiencesResponse: _TypeAlias = ListAudiencesResponse  # noqa: Y015
+
+@_typing.final
+class GetAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    audience_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        audience_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAudienceRequest: _TypeAlias = GetAudienceRequest  # noqa: Y015
+
+@_typing.final
+class CreateAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audience(self) -> _resources_pb2.Audience: ...
+    def __init__(
+        self,
+        *,
+        audience: _resources_pb2.Audience | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAudienceRequest: _TypeAlias = CreateAudienceRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audience(self) -> _resources_pb2.Audience: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths: "name", "description", "conditions", "segmentation"."""
+
+    def __init__(
+        self,
+        *,
+        audience: _resources_pb2.Audience | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAudienceRequest: _TypeAlias = UpdateAudienceRequest  # noqa: Y015
+
+@_typing.final
+class ArchiveAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    audience_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        audience_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveAudienceRequest: _TypeAlias = ArchiveAudienceRequest  # noqa: Y015

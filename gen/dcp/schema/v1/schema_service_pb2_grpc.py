@@ -151,6 +151,31 @@ class SchemaServiceStub:
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UnarchiveAttributeRequest.SerializeToString,
                 response_deserializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Attribute.FromString,
                 _registered_method=True)
+        self.ListAudiences = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/ListAudiences',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListAudiencesRequest.SerializeToString,
+                response_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListAudiencesResponse.FromString,
+                _registered_method=True)
+        self.GetAudience = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/GetAudience',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.GetAudienceRequest.SerializeToString,
+                response_deserializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+                _registered_method=True)
+        self.CreateAudience = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/CreateAudience',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CreateAudienceRequest.SerializeToString,
+                response_deserializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+                _registered_method=True)
+        self.UpdateAudience = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/UpdateAudience',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.SerializeToString,
+                response_deserializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+                _registered_method=True)
+        self.ArchiveAudience = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/ArchiveAudience',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ArchiveAudienceRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.ListImportTargets = channel.unary_unary(
                 '/dcp.schema.v1.SchemaService/ListImportTargets',
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListImportTargetsRequest.SerializeToString,
@@ -333,6 +358,51 @@ class SchemaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudiences(self, request, context):
+        """Lists a project's audiences, archived ones included, in id order; or,
+        with dcp_service_id instead, the active audiences of every project linked
+        to that service. NOT_FOUND for the project or service; INVALID_ARGUMENT
+        for a bad page token or neither/both parents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAudience(self, request, context):
+        """Gets an audience. NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAudience(self, request, context):
+        """Creates an audience. INVALID_ARGUMENT for a bad name or description, or
+        conditions that do not parse or do not type-check against the attribute
+        registry (one field violation per bad condition, named by its path);
+        FAILED_PRECONDITION (PROJECT_NOT_LINKED) for DCP conditions in a project
+        with no DCP service; NOT_FOUND for the project.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAudience(self, request, context):
+        """Updates name, description, conditions or segmentation. NOT_FOUND;
+        INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
+        FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchiveAudience(self, request, context):
+        """Archives an audience: it stays readable and stops matching. Idempotent.
+        NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListImportTargets(self, request, context):
         """Internal: every table's import settings, across accounts. Callers need the
         internal scope, which only services holding the identity key can assert.
@@ -451,6 +521,31 @@ def add_SchemaServiceServicer_to_server(servicer, server):
                     servicer.UnarchiveAttribute,
                     request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UnarchiveAttributeRequest.FromString,
                     response_serializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Attribute.SerializeToString,
+            ),
+            'ListAudiences': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudiences,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListAudiencesRequest.FromString,
+                    response_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListAudiencesResponse.SerializeToString,
+            ),
+            'GetAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAudience,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.GetAudienceRequest.FromString,
+                    response_serializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.SerializeToString,
+            ),
+            'CreateAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAudience,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CreateAudienceRequest.FromString,
+                    response_serializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.SerializeToString,
+            ),
+            'UpdateAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAudience,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.FromString,
+                    response_serializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.SerializeToString,
+            ),
+            'ArchiveAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveAudience,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ArchiveAudienceRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListImportTargets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListImportTargets,
@@ -1034,6 +1129,141 @@ class SchemaService:
             '/dcp.schema.v1.SchemaService/UnarchiveAttribute',
             dcp_dot_schema_dot_v1_dot_schema__service__pb2.UnarchiveAttributeRequest.SerializeToString,
             dcp_dot_schema_dot_v1_dot_resources__pb2.Attribute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudiences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/ListAudiences',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListAudiencesRequest.SerializeToString,
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.ListAudiencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/GetAudience',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.GetAudienceRequest.SerializeToString,
+            dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/CreateAudience',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.CreateAudienceRequest.SerializeToString,
+            dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/UpdateAudience',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.SerializeToString,
+            dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/ArchiveAudience',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.ArchiveAudienceRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,6 +115,30 @@ class SchemaServiceStub:
     ALREADY_EXISTS when another active attribute of the table took its name;
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
     """
+    ListAudiences: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ListAudiencesRequest, _schema_service_pb2.ListAudiencesResponse]
+    """Lists a project's audiences, archived ones included, in id order; or,
+    with dcp_service_id instead, the active audiences of every project linked
+    to that service. NOT_FOUND for the project or service; INVALID_ARGUMENT
+    for a bad page token or neither/both parents.
+    """
+    GetAudience: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.GetAudienceRequest, _resources_pb2.Audience]
+    """Gets an audience. NOT_FOUND."""
+    CreateAudience: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.CreateAudienceRequest, _resources_pb2.Audience]
+    """Creates an audience. INVALID_ARGUMENT for a bad name or description, or
+    conditions that do not parse or do not type-check against the attribute
+    registry (one field violation per bad condition, named by its path);
+    FAILED_PRECONDITION (PROJECT_NOT_LINKED) for DCP conditions in a project
+    with no DCP service; NOT_FOUND for the project.
+    """
+    UpdateAudience: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateAudienceRequest, _resources_pb2.Audience]
+    """Updates name, description, conditions or segmentation. NOT_FOUND;
+    INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
+    FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+    """
+    ArchiveAudience: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveAudienceRequest, _empty_pb2.Empty]
+    """Archives an audience: it stays readable and stops matching. Idempotent.
+    NOT_FOUND.
+    """
     ListImportTargets: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ListImportTargetsRequest, _schema_service_pb2.ListImportTargetsResponse]
     """Internal: every table's import settings, across accounts. Callers need the
     internal scope, which only services holding the identity key can assert.
@@ -206,6 +230,30 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     """Makes an archived attribute active again. Idempotent. NOT_FOUND;
     ALREADY_EXISTS when another active attribute of the table took its name;
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+    """
+    ListAudiences: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ListAudiencesRequest, _schema_service_pb2.ListAudiencesResponse]  # type: ignore[assignment]
+    """Lists a project's audiences, archived ones included, in id order; or,
+    with dcp_service_id instead, the active audiences of every project linked
+    to that service. NOT_FOUND for the project or service; INVALID_ARGUMENT
+    for a bad page token or neither/both parents.
+    """
+    GetAudience: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.GetAudienceRequest, _resources_pb2.Audience]  # type: ignore[assignment]
+    """Gets an audience. NOT_FOUND."""
+    CreateAudience: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.CreateAudienceRequest, _resources_pb2.Audience]  # type: ignore[assignment]
+    """Creates an audience. INVALID_ARGUMENT for a bad name or description, or
+    conditions that do not parse or do not type-check against the attribute
+    registry (one field violation per bad condition, named by its path);
+    FAILED_PRECONDITION (PROJECT_NOT_LINKED) for DCP conditions in a project
+    with no DCP service; NOT_FOUND for the project.
+    """
+    UpdateAudience: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateAudienceRequest, _resources_pb2.Audience]  # type: ignore[assignment]
+    """Updates name, description, conditions or segmentation. NOT_FOUND;
+    INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
+    FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+    """
+    ArchiveAudience: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveAudienceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Archives an audience: it stays readable and stops matching. Idempotent.
+    NOT_FOUND.
     """
     ListImportTargets: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ListImportTargetsRequest, _schema_service_pb2.ListImportTargetsResponse]  # type: ignore[assignment]
     """Internal: every table's import settings, across accounts. Callers need the
@@ -421,6 +469,60 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         """Makes an archived attribute active again. Idempotent. NOT_FOUND;
         ALREADY_EXISTS when another active attribute of the table took its name;
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudiences(
+        self,
+        request: _schema_service_pb2.ListAudiencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schema_service_pb2.ListAudiencesResponse, _abc.Awaitable[_schema_service_pb2.ListAudiencesResponse]]:
+        """Lists a project's audiences, archived ones included, in id order; or,
+        with dcp_service_id instead, the active audiences of every project linked
+        to that service. NOT_FOUND for the project or service; INVALID_ARGUMENT
+        for a bad page token or neither/both parents.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAudience(
+        self,
+        request: _schema_service_pb2.GetAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Audience, _abc.Awaitable[_resources_pb2.Audience]]:
+        """Gets an audience. NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def CreateAudience(
+        self,
+        request: _schema_service_pb2.CreateAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Audience, _abc.Awaitable[_resources_pb2.Audience]]:
+        """Creates an audience. INVALID_ARGUMENT for a bad name or description, or
+        conditions that do not parse or do not type-check against the attribute
+        registry (one field violation per bad condition, named by its path);
+        FAILED_PRECONDITION (PROJECT_NOT_LINKED) for DCP conditions in a project
+        with no DCP service; NOT_FOUND for the project.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateAudience(
+        self,
+        request: _schema_service_pb2.UpdateAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Audience, _abc.Awaitable[_resources_pb2.Audience]]:
+        """Updates name, description, conditions or segmentation. NOT_FOUND;
+        INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
+        FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+        """
+
+    @_abc_1.abstractmethod
+    def ArchiveAudience(
+        self,
+        request: _schema_service_pb2.ArchiveAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Archives an audience: it stays readable and stops matching. Idempotent.
+        NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

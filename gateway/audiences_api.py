@@ -1,0 +1,291 @@
+"""Audiences under /experiment/v1 (definitions, members, exports) and their evaluation under /api."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from google.protobuf import field_mask_pb2
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
+from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
+from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
+from gateway import v1json
+from gateway.bodies import INT64_MAX, BodySpec, FieldType
+from gateway.config_api import Call, Endpoint, Wrap, accepted, created, method_route, no_content, path_id, per_page
+from gateway.errors import ApiError
+
+V1 = "/experiment/v1"
+MEMBERS_DEFAULT_PER_PAGE = 100
+MEMBERS_MAX_PER_PAGE = 10_000
+EXPORT_FORMATS = ("csv", "jsonl")
+MAX_EVALUATE_AUDIENCES = 1000
+
+_AUDIENCE = BodySpec(
+    writable={
+        "name": FieldType("string"),
+        "description": FieldType("string", nullable=True),
+        "conditions": FieldType("json text or array"),
+        "segmentation": FieldType("boolean"),
+    },
+    read_only=frozenset({"id", "project_id", "archived", "created", "last_modified"}),
+)
+_EXPORT = BodySpec(writable={"format": FieldType("string", choices=EXPORT_FORMATS)})
+
+
+def audience_json(message: resources_pb2.Audience) -> dict[str, Any]:
+    # v1 carries conditions as JSON text, not as nested JSON.
+    return {
+        "id": message.id,
+        "project_id": message.project_id,
+        "name": message.name,
+        "description": message.description,
+        "conditions": message.conditions,
+        "segmentation": message.segmentation,
+        "archived": message.archived,
+        "created": v1json.timestamp(message.created),
+        "last_modified": v1json.timestamp(message.last_modified),
+    }
+
+
+def export_json(message: profiles_pb.Export) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": message.id}
+    source = message.WhichOneof("source")
+    if source is not None:
+        body[source] = getattr(message, source)
+    body.update(
+        {
+            "format": message.format,
+            "status": message.status,
+            "row_count": message.row_count,
+            "size_bytes": message.size_bytes,
+            "bucket": message.bucket or None,
+            "key": message.key or None,
+            "download_url": message.download_url or None,
+            "error": message.error or None,
+            "created": v1json.timestamp(message.created),
+            "finished": v1json.timestamp(message.finished) if message.HasField("finished") else None,
+        }
+    )
+    return body
+
+
+def _conditions_text(value: Any) -> str:
+    # An array goes on as JSON text; a string already is (or is not, and the service says so).
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _evaluate_body(body: Any) -> tuple[int, list[int]]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="MALFORMED_REQUEST")
+    for key in body:
+        if key not in ("project_id", "audience_ids"):
+            raise ApiError.field(key, "is not a field of this request; send project_id and/or audience_ids")
+    project_id = body.get("project_id")
+    if project_id is not None and (
+        isinstance(project_id, bool) or not isinstance(project_id, int) or not 0 < project_id <= INT64_MAX
+    ):
+        raise ApiError.field("project_id", "must be a project id (a positive integer) or null")
+    ids = body.get("audience_ids")
+    if ids is None:
+        ids = []
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 < i <= INT64_MAX for i in ids
+    ):
+        raise ApiError.field("audience_ids", "must be an array of audience ids (positive integers)")
+    if len(ids) > MAX_EVALUATE_AUDIENCES:
+        raise ApiError.field("audience_ids", f"must hold at most {MAX_EVALUATE_AUDIENCES} ids, got {len(ids)}")
+    return project_id or 0, ids
+
+
+class AudiencesApi:
+    def __init__(
+        self,
+        schema: schema_service_pb2_grpc.SchemaServiceAsyncStub,
+        profiles: profiles_grpc.ProfilesServiceAsyncStub,
+    ) -> None:
+        self._schema = schema
+        self._profiles = profiles
+
+    def routes(self, wrap: Wrap) -> list[Route]:
+        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+            return method_route(wrap, path, methods)
+
+        return [
+            route(f"{V1}/projects/{{project_id}}/audiences", {"GET": self.list_audiences, "POST": self.create}),
+            route(f"{V1}/audiences/{{audience_id}}", {"GET": self.get, "PUT": self.update, "DELETE": self.archive}),
+            route(f"{V1}/audiences/{{audience_id}}/members", {"GET": self.members}),
+            route(f"{V1}/audiences/{{audience_id}}/members/count", {"GET": self.count}),
+            route(f"{V1}/audiences/{{audience_id}}/exports", {"POST": self.export_audience}),
+            route(f"{V1}/audiences/{{audience_id}}/exports/{{export_id}}", {"GET": self.audience_export}),
+            route(f"{V1}/dcp_datasources/{{table_id}}/exports", {"POST": self.export_table}),
+            route(f"{V1}/dcp_datasources/{{table_id}}/exports/{{export_id}}", {"GET": self.table_export}),
+            route("/api/audiences/evaluate/{service_id}/{optimizely_user_id}", {"POST": self.evaluate}),
+        ]
+
+    # Definitions
+
+    async def list_audiences(self, request: Request, call: Call) -> Response:
+        project_id = path_id(request, "project_id")
+        audiences: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self._schema.ListAudiences(
+                schema_service_pb2.ListAudiencesRequest(project_id=project_id, page_size=1000, page_token=token),
+                metadata=call.metadata,
+            )
+            audiences.extend(audience_json(a) for a in page.audiences)
+            token = page.next_page_token
+            if not token:
+                return JSONResponse(audiences)
+
+    async def create(self, request: Request, call: Call) -> Response:
+        project_id = path_id(request, "project_id")
+        values = _AUDIENCE.decode(await call.json(), current={"project_id": project_id})
+        audience = resources_pb2.Audience(
+            project_id=project_id,
+            name=values.get("name", ""),
+            description=values.get("description") or "",
+            conditions=_conditions_text(values.get("conditions", [])),
+            segmentation=values.get("segmentation", False),
+        )
+        result = await self._schema.CreateAudience(
+            schema_service_pb2.CreateAudienceRequest(audience=audience), metadata=call.metadata
+        )
+        return created(audience_json(result))
+
+    async def get(self, request: Request, call: Call) -> Response:
+        result = await self._schema.GetAudience(
+            schema_service_pb2.GetAudienceRequest(audience_id=path_id(request, "audience_id")), metadata=call.metadata
+        )
+        return JSONResponse(audience_json(result))
+
+    async def update(self, request: Request, call: Call) -> Response:
+        audience_id = path_id(request, "audience_id")
+        body = await call.json()
+        current = await self._schema.GetAudience(
+            schema_service_pb2.GetAudienceRequest(audience_id=audience_id), metadata=call.metadata
+        )
+        values = _AUDIENCE.decode(body, current=audience_json(current))
+        if not values:
+            return accepted(audience_json(current))
+        audience = resources_pb2.Audience(
+            id=audience_id,
+            name=values.get("name", ""),
+            description=values.get("description") or "",
+            conditions=_conditions_text(values.get("conditions", [])),
+            segmentation=values.get("segmentation", False),
+        )
+        result = await self._schema.UpdateAudience(
+            schema_service_pb2.UpdateAudienceRequest(
+                audience=audience, update_mask=field_mask_pb2.FieldMask(paths=sorted(values))
+            ),
+            metadata=call.metadata,
+        )
+        return accepted(audience_json(result))
+
+    async def archive(self, request: Request, call: Call) -> Response:
+        await self._schema.ArchiveAudience(
+            schema_service_pb2.ArchiveAudienceRequest(audience_id=path_id(request, "audience_id")),
+            metadata=call.metadata,
+        )
+        return no_content()
+
+    # Membership
+
+    async def members(self, request: Request, call: Call) -> Response:
+        audience_id = path_id(request, "audience_id")
+        size = per_page(request, default=MEMBERS_DEFAULT_PER_PAGE, maximum=MEMBERS_MAX_PER_PAGE)
+        answer = await self._profiles.ListAudienceMembers(
+            profiles_pb.ListAudienceMembersRequest(
+                audience_id=audience_id, page_size=size, page_token=request.query_params.get("page_token", "")
+            ),
+            metadata=call.metadata,
+        )
+        response = JSONResponse([{"optimizely_user_id": user} for user in answer.optimizely_user_ids])
+        if answer.next_page_token:
+            query = urlencode({"per_page": size, "page_token": answer.next_page_token})
+            response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
+        return response
+
+    async def count(self, request: Request, call: Call) -> Response:
+        answer = await self._profiles.CountAudienceMembers(
+            profiles_pb.CountAudienceMembersRequest(audience_id=path_id(request, "audience_id")),
+            metadata=call.metadata,
+        )
+        return JSONResponse({"audience_id": answer.audience_id, "count": answer.count})
+
+    async def evaluate(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        project_id, audience_ids = _evaluate_body(await call.json())
+        answer = await self._profiles.EvaluateAudiences(
+            profiles_pb.EvaluateAudiencesRequest(
+                dcp_service_id=service_id,
+                optimizely_user_id=request.path_params["optimizely_user_id"],
+                project_id=project_id,
+                audience_ids=audience_ids,
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(
+            {
+                "optimizelyUserId": answer.optimizely_user_id,
+                "dcpServiceId": str(answer.dcp_service_id),
+                "audiences": [
+                    {
+                        "audienceId": str(outcome.audience_id),
+                        "name": outcome.name,
+                        "matched": outcome.matched,
+                        "conditions": [
+                            {
+                                "path": leaf.path,
+                                "datasourceId": str(leaf.dcp_datasource_id),
+                                "attributeId": str(leaf.dcp_attribute_id),
+                                "matchType": leaf.match_type,
+                                "held": leaf.held,
+                                "usable": leaf.usable,
+                            }
+                            for leaf in outcome.conditions
+                        ],
+                    }
+                    for outcome in answer.audiences
+                ],
+            }
+        )
+
+    # Exports
+
+    async def _export(self, request: Request, call: Call, request_message: profiles_pb.CreateExportRequest) -> Response:
+        # No body asks for the default format.
+        bodiless = request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers
+        body = {} if bodiless else await call.json()
+        values = _EXPORT.decode(body)
+        request_message.format = values.get("format", "csv")
+        result = await self._profiles.CreateExport(request_message, metadata=call.metadata)
+        return created(export_json(result))
+
+    async def export_table(self, request: Request, call: Call) -> Response:
+        table_id = path_id(request, "table_id")
+        return await self._export(request, call, profiles_pb.CreateExportRequest(dcp_datasource_id=table_id))
+
+    async def export_audience(self, request: Request, call: Call) -> Response:
+        audience_id = path_id(request, "audience_id")
+        return await self._export(request, call, profiles_pb.CreateExportRequest(audience_id=audience_id))
+
+    async def _get_export(self, request: Request, call: Call, source: str, source_id: int) -> Response:
+        result = await self._profiles.GetExport(
+            profiles_pb.GetExportRequest(export_id=path_id(request, "export_id")), metadata=call.metadata
+        )
+        if result.WhichOneof("source") != source or getattr(result, source) != source_id:
+            raise ApiError(404, f"export {result.id} is not an export of this resource", code="NOT_FOUND")
+        return JSONResponse(export_json(result))
+
+    async def table_export(self, request: Request, call: Call) -> Response:
+        return await self._get_export(request, call, "dcp_datasource_id", path_id(request, "table_id"))
+
+    async def audience_export(self, request: Request, call: Call) -> Response:
+        return await self._get_export(request, call, "audience_id", path_id(request, "audience_id"))

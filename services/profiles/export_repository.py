@@ -1,0 +1,155 @@
+"""SQL for exports: their records, and reading a table's profiles at PostgreSQL's own COPY speed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+# The export runner's advisory locks: (namespace, export id), so a crashed
+# replica's export is taken over by exactly one other.
+_LOCK_NAMESPACE = 0x45585054  # "EXPT"
+_COLUMNS = (
+    "id, account_id, dcp_service_id, datasource_id, audience_id, format, status, bucket, key,"
+    " row_count, size_bytes, error, created, finished"
+)
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    id: int
+    account_id: int
+    dcp_service_id: int
+    datasource_id: int | None
+    audience_id: int | None
+    format: str
+    status: str
+    bucket: str
+    key: str
+    row_count: int
+    size_bytes: int
+    error: str | None
+    created: datetime
+    finished: datetime | None
+
+
+def _record(row: asyncpg.Record) -> ExportRecord:
+    return ExportRecord(**dict(row))
+
+
+class ExportsRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(
+        self,
+        account_id: int,
+        service_id: int,
+        *,
+        datasource_id: int | None,
+        audience_id: int | None,
+        export_format: str,
+        bucket: str,
+        key_of: Callable[[int], str],
+    ) -> ExportRecord:
+        """A pending export; its key names its id, so it is set in the same transaction."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            export_id: int = await connection.fetchval(
+                "INSERT INTO profiles.exports (account_id, dcp_service_id, datasource_id, audience_id, format,"
+                " bucket, key) VALUES ($1, $2, $3, $4, $5, $6, '') RETURNING id",
+                account_id,
+                service_id,
+                datasource_id,
+                audience_id,
+                export_format,
+                bucket,
+            )
+            row = await connection.fetchrow(
+                f"UPDATE profiles.exports SET key = $2 WHERE id = $1 RETURNING {_COLUMNS}", export_id, key_of(export_id)
+            )
+        return _record(row)
+
+    async def get(self, account_id: int, export_id: int) -> ExportRecord | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM profiles.exports WHERE account_id = $1 AND id = $2", account_id, export_id
+        )
+        return _record(row) if row else None
+
+    async def unfinished(self) -> list[int]:
+        rows = await self._pool.fetch(
+            "SELECT id FROM profiles.exports WHERE status IN ('pending', 'running') ORDER BY id"
+        )
+        return [row["id"] for row in rows]
+
+    async def claim(self, connection: asyncpg.Connection, export_id: int) -> ExportRecord | None:
+        """The export, if unfinished and held by no other runner; the lock lasts as long as `connection`'s session."""
+        if not await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", _LOCK_NAMESPACE, export_id):
+            return None
+        row = await connection.fetchrow(
+            f"UPDATE profiles.exports SET status = 'running', started = now(), attempts = attempts + 1"
+            f" WHERE id = $1 AND status IN ('pending', 'running') RETURNING {_COLUMNS}",
+            export_id,
+        )
+        if row is None:
+            await connection.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_NAMESPACE, export_id)
+            return None
+        return _record(row)
+
+    async def release(self, connection: asyncpg.Connection, export_id: int) -> None:
+        await connection.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_NAMESPACE, export_id)
+
+    async def finish(self, export_id: int, *, row_count: int, size_bytes: int) -> None:
+        await self._pool.execute(
+            "UPDATE profiles.exports SET status = 'done', row_count = $2, size_bytes = $3, finished = now(),"
+            " error = NULL WHERE id = $1",
+            export_id,
+            row_count,
+            size_bytes,
+        )
+
+    async def fail(self, export_id: int, error: str) -> None:
+        await self._pool.execute(
+            "UPDATE profiles.exports SET status = 'failed', error = $2, finished = now() WHERE id = $1",
+            export_id,
+            error,
+        )
+
+    async def copy_table(
+        self,
+        table_id: int,
+        keys: Sequence[str],
+        *,
+        export_format: str,
+        names: Sequence[str],
+        output: Callable[[bytes], Awaitable[None]],
+    ) -> int:
+        """Streams a table's profiles through COPY, one statement and so one snapshot; returns the row count.
+
+        CSV: customer id then each attribute's value as text, every present
+        value quoted and a missing one left empty, which is exactly what the
+        importer reads back. JSON Lines: PostgreSQL builds each line; the CSV
+        framing with quote and delimiter bytes that JSON text never holds raw
+        (it escapes control characters) passes each line through untouched.
+        """
+        # Profiles holding only archived attributes' values have nothing to export, as reads show nothing.
+        where = "p.datasource_id = $1 AND p.data ?| $2::text[]"
+        arguments: list[object] = [table_id, list(keys)]
+        if export_format == "csv":
+            cells = "".join(f", p.data ->> ${i + 3}" for i in range(len(keys)))
+            query = f"SELECT p.customer_id{cells} FROM profiles.profiles p WHERE {where}"
+            arguments.extend(keys)
+            options: dict[str, object] = {"format": "csv", "force_quote": True}
+        else:
+            pairs = ", ".join(f"${2 * i + 3}::text, p.data -> ${2 * i + 4}::text" for i in range(len(keys)))
+            query = (
+                "SELECT jsonb_build_object('customerId', p.customer_id, 'data',"
+                f" jsonb_strip_nulls(jsonb_build_object({pairs})))::text FROM profiles.profiles p WHERE {where}"
+            )
+            for name, key in zip(names, keys, strict=True):
+                arguments.extend((name, key))
+            options = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+        async with self._pool.acquire() as connection:
+            status: str = await connection.copy_from_query(query, *arguments, output=output, **options)
+        return int(status.rsplit(maxsplit=1)[-1])

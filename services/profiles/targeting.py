@@ -1,0 +1,156 @@
+"""Audiences at work: who is in one, and why; evaluated in process for one user, in SQL for everyone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services._runtime.identity import Identity
+from services.conditions.evaluate import Outcome, evaluate
+from services.conditions.grammar import AttributeLookup, parse_conditions
+from services.conditions.model import AttributeRef, Node
+from services.profiles.membership import Membership
+from services.profiles.profiles import Profiles
+from services.schema.audience_client import AudienceDefinition, AudienceDirectory
+from services.schema.client import RegistryClient, ServiceSnapshot
+
+Clock = Callable[[], datetime]
+_PARSED_CACHE_LIMIT = 10_000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AudienceResult:
+    audience_id: int
+    name: str
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class ResolvedAudience:
+    """An audience ready to run against one service's data."""
+
+    definition: AudienceDefinition
+    service: ServiceSnapshot
+    node: Node | None
+
+
+def usable_lookup(service: ServiceSnapshot) -> AttributeLookup:
+    """Attributes as the service has them now; archived ones make their conditions stop holding."""
+
+    def lookup(datasource_id: int, attribute_id: int) -> AttributeRef | str:
+        table = service.tables.get(datasource_id)
+        if table is None:
+            return f"table {datasource_id} is not a table of DCP service {service.id}"
+        if table.archived:
+            return f"table {datasource_id} is archived"
+        active = table.by_id.get(attribute_id)
+        if active is None:
+            return f"attribute {attribute_id} is archived or not an attribute of table {datasource_id}"
+        return AttributeRef(
+            datasource_id=datasource_id,
+            attribute_id=attribute_id,
+            datatype=active.spec.datatype,
+            format=active.spec.format,
+        )
+
+    return lookup
+
+
+class Targeting:
+    def __init__(
+        self,
+        profiles: Profiles,
+        registry: RegistryClient,
+        audiences: AudienceDirectory,
+        membership: Membership,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._profiles = profiles
+        self._registry = registry
+        self._audiences = audiences
+        self._membership = membership
+        self._clock = clock
+        # Parsing 25 audiences for every page view would cost more than evaluating them.
+        self._parsed: dict[int, tuple[AudienceDefinition, float, Node | None]] = {}
+
+    def _node(self, definition: AudienceDefinition, service: ServiceSnapshot) -> Node | None:
+        cached = self._parsed.get(definition.id)
+        if cached is not None and cached[0] is definition and cached[1] == service.fetched_at:
+            return cached[2]
+        node = parse_conditions(definition.conditions, usable_lookup(service), strict=False)
+        if len(self._parsed) >= _PARSED_CACHE_LIMIT:
+            self._parsed.clear()
+        self._parsed[definition.id] = (definition, service.fetched_at, node)
+        return node
+
+    async def evaluate(
+        self,
+        identity: Identity,
+        service_id: int,
+        optimizely_user_id: str,
+        *,
+        project_id: int = 0,
+        audience_ids: Sequence[int] = (),
+    ) -> list[AudienceResult]:
+        """Every chosen audience's outcome for one user, with each condition's."""
+        if project_id and await self._audiences.project_service(identity, project_id) != service_id:
+            raise InvalidArgument.field("project_id", f"project {project_id} is not linked to DCP service {service_id}")
+        service, _, values = await self._profiles.consolidated_values(identity, service_id, optimizely_user_id)
+        definitions = await self._audiences.of_service(identity, service_id, audience_ids)
+        missing = sorted(set(audience_ids) - {d.id for d in definitions})
+        if missing:
+            raise NotFound(
+                f"audience {missing[0]} is not an active audience of a project linked to DCP service {service_id}",
+                metadata={"resource": "audience", "id": str(missing[0])},
+            )
+        if project_id:
+            definitions = tuple(d for d in definitions if d.project_id == project_id)
+        now = self._clock()
+        return [AudienceResult(d.id, d.name, evaluate(self._node(d, service), values, now=now)) for d in definitions]
+
+    async def resolve(self, identity: Identity, audience_id: int) -> ResolvedAudience:
+        """An audience with its conditions checked against its service as it is now."""
+        definition = await self._audiences.get(identity, audience_id)
+        if definition.archived:
+            raise FailedPrecondition(
+                f"audience {audience_id} is archived; it no longer matches anyone",
+                reason="RESOURCE_ARCHIVED",
+                metadata={"resource": "audience", "id": str(audience_id)},
+            )
+        if not definition.dcp_service_id:
+            raise FailedPrecondition(
+                f"the project of audience {audience_id} is not linked to a DCP service",
+                reason="PROJECT_NOT_LINKED",
+                metadata={"resource": "project", "id": str(definition.project_id)},
+            )
+        # Membership is asked rarely and must see attributes archived a moment ago.
+        service = await self._registry.fresh_service(identity, definition.dcp_service_id)
+        node = parse_conditions(definition.conditions, usable_lookup(service), strict=False)
+        return ResolvedAudience(definition, service, node)
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    async def count(self, identity: Identity, audience_id: int) -> int:
+        audience = await self.resolve(identity, audience_id)
+        return await self._membership.count(
+            audience.service.id, audience.service.optimizely_table_id, audience.node, now=self._clock()
+        )
+
+    async def members(self, identity: Identity, audience_id: int, *, after: str | None, limit: int) -> list[str]:
+        audience = await self.resolve(identity, audience_id)
+        return await self._membership.members(
+            audience.service.id,
+            audience.service.optimizely_table_id,
+            audience.node,
+            now=self._clock(),
+            after=after,
+            limit=limit,
+        )

@@ -1,0 +1,123 @@
+"""Audiences as other services read them: from the schema service, cached for a second."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import orjson
+
+from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
+from services._runtime.errors import DcpError, InvalidArgument, NotFound, Unavailable
+from services._runtime.identity import AssertionSigner, Identity
+from services._runtime.interceptors import outgoing_metadata
+
+
+@dataclass(frozen=True)
+class AudienceDefinition:
+    id: int
+    name: str
+    project_id: int
+    dcp_service_id: int
+    """0 when the audience's project is not linked to a DCP service."""
+    conditions: Any
+    archived: bool
+
+
+def _definition(message: resources_pb2.Audience) -> AudienceDefinition:
+    return AudienceDefinition(
+        id=message.id,
+        name=message.name,
+        project_id=message.project_id,
+        dcp_service_id=message.dcp_service_id,
+        conditions=orjson.loads(message.conditions or "[]"),
+        archived=message.archived,
+    )
+
+
+def _schema_error(error: grpc.aio.AioRpcError) -> DcpError:
+    if error.code() is grpc.StatusCode.NOT_FOUND:
+        return NotFound(error.details() or "not found")
+    if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(error.details() or "invalid argument")
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable("the schema service is unavailable; retry later")
+    return DcpError(f"the schema service answered {error.code().name}: {error.details()}")
+
+
+class AudienceDirectory:
+    """Reads audience definitions; a service's active audiences are cached for `ttl_seconds`.
+
+    The cache is what lets a visitor be evaluated against every audience at
+    page-view speed; a changed audience takes effect within the TTL.
+    """
+
+    def __init__(
+        self,
+        stub: schema_service_pb2_grpc.SchemaServiceAsyncStub,
+        signer: AssertionSigner,
+        *,
+        ttl_seconds: float = 1.0,
+    ) -> None:
+        self._stub = stub
+        self._signer = signer
+        self._ttl = ttl_seconds
+        self._of_service: dict[tuple[int, int], tuple[float, tuple[AudienceDefinition, ...]]] = {}
+
+    async def get(self, identity: Identity, audience_id: int) -> AudienceDefinition:
+        try:
+            message = await self._stub.GetAudience(
+                schema_service_pb2.GetAudienceRequest(audience_id=audience_id),
+                metadata=outgoing_metadata(self._signer, identity),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _schema_error(error) from None
+        return _definition(message)
+
+    async def project_service(self, identity: Identity, project_id: int) -> int:
+        """The DCP service a project is linked to (0 if none); NOT_FOUND for an unknown project."""
+        try:
+            project = await self._stub.GetProject(
+                schema_service_pb2.GetProjectRequest(project_id=project_id),
+                metadata=outgoing_metadata(self._signer, identity),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _schema_error(error) from None
+        return project.dcp_service_id if project.HasField("dcp_service_id") else 0
+
+    async def of_service(
+        self, identity: Identity, service_id: int, audience_ids: Sequence[int] = ()
+    ) -> tuple[AudienceDefinition, ...]:
+        """Active audiences of every project linked to the service, in id order."""
+        key = (identity.account_id, service_id)
+        now = time.monotonic()
+        cached = self._of_service.get(key)
+        if cached is None or now - cached[0] > self._ttl:
+            cached = (now, await self._fetch_service(identity, service_id))
+            self._of_service[key] = cached
+        if not audience_ids:
+            return cached[1]
+        wanted = set(audience_ids)
+        return tuple(a for a in cached[1] if a.id in wanted)
+
+    async def _fetch_service(self, identity: Identity, service_id: int) -> tuple[AudienceDefinition, ...]:
+        found: list[AudienceDefinition] = []
+        token = ""
+        metadata = outgoing_metadata(self._signer, identity)
+        try:
+            while True:
+                page = await self._stub.ListAudiences(
+                    schema_service_pb2.ListAudiencesRequest(
+                        dcp_service_id=service_id, page_size=1000, page_token=token
+                    ),
+                    metadata=metadata,
+                )
+                found.extend(_definition(a) for a in page.audiences)
+                token = page.next_page_token
+                if not token:
+                    return tuple(found)
+        except grpc.aio.AioRpcError as error:
+            raise _schema_error(error) from None
