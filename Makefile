@@ -29,6 +29,7 @@ test: lint
 bench: install
 	$(BIN)/python -m bench.profiles_bench
 	$(BIN)/python -m bench.import_bench
+	$(BIN)/python -m bench.audience_bench
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
