@@ -220,7 +220,15 @@ def profiles_parts(
     membership = Membership(pool)
     directory = AudienceDirectory(schema_stub, signer, ttl_seconds=settings.registry_cache_seconds)
     targeting = Targeting(profiles, registry, directory, membership)
-    exports = Exports(ExportsRepository(pool), pool, store, registry, targeting, membership)
+    exports = Exports(
+        ExportsRepository(pool),
+        pool,
+        store,
+        registry,
+        targeting,
+        membership,
+        poll_seconds=settings.export_poll_seconds,
+    )
     return ProfilesParts(profiles, targeting, exports)
 
 

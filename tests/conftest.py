@@ -120,6 +120,7 @@ def settings(database_url: str, s3_server: str) -> Settings:
         s3=S3Settings(endpoint_url=s3_server, access_key_id="testing", secret_access_key="testing"),
         # Quick rounds, so tests wait for imports in tenths of a second.
         imports=ImportSettings(poll_seconds=0.2),
+        export_poll_seconds=0.2,
     )
 
 

@@ -131,6 +131,9 @@ class Settings:
     registry_cache_seconds: float = 1.0
     """How long profiles and aliases trust their copy of a service's tables and
     attributes: an archived attribute or table is refused within this time."""
+    export_poll_seconds: float = 5.0
+    """How often a profiles process looks for exports that no process is running
+    (one interrupted by a crash) and runs them again."""
     log_format: str = "text"
     """`text` for terminals, `json` for production."""
     log_level: str = "INFO"
@@ -178,6 +181,7 @@ class Settings:
             shutdown_grace_seconds=reader.number("DCP_SHUTDOWN_GRACE_SECONDS", 10.0),
             max_body_bytes=reader.integer("DCP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             registry_cache_seconds=reader.number("DCP_REGISTRY_CACHE_SECONDS", 1.0),
+            export_poll_seconds=reader.number("DCP_EXPORT_POLL_SECONDS", 5.0),
             log_format=reader.choice("DCP_LOG_FORMAT", ("text", "json"), "text"),
             log_level=reader.choice("DCP_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             oauth=oauth,

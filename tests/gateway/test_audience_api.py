@@ -368,33 +368,3 @@ async def test_exports_of_archived_tables_and_unknown_formats_are_refused(world:
     archived = await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports", {"format": "csv"})
     assert archived.status_code == 400, archived.text
     assert archived.json()["code"] == "RESOURCE_ARCHIVED"
-
-
-async def test_another_accounts_audiences_and_exports_are_not_found(
-    world: World, http: httpx.AsyncClient, make_account: MakeAccount, store: ObjectStore
-) -> None:
-    audience = await world.audience("mine", ["and", world.leaf(world.crm, "ltv", "exists")])
-    export = (await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
-    stranger = await make_account()
-    for method, path in (
-        ("GET", f"{V1}/audiences/{audience['id']}"),
-        ("PUT", f"{V1}/audiences/{audience['id']}"),
-        ("DELETE", f"{V1}/audiences/{audience['id']}"),
-        ("GET", f"{V1}/audiences/{audience['id']}/members"),
-        ("GET", f"{V1}/audiences/{audience['id']}/members/count"),
-        ("POST", f"{V1}/audiences/{audience['id']}/exports"),
-        ("GET", f"{V1}/projects/{world.project}/audiences"),
-        ("POST", f"{V1}/projects/{world.project}/audiences"),
-        ("POST", f"{V1}/dcp_datasources/{world.crm}/exports"),
-        ("GET", f"{V1}/dcp_datasources/{world.crm}/exports/{export['id']}"),
-        ("POST", f"/api/audiences/evaluate/{world.service}/u1"),
-    ):
-        body = {"name": "x"} if method in ("PUT", "POST") and "exports" not in path and "evaluate" not in path else None
-        response = await http.request(
-            method,
-            path,
-            json=body if body is not None else ({} if method == "POST" else None),
-            headers=stranger.headers,
-        )
-        assert response.status_code == 404, (method, path, response.text)
-    assert (await world.call("GET", f"{V1}/audiences/{audience['id']}")).json()["name"] == "mine"

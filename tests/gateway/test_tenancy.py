@@ -33,7 +33,19 @@ async def _world(http: httpx.AsyncClient, owner: TestAccount) -> dict[str, int]:
     await post(f"/api/customer_profile/{service['id']}/{table['id']}/c1", {"data": {"ltv": 5}})
     optimizely = (await http.get(f"{V1}/dcp_services/{service['id']}/dcp_datasources", headers=owner.headers)).json()[0]
     await post(f"/api/alias/{service['id']}/{optimizely['id']}/oeu1", {"data": {str(table["id"]): "c1"}})
+    leaf = {
+        "type": "dcp",
+        "dcp_datasource_id": table["id"],
+        "dcp_attribute_id": attribute["id"],
+        "match_type": "exists",
+    }
+    audience = await post(f"{V1}/projects/{project['id']}/audiences", {"name": "a", "conditions": ["and", leaf]})
+    table_export = await post(f"{V1}/dcp_datasources/{table['id']}/exports", {"format": "csv"})
+    audience_export = await post(f"{V1}/audiences/{audience['id']}/exports", {"format": "jsonl"})
     return {
+        "audience": audience["id"],
+        "table_export": table_export["id"],
+        "audience_export": audience_export["id"],
         "service": service["id"],
         "table": table["id"],
         "attribute": attribute["id"],
@@ -74,6 +86,18 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", V1 + "/dcp_datasources/{table}/uploads/1/errors", None),
     ("GET", V1 + "/dcp_datasources/{table}/template", None),
     ("POST", V1 + "/dcp_datasources/{table}/validate", {"customerId": "c1"}),
+    ("GET", V1 + "/projects/{project}/audiences", None),
+    ("POST", V1 + "/projects/{project}/audiences", {"name": "stolen"}),
+    ("GET", V1 + "/audiences/{audience}", None),
+    ("PUT", V1 + "/audiences/{audience}", {"name": "stolen"}),
+    ("DELETE", V1 + "/audiences/{audience}", None),
+    ("GET", V1 + "/audiences/{audience}/members", None),
+    ("GET", V1 + "/audiences/{audience}/members/count", None),
+    ("POST", V1 + "/audiences/{audience}/exports", {"format": "csv"}),
+    ("GET", V1 + "/audiences/{audience}/exports/{audience_export}", None),
+    ("POST", V1 + "/dcp_datasources/{table}/exports", {"format": "csv"}),
+    ("GET", V1 + "/dcp_datasources/{table}/exports/{table_export}", None),
+    ("POST", "/api/audiences/evaluate/{service}/oeu1", {}),
 ]
 
 
@@ -97,6 +121,7 @@ async def _snapshot(http: httpx.AsyncClient, owner: TestAccount, ids: dict[str, 
         f"{V1}/dcp_services/{ids['service']}/dcp_datasources",
         f"/api/customer_profile/{ids['service']}/{ids['table']}/c1",
         f"/api/alias/{ids['service']}/{ids['optimizely']}/oeu1",
+        f"{V1}/audiences/{ids['audience']}",
     ]
     return [(await http.get(path, headers=owner.headers)).json() for path in paths]
 
