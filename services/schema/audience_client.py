@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class AudienceDirectory:
         self._signer = signer
         self._ttl = ttl_seconds
         self._of_service: dict[tuple[int, int], tuple[float, tuple[AudienceDefinition, ...]]] = {}
+        self._fetching: dict[tuple[int, int], asyncio.Future[tuple[AudienceDefinition, ...]]] = {}
 
     async def get(self, identity: Identity, audience_id: int) -> AudienceDefinition:
         try:
@@ -93,15 +95,39 @@ class AudienceDirectory:
     ) -> tuple[AudienceDefinition, ...]:
         """Active audiences of every project linked to the service, in id order."""
         key = (identity.account_id, service_id)
-        now = time.monotonic()
         cached = self._of_service.get(key)
-        if cached is None or now - cached[0] > self._ttl:
-            cached = (now, await self._fetch_service(identity, service_id))
-            self._of_service[key] = cached
+        if cached is not None and time.monotonic() - cached[0] <= self._ttl:
+            found = cached[1]
+        else:
+            found = await self._refresh(key, identity, service_id)
         if not audience_ids:
-            return cached[1]
+            return found
         wanted = set(audience_ids)
-        return tuple(a for a in cached[1] if a.id in wanted)
+        return tuple(a for a in found if a.id in wanted)
+
+    async def _refresh(
+        self, key: tuple[int, int], identity: Identity, service_id: int
+    ) -> tuple[AudienceDefinition, ...]:
+        # One fetch per service at a time: every request waiting when the copy
+        # expires would otherwise ask the schema service at once.
+        pending = self._fetching.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[tuple[AudienceDefinition, ...]] = asyncio.get_running_loop().create_future()
+        self._fetching[key] = future
+        started = time.monotonic()
+        try:
+            found = await self._fetch_service(identity, service_id)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved here, so an unawaited future never warns
+            raise
+        else:
+            future.set_result(found)
+            self._of_service[key] = (started, found)
+            return found
+        finally:
+            del self._fetching[key]
 
     async def _fetch_service(self, identity: Identity, service_id: int) -> tuple[AudienceDefinition, ...]:
         found: list[AudienceDefinition] = []
