@@ -134,6 +134,17 @@ class Settings:
     export_poll_seconds: float = 5.0
     """How often a profiles process looks for exports that no process is running
     (one interrupted by a crash) and runs them again."""
+    metrics_port: int | None = None
+    """Port of the Prometheus endpoint (`/metrics`) of a process started by
+    `dcp serve`; unset serves none. `dcp up` serves metrics on the gateway's port."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP endpoint traces are exported to (e.g. http://collector:4318); unset exports none."""
+    rate_limit_per_second: float = 0.0
+    """Requests per second one account may make through the gateway; 0 is no limit."""
+    rate_limit_burst: int = 0
+    """Requests an account may make at once above the steady rate; 0 means one second's worth."""
+    redis_url: str | None = None
+    """Redis shared by gateway replicas for rate limits (e.g. redis://redis:6379/0); unset keeps them in process."""
     log_format: str = "text"
     """`text` for terminals, `json` for production."""
     log_level: str = "INFO"
@@ -182,6 +193,11 @@ class Settings:
             max_body_bytes=reader.integer("DCP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             registry_cache_seconds=reader.number("DCP_REGISTRY_CACHE_SECONDS", 1.0),
             export_poll_seconds=reader.number("DCP_EXPORT_POLL_SECONDS", 5.0),
+            metrics_port=_optional_port(reader, "DCP_METRICS_PORT"),
+            otlp_endpoint=reader.text("DCP_OTLP_ENDPOINT"),
+            rate_limit_per_second=reader.number("DCP_RATE_LIMIT_PER_SECOND", 0.0),
+            rate_limit_burst=reader.integer("DCP_RATE_LIMIT_BURST", 0, minimum=0),
+            redis_url=reader.text("DCP_REDIS_URL"),
             log_format=reader.choice("DCP_LOG_FORMAT", ("text", "json"), "text"),
             log_level=reader.choice("DCP_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             oauth=oauth,
@@ -262,3 +278,9 @@ class _EnvReader:
     def raise_if_invalid(self) -> None:
         if self._problems:
             raise InvalidArgument("invalid configuration", violations=self._problems)
+
+
+def _optional_port(reader: _EnvReader, name: str) -> int | None:
+    if reader.text(name) is None:
+        return None
+    return reader.integer(name, 0, minimum=0, maximum=65535)
