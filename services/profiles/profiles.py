@@ -139,7 +139,10 @@ def _readable(table: TableInfo, stored: Values) -> dict[str, Any]:
 
 
 class Profiles:
-    def __init__(self, repository: ProfilesRepository, registry: RegistryClient, aliases: AliasLookup) -> None:
+    def __init__(
+        self, repository: ProfilesRepository, registry: RegistryClient, aliases: AliasLookup | None = None
+    ) -> None:
+        """Without `aliases`, links are read from the aliases service's published view in the shared database."""
         self._repo = repository
         self._registry = registry
         self._aliases = aliases
@@ -288,7 +291,11 @@ class Profiles:
                 f"table {optimizely_table_id} is not the Optimizely table of DCP service {service_id}",
                 metadata={"resource": "table", "id": str(optimizely_table_id)},
             )
-        links = dict(await self._aliases(identity, service_id, optimizely_user_id))
+        if self._aliases is None:
+            links, stored = await self._repo.consolidated(service_id, service.optimizely_table_id, optimizely_user_id)
+        else:
+            links = dict(await self._aliases(identity, service_id, optimizely_user_id))
+            stored = {}
         if any(table_id not in service.tables for table_id in links):
             service = await self._registry.fresh_service(identity, service_id)
         keys: list[tuple[int, str]] = []
@@ -298,7 +305,8 @@ class Profiles:
             info = service.tables.get(table_id)
             if info is not None and not info.archived and not info.is_optimizely:
                 keys.append((table_id, links[table_id]))
-        stored = await self._repo.get_many(keys)
+        if self._aliases is not None:
+            stored = await self._repo.get_many(keys)
         service = await self._reading(identity, service, [(t, values) for (t, _), values in stored.items()])
         by_table = {
             table_id: stored[(table_id, customer_id)]

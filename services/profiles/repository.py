@@ -55,6 +55,17 @@ FROM (SELECT DISTINCT customer_id FROM pg_temp.profile_stage WHERE jsonb_strip_n
 WHERE p.customer_id = s.customer_id AND p.datasource_id = $1
 """
 
+# A user's links with their profiles (left join: a link may have none yet),
+# then the Optimizely table's own profile, whose customer id is the user's id.
+_CONSOLIDATED = """
+SELECT l.datasource_id, l.customer_id, p.data, true AS linked
+FROM aliases.published_links l
+LEFT JOIN profiles.profiles p ON p.customer_id = l.customer_id AND p.datasource_id = l.datasource_id
+WHERE l.optimizely_user_id = $1 AND l.dcp_service_id = $2
+UNION ALL
+SELECT datasource_id, customer_id, data, false FROM profiles.profiles WHERE customer_id = $1 AND datasource_id = $3
+"""
+
 Values = dict[str, Any]
 
 
@@ -86,6 +97,26 @@ class ProfilesRepository:
             for row in rows
             if (row["datasource_id"], row["customer_id"]) in wanted
         }
+
+    async def consolidated(
+        self, service_id: int, optimizely_table_id: int, optimizely_user_id: str
+    ) -> tuple[dict[int, str], dict[tuple[int, str], Values]]:
+        """One user's alias links and every linked profile, with the Optimizely table's, in one query.
+
+        Links come from the aliases service's published view, which it keeps
+        for readers sharing its database: one round trip instead of two on the
+        read behind every targeting decision.
+        """
+        rows = await self._pool.fetch(_CONSOLIDATED, optimizely_user_id, service_id, optimizely_table_id)
+        links: dict[int, str] = {}
+        stored: dict[tuple[int, str], Values] = {}
+        for row in rows:
+            table_id, customer_id = row["datasource_id"], row["customer_id"]
+            if row["linked"]:
+                links[table_id] = customer_id
+            if row["data"] is not None:
+                stored[(table_id, customer_id)] = row["data"]
+        return links, stored
 
     async def merge(self, table_id: int, customer_id: str, changes: Values) -> Values:
         data: Values = await self._pool.fetchval(_MERGE, customer_id, table_id, changes)
