@@ -537,7 +537,14 @@ def _write_owner_only(path: Path, text: str) -> None:
 
 @contextlib.asynccontextmanager
 async def grpc_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(address)
+    """A channel to a service's replicas.
+
+    Round robin over every address the target resolves to (a headless
+    Kubernetes Service's pods, or a list such as "ipv4:10.0.0.1:50051,10.0.0.2:50051"):
+    gRPC keeps connections open, so the default policy (the first address that
+    answers) would pin every call to one replica however many run.
+    """
+    channel = grpc.aio.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")])
     try:
         yield channel
     finally:
