@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test lint protos bench clean
+.PHONY: install up test lint protos bench clean deploy-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required") if sys.version_info < (3, 11) else None'
@@ -33,6 +33,10 @@ bench: install
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
+
+# Offline checks of deploy/ (Dockerfile, kustomize base and overlays); its tools live in .venv-deploy.
+deploy-check:
+	PYTHON=$(PYTHON) bash scripts/check_deploy.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
