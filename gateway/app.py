@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,6 +26,8 @@ from gateway.config_api import ConfigApi, Endpoint
 from gateway.errors import ApiError, from_rpc_error
 from gateway.imports_api import ImportsApi
 from gateway.profile_api import ProfileApi
+from gateway.ratelimit import Allowance, RateLimiter, account_of
+from services._runtime import metrics
 from services._runtime.interceptors import request_id
 
 logger = logging.getLogger(__name__)
@@ -68,13 +71,24 @@ class _Call:
         return await read_json(self.request, max_bytes=self.max_body_bytes)
 
 
-def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) -> Starlette:
+def create_app(
+    clients: GatewayClients,
+    *,
+    max_body_bytes: int = 1024 * 1024,
+    limiter: RateLimiter | None = None,
+    serve_metrics: bool = True,
+) -> Starlette:
     def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             rid = request_id_of(request)
             token = request_id.set(rid)
+            allowance: Allowance | None = None
             try:
                 metadata = await authenticate(request, clients.auth, rid)
+                if limiter is not None:
+                    allowance = await limiter.take(account_of(metadata))
+                    if allowance is not None and not allowance.allowed:
+                        raise allowance.refusal()
                 response = await endpoint(request, _Call(request, metadata, max_body_bytes))
             except ApiError as error:
                 response = error.response()
@@ -85,6 +99,8 @@ def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) ->
             finally:
                 request_id.reset(token)
             response.headers["x-request-id"] = rid
+            if allowance is not None:
+                response.headers.update(allowance.headers())
             return response
 
         return handle
@@ -112,4 +128,12 @@ def create_app(clients: GatewayClients, *, max_body_bytes: int = 1024 * 1024) ->
         *ImportsApi(clients.imports).routes(wrap),
         *AudiencesApi(clients.schema, clients.profiles).routes(wrap),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    if serve_metrics:
+        # Prometheus scrapes without credentials; in `dcp up` this covers every service.
+        # With a metrics port of its own, the public port does not show them.
+        routes.append(Route("/metrics", metrics.endpoint))
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(metrics.ObservedHttp)],
+    )

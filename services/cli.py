@@ -13,7 +13,7 @@ from grpc import aio
 
 from gateway.app import GatewayClients
 from services import platform
-from services._runtime import logs
+from services._runtime import logs, metrics, tracing
 from services._runtime.errors import DcpError
 from services._runtime.s3 import ObjectStore, open_queue
 from services._runtime.server import wait_for_stop_signal
@@ -188,9 +188,18 @@ async def _run(options: argparse.Namespace) -> None:
     if options.command in ("up", "serve"):
         logs.configure(log_format=settings.log_format, level=settings.log_level)
     if options.command == "up":
-        await _up(settings)
+        async with tracing.traced(settings, "dcp"):
+            await _up(settings)
     elif options.command == "serve":
-        await _serve(settings, options.service)
+        # The gateway's REST port serves /metrics as well; a port of its own lets one scrape config fit every service.
+        host = settings.http_host if options.service == "gateway" else settings.grpc_host
+        async with (
+            tracing.traced(settings, f"dcp-{options.service}"),
+            metrics.serving(host, settings.metrics_port) as metrics_port,
+        ):
+            if metrics_port is not None:
+                print(f"{options.service} metrics on http://{host}:{metrics_port}/metrics", flush=True)
+            await _serve(settings, options.service)
     elif options.command == "migrate":
         await _migrate(settings)
     elif options.command == "accounts":

@@ -18,11 +18,14 @@ import asyncpg
 import grpc
 import uvicorn
 from grpc import aio
+from redis.asyncio import Redis
 
 from dcp.aliases.v1 import aliases_service_pb2_grpc
 from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients, create_app
+from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
+from services._runtime import tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, create_pool, migrate
 from services._runtime.identity import AssertionSigner
@@ -287,7 +290,7 @@ async def start_suite(
         resolver=CallerResolver(signer, parts.credentials), address=f"{settings.grpc_host}:{settings.grpc_port}"
     )
     address = _dial_address(settings.grpc_host, prepared.port)
-    channel = grpc.aio.insecure_channel(address)
+    channel = grpc.aio.insecure_channel(address, interceptors=tracing.client_interceptors())
     try:
         registry = RegistryClient(
             schema_service_pb2_grpc.SchemaServiceStub(channel), signer, ttl_seconds=settings.registry_cache_seconds
@@ -488,7 +491,6 @@ class RunningGateway:
 
 
 async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningGateway:
-    app = create_app(clients, max_body_bytes=settings.max_body_bytes)
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only
     # when their proto says TCP, and without it Nagle holds each response body
     # back until the client's delayed ACK (~40 ms per request).
@@ -498,9 +500,33 @@ async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningG
     sock.bind((settings.http_host, settings.http_port))
     sock.listen(1024)
     sock.setblocking(False)
+    limiter: RateLimiter | None = None
+    redis: Redis | None = None
+    if settings.rate_limit_per_second > 0:
+        policy = RatePolicy(settings.rate_limit_per_second, settings.rate_limit_burst)
+        if settings.redis_url:
+            redis = open_redis(settings.redis_url)
+            limiter = RedisRateLimiter(redis, policy)
+        else:
+            limiter = LocalRateLimiter(policy)
+    app = create_app(
+        clients,
+        max_body_bytes=settings.max_body_bytes,
+        limiter=limiter,
+        serve_metrics=settings.metrics_port is None,
+    )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = _QuietUvicorn(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            # The Redis client lives exactly as long as the server that limits with it.
+            if redis is not None:
+                await redis.aclose()
+
+    task = asyncio.create_task(serve())
     while not server.started:
         if task.done():
             task.result()
@@ -544,7 +570,9 @@ async def grpc_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
     gRPC keeps connections open, so the default policy (the first address that
     answers) would pin every call to one replica however many run.
     """
-    channel = grpc.aio.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")])
+    channel = grpc.aio.insecure_channel(
+        address, options=[("grpc.lb_policy_name", "round_robin")], interceptors=tracing.client_interceptors()
+    )
     try:
         yield channel
     finally:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
+
+from services._runtime import metrics, tracing
+from services._runtime.interceptors import request_id
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +32,50 @@ def _decode_jsonb(data: bytes) -> object:
     return orjson.loads(data[1:])
 
 
+# Slower statements are logged as warnings (every statement is at DEBUG), with the request they ran for.
+SLOW_QUERY_SECONDS = 1.0
+_LOGGED_QUERY_CHARS = 300
+
+
+def _observe_query(record: Any) -> None:
+    """asyncpg's query logger: it runs just after each statement, in a copy of the
+    caller's context, so the request id and the current span are the caller's.
+
+    Statements carry no request id themselves (a comment in the text would defeat
+    asyncpg's statement cache), so the id reaches the database side through these
+    log lines and the statement's span.
+    """
+    tracing.query_span(record, request_id.get())
+    error = record.exception
+    slow = record.elapsed >= SLOW_QUERY_SECONDS
+    if error is None and not slow and not logger.isEnabledFor(logging.DEBUG):
+        return
+    # The text only: values may be personal data and never reach the logs.
+    query = " ".join(record.query.split())
+    if len(query) > _LOGGED_QUERY_CHARS:
+        query = query[: _LOGGED_QUERY_CHARS - 1] + "…"
+    if error is None:
+        if slow:
+            logger.warning("slow query (%.3f s): %s", record.elapsed, query)
+        else:
+            logger.debug("query (%.3f s): %s", record.elapsed, query)
+    elif isinstance(error, asyncpg.PostgresError):
+        # Often expected (a unique violation is a 409): the caller decides whether it is a fault.
+        logger.info(
+            "query failed with %s (SQLSTATE %s) after %.3f s: %s",
+            type(error).__name__,
+            error.sqlstate,
+            record.elapsed,
+            query,
+        )
+    elif isinstance(error, asyncio.CancelledError):
+        logger.info("query cancelled after %.3f s: %s", record.elapsed, query)
+    else:
+        logger.warning("query failed with %s after %.3f s: %s", type(error).__name__, record.elapsed, query)
+
+
 async def init_connection(connection: asyncpg.Connection) -> None:
+    connection.add_query_logger(_observe_query)
     # Binary codecs, because COPY (bulk merges) only speaks the binary format.
     await connection.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
@@ -51,7 +99,7 @@ async def _reset_when_needed(connection: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """One pool per process; JSON columns arrive as Python values."""
+    """One pool per process; JSON columns arrive as Python values, and its sizes are in `/metrics`."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -61,6 +109,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
         command_timeout=60,
     )
     assert pool is not None
+    metrics.watch_pool(pool)
     return pool
 
 

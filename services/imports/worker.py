@@ -12,8 +12,10 @@ import contextlib
 import functools
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from services._runtime import metrics, tracing
 from services._runtime.s3 import ObjectStore, StoredObject
 from services._runtime.settings import ImportSettings
 from services.imports.intake import Intake, event_objects
@@ -96,17 +98,24 @@ class ImportWorker:
             if queue is None:
                 return  # another importer holds the table
             while (upload := await queue.next()) is not None:
-                try:
-                    outcome = await self._importer.process(upload)
-                except RetryLater as reason:
-                    log.warning("upload %d waits: %s", upload.id, reason)
-                    self._resting[table_id] = time.monotonic() + RETRY_SECONDS
-                    return
-                except Exception:
-                    log.exception("upload %d could not be applied; it will be tried again", upload.id)
-                    self._resting[table_id] = time.monotonic() + RETRY_SECONDS
-                    return
-                await queue.finish(upload.id, outcome)
+                with tracing.operation("import upload", {"dcp.upload_id": upload.id, "dcp.table_id": table_id}):
+                    try:
+                        outcome = await self._importer.process(upload)
+                    except RetryLater as reason:
+                        log.warning("upload %d waits: %s", upload.id, reason)
+                        self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                        return
+                    except Exception:
+                        log.exception("upload %d could not be applied; it will be tried again", upload.id)
+                        self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                        return
+                    await queue.finish(upload.id, outcome)
+                metrics.import_finished(
+                    outcome.status,
+                    rows_imported=outcome.rows_ok,
+                    rows_rejected=outcome.rows_failed,
+                    lag_seconds=(datetime.now(UTC) - upload.object_modified).total_seconds(),
+                )
                 log.info(
                     "upload %d %s: %d rows, %d stored, %d refused%s",
                     upload.id,

@@ -60,6 +60,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 18
     PROJECT_NOT_LINKED: _ErrorReason.ValueType  # 19
     """The project is not linked to a DCP service, so its audiences cannot use DCP data."""
+    RATE_LIMITED: _ErrorReason.ValueType  # 20
+    """The account made more requests than its rate limit allows; retry after the
+    seconds the Retry-After header names.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain "dcp").
@@ -105,4 +109,8 @@ ROUTE_NOT_FOUND: ErrorReason.ValueType  # 17
 METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 18
 PROJECT_NOT_LINKED: ErrorReason.ValueType  # 19
 """The project is not linked to a DCP service, so its audiences cannot use DCP data."""
+RATE_LIMITED: ErrorReason.ValueType  # 20
+"""The account made more requests than its rate limit allows; retry after the
+seconds the Retry-After header names.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
