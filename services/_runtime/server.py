@@ -74,11 +74,22 @@ class PreparedServer:
         return RunningServer(server=self.server, port=self.port, health=health_servicer, service_names=tuple(names))
 
 
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+
+
 def prepare_server(*, resolver: CallerResolver, address: str) -> PreparedServer:
     """A server listening on `address` ("host:0" picks a free port) once started."""
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(resolver)],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Callers reconnect, and so look the service's pods up again, at least
+            # this often: replicas added by an autoscaler get calls within minutes.
+            # Calls in flight finish on the old connection (no grace limit), so a
+            # long batch merge is never cut.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ],
     )
     try:
         port = server.add_insecure_port(address)
