@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ SELECT EXISTS (SELECT 1 FROM pg_temp.profile_stage GROUP BY customer_id HAVING c
 """
 
 _COLUMNS_HAVE_REPEATS = """
-SELECT EXISTS (SELECT 1 FROM pg_temp.{table} GROUP BY customer_id HAVING count(*) > 1)
+SELECT EXISTS (SELECT 1 FROM pg_temp.profile_columns GROUP BY customer_id HAVING count(*) > 1)
 """
 
 _STRIP_STAGED_NULLS = """
@@ -110,30 +109,17 @@ def _column_values(columns: Sequence[StageColumn]) -> str:
     return f"jsonb_strip_nulls(jsonb_build_object({pairs}))"
 
 
-def column_stage_name(columns: Sequence[StageColumn]) -> str:
-    """The column stage's table name, one per shape of columns.
-
-    asyncpg caches the column types of a COPY target by its name, per
-    connection; a pooled connection that staged a bigint c0 for one batch
-    would send the next batch's text c0 as an integer. One name per shape
-    keeps every cached entry true.
-    """
-    shape = ",".join(column.sql_type for column in columns)
-    return "profile_columns_" + hashlib.blake2s(shape.encode(), digest_size=8).hexdigest()
-
-
 def _merge_columns_sql(columns: Sequence[StageColumn], *, repeats: bool) -> str:
-    table = column_stage_name(columns)
     changes = _column_values(columns)
     if repeats:
         # A customer's rows fold in batch order, each row's empty cells already
         # left out, so a later row wins only where it has a value.
         source = (
             f"SELECT customer_id, profiles.jsonb_merge_agg({changes} ORDER BY seq) AS data"
-            f" FROM pg_temp.{table} GROUP BY customer_id"
+            " FROM pg_temp.profile_columns GROUP BY customer_id"
         )
     else:
-        source = f"SELECT customer_id, {changes} AS data FROM pg_temp.{table}"
+        source = f"SELECT customer_id, {changes} AS data FROM pg_temp.profile_columns"
     return (
         "INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)"
         f" SELECT customer_id, $1, data FROM ({source}) AS s WHERE data <> '{{}}'::jsonb"
@@ -231,8 +217,7 @@ class ProfilesRepository:
                         # Shaped by this batch's columns, so it lives only as long as the batch.
                         typed = "".join(f", c{i} {column.sql_type}" for i, column in enumerate(columns))
                         await connection.execute(
-                            f"CREATE TEMP TABLE {column_stage_name(columns)} (seq bigint, customer_id text{typed})"
-                            " ON COMMIT DROP"
+                            f"CREATE TEMP TABLE profile_columns (seq bigint, customer_id text{typed}) ON COMMIT DROP"
                         )
                 stage = StagedMerge(connection, table_id, idempotency_key, already_applied=already, columns=columns)
                 yield stage
@@ -281,7 +266,6 @@ class StagedMerge:
         self._columns = list(columns)
         self._column_names = ("seq", "customer_id", *(f"c{i}" for i in range(len(columns))))
         self._column_keys = [column.key for column in columns]
-        self._column_table = column_stage_name(columns)
         self._queue: asyncio.Queue[Sequence[tuple[int, str, Values]] | ColumnRows | None] = asyncio.Queue(
             self.QUEUE_PARTS
         )
@@ -320,7 +304,7 @@ class StagedMerge:
             self._staged_columns = columns
             if isinstance(part, ColumnRows):
                 await self._connection.copy_records_to_table(
-                    self._column_table,
+                    "profile_columns",
                     records=zip(part.seqs, part.customers, *part.columns, strict=True),
                     columns=self._column_names,
                     schema_name="pg_temp",
@@ -336,11 +320,11 @@ class StagedMerge:
 
     async def _merge_staged(self) -> None:
         if self._staged_columns:
-            repeats = await self._connection.fetchval(_COLUMNS_HAVE_REPEATS.format(table=self._column_table))
+            repeats = await self._connection.fetchval(_COLUMNS_HAVE_REPEATS)
             await self._connection.execute(
                 _merge_columns_sql(self._columns, repeats=repeats), self._table_id, *self._column_keys
             )
-            await self._connection.execute(f"TRUNCATE pg_temp.{self._column_table}")
+            await self._connection.execute("TRUNCATE pg_temp.profile_columns")
         else:
             repeats = await self._connection.fetchval(_STAGE_HAS_REPEATS)
             await self._connection.execute(_MERGE_STAGED if repeats else _MERGE_STAGED_UNIQUE, self._table_id)

@@ -5,15 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import asyncpg
 import grpc
 import httpx
 import pytest
 
 from dcp.profiles.v1 import profiles_service_pb2 as pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
-from services._runtime.db import create_pool
-from services.profiles.repository import ColumnRows, ProfilesRepository, StageColumn, StagedMerge
+from services.profiles.repository import StagedMerge
 from tests.conftest import MakeAccount, RunningPlatform, TestAccount
 
 V1 = "/experiment/v1"
@@ -157,23 +155,3 @@ async def test_order_holds_across_the_parts_merged_along_the_way(batch: Batch, m
     assert result.rows_stored == 5
     assert await batch.profile("c1") == {"ltv": 2, "vip": True}
     assert await batch.profile("new") == {"ltv": 9}
-
-
-async def test_one_connection_stages_batches_of_different_column_types_one_after_another(
-    database_url: str, pool: asyncpg.Pool
-) -> None:
-    # `pool` migrates the database. One connection of its own, so each batch
-    # meets whatever the one before left cached on it.
-    single = await create_pool(database_url, min_size=1, max_size=1)
-    try:
-        repository = ProfilesRepository(single)
-        for key, kind, value in (("901", "long", 5), ("902", "string", "five"), ("903", "double", "5.0")):
-            async with repository.staged_merge(999_001, "", [StageColumn(key, kind)]) as stage:
-                await stage.add_columns(ColumnRows([1], ["shape-test"], [[value]]))
-                await stage.apply(1)
-        stored = await single.fetchval(
-            "SELECT data FROM profiles.profiles WHERE customer_id = 'shape-test' AND datasource_id = 999001"
-        )
-        assert stored == {"901": 5, "902": "five", "903": 5.0}
-    finally:
-        await single.close()
