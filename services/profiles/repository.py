@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +49,6 @@ _STAGE_HAS_REPEATS = """
 SELECT EXISTS (SELECT 1 FROM pg_temp.profile_stage GROUP BY customer_id HAVING count(*) > 1)
 """
 
-_COLUMNS_HAVE_REPEATS = """
-SELECT EXISTS (SELECT 1 FROM pg_temp.profile_columns GROUP BY customer_id HAVING count(*) > 1)
-"""
-
 _STRIP_STAGED_NULLS = """
 UPDATE profiles.profiles AS p SET data = jsonb_strip_nulls(p.data)
 FROM (SELECT DISTINCT customer_id FROM pg_temp.profile_stage WHERE jsonb_strip_nulls(data) <> data) AS s
@@ -72,60 +67,6 @@ SELECT datasource_id, customer_id, data, false FROM profiles.profiles WHERE cust
 """
 
 Values = dict[str, Any]
-
-# How each datatype's canonical values travel into a column stage. Doubles go as
-# the text of their JSON form and become numeric in SQL, so a stored double
-# keeps exactly the form a JSON write gives it (10.0 stays 10.0, never 10).
-STAGE_TYPES = {"long": "bigint", "epoch": "bigint", "double": "text", "bool": "boolean", "string": "text"}
-
-
-@dataclass(frozen=True)
-class ColumnRows:
-    """A part of a batch as columns: text cells parsed a column at a time are staged without a dict per row."""
-
-    seqs: Sequence[int]
-    customers: Sequence[str]
-    columns: Sequence[Sequence[Any]]
-    """Per batch column, the canonical values; None where a cell leaves the value unchanged."""
-
-
-@dataclass(frozen=True)
-class StageColumn:
-    """One batch column: the attribute's stored key and its datatype (or "epoch")."""
-
-    key: str
-    kind: str
-
-    @property
-    def sql_type(self) -> str:
-        return STAGE_TYPES.get(self.kind, "text")
-
-
-def _column_values(columns: Sequence[StageColumn]) -> str:
-    """One staged row's changes as jsonb: the named keys, empty cells left out."""
-    pairs = ", ".join(
-        f"${i + 2}::text, c{i}{'::numeric' if column.kind == 'double' else ''}" for i, column in enumerate(columns)
-    )
-    return f"jsonb_strip_nulls(jsonb_build_object({pairs}))"
-
-
-def _merge_columns_sql(columns: Sequence[StageColumn], *, repeats: bool) -> str:
-    changes = _column_values(columns)
-    if repeats:
-        # A customer's rows fold in batch order, each row's empty cells already
-        # left out, so a later row wins only where it has a value.
-        source = (
-            f"SELECT customer_id, profiles.jsonb_merge_agg({changes} ORDER BY seq) AS data"
-            " FROM pg_temp.profile_columns GROUP BY customer_id"
-        )
-    else:
-        source = f"SELECT customer_id, {changes} AS data FROM pg_temp.profile_columns"
-    return (
-        "INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)"
-        f" SELECT customer_id, $1, data FROM ({source}) AS s WHERE data <> '{{}}'::jsonb"
-        " ON CONFLICT (customer_id, datasource_id)"
-        " DO UPDATE SET data = p.data || EXCLUDED.data, updated_at = now()"
-    )
 
 
 class ProfilesRepository:
@@ -187,9 +128,7 @@ class ProfilesRepository:
         )
 
     @contextlib.asynccontextmanager
-    async def staged_merge(
-        self, table_id: int, idempotency_key: str = "", columns: Sequence[StageColumn] = ()
-    ) -> AsyncIterator[StagedMerge]:
+    async def staged_merge(self, table_id: int, idempotency_key: str = "") -> AsyncIterator[StagedMerge]:
         """A transaction that stages rows as they come and merges them at once.
 
         Leaving the block without `apply()`, or with an exception, stores nothing.
@@ -213,13 +152,7 @@ class ProfilesRepository:
                         "CREATE TEMP TABLE IF NOT EXISTS profile_stage (seq bigint, customer_id text, data jsonb)"
                         " ON COMMIT DELETE ROWS"
                     )
-                    if columns:
-                        # Shaped by this batch's columns, so it lives only as long as the batch.
-                        typed = "".join(f", c{i} {column.sql_type}" for i, column in enumerate(columns))
-                        await connection.execute(
-                            f"CREATE TEMP TABLE profile_columns (seq bigint, customer_id text{typed}) ON COMMIT DROP"
-                        )
-                stage = StagedMerge(connection, table_id, idempotency_key, already_applied=already, columns=columns)
+                stage = StagedMerge(connection, table_id, idempotency_key, already_applied=already)
                 yield stage
             except BaseException:
                 if stage is not None:
@@ -245,15 +178,7 @@ class StagedMerge:
     QUEUE_PARTS = 4
     MERGE_EVERY = 50_000
 
-    def __init__(
-        self,
-        connection: asyncpg.Connection,
-        table_id: int,
-        key: str,
-        *,
-        already_applied: bool,
-        columns: Sequence[StageColumn] = (),
-    ) -> None:
+    def __init__(self, connection: asyncpg.Connection, table_id: int, key: str, *, already_applied: bool) -> None:
         self._connection = connection
         self._table_id = table_id
         self._key = key
@@ -261,14 +186,7 @@ class StagedMerge:
         self.applied = False
         self._has_clears = False
         self._staged = 0
-        self._staged_columns = False
-        """What is staged now: column rows (True) or value rows; a change of kind merges first, keeping order."""
-        self._columns = list(columns)
-        self._column_names = ("seq", "customer_id", *(f"c{i}" for i in range(len(columns))))
-        self._column_keys = [column.key for column in columns]
-        self._queue: asyncio.Queue[Sequence[tuple[int, str, Values]] | ColumnRows | None] = asyncio.Queue(
-            self.QUEUE_PARTS
-        )
+        self._queue: asyncio.Queue[Sequence[tuple[int, str, Values]] | None] = asyncio.Queue(self.QUEUE_PARTS)
         self._writer: asyncio.Task[None] | None = None
 
     async def add(self, records: Sequence[tuple[int, str, Values]], *, clears: bool = False) -> None:
@@ -276,20 +194,11 @@ class StagedMerge:
         if self.already_applied or not records:
             return
         self._has_clears = self._has_clears or clears
-        await self._put(records)
-
-    async def add_columns(self, part: ColumnRows) -> None:
-        """Stages rows given as the batch's columns (see `staged_merge(columns=...)`)."""
-        if self.already_applied or not part.seqs:
-            return
-        await self._put(part)
-
-    async def _put(self, part: Sequence[tuple[int, str, Values]] | ColumnRows) -> None:
         if self._writer is None:
             self._writer = asyncio.create_task(self._write())
         if self._writer.done():
             self._writer.result()  # a failed write surfaces here
-        put = asyncio.ensure_future(self._queue.put(part))
+        put = asyncio.ensure_future(self._queue.put(records))
         # Wait for room in the queue, unless the writer fails meanwhile: then its error is the answer.
         await asyncio.wait((put, self._writer), return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
@@ -297,40 +206,20 @@ class StagedMerge:
             self._writer.result()
 
     async def _write(self) -> None:
-        while (part := await self._queue.get()) is not None:
-            columns = isinstance(part, ColumnRows)
-            if self._staged and columns != self._staged_columns:
-                await self._merge_staged()
-            self._staged_columns = columns
-            if isinstance(part, ColumnRows):
-                await self._connection.copy_records_to_table(
-                    "profile_columns",
-                    records=zip(part.seqs, part.customers, *part.columns, strict=True),
-                    columns=self._column_names,
-                    schema_name="pg_temp",
-                )
-                self._staged += len(part.seqs)
-            else:
-                await self._connection.copy_records_to_table(
-                    "profile_stage", records=part, columns=("seq", "customer_id", "data"), schema_name="pg_temp"
-                )
-                self._staged += len(part)
+        while (records := await self._queue.get()) is not None:
+            await self._connection.copy_records_to_table(
+                "profile_stage", records=records, columns=("seq", "customer_id", "data"), schema_name="pg_temp"
+            )
+            self._staged += len(records)
             if self._staged >= self.MERGE_EVERY:
                 await self._merge_staged()
 
     async def _merge_staged(self) -> None:
-        if self._staged_columns:
-            repeats = await self._connection.fetchval(_COLUMNS_HAVE_REPEATS)
-            await self._connection.execute(
-                _merge_columns_sql(self._columns, repeats=repeats), self._table_id, *self._column_keys
-            )
-            await self._connection.execute("TRUNCATE pg_temp.profile_columns")
-        else:
-            repeats = await self._connection.fetchval(_STAGE_HAS_REPEATS)
-            await self._connection.execute(_MERGE_STAGED if repeats else _MERGE_STAGED_UNIQUE, self._table_id)
-            if self._has_clears:
-                await self._connection.execute(_STRIP_STAGED_NULLS, self._table_id)
-            await self._connection.execute("TRUNCATE pg_temp.profile_stage")
+        repeats = await self._connection.fetchval(_STAGE_HAS_REPEATS)
+        await self._connection.execute(_MERGE_STAGED if repeats else _MERGE_STAGED_UNIQUE, self._table_id)
+        if self._has_clears:
+            await self._connection.execute(_STRIP_STAGED_NULLS, self._table_id)
+        await self._connection.execute("TRUNCATE pg_temp.profile_stage")
         self._staged = 0
 
     async def finish_writing(self) -> None:
