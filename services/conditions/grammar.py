@@ -25,7 +25,7 @@ from services.conditions.model import (
     Leaf,
     Node,
 )
-from services.profiles.validation import LONG_MAX, LONG_MIN, AttributeSpec, ValueProblem, check_json_value
+from services.profiles.validation import LONG_MAX, LONG_MIN, AttributeSpec, ValueProblem, check_json_value, describe
 
 AttributeLookup = Callable[[int, int], AttributeRef | str]
 """(datasource id, attribute id) → the attribute, or why it cannot be used in this DCP service's conditions."""
@@ -96,7 +96,7 @@ def parse_conditions(raw: Any, lookup: AttributeLookup, *, strict: bool) -> Node
     if isinstance(document, dict):
         _fail([(ROOT, 'must be a list such as ["and", {condition}, ...], not a single condition')])
     if not isinstance(document, list):
-        _fail([(ROOT, f"must be a JSON array of conditions, got {_describe(document)}")])
+        _fail([(ROOT, f"must be a JSON array of conditions, got {describe(document)}")])
     if not document:
         return None
     # Counted before anything else, so an oversized document costs no attribute lookups.
@@ -141,7 +141,7 @@ class _Parser:
         operands = value[1:]
         ok = True
         if not isinstance(operator, str):
-            add(f"{path}[0]", f"must be the operator 'and', 'or' or 'not', got {_describe(operator)}")
+            add(f"{path}[0]", f"must be the operator 'and', 'or' or 'not', got {describe(operator)}")
             ok = False
         elif operator not in OPERATORS:
             add(f"{path}[0]", f"unknown operator {_quote(operator)}; use 'and', 'or' or 'not'")
@@ -161,9 +161,7 @@ class _Parser:
             elif isinstance(operand, dict):
                 child = self.leaf(operand, child_path)
             else:
-                add(
-                    child_path, f"must be a condition object or a nested [operator, ...] list, got {_describe(operand)}"
-                )
+                add(child_path, f"must be a condition object or a nested [operator, ...] list, got {describe(operand)}")
                 child = None
             if child is None:
                 ok = False
@@ -183,11 +181,11 @@ class _Parser:
             add(f"{path}.type", "is required and must be 'dcp'")
             ok = False
         elif kind != "dcp":
-            got = _quote(kind) if isinstance(kind, str) else _describe(kind)
+            got = _quote(kind) if isinstance(kind, str) else describe(kind)
             add(f"{path}.type", f"must be 'dcp', got {got}")
             ok = False
         if "name" in value and not isinstance(value["name"], str):
-            add(f"{path}.name", f"must be a string, got {_describe(value['name'])}")
+            add(f"{path}.name", f"must be a string, got {describe(value['name'])}")
             ok = False
         datasource_id = self._id(value, "dcp_datasource_id", path)
         attribute_id = self._id(value, "dcp_attribute_id", path)
@@ -196,7 +194,7 @@ class _Parser:
             add(f"{path}.match_type", "is required")
             match_type = None
         elif not isinstance(match_type, str):
-            add(f"{path}.match_type", f"must be a string, got {_describe(match_type)}")
+            add(f"{path}.match_type", f"must be a string, got {describe(match_type)}")
             match_type = None
         elif match_type not in MATCH_TYPES:
             add(f"{path}.match_type", f"unknown match type {_quote(match_type)}; use {_either(MATCH_TYPES)}")
@@ -229,7 +227,7 @@ class _Parser:
             return None
         given = value[field]
         if isinstance(given, bool) or not isinstance(given, int):
-            self._violations.add(f"{path}.{field}", f"must be an integer, got {_describe(given)}")
+            self._violations.add(f"{path}.{field}", f"must be an integer, got {describe(given)}")
             return None
         if not LONG_MIN <= given <= LONG_MAX:
             self._violations.add(f"{path}.{field}", "must fit in a signed 64-bit integer")
@@ -295,7 +293,7 @@ class _Parser:
 
     def _in_values(self, spec: AttributeSpec, given: Any, path: str) -> Any:
         if not isinstance(given, list):
-            self._violations.add(path, f"must be a list of values for match type 'in', got {_describe(given)}")
+            self._violations.add(path, f"must be a list of values for match type 'in', got {describe(given)}")
             return _INVALID
         if not given:
             self._violations.add(path, "must list at least one value")
@@ -355,24 +353,6 @@ def _regex_hint(text: str) -> str | None:
 
 def _either(names: tuple[str, ...]) -> str:
     return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _quote(text: str, limit: int = 40) -> str:

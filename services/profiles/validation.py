@@ -89,7 +89,7 @@ def check_json_value(spec: AttributeSpec, value: Any, *, pii_guard: bool = True)
     kind = spec.datatype
     if kind == "string":
         if not isinstance(value, str):
-            raise ValueProblem(f"must be a string, got {_describe(value)}")
+            raise ValueProblem(f"must be a string, got {describe(value)}")
         if len(value) > MAX_STRING_LENGTH:
             raise ValueProblem(f"must be at most {MAX_STRING_LENGTH} characters, got {len(value)}")
         if "\x00" in value:
@@ -101,17 +101,17 @@ def check_json_value(spec: AttributeSpec, value: Any, *, pii_guard: bool = True)
         return value
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ValueProblem(f"must be true or false, got {_describe(value)}")
+            raise ValueProblem(f"must be true or false, got {describe(value)}")
         return value
     if kind == "long":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueProblem(f"must be an integer, got {_describe(value)}")
+            raise ValueProblem(f"must be an integer, got {describe(value)}")
         if not LONG_MIN <= value <= LONG_MAX:
             raise ValueProblem("must fit in a signed 64-bit integer")
         return value
     if kind == "double":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueProblem(f"must be a number, got {_describe(value)}")
+            raise ValueProblem(f"must be a number, got {describe(value)}")
         try:
             number = float(value)
         except OverflowError:
@@ -123,12 +123,12 @@ def check_json_value(spec: AttributeSpec, value: Any, *, pii_guard: bool = True)
     if kind == "datetime":
         if spec.format == "epoch":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueProblem(f"must be an integer of epoch milliseconds, got {_describe(value)}")
+                raise ValueProblem(f"must be an integer of epoch milliseconds, got {describe(value)}")
             if not EPOCH_MS_MIN <= value <= EPOCH_MS_MAX:
                 raise ValueProblem("must be epoch milliseconds between years 1 and 9999")
             return value
         if not isinstance(value, str):
-            raise ValueProblem(f"must be a string in the format {spec.format}, got {_describe(value)}")
+            raise ValueProblem(f"must be a string in the format {spec.format}, got {describe(value)}")
         problem = _date_problem(value) if spec.format == "yyyy-mm-dd" else _datetime_problem(value)
         if problem:
             raise ValueProblem(problem)
@@ -376,7 +376,8 @@ def validate_update(
     return canonical
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A JSON value's kind in words, for messages that say what was sent instead."""
     if value is None:
         return "null"
     if isinstance(value, bool):

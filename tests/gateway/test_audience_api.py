@@ -15,17 +15,9 @@ import pytest
 
 from services._runtime.s3 import ObjectStore
 from tests.conftest import MakeAccount, TestAccount
+from tests.gateway.test_profile_api import ATTRIBUTES
 
 V1 = "/experiment/v1"
-ATTRIBUTES: list[dict[str, Any]] = [
-    {"name": "ltv", "datatype": "long"},
-    {"name": "score", "datatype": "double"},
-    {"name": "vip", "datatype": "bool"},
-    {"name": "category", "datatype": "string"},
-    {"name": "day", "datatype": "datetime", "format": "yyyy-mm-dd"},
-    {"name": "at", "datatype": "datetime", "format": "yyyy-mm-ddThh:mm:ssZ"},
-    {"name": "ms", "datatype": "datetime", "format": "epoch"},
-]
 
 
 @dataclass

@@ -271,7 +271,7 @@ def test_a_leaf_must_be_of_type_dcp() -> None:
 
 
 @pytest.mark.parametrize(
-    ("given", "described"), [("7", "a string"), (True, "a boolean"), (7.0, "a number"), (None, "null")]
+    ("given", "described"), [("7", "a string"), (True, "a boolean"), (7.0, "a floating-point number"), (None, "null")]
 )
 @pytest.mark.parametrize("field", ["dcp_datasource_id", "dcp_attribute_id"])
 def test_ids_must_be_json_integers(field: str, given: Any, described: str) -> None:
