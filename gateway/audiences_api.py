@@ -22,7 +22,6 @@ from gateway.errors import ApiError
 V1 = "/experiment/v1"
 MEMBERS_DEFAULT_PER_PAGE = 100
 MEMBERS_MAX_PER_PAGE = 10_000
-EXPORT_FORMATS = ("csv", "jsonl")
 MAX_EVALUATE_AUDIENCES = 1000
 
 _AUDIENCE = BodySpec(
@@ -34,7 +33,8 @@ _AUDIENCE = BodySpec(
     },
     read_only=frozenset({"id", "project_id", "archived", "created", "last_modified"}),
 )
-_EXPORT = BodySpec(writable={"format": FieldType("string", choices=EXPORT_FORMATS)})
+# Which formats exist is the profiles service's to say; here only the field's type.
+_EXPORT = BodySpec(writable={"format": FieldType("string")})
 
 
 def audience_json(message: resources_pb2.Audience) -> dict[str, Any]:

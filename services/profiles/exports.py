@@ -125,7 +125,6 @@ class Exports:
 
     async def export_table(self, identity: Identity, table_id: int, export_format: str) -> ExportView:
         _check_format(export_format)
-        bucket = self.store.bucket
         service_id = await self._registry.service_of_table(identity, table_id)
         service = await self._registry.fresh_service(identity, service_id)
         table = service.table(table_id)
@@ -133,31 +132,33 @@ class Exports:
             raise FailedPrecondition(
                 f"table {table_id} is archived; its profiles can no longer be exported", reason="RESOURCE_ARCHIVED"
             )
-        record = await self._repo.create(
-            identity.account_id,
-            service_id,
-            datasource_id=table_id,
-            audience_id=None,
-            export_format=export_format,
-            bucket=bucket,
-            key_of=lambda export_id: f"exports/{service_id}/table-{table_id}-export-{export_id}.{export_format}",
-        )
-        self._start(record.id)
-        return ExportView(record, "")
+        return await self._begin(identity, service_id, export_format, datasource_id=table_id)
 
     async def export_audience(self, identity: Identity, audience_id: int, export_format: str) -> ExportView:
         _check_format(export_format)
-        bucket = self.store.bucket
         audience = await self._targeting.resolve(identity, audience_id)
-        service_id = audience.service.id
+        return await self._begin(identity, audience.service.id, export_format, audience_id=audience_id)
+
+    async def _begin(
+        self,
+        identity: Identity,
+        service_id: int,
+        export_format: str,
+        *,
+        datasource_id: int | None = None,
+        audience_id: int | None = None,
+    ) -> ExportView:
+        """Records the export, then starts it here; the record is what survives a crash."""
+        bucket = self.store.bucket
+        source = f"table-{datasource_id}" if datasource_id is not None else f"audience-{audience_id}"
         record = await self._repo.create(
             identity.account_id,
             service_id,
-            datasource_id=None,
+            datasource_id=datasource_id,
             audience_id=audience_id,
             export_format=export_format,
             bucket=bucket,
-            key_of=lambda export_id: f"exports/{service_id}/audience-{audience_id}-export-{export_id}.{export_format}",
+            key_of=lambda export_id: f"exports/{service_id}/{source}-export-{export_id}.{export_format}",
         )
         self._start(record.id)
         return ExportView(record, "")
