@@ -76,6 +76,7 @@ class ImportsApi:
             route("/uploads", {"GET": self.list_uploads, "POST": self.upload_url}),
             route("/uploads/{upload_id}", {"GET": self.get_upload}),
             route("/uploads/{upload_id}/errors", {"GET": self.upload_errors}),
+            route("/uploads/{upload_id}/cancel", {"POST": self.cancel_upload}),
             route("/template", {"GET": self.template}),
             route("/validate", {"POST": self.validate}),
         ]
@@ -103,6 +104,16 @@ class ImportsApi:
             metadata=call.metadata,
         )
         return JSONResponse(upload_json(answer))
+
+    async def cancel_upload(self, request: Request, call: Call) -> Response:
+        # 202: a file being imported stops within seconds, after this answer.
+        answer = await self._imports.CancelUpload(
+            pb.CancelUploadRequest(
+                dcp_datasource_id=path_id(request, "table_id"), upload_id=path_id(request, "upload_id")
+            ),
+            metadata=call.metadata,
+        )
+        return JSONResponse(upload_json(answer), status_code=202)
 
     async def upload_errors(self, request: Request, call: Call) -> Response:
         output = request.query_params.get("format", "json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -18,6 +19,7 @@ from services._runtime.errors import DcpError
 from services._runtime.s3 import ObjectStore, open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
+from services._runtime.supervisor import ChildProcess
 from services.schema.credentials import parse_token_kind
 from services.schema.keys import key_issuer
 
@@ -40,35 +42,68 @@ async def _up(settings: Settings) -> None:
             await platform.migrate_all(pool)
             parts = platform.schema_parts(settings, pool)
             first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
-            signer = platform.identity_signer(settings, allow_generated=True)
+            if settings.identity_key is None:
+                # The import worker process verifies and signs with the same key as this one.
+                settings = settings.with_overrides(identity_key=secrets.token_urlsafe(48))
+            signer = platform.identity_signer(settings, allow_generated=False)
+            in_child = settings.imports.worker_processes
             async with (
                 platform.upload_store(settings.s3, embedded=True) as (store, s3),
                 open_queue(s3, settings.imports.queue_url) as queue,
                 key_issuer(s3) as keys,
             ):
-                suite = await platform.start_suite(settings, pool, signer, store=store, queue=queue, keys=keys)
-                await _serve_suite(settings, suite, s3, first_token)
+                suite = await platform.start_suite(
+                    settings, pool, signer, store=store, queue=queue, keys=keys, import_worker=not in_child
+                )
+                worker: ChildProcess | None = None
+                try:
+                    if in_child:
+                        worker = await platform.start_import_worker_process(
+                            settings,
+                            {
+                                "DCP_DATABASE_URL": url,
+                                "DCP_SCHEMA_ADDRESS": suite.grpc_address,
+                                **_store_wiring(s3),
+                            },
+                        )
+                    await _serve_suite(settings, suite, s3, first_token, worker)
+                finally:
+                    if worker is not None:
+                        await worker.stop(settings.shutdown_grace_seconds)
+                    await suite.stop(settings.shutdown_grace_seconds)
 
 
-async def _serve_suite(settings: Settings, suite: platform.Suite, s3: S3Settings, first_token: str | None) -> None:
-    try:
-        print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
-        print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
-        print(f"  gRPC: {suite.grpc_address}", flush=True)
-        database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
-        print(f"  database: {database}", flush=True)
-        if settings.s3.endpoint_url is None:
-            print(f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (objects live in memory)", flush=True)
-            print(f"    access key {s3.access_key_id}  secret {s3.secret_access_key}", flush=True)
-        else:
-            print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
-        if first_token:
-            print(f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):")
-            print(f"    {first_token}", flush=True)
-        await wait_for_stop_signal()
-        print("stopping...", flush=True)
-    finally:
-        await suite.stop(settings.shutdown_grace_seconds)
+def _store_wiring(s3: S3Settings) -> dict[str, str]:
+    """The store as this process reaches it (the embedded one included), for a child process."""
+    wiring = {"DCP_S3_BUCKET": s3.bucket, "DCP_S3_REGION": s3.region}
+    if s3.endpoint_url:
+        wiring["DCP_S3_ENDPOINT_URL"] = s3.endpoint_url
+    if s3.access_key_id and s3.secret_access_key:
+        wiring["DCP_S3_ACCESS_KEY_ID"] = s3.access_key_id
+        wiring["DCP_S3_SECRET_ACCESS_KEY"] = s3.secret_access_key
+    return wiring
+
+
+async def _serve_suite(
+    settings: Settings, suite: platform.Suite, s3: S3Settings, first_token: str | None, worker: ChildProcess | None
+) -> None:
+    print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
+    print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
+    print(f"  gRPC: {suite.grpc_address}", flush=True)
+    database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
+    print(f"  database: {database}", flush=True)
+    if settings.s3.endpoint_url is None:
+        print(f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (objects live in memory)", flush=True)
+        print(f"    access key {s3.access_key_id}  secret {s3.secret_access_key}", flush=True)
+    else:
+        print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
+    if worker is not None:
+        print(f"  imports: applied by a worker process (pid {worker.pid})", flush=True)
+    if first_token:
+        print(f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):")
+        print(f"    {first_token}", flush=True)
+    await wait_for_stop_signal()
+    print("stopping...", flush=True)
 
 
 def _require(value: str | None, variable: str, service: str) -> str:
@@ -112,11 +147,23 @@ async def _serve(settings: Settings, service: str) -> None:
             )
             store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
             queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
+            in_child = settings.imports.worker_processes
             imports = await platform.start_imports_server(
-                settings, pool, signer, store, schema_channel=schema, profiles_channel=profiles, queue=queue
+                settings,
+                pool,
+                signer,
+                store,
+                schema_channel=schema,
+                profiles_channel=profiles,
+                queue=queue,
+                import_worker=not in_child,
             )
             server = imports.server
             stop = imports.stop
+            if in_child:
+                # The child inherits this process's settings: database, schema, profiles and store.
+                worker = await platform.start_import_worker_process(settings, {})
+                stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
         else:
             schema = await stack.enter_async_context(
                 platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
@@ -165,6 +212,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--grpc-port", type=int, help="gRPC port (default: DCP_GRPC_PORT or 50051)")
     serve = commands.add_parser("serve", help="run one service alone (Kubernetes)")
     serve.add_argument("service", choices=platform.SERVICES)
+    commands.add_parser(
+        "import-worker",
+        help="apply uploaded files; started by `dcp up` and `dcp serve imports` as their child process",
+    )
     with_data_dir(commands.add_parser("migrate", help="apply database migrations"))
 
     accounts = commands.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
@@ -185,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(options: argparse.Namespace) -> None:
     settings = _settings(options)
-    if options.command in ("up", "serve"):
+    if options.command in ("up", "serve", "import-worker"):
         logs.configure(log_format=settings.log_format, level=settings.log_level)
     if options.command == "up":
         async with tracing.traced(settings, "dcp"):
@@ -200,6 +251,9 @@ async def _run(options: argparse.Namespace) -> None:
             if metrics_port is not None:
                 print(f"{options.service} metrics on http://{host}:{metrics_port}/metrics", flush=True)
             await _serve(settings, options.service)
+    elif options.command == "import-worker":
+        async with tracing.traced(settings, "dcp-import-worker"):
+            await platform.run_import_worker(settings)
     elif options.command == "migrate":
         await _migrate(settings)
     elif options.command == "accounts":

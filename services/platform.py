@@ -8,8 +8,9 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,21 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients, create_app
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
-from services._runtime import tracing
+from services._runtime import metrics, supervisor, tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, create_pool, migrate
 from services._runtime.identity import AssertionSigner
-from services._runtime.s3 import EmbeddedS3, ObjectStore, open_store
-from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server
+from services._runtime.s3 import EmbeddedS3, ObjectStore, open_queue, open_store
+from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server, wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
+from services._runtime.supervisor import ChildProcess
 from services.aliases import repository as aliases_repository
 from services.aliases import servicer as aliases_servicer
 from services.aliases.aliases import Aliases
 from services.aliases.client import AliasesClient
 from services.imports import repository as imports_repository
 from services.imports import servicer as imports_servicer
+from services.imports.checking import FileChecker
 from services.imports.intake import Intake
 from services.imports.processing import BatchMerger, Importer
 from services.imports.uploads import TableDirectory, UploadHistory
@@ -165,6 +168,7 @@ class Suite:
     exports: Exports | None = None
     worker: asyncio.Task[None] | None = None
     export_runner: asyncio.Task[None] | None = None
+    imports: ImportParts | None = None
 
     @property
     def http_url(self) -> str:
@@ -187,6 +191,8 @@ class Suite:
             # An export cut short stays unfinished and is run again at the next start.
             await self.exports.stop()
         await self.grpc.stop(grace)
+        if self.imports is not None:
+            self.imports.close()
         await self.channel.close(grace=None)
 
 
@@ -241,6 +247,11 @@ class ImportParts:
 
     history: UploadHistory
     worker: ImportWorker
+    checker: FileChecker | None = None
+
+    def close(self) -> None:
+        if self.checker is not None:
+            self.checker.close()
 
 
 def import_parts(
@@ -253,6 +264,7 @@ def import_parts(
     profiles_channel: aio.Channel | None = None,
     profiles: Profiles | None = None,
     queue: Any = None,
+    on_finished: Callable[..., None] = metrics.import_finished,
 ) -> ImportParts:
     """With `profiles` (one process) rows go to the domain directly; else over `profiles_channel`."""
     schema_stub = schema_service_pb2_grpc.SchemaServiceStub(schema_channel)
@@ -266,9 +278,11 @@ def import_parts(
         merger = RemoteBatchMerger(profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel), signer)
     importer = Importer(store, registry, merger, settings.imports)
     intake = Intake(store, repository, ImportTargetsClient(schema_stub, signer))
-    worker = ImportWorker(intake, importer, repository, store, settings.imports, queue=queue)
-    history = UploadHistory(repository, TableDirectory(schema_stub, signer).owned_table, store, importer)
-    return ImportParts(history, worker)
+    worker = ImportWorker(intake, importer, repository, store, settings.imports, queue=queue, on_finished=on_finished)
+    # Files posted to `validate` are checked in worker processes when the worker runs in one too.
+    checker = FileChecker(registry, settings.imports) if settings.imports.worker_processes else None
+    history = UploadHistory(repository, TableDirectory(schema_stub, signer).owned_table, store, checker or importer)
+    return ImportParts(history, worker, checker)
 
 
 async def start_suite(
@@ -280,10 +294,12 @@ async def start_suite(
     store: ObjectStore | None = None,
     queue: Any = None,
     keys: KeyIssuer | None = None,
+    import_worker: bool = True,
 ) -> Suite:
     """Starts every service on one server, wired to each other through it.
 
     Without a store the imports service is left out: nothing else needs S3.
+    Without `import_worker` no upload is applied here: a worker process does it.
     """
     parts = schema_parts(settings, pool, keys)
     prepared = prepare_server(
@@ -330,8 +346,13 @@ async def start_suite(
         await channel.close(grace=None)
         raise
     await server.mark_serving()
-    worker = asyncio.create_task(imports.worker.run(), name="imports-worker") if imports is not None else None
+    worker = (
+        asyncio.create_task(imports.worker.run(), name="imports-worker")
+        if imports is not None and import_worker
+        else None
+    )
     return Suite(
+        imports=imports,
         worker=worker,
         targeting=profile_parts.targeting,
         exports=profile_parts.exports,
@@ -416,13 +437,16 @@ def _stopping_exports(runner: asyncio.Task[None], exports: Exports) -> Callable[
 @dataclass
 class RunningImports:
     server: RunningServer
-    worker: asyncio.Task[None]
+    parts: ImportParts
+    worker: asyncio.Task[None] | None
 
     async def stop(self, grace: float) -> None:
-        self.worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.worker
+        if self.worker is not None:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
         await self.server.stop(grace)
+        self.parts.close()
 
 
 async def start_imports_server(
@@ -434,8 +458,9 @@ async def start_imports_server(
     schema_channel: aio.Channel,
     profiles_channel: aio.Channel,
     queue: Any = None,
+    import_worker: bool = True,
 ) -> RunningImports:
-    """The imports service alone: its API, and the worker applying uploads."""
+    """The imports service alone: its API, and (with `import_worker`) the worker applying uploads."""
     parts = import_parts(
         settings, pool, signer, store, schema_channel=schema_channel, profiles_channel=profiles_channel, queue=queue
     )
@@ -445,7 +470,8 @@ async def start_imports_server(
         resolver=CallerResolver(signer, authenticator),
         address=f"{settings.grpc_host}:{settings.grpc_port}",
     )
-    return RunningImports(server, asyncio.create_task(parts.worker.run(), name="imports-worker"))
+    worker = asyncio.create_task(parts.worker.run(), name="imports-worker") if import_worker else None
+    return RunningImports(server, parts, worker)
 
 
 @contextlib.asynccontextmanager
@@ -577,3 +603,88 @@ async def grpc_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
         yield channel
     finally:
         await channel.close(grace=None)
+
+
+IMPORT_WORKER_ARGV = (sys.executable, "-m", "services.cli", "import-worker")
+
+
+def _worker_finished(event: dict[str, Any]) -> None:
+    if event.get("event") == "import_finished":
+        metrics.import_finished(
+            str(event["status"]),
+            rows_imported=int(event["rows_imported"]),
+            rows_rejected=int(event["rows_rejected"]),
+            lag_seconds=float(event["lag_seconds"]),
+        )
+
+
+async def start_import_worker_process(settings: Settings, wiring: Mapping[str, str]) -> ChildProcess:
+    """The import worker in a child process; `wiring` names what it connects to (database, schema, store)."""
+    env = {**os.environ, **wiring}
+    if settings.identity_key:
+        env["DCP_IDENTITY_KEY"] = settings.identity_key
+    child = ChildProcess("import worker", IMPORT_WORKER_ARGV, env, on_event=_worker_finished)
+    await child.start()
+    return child
+
+
+def _report_finished(status: str, *, rows_imported: int, rows_rejected: int, lag_seconds: float) -> None:
+    supervisor.report(
+        "import_finished",
+        status=status,
+        rows_imported=rows_imported,
+        rows_rejected=rows_rejected,
+        lag_seconds=lag_seconds,
+    )
+
+
+async def run_import_worker(settings: Settings) -> None:
+    """The child process: applies uploads until its parent stops it or goes away.
+
+    It merges rows through the profiles service when DCP_PROFILES_ADDRESS is set,
+    else directly into the shared database (as `dcp up` does in one process).
+    """
+    supervisor.stop_with_parent()
+    if not settings.database_url or not settings.schema_address:
+        raise SystemExit("dcp import-worker needs DCP_DATABASE_URL and DCP_SCHEMA_ADDRESS")
+    signer = identity_signer(settings, allow_generated=False)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(opened_pool(settings.database_url, settings))
+        schema_channel = await stack.enter_async_context(grpc_channel(settings.schema_address))
+        store, _ = await stack.enter_async_context(upload_store(settings.s3, embedded=False))
+        queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
+        profiles: Profiles | None = None
+        profiles_channel: aio.Channel | None = None
+        if settings.profiles_address:
+            profiles_channel = await stack.enter_async_context(grpc_channel(settings.profiles_address))
+        else:
+            registry = RegistryClient(
+                schema_service_pb2_grpc.SchemaServiceStub(schema_channel),
+                signer,
+                ttl_seconds=settings.registry_cache_seconds,
+            )
+            profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, None)
+        parts = import_parts(
+            settings.with_overrides(imports=replace(settings.imports, worker_processes=False)),
+            pool,
+            signer,
+            store,
+            schema_channel=schema_channel,
+            profiles_channel=profiles_channel,
+            profiles=profiles,
+            queue=queue,
+            on_finished=_report_finished,
+        )
+        worker = asyncio.create_task(parts.worker.run(), name="imports-worker")
+        gone = asyncio.create_task(supervisor.parent_gone(), name="parent-watch")
+        stop = asyncio.create_task(wait_for_stop_signal(), name="stop-signal")
+        supervisor.report(supervisor.READY_EVENT)
+        try:
+            await asyncio.wait({worker, gone, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (worker, gone, stop):
+                task.cancel()
+            # An import cut short rolls back and is taken up again by the next worker.
+            await asyncio.gather(worker, gone, stop, return_exceptions=True)
+        if worker.done() and not worker.cancelled() and worker.exception() is not None:
+            raise worker.exception()  # type: ignore[misc]

@@ -87,6 +87,22 @@ class ImportSettings:
     """Larger objects are refused without being read."""
     max_field_chars: int = 1024 * 1024
     """A longer field fails its file."""
+    max_inflated_bytes: int = 20 * 1024**3
+    """A file whose text (after gzip decompression) grows past this many bytes fails."""
+    max_rows: int = 50_000_000
+    """A file with more data rows fails; nothing of it is stored."""
+    max_compression_ratio: int = 100
+    """A gzip file inflating to more than this many times its compressed size fails (a
+    decompression bomb); checked once it has inflated past `ratio_check_bytes`."""
+    ratio_check_bytes: int = 16 * 1024**2
+    """Inflated bytes before the compression ratio is judged: small files may compress far better."""
+    worker_processes: bool = True
+    """Apply uploads in a child process (`dcp up`, `dcp serve imports`), so that parsing a file
+    never delays a request the serving process answers."""
+    validate_workers: int = 1
+    """Processes that check files posted to `validate`; each checks one file at a time."""
+    cancel_check_seconds: float = 1.0
+    """How often a running import looks whether it was cancelled, or its table or service archived."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +236,13 @@ class Settings:
                 concurrency=reader.integer("DCP_IMPORT_CONCURRENCY", 4, minimum=1),
                 max_file_bytes=reader.integer("DCP_IMPORT_MAX_FILE_BYTES", 5 * 1024**3, minimum=1),
                 max_field_chars=reader.integer("DCP_IMPORT_MAX_FIELD_CHARS", 1024 * 1024, minimum=4096),
+                max_inflated_bytes=reader.integer("DCP_IMPORT_MAX_INFLATED_BYTES", 20 * 1024**3, minimum=1024),
+                max_rows=reader.integer("DCP_IMPORT_MAX_ROWS", 50_000_000, minimum=1),
+                max_compression_ratio=reader.integer("DCP_IMPORT_MAX_COMPRESSION_RATIO", 100, minimum=2),
+                ratio_check_bytes=reader.integer("DCP_IMPORT_RATIO_CHECK_BYTES", 16 * 1024**2, minimum=0),
+                worker_processes=reader.choice("DCP_IMPORT_WORKER_PROCESS", ("on", "off"), "on") == "on",
+                validate_workers=reader.integer("DCP_IMPORT_VALIDATE_WORKERS", 1, minimum=1, maximum=64),
+                cancel_check_seconds=reader.number("DCP_IMPORT_CANCEL_CHECK_SECONDS", 1.0),
             ),
         )
         reader.raise_if_invalid()

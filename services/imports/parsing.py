@@ -21,6 +21,7 @@ limit itself whenever the process-wide one is higher.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import io
@@ -30,6 +31,7 @@ from typing import NamedTuple
 
 DEFAULT_MAX_FIELD_CHARS = 1_048_576
 DEFAULT_BATCH_ROWS = 5000
+DEFAULT_RATIO_CHECK_BYTES = 16 * 1024 * 1024
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -81,6 +83,9 @@ class CsvStream:
         key: str,
         max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        max_inflated_bytes: int | None = None,
+        max_compression_ratio: int | None = None,
+        ratio_check_bytes: int = DEFAULT_RATIO_CHECK_BYTES,
     ) -> None:
         if max_field_chars < 1:
             raise ValueError("max_field_chars must be positive")
@@ -90,7 +95,12 @@ class CsvStream:
             csv.field_size_limit(max_field_chars)
         self._chunks = chunks
         self._batch_rows = batch_rows
-        self._decoder = _Decoder(gzipped=key.lower().endswith(".gz"))
+        self._decoder = _Decoder(
+            gzipped=key.lower().endswith(".gz"),
+            max_bytes=max_inflated_bytes,
+            max_ratio=max_compression_ratio,
+            ratio_check_bytes=ratio_check_bytes,
+        )
         self._splitter = _Splitter(delimiter_for(key), max_field_chars)
         self._source = self._batches()
         self._header: Record | None = None
@@ -129,6 +139,11 @@ class CsvStream:
                     for start in range(0, full, size):
                         yield ready[start : start + size]
                     del ready[:full]
+                else:
+                    # One small compressed chunk can inflate to gigabytes of text
+                    # with no record in it (blank lines): hand the loop back after
+                    # every bounded piece, so a cancellation is noticed at once.
+                    await asyncio.sleep(0)
         for text in self._decoder.finish():
             ready += self._splitter.feed(text)
         ready += self._splitter.finish()
@@ -139,8 +154,19 @@ class CsvStream:
 class _Decoder:
     """Raw object bytes in, UTF-8 text out, in pieces of bounded size."""
 
-    def __init__(self, *, gzipped: bool) -> None:
+    def __init__(
+        self,
+        *,
+        gzipped: bool,
+        max_bytes: int | None = None,
+        max_ratio: int | None = None,
+        ratio_check_bytes: int = DEFAULT_RATIO_CHECK_BYTES,
+    ) -> None:
         self._gzipped = gzipped
+        self._max_bytes = max_bytes
+        self._max_ratio = max_ratio
+        self._ratio_check_bytes = ratio_check_bytes
+        self._compressed = 0  # object bytes taken in, for the compression ratio
         # Held back until two bytes are known, so the gzip magic can be seen
         # even when the first chunks are a single byte each.
         self._head: bytes | None = b""
@@ -172,11 +198,31 @@ class _Decoder:
         yield from self._text(text)
 
     def _raw(self, chunk: bytes) -> Iterator[str]:
+        self._compressed += len(chunk)
         if not self._gzipped:
+            self._check_size(len(chunk))
             yield from self._decode(chunk)
             return
         for data in self._inflate(chunk):
+            self._check_size(len(data))
             yield from self._decode(data)
+
+    def _check_size(self, more: int) -> None:
+        inflated = self._offset + more
+        if self._max_bytes is not None and inflated > self._max_bytes:
+            what = "inflates to" if self._gzipped else "has"
+            raise FileProblem(f"the file {what} more than {self._max_bytes} bytes of text, the most a file may have")
+        if (
+            self._gzipped
+            and self._max_ratio is not None
+            and inflated > self._ratio_check_bytes
+            and inflated > self._max_ratio * self._compressed
+        ):
+            raise FileProblem(
+                f"the file inflates to more than {self._max_ratio} times its compressed size"
+                f" ({inflated} bytes from the first {self._compressed}); such a file is refused"
+                " as a decompression bomb"
+            )
 
     def _inflate(self, data: bytes) -> Iterator[bytes]:
         try:

@@ -79,10 +79,15 @@ def _cut(text: str) -> str:
 
 
 @dataclass
-class _Tally:
+class Progress:
+    """How far an import has read its file; watched by whoever may have to stop it."""
+
     rows_total: int = 0
     rejected_here: int = 0
     errors: list[ErrorRow] = field(default_factory=list)
+    reading_done: bool = False
+    """Every row has been handed to the merge: from here on the file is being
+    committed, and stopping could no longer say for sure what was stored."""
 
 
 class BatchMerger(Protocol):
@@ -101,10 +106,10 @@ class Importer:
     ) -> None:
         self._store = store
         self._registry = registry
-        self._merger = merger
         self._settings = settings
+        self._applier = FileApplier(merger, settings)
 
-    async def process(self, upload: Upload) -> Outcome:
+    async def process(self, upload: Upload, progress: Progress | None = None) -> Outcome:
         # The importer acts for the account that owns the table, and only for it.
         identity = Identity(upload.account_id, frozenset({Scope.WRITE}), CredentialKind.SERVICE, "imports")
         if upload.size_bytes > self._settings.max_file_bytes:
@@ -123,13 +128,9 @@ class Importer:
             return Outcome("failed", error=f"table {upload.datasource_id} no longer exists")
         if table.archived or service.archived:
             return Outcome("failed", error=f"table {table.id} is archived; files put in its path are not imported")
-        stream = CsvStream(
-            self._store.chunks(stored_object(upload)),
-            key=upload.file_name,
-            max_field_chars=self._settings.max_field_chars,
-        )
+        stream = self._applier.stream(self._store.chunks(stored_object(upload)), upload.file_name)
         try:
-            return await self._run(
+            return await self._applier.run(
                 stream,
                 identity,
                 upload.dcp_service_id,
@@ -137,16 +138,35 @@ class Importer:
                 all_or_nothing=table.import_mode == "all_or_nothing",
                 idempotency_key=f"import:{upload.id}",
                 validate_only=False,
+                progress=progress,
             )
         except ObjectGone:
             return Outcome("failed", error="the file was removed from the bucket before it could be imported")
+
+    async def archived_reason(self, upload: Upload) -> str | None:
+        """Why the upload's table can no longer take its file, if it cannot (asked afresh)."""
+        identity = Identity(upload.account_id, frozenset({Scope.READ}), CredentialKind.SERVICE, "imports")
+        try:
+            service = await self._registry.fresh_service(identity, upload.dcp_service_id)
+        except NotFound:
+            return f"table {upload.datasource_id} no longer exists; no row of the file was stored"
+        except DcpError:
+            return None  # the registry cannot be asked now; the import goes on
+        table = service.tables.get(upload.datasource_id)
+        if table is None:
+            return f"table {upload.datasource_id} no longer exists; no row of the file was stored"
+        if service.archived:
+            return f"DCP service {service.id} was archived during the import; no row of the file was stored"
+        if table.archived:
+            return f"table {table.id} was archived during the import; no row of the file was stored"
+        return None
 
     async def validate(
         self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
     ) -> Outcome:
         """What an upload of this file would end as, storing nothing."""
-        return await self._run(
-            CsvStream(chunks, key=file_name, max_field_chars=self._settings.max_field_chars),
+        return await self._applier.run(
+            self._applier.stream(chunks, file_name),
             identity,
             service_id,
             table,
@@ -155,7 +175,27 @@ class Importer:
             validate_only=True,
         )
 
-    async def _run(
+
+class FileApplier:
+    """Reads one file's rows within the limits, hands them to a merger, and tells how it went."""
+
+    def __init__(self, merger: BatchMerger, settings: ImportSettings) -> None:
+        self._merger = merger
+        self._settings = settings
+
+    def stream(self, chunks: AsyncIterator[bytes], file_name: str) -> CsvStream:
+        """The file's records, within every limit a file must keep to."""
+        limits = self._settings
+        return CsvStream(
+            chunks,
+            key=file_name,
+            max_field_chars=limits.max_field_chars,
+            max_inflated_bytes=limits.max_inflated_bytes,
+            max_compression_ratio=limits.max_compression_ratio,
+            ratio_check_bytes=limits.ratio_check_bytes,
+        )
+
+    async def run(
         self,
         stream: CsvStream,
         identity: Identity,
@@ -165,13 +205,14 @@ class Importer:
         all_or_nothing: bool,
         idempotency_key: str,
         validate_only: bool,
+        progress: Progress | None = None,
     ) -> Outcome:
         try:
             header = await stream.header()
             columns = read_header(header.fields, table)
         except FileProblem as problem:
             return Outcome("failed", error=str(problem))
-        tally = _Tally()
+        tally = progress if progress is not None else Progress()
         batch = BatchHeader(
             service_id=service_id,
             table_id=table.id,
@@ -194,15 +235,18 @@ class Importer:
         return self._outcome(tally, result, all_or_nothing=all_or_nothing)
 
     async def _chunks(
-        self, stream: CsvStream, columns: Columns, width: int, tally: _Tally
+        self, stream: CsvStream, columns: Columns, width: int, tally: Progress
     ) -> AsyncIterator[BatchChunk]:
         customer_index = columns.customer_index
         max_errors = self._settings.max_errors
+        max_rows = self._settings.max_rows
         numbers: list[int] = []
         cells: list[str] = []
         size = 0
         rejected = 0
         async for batch in stream:
+            if tally.rows_total + len(batch) > max_rows:
+                raise FileProblem(f"the file has more than {max_rows} data rows, the most a file may have")
             for record in batch:
                 tally.rows_total += 1
                 fields = record.fields
@@ -229,10 +273,11 @@ class Importer:
                     yield BatchChunk(text_rows=TextRows(numbers, cells), rejected_by_caller=rejected)
                     numbers, cells, size, rejected = [], [], 0, 0
         tally.rejected_here += rejected
+        tally.reading_done = True
         if numbers or rejected:
             yield BatchChunk(text_rows=TextRows(numbers, cells), rejected_by_caller=rejected)
 
-    def _outcome(self, tally: _Tally, response: BatchResult, *, all_or_nothing: bool) -> Outcome:
+    def _outcome(self, tally: Progress, response: BatchResult, *, all_or_nothing: bool) -> Outcome:
         failed = tally.rejected_here + response.rows_rejected
         errors = sorted(
             [

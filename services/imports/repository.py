@@ -188,6 +188,42 @@ class ImportsRepository:
         )
         return [(r["seq"], ErrorRow(r["row_number"], r["column_name"], r["value"], r["message"])) for r in rows]
 
+    async def request_cancel(self, account_id: int, table_id: int, upload_id: int, reason: str) -> Upload | None:
+        """Stops an upload: a pending one ends at once, a processing one is stopped by its importer.
+
+        Returns the upload as it now is, or None when the account has no such upload.
+        """
+        where = "account_id = $1 AND datasource_id = $2 AND id = $3"
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "UPDATE imports.uploads SET status = 'failed', finished_at = now(), error = $4, cancel_reason = $4"
+                f" WHERE {where} AND status = 'pending' RETURNING {_UPLOAD_COLUMNS}",
+                account_id,
+                table_id,
+                upload_id,
+                reason,
+            )
+            if row is None:
+                await connection.execute(
+                    f"UPDATE imports.uploads SET cancel_reason = $4 WHERE {where} AND status = 'processing'"
+                    " AND cancel_reason IS NULL",
+                    account_id,
+                    table_id,
+                    upload_id,
+                    reason,
+                )
+                row = await connection.fetchrow(
+                    f"SELECT {_UPLOAD_COLUMNS} FROM imports.uploads WHERE {where}", account_id, table_id, upload_id
+                )
+        return None if row is None else _upload(row)
+
+    async def cancel_reason(self, upload_id: int) -> str | None:
+        """Why the upload was asked to stop, if it was."""
+        reason: str | None = await self._pool.fetchval(
+            "SELECT cancel_reason FROM imports.uploads WHERE id = $1", upload_id
+        )
+        return reason
+
     async def undisposed(self, bucket: str, limit: int = 500) -> list[Upload]:
         rows = await self._pool.fetch(
             f"SELECT {_UPLOAD_COLUMNS} FROM imports.uploads WHERE bucket = $1"

@@ -87,6 +87,10 @@ class ImportsServicer(pb_grpc.ImportsServiceServicer):
         identity = caller(Scope.READ)
         return upload_to_proto(await self._history.get(identity, request.dcp_datasource_id, request.upload_id))
 
+    async def CancelUpload(self, request: pb.CancelUploadRequest, context: Context) -> pb.Upload:
+        identity = caller(Scope.WRITE)
+        return upload_to_proto(await self._history.cancel(identity, request.dcp_datasource_id, request.upload_id))
+
     async def ListUploadErrors(
         self, request: pb.ListUploadErrorsRequest, context: Context
     ) -> pb.ListUploadErrorsResponse:

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import grpc
 
@@ -17,13 +18,13 @@ from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
 from services._runtime.paging import Page
 from services._runtime.s3 import ObjectStore
-from services.imports.processing import Importer
 from services.imports.repository import ErrorRow, ImportsRepository, Outcome, Upload
 from services.schema.client import TableInfo, table_info_from_proto
 
 MAX_FILE_NAME_CHARS = 255
 DEFAULT_URL_SECONDS = 900
 MAX_URL_SECONDS = 7 * 24 * 3600
+CANCELLED_ON_REQUEST = "cancelled on request; no row of the file was stored"
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -34,6 +35,14 @@ class OwnedTable:
     service_id: int
     s3_path: str
     info: TableInfo
+
+
+class FileValidator(Protocol):
+    """Checks a file as its upload would be checked, storing nothing."""
+
+    async def validate(
+        self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
+    ) -> Outcome: ...
 
 
 # Finds a table of the caller's account, or raises NotFound.
@@ -95,12 +104,12 @@ class UploadHistory:
         repository: ImportsRepository,
         tables: TableLookup,
         store: ObjectStore,
-        importer: Importer,
+        checker: FileValidator,
     ) -> None:
         self._repo = repository
         self._tables = tables
         self._store = store
-        self._importer = importer
+        self._checker = checker
 
     async def uploads(self, identity: Identity, table_id: int, page: Page) -> list[Upload]:
         await self._tables(identity, table_id)
@@ -124,6 +133,23 @@ class UploadHistory:
         upload = await self.get(identity, table_id, upload_id)
         return upload, await self._repo.errors(upload.id, after_seq=page.after_id, limit=page.size + 1)
 
+    async def cancel(self, identity: Identity, table_id: int, upload_id: int) -> Upload:
+        """Stops an upload that has not finished; its history entry says it was cancelled."""
+        await self._tables(identity, table_id)
+        upload = await self._repo.request_cancel(identity.account_id, table_id, upload_id, CANCELLED_ON_REQUEST)
+        if upload is None:
+            raise NotFound(
+                f"upload {upload_id} does not exist in table {table_id}",
+                metadata={"resource": "upload", "id": str(upload_id)},
+            )
+        if upload.status not in ("pending", "processing") and upload.error != CANCELLED_ON_REQUEST:
+            raise FailedPrecondition(
+                f"upload {upload_id} has already finished ({upload.status}); only a pending or processing"
+                " upload can be cancelled",
+                reason="UPLOAD_FINISHED",
+            )
+        return upload
+
     async def template(self, identity: Identity, table_id: int) -> tuple[str, str]:
         table = await self._tables(identity, table_id)
         return f"{table.info.name}-template.csv", template_csv(table.info)
@@ -133,7 +159,7 @@ class UploadHistory:
     ) -> Outcome:
         check_file_name(file_name)
         table = await self._tables(identity, table_id)
-        return await self._importer.validate(identity, table.service_id, table.info, file_name, chunks)
+        return await self._checker.validate(identity, table.service_id, table.info, file_name, chunks)
 
     async def upload_url(self, identity: Identity, table_id: int, file_name: str, expires_in: int) -> UploadUrl:
         check_file_name(file_name)

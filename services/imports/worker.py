@@ -12,15 +12,18 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import asyncpg
 
 from services._runtime import metrics, tracing
 from services._runtime.s3 import ObjectStore, StoredObject
 from services._runtime.settings import ImportSettings
 from services.imports.intake import Intake, event_objects
-from services.imports.processing import Importer, RetryLater, stored_object
-from services.imports.repository import ImportsRepository, Upload
+from services.imports.processing import Importer, Progress, RetryLater, stored_object
+from services.imports.repository import ImportsRepository, Outcome, Upload
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,9 @@ class ImportWorker:
         settings: ImportSettings,
         *,
         queue: Any = None,
+        on_finished: Callable[..., None] = metrics.import_finished,
     ) -> None:
+        self._on_finished = on_finished
         self._intake = intake
         self._importer = importer
         self._repo = repository
@@ -100,7 +105,7 @@ class ImportWorker:
             while (upload := await queue.next()) is not None:
                 with tracing.operation("import upload", {"dcp.upload_id": upload.id, "dcp.table_id": table_id}):
                     try:
-                        outcome = await self._importer.process(upload)
+                        outcome = await self._stoppable(upload)
                     except RetryLater as reason:
                         log.warning("upload %d waits: %s", upload.id, reason)
                         self._resting[table_id] = time.monotonic() + RETRY_SECONDS
@@ -110,7 +115,7 @@ class ImportWorker:
                         self._resting[table_id] = time.monotonic() + RETRY_SECONDS
                         return
                     await queue.finish(upload.id, outcome)
-                metrics.import_finished(
+                self._on_finished(
                     outcome.status,
                     rows_imported=outcome.rows_ok,
                     rows_rejected=outcome.rows_failed,
@@ -126,6 +131,45 @@ class ImportWorker:
                     f" ({outcome.error})" if outcome.error else "",
                 )
                 await self._dispose(upload)
+
+    async def _stoppable(self, upload: Upload) -> Outcome:
+        """Imports one upload, stopping it when it is cancelled or its table or service archived.
+
+        Stopping is safe while the file is still being read: the merge's
+        transaction rolls back and nothing of the file is stored. Once every row
+        has been handed over, the file is being committed and is let finish.
+        """
+        progress = Progress()
+        work = asyncio.create_task(self._importer.process(upload, progress), name=f"import-upload-{upload.id}")
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=self._settings.cancel_check_seconds)
+                if done:
+                    return work.result()
+                if progress.reading_done:
+                    continue
+                reason = await self._stop_reason(upload)
+                if reason is None or progress.reading_done or work.done():
+                    continue
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                log.info("upload %d stopped after %d rows: %s", upload.id, progress.rows_total, reason)
+                return Outcome("failed", rows_total=progress.rows_total, error=reason)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+
+    async def _stop_reason(self, upload: Upload) -> str | None:
+        try:
+            requested = await self._repo.cancel_reason(upload.id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return None  # asked again at the next check; the import itself meets the outage if it lasts
+        if requested is not None:
+            return requested
+        return await self._importer.archived_reason(upload)
 
     async def _dispose(self, upload: Upload) -> None:
         stored = stored_object(upload)

@@ -242,6 +242,8 @@ class Profiles:
         """
         # A batch is long enough that a fresh look at the registry costs nothing.
         service = await self._registry.fresh_service(identity, header.service_id)
+        if header.validate_only:
+            return await check_batch(service, header, chunks, max_errors=max_errors)
         table = service.table(header.table_id)
         _refuse_archived(service, table)
         columns = _text_columns(table, header.columns)
@@ -251,11 +253,9 @@ class Profiles:
                 rows.rejected_by_caller += chunk.rejected_by_caller
                 staged = [*rows.typed(chunk.rows), *rows.text(chunk.text_rows)]
                 # Once an all-or-nothing batch has a bad row, staging more is wasted work.
-                if not header.validate_only and not (header.all_or_nothing and rows.any_rejected):
+                if not (header.all_or_nothing and rows.any_rejected):
                     await stage.add(staged, clears=rows.cleared)
             result = rows.result()
-            if header.validate_only:
-                return result
             if header.all_or_nothing and rows.any_rejected:
                 result.rows_stored = 0
                 return result
@@ -314,6 +314,27 @@ class Profiles:
             if (table_id, customer_id) in stored
         }
         return service, keys, by_table
+
+
+async def check_batch(
+    service: ServiceSnapshot,
+    header: BatchHeader,
+    chunks: AsyncIterator[BatchChunk],
+    *,
+    max_errors: int = MAX_BATCH_ERRORS,
+) -> BatchResult:
+    """What merging these rows would store and refuse, with the same rules as a merge, storing nothing.
+
+    Needs no database: a process that only checks files runs it on a snapshot of the service.
+    """
+    table = service.table(header.table_id)
+    _refuse_archived(service, table)
+    rows = _RowChecker(table, _text_columns(table, header.columns), pii_guard=service.pii_guard, max_errors=max_errors)
+    async for chunk in chunks:
+        rows.rejected_by_caller += chunk.rejected_by_caller
+        rows.typed(chunk.rows)
+        rows.text(chunk.text_rows)
+    return rows.result()
 
 
 def _refuse_archived(service: ServiceSnapshot, table: TableInfo) -> None:

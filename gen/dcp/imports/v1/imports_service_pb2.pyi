@@ -178,6 +178,28 @@ class GetUploadRequest(_message.Message):
 Global___GetUploadRequest: _TypeAlias = GetUploadRequest  # noqa: Y015
 
 @_typing.final
+class CancelUploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    dcp_datasource_id: _builtins.int
+    upload_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        dcp_datasource_id: _builtins.int = ...,
+        upload_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelUploadRequest: _TypeAlias = CancelUploadRequest  # noqa: Y015
+
+@_typing.final
 class RowProblem(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -51,6 +51,11 @@ class ImportsServiceStub:
                 request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetUploadRequest.SerializeToString,
                 response_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.FromString,
                 _registered_method=True)
+        self.CancelUpload = channel.unary_unary(
+                '/dcp.imports.v1.ImportsService/CancelUpload',
+                request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.CancelUploadRequest.SerializeToString,
+                response_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.FromString,
+                _registered_method=True)
         self.ListUploadErrors = channel.unary_unary(
                 '/dcp.imports.v1.ImportsService/ListUploadErrors',
                 request_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.ListUploadErrorsRequest.SerializeToString,
@@ -97,6 +102,18 @@ class ImportsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelUpload(self, request, context):
+        """Stops an upload that has not finished: a pending one at once, one being
+        imported within seconds (its transaction rolls back, nothing of the file
+        is stored). The upload ends `failed` with the reason as its error.
+        Returns the upload as it is now (still processing until its importer has
+        stopped). NOT_FOUND for the table or the upload; FAILED_PRECONDITION
+        (reason UPLOAD_FINISHED) for an upload that has already finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListUploadErrors(self, request, context):
         """The rows an upload refused, in row order, up to the kept cap.
         """
@@ -138,6 +155,11 @@ def add_ImportsServiceServicer_to_server(servicer, server):
             'GetUpload': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUpload,
                     request_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetUploadRequest.FromString,
+                    response_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.SerializeToString,
+            ),
+            'CancelUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelUpload,
+                    request_deserializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.CancelUploadRequest.FromString,
                     response_serializer=dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.SerializeToString,
             ),
             'ListUploadErrors': grpc.unary_unary_rpc_method_handler(
@@ -221,6 +243,33 @@ class ImportsService:
             target,
             '/dcp.imports.v1.ImportsService/GetUpload',
             dcp_dot_imports_dot_v1_dot_imports__service__pb2.GetUploadRequest.SerializeToString,
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.imports.v1.ImportsService/CancelUpload',
+            dcp_dot_imports_dot_v1_dot_imports__service__pb2.CancelUploadRequest.SerializeToString,
             dcp_dot_imports_dot_v1_dot_imports__service__pb2.Upload.FromString,
             options,
             channel_credentials,

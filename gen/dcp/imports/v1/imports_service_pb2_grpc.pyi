@@ -44,6 +44,14 @@ class ImportsServiceStub:
     """A table's uploads, newest first. NOT_FOUND for the table."""
     GetUpload: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.GetUploadRequest, _imports_service_pb2.Upload]
     """One upload. NOT_FOUND for the table or the upload."""
+    CancelUpload: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.CancelUploadRequest, _imports_service_pb2.Upload]
+    """Stops an upload that has not finished: a pending one at once, one being
+    imported within seconds (its transaction rolls back, nothing of the file
+    is stored). The upload ends `failed` with the reason as its error.
+    Returns the upload as it is now (still processing until its importer has
+    stopped). NOT_FOUND for the table or the upload; FAILED_PRECONDITION
+    (reason UPLOAD_FINISHED) for an upload that has already finished.
+    """
     ListUploadErrors: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.ListUploadErrorsRequest, _imports_service_pb2.ListUploadErrorsResponse]
     """The rows an upload refused, in row order, up to the kept cap."""
     GetTemplate: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.GetTemplateRequest, _imports_service_pb2.Template]
@@ -73,6 +81,14 @@ class ImportsServiceAsyncStub(ImportsServiceStub):
     """A table's uploads, newest first. NOT_FOUND for the table."""
     GetUpload: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.GetUploadRequest, _imports_service_pb2.Upload]  # type: ignore[assignment]
     """One upload. NOT_FOUND for the table or the upload."""
+    CancelUpload: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.CancelUploadRequest, _imports_service_pb2.Upload]  # type: ignore[assignment]
+    """Stops an upload that has not finished: a pending one at once, one being
+    imported within seconds (its transaction rolls back, nothing of the file
+    is stored). The upload ends `failed` with the reason as its error.
+    Returns the upload as it is now (still processing until its importer has
+    stopped). NOT_FOUND for the table or the upload; FAILED_PRECONDITION
+    (reason UPLOAD_FINISHED) for an upload that has already finished.
+    """
     ListUploadErrors: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.ListUploadErrorsRequest, _imports_service_pb2.ListUploadErrorsResponse]  # type: ignore[assignment]
     """The rows an upload refused, in row order, up to the kept cap."""
     GetTemplate: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.GetTemplateRequest, _imports_service_pb2.Template]  # type: ignore[assignment]
@@ -111,6 +127,20 @@ class ImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_imports_service_pb2.Upload, _abc.Awaitable[_imports_service_pb2.Upload]]:
         """One upload. NOT_FOUND for the table or the upload."""
+
+    @_abc_1.abstractmethod
+    def CancelUpload(
+        self,
+        request: _imports_service_pb2.CancelUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_service_pb2.Upload, _abc.Awaitable[_imports_service_pb2.Upload]]:
+        """Stops an upload that has not finished: a pending one at once, one being
+        imported within seconds (its transaction rolls back, nothing of the file
+        is stored). The upload ends `failed` with the reason as its error.
+        Returns the upload as it is now (still processing until its importer has
+        stopped). NOT_FOUND for the table or the upload; FAILED_PRECONDITION
+        (reason UPLOAD_FINISHED) for an upload that has already finished.
+        """
 
     @_abc_1.abstractmethod
     def ListUploadErrors(

@@ -1,0 +1,167 @@
+"""A child process kept running: started, restarted when it dies, stopped with its parent.
+
+Work that is CPU-heavy for long stretches (applying an uploaded file) runs in a
+child process so that the parent's event loop stays free to answer requests.
+The child reports to its parent in JSON lines on its stdout (metrics, its
+readiness) and watches its stdin: when the parent goes away, even killed, the
+pipe closes and the child stops. On Linux it also asks the kernel for SIGTERM
+when its parent dies (see `stop_with_parent`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+# Restarts back off from one second to this, and reset once a child has run this long.
+MAX_RESTART_DELAY = 30.0
+HEALTHY_RUN_SECONDS = 60.0
+READY_EVENT = "ready"
+
+
+class ChildProcess:
+    """One supervised child; `start` waits until it says it is ready."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        on_event: Callable[[dict[str, Any]], None],
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self._name = name
+        self._argv = list(argv)
+        self._env = dict(env)
+        self._on_event = on_event
+        self._ready_timeout = ready_timeout
+        self._process: asyncio.subprocess.Process | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    async def start(self) -> None:
+        """Starts the child and keeps it running; raises if the first one never gets ready."""
+        self._task = asyncio.create_task(self._keep_running(), name=f"supervise-{self._name}")
+        waiting = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait({waiting, self._task}, timeout=self._ready_timeout, return_when="FIRST_COMPLETED")
+        if waiting not in done:
+            waiting.cancel()
+            await self.stop(1.0)
+            raise RuntimeError(f"the {self._name} process did not start within {self._ready_timeout:.0f} s")
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds."""
+        self._stopping = True
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _keep_running(self) -> None:
+        delay = 1.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            started = loop.time()
+            code = await self._run_once()
+            if self._stopping:
+                return
+            if loop.time() - started > HEALTHY_RUN_SECONDS:
+                delay = 1.0
+            log.error("the %s process exited with code %s; starting it again in %.0f s", self._name, code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY)
+            self.restarts += 1
+
+    async def _run_once(self) -> int | None:
+        self._process = process = await asyncio.create_subprocess_exec(
+            *self._argv,
+            env=self._env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            # Logs go where the parent's go.
+            stderr=None,
+            # Out of the terminal's process group: Ctrl-C reaches the parent,
+            # which stops the child itself, in order.
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        try:
+            async for line in process.stdout:
+                self._event(line)
+            return await process.wait()
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+
+    def _event(self, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            log.warning("%s process: %s", self._name, line.decode("utf-8", "replace").rstrip())
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("event") == READY_EVENT:
+            self._ready.set()
+            return
+        try:
+            self._on_event(event)
+        except (TypeError, ValueError, KeyError):
+            log.warning("%s process sent an event that could not be read: %r", self._name, event)
+
+
+def report(event: str, **fields: Any) -> None:
+    """Child side: one event for the parent."""
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def stop_with_parent() -> None:
+    """Child side: SIGTERM when the parent dies, however it dies (Linux only; elsewhere stdin closing says it)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # A parent that died before the request was made has closed stdin: `parent_gone` sees to that case.
+
+
+async def parent_gone() -> None:
+    """Child side: returns when stdin closes, which is when the parent has stopped or died."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while await reader.read(4096):
+            pass
+    finally:
+        transport.close()

@@ -1,0 +1,111 @@
+"""Checking a posted file (`validate`) in worker processes.
+
+Inflating, parsing and validating a file is CPU work: a 300 KB gzip can hold
+gigabytes of text. Done on the event loop that answers requests, one tenant's
+file would hold up every other tenant's calls, so the serving process only
+spools the posted bytes to a temporary file and a process of a small pool
+does the checking, on a snapshot of the DCP service taken just before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from services._runtime.errors import Unavailable
+from services._runtime.identity import CredentialKind, Identity, Scope
+from services._runtime.settings import ImportSettings
+from services.imports.processing import FileApplier
+from services.imports.repository import Outcome
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, check_batch
+from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
+
+_READ_BYTES = 1024 * 1024
+
+
+class FileChecker:
+    """Checks files in a pool of worker processes, created once and shut down with the service."""
+
+    def __init__(self, registry: RegistryClient, settings: ImportSettings) -> None:
+        self._registry = registry
+        self._settings = settings
+        # spawn: a forked child would inherit the serving process's event loop,
+        # gRPC threads and sockets.
+        self._pool = ProcessPoolExecutor(
+            max_workers=settings.validate_workers, mp_context=multiprocessing.get_context("spawn")
+        )
+
+    async def validate(
+        self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
+    ) -> Outcome:
+        """What an upload of this file would end as, storing nothing."""
+        service = await self._registry.fresh_service(identity, service_id)
+        fd, path = tempfile.mkstemp(prefix="dcp-validate-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as spool:
+                async for chunk in chunks:
+                    spool.write(chunk)
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(
+                    self._pool, check_file, path, file_name, service, table.id, self._settings
+                )
+            except BrokenProcessPool:
+                # A checker that died (killed for memory, say) takes its pool with it; the next call gets a new one.
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self._settings.validate_workers, mp_context=multiprocessing.get_context("spawn")
+                )
+                raise Unavailable("the file could not be checked: its checking process stopped; retry") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _SnapshotChecker:
+    """The merge's rules on a service snapshot, storing nothing."""
+
+    def __init__(self, service: ServiceSnapshot) -> None:
+        self._service = service
+
+    async def merge_stream(
+        self, identity: Identity, header: BatchHeader, chunks: AsyncIterator[BatchChunk]
+    ) -> BatchResult:
+        return await check_batch(self._service, header, chunks)
+
+
+def check_file(path: str, file_name: str, service: ServiceSnapshot, table_id: int, settings: ImportSettings) -> Outcome:
+    """Runs in a worker process: the outcome an upload of the file at `path` would have."""
+    return asyncio.run(_check(Path(path), file_name, service, table_id, settings))
+
+
+async def _check(
+    path: Path, file_name: str, service: ServiceSnapshot, table_id: int, settings: ImportSettings
+) -> Outcome:
+    table = service.table(table_id)
+    identity = Identity(service.account_id, frozenset({Scope.READ}), CredentialKind.SERVICE, "imports")
+    applier = FileApplier(_SnapshotChecker(service), settings)
+    return await applier.run(
+        applier.stream(_read(path), file_name),
+        identity,
+        service.id,
+        table,
+        all_or_nothing=table.import_mode == "all_or_nothing",
+        idempotency_key="",
+        validate_only=True,
+    )
+
+
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as source:
+        while chunk := source.read(_READ_BYTES):
+            yield chunk
