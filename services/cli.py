@@ -63,7 +63,7 @@ async def _up(settings: Settings) -> None:
                             {
                                 "DCP_DATABASE_URL": url,
                                 "DCP_SCHEMA_ADDRESS": suite.grpc_address,
-                                **_store_wiring(s3),
+                                **platform.store_wiring(s3),
                             },
                         )
                     await _serve_suite(settings, suite, s3, first_token, worker)
@@ -71,17 +71,6 @@ async def _up(settings: Settings) -> None:
                     if worker is not None:
                         await worker.stop(settings.shutdown_grace_seconds)
                     await suite.stop(settings.shutdown_grace_seconds)
-
-
-def _store_wiring(s3: S3Settings) -> dict[str, str]:
-    """The store as this process reaches it (the embedded one included), for a child process."""
-    wiring = {"DCP_S3_BUCKET": s3.bucket, "DCP_S3_REGION": s3.region}
-    if s3.endpoint_url:
-        wiring["DCP_S3_ENDPOINT_URL"] = s3.endpoint_url
-    if s3.access_key_id and s3.secret_access_key:
-        wiring["DCP_S3_ACCESS_KEY_ID"] = s3.access_key_id
-        wiring["DCP_S3_SECRET_ACCESS_KEY"] = s3.secret_access_key
-    return wiring
 
 
 async def _serve_suite(

@@ -608,6 +608,17 @@ async def grpc_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
 IMPORT_WORKER_ARGV = (sys.executable, "-m", "services.cli", "import-worker")
 
 
+def store_wiring(s3: S3Settings) -> dict[str, str]:
+    """The store as this process reaches it (the embedded one included), for a child process."""
+    wiring = {"DCP_S3_BUCKET": s3.bucket, "DCP_S3_REGION": s3.region}
+    if s3.endpoint_url:
+        wiring["DCP_S3_ENDPOINT_URL"] = s3.endpoint_url
+    if s3.access_key_id and s3.secret_access_key:
+        wiring["DCP_S3_ACCESS_KEY_ID"] = s3.access_key_id
+        wiring["DCP_S3_SECRET_ACCESS_KEY"] = s3.secret_access_key
+    return wiring
+
+
 def _worker_finished(event: dict[str, Any]) -> None:
     if event.get("event") == "import_finished":
         metrics.import_finished(

@@ -1,0 +1,245 @@
+"""A file that breaks a limit fails with a clear error; a running import stops when cancelled or archived."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services import platform
+from services._runtime.s3 import ObjectStore, open_store
+from services._runtime.settings import Settings
+from tests.conftest import MakeAccount
+from tests.integration.test_imports import V1, Table, make_table
+
+MAX_ROWS = 100_000
+MAX_INFLATED = 5_000_000
+
+
+def gzip_of_blank_lines(header: bytes, megabytes: int) -> bytes:
+    """A header and then `megabytes` MiB of line breaks, gzipped: a tiny file that inflates enormously."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(header)]
+    block = b"\n" * (1024 * 1024)
+    parts += [compressor.compress(block) for _ in range(megabytes)]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
+@dataclass
+class Platform:
+    http_url: str
+    store: ObjectStore
+
+
+@contextlib.asynccontextmanager
+async def _platform(settings: Settings, pool: asyncpg.Pool, bucket: str, **limits: str) -> AsyncIterator[Platform]:
+    """Another platform on the same database, its worker in a process of its own as `dcp up` runs it,
+    with its own limits and a bucket of its own (so only it imports these files)."""
+    changed = settings.with_overrides(s3=replace(settings.s3, bucket=bucket))
+    signer = platform.identity_signer(changed, allow_generated=False)
+    assert changed.database_url is not None
+    async with open_store(changed.s3) as store:
+        await store.ensure_bucket("us-east-1")
+        suite = await platform.start_suite(changed, pool, signer, store=store, import_worker=False)
+        worker = None
+        try:
+            worker = await platform.start_import_worker_process(
+                changed,
+                {
+                    "DCP_DATABASE_URL": changed.database_url,
+                    "DCP_SCHEMA_ADDRESS": suite.grpc_address,
+                    "DCP_IMPORT_POLL_SECONDS": "0.2",
+                    "DCP_IMPORT_CANCEL_CHECK_SECONDS": "0.2",
+                    "DCP_LOG_LEVEL": "WARNING",
+                    **platform.store_wiring(changed.s3),
+                    **limits,
+                },
+            )
+            yield Platform(suite.http_url, store)
+        finally:
+            if worker is not None:
+                await worker.stop(5)
+            await suite.stop(1)
+
+
+@pytest.fixture(scope="module")
+async def limited(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Platform]:
+    async with _platform(
+        settings,
+        pool,
+        "limits-small",
+        DCP_IMPORT_MAX_ROWS=str(MAX_ROWS),
+        DCP_IMPORT_MAX_INFLATED_BYTES=str(MAX_INFLATED),
+        DCP_IMPORT_MAX_COMPRESSION_RATIO="20",
+        DCP_IMPORT_RATIO_CHECK_BYTES=str(64 * 1024),
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def lenient(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Platform]:
+    """Limits so wide that a bomb is read through (slowly), to have an import that runs long."""
+    async with _platform(settings, pool, "limits-wide", DCP_IMPORT_MAX_COMPRESSION_RATIO="1000000") as running:
+        yield running
+
+
+async def _table(running: Platform, make_account: MakeAccount) -> AsyncIterator[Table]:
+    # The shared S3 server is reset between tests: the bucket comes back for each.
+    await running.store.ensure_bucket("us-east-1")
+    await running.store.keep_versions()
+    async with httpx.AsyncClient(base_url=running.http_url, timeout=30) as client:
+        yield await make_table(client, running.store, await make_account())
+
+
+@pytest.fixture
+async def small(limited: Platform, make_account: MakeAccount) -> AsyncIterator[Table]:
+    async for table in _table(limited, make_account):
+        yield table
+
+
+@pytest.fixture
+async def patient(lenient: Platform, make_account: MakeAccount) -> AsyncIterator[Table]:
+    async for table in _table(lenient, make_account):
+        yield table
+
+
+async def test_a_gzip_bomb_fails_as_one_before_it_is_read_through(small: Table) -> None:
+    bomb = gzip_of_blank_lines(b"customerId,name\n", 64)
+    assert len(bomb) < 100_000
+    await small.put("bomb.csv.gz", bomb)
+    [upload] = await small.finished(within=20)
+    assert upload["status"] == "failed"
+    assert "more than 20 times its compressed size" in upload["error"]
+    assert "decompression bomb" in upload["error"]
+
+
+async def test_a_file_with_more_text_than_allowed_fails(small: Table) -> None:
+    rows = "".join(f"c{i},{'x' * 100}\n" for i in range(50_000))
+    assert len(rows) > MAX_INFLATED
+    await small.put("long.csv", "customerId,name\n" + rows)
+    [upload] = await small.finished()
+    assert upload["status"] == "failed"
+    assert f"more than {MAX_INFLATED} bytes of text" in upload["error"]
+
+
+async def test_a_file_with_more_rows_than_allowed_stores_nothing(small: Table) -> None:
+    await small.put("many.csv", "customerId,name\n" + "".join(f"c{i},n{i}\n" for i in range(MAX_ROWS + 50)))
+    [upload] = await small.finished()
+    assert upload["status"] == "failed"
+    assert f"more than {MAX_ROWS} data rows" in upload["error"]
+    assert upload["rows_ok"] == 0
+    assert await small.profile("c1") is None
+
+
+async def test_a_file_within_the_limits_imports(small: Table) -> None:
+    await small.put("few.csv", "customerId,name\n" + "".join(f"c{i},n{i}\n" for i in range(MAX_ROWS)))
+    [upload] = await small.finished()
+    assert (upload["status"], upload["rows_ok"]) == ("processed", MAX_ROWS)
+
+
+async def test_validate_refuses_a_bomb_with_the_same_error(small: Table) -> None:
+    response = await small.http.post(
+        f"{V1}/dcp_datasources/{small.id}/validate?file_name=x.csv.gz",
+        content=gzip_of_blank_lines(b"customerId,name\n", 64),
+        headers=small.account.headers,
+    )
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["status"] == "failed"
+    assert "decompression bomb" in report["error"]
+
+
+async def _processing(table: Table, within: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        uploads = await table.uploads()
+        if uploads and uploads[0]["status"] == "processing":
+            return uploads[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the upload never started: {await table.uploads()}")
+
+
+async def _stopped_within(table: Table, upload_id: int, seconds: float) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        response = await table.http.get(
+            f"{V1}/dcp_datasources/{table.id}/uploads/{upload_id}", headers=table.account.headers
+        )
+        upload: dict[str, Any] = response.json()
+        if upload["status"] != "processing":
+            return upload
+        assert time.monotonic() < deadline, f"still processing after {seconds} s: {upload}"
+        await asyncio.sleep(0.1)
+
+
+async def test_cancel_stops_a_running_import_within_seconds_and_says_why(
+    patient: Table, make_account: MakeAccount
+) -> None:
+    # Rows first (which must not be stored), then a long stretch of blank lines to keep the import busy.
+    await patient.put("slow.csv.gz", _rows_then_blank_lines())
+    upload = await _processing(patient)
+    response = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/{upload['id']}/cancel", headers=patient.account.headers
+    )
+    assert response.status_code == 202, response.text
+    asked = time.monotonic()
+    stopped = await _stopped_within(patient, upload["id"], 5)
+    assert time.monotonic() - asked < 5
+    assert stopped["status"] == "failed"
+    assert "cancelled on request" in stopped["error"]
+    assert await patient.profile("kept-out") is None
+    # A finished upload cannot be cancelled; another account's cannot be seen.
+    again = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/{upload['id']}/cancel", headers=patient.account.headers
+    )
+    assert again.status_code == 202  # the same cancel again is answered as done
+    stranger = await make_account()
+    other = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/{upload['id']}/cancel", headers=stranger.headers
+    )
+    assert other.status_code == 404
+
+
+async def test_archiving_the_table_stops_its_running_import(patient: Table) -> None:
+    await patient.put("slow.csv.gz", _rows_then_blank_lines())
+    upload = await _processing(patient)
+    response = await patient.http.delete(f"{V1}/dcp_datasources/{patient.id}", headers=patient.account.headers)
+    assert response.status_code == 204, response.text
+    asked = time.monotonic()
+    stopped = await _stopped_within(patient, upload["id"], 5)
+    assert time.monotonic() - asked < 5
+    assert stopped["status"] == "failed"
+    assert f"table {patient.id} was archived during the import" in stopped["error"]
+
+
+async def test_a_pending_upload_cancels_at_once_and_a_finished_one_cannot_be(small: Table) -> None:
+    await small.put("done.csv", "customerId,name\nc1,a\n")
+    [done] = await small.finished()
+    response = await small.http.post(
+        f"{V1}/dcp_datasources/{small.id}/uploads/{done['id']}/cancel", headers=small.account.headers
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "UPLOAD_FINISHED"
+    missing = await small.http.post(
+        f"{V1}/dcp_datasources/{small.id}/uploads/999999/cancel", headers=small.account.headers
+    )
+    assert missing.status_code == 404
+
+
+def _rows_then_blank_lines() -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(b"customerId,name\nkept-out,x\n")]
+    block = b"\n" * (1024 * 1024)
+    # Far more blank lines than can be read in the seconds the test waits.
+    parts += [compressor.compress(block) for _ in range(400)]
+    parts.append(compressor.flush())
+    return b"".join(parts)
