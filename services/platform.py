@@ -656,6 +656,7 @@ async def run_import_worker(settings: Settings) -> None:
     else directly into the shared database (as `dcp up` does in one process).
     """
     supervisor.stop_with_parent()
+    supervisor.run_in_background()
     if not settings.database_url or not settings.schema_address:
         raise SystemExit("dcp import-worker needs DCP_DATABASE_URL and DCP_SCHEMA_ADDRESS")
     signer = identity_signer(settings, allow_generated=False)

@@ -99,7 +99,7 @@ class ImportSettings:
     worker_processes: bool = True
     """Apply uploads in a child process (`dcp up`, `dcp serve imports`), so that parsing a file
     never delays a request the serving process answers."""
-    validate_workers: int = 1
+    validate_workers: int = 2
     """Processes that check files posted to `validate`; each checks one file at a time."""
     cancel_check_seconds: float = 1.0
     """How often a running import looks whether it was cancelled, or its table or service archived."""
@@ -241,7 +241,7 @@ class Settings:
                 max_compression_ratio=reader.integer("DCP_IMPORT_MAX_COMPRESSION_RATIO", 100, minimum=2),
                 ratio_check_bytes=reader.integer("DCP_IMPORT_RATIO_CHECK_BYTES", 16 * 1024**2, minimum=0),
                 worker_processes=reader.choice("DCP_IMPORT_WORKER_PROCESS", ("on", "off"), "on") == "on",
-                validate_workers=reader.integer("DCP_IMPORT_VALIDATE_WORKERS", 1, minimum=1, maximum=64),
+                validate_workers=reader.integer("DCP_IMPORT_VALIDATE_WORKERS", 2, minimum=1, maximum=64),
                 cancel_check_seconds=reader.number("DCP_IMPORT_CANCEL_CHECK_SECONDS", 1.0),
             ),
         )

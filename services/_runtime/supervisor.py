@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -137,6 +138,16 @@ class ChildProcess:
             self._on_event(event)
         except (TypeError, ValueError, KeyError):
             log.warning("%s process sent an event that could not be read: %r", self._name, event)
+
+
+# Background work gives way to the processes answering requests when the cores are all busy.
+BACKGROUND_NICENESS = 10
+
+
+def run_in_background() -> None:
+    """Lowers this process's CPU priority (a worker's, never a server's)."""
+    with contextlib.suppress(OSError):
+        os.nice(BACKGROUND_NICENESS)
 
 
 def report(event: str, **fields: Any) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from services._runtime.errors import Unavailable
 from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.settings import ImportSettings
+from services._runtime.supervisor import run_in_background
 from services.imports.processing import FileApplier
 from services.imports.repository import Outcome
 from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, check_batch
@@ -38,9 +39,7 @@ class FileChecker:
         self._settings = settings
         # spawn: a forked child would inherit the serving process's event loop,
         # gRPC threads and sockets.
-        self._pool = ProcessPoolExecutor(
-            max_workers=settings.validate_workers, mp_context=multiprocessing.get_context("spawn")
-        )
+        self._pool = self._new_pool()
 
     async def validate(
         self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
@@ -59,16 +58,26 @@ class FileChecker:
                 )
             except BrokenProcessPool:
                 # A checker that died (killed for memory, say) takes its pool with it; the next call gets a new one.
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self._settings.validate_workers, mp_context=multiprocessing.get_context("spawn")
-                )
+                self._pool = self._new_pool()
                 raise Unavailable("the file could not be checked: its checking process stopped; retry") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._settings.validate_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=run_in_background,
+        )
+
     def close(self) -> None:
+        # A file being checked when the service stops is of no use to anyone:
+        # its process is ended rather than waited for.
+        processes = list(getattr(self._pool, "_processes", {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
 
 
 class _SnapshotChecker:
