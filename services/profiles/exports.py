@@ -332,7 +332,8 @@ def _member_line(user: str, data: list[dict[str, object] | None], tables: list[T
 
 def _check_format(export_format: str) -> None:
     if export_format not in FORMATS:
-        raise InvalidArgument.field("format", f"must be one of {', '.join(map(repr, FORMATS))}, got {export_format!r}")
+        shown = export_format if len(export_format) <= 40 else export_format[:40] + "…"
+        raise InvalidArgument.field("format", f"must be one of {', '.join(map(repr, FORMATS))}, got {shown!r}")
 
 
 def _reason(error: Exception) -> str:
