@@ -53,6 +53,7 @@ MAX_DESCRIPTION_CHARS = 300
 MAX_METADATA_ENTRIES = 20
 MAX_METADATA_CHARS = 200
 MAX_DETAILS_BYTES = 2048
+MAX_INFO_BYTES = 1024
 CUT_MARK = "…"
 MORE_FIELD = "(more)"
 
@@ -84,13 +85,16 @@ def fitted_status(
     MAX_DETAILS_BYTES) become one entry "... and N more".
     """
     entries = list((metadata or {}).items())
-    info = error_details_pb2.ErrorInfo(
-        reason=clip(reason, MAX_FIELD_CHARS),
-        domain=ERROR_DOMAIN,
-        metadata={clip(k, MAX_FIELD_CHARS): clip(v, MAX_METADATA_CHARS) for k, v in entries[:MAX_METADATA_ENTRIES]},
-    )
-    if len(entries) > MAX_METADATA_ENTRIES:
-        info.metadata["truncated"] = f"... and {len(entries) - MAX_METADATA_ENTRIES} more entries"
+    info = error_details_pb2.ErrorInfo(reason=clip(reason, MAX_FIELD_CHARS), domain=ERROR_DOMAIN)
+    kept = 0
+    for key, value in entries[:MAX_METADATA_ENTRIES]:
+        info.metadata[clip(key, MAX_FIELD_CHARS)] = clip(value, MAX_METADATA_CHARS)
+        if info.ByteSize() > MAX_INFO_BYTES:
+            del info.metadata[clip(key, MAX_FIELD_CHARS)]
+            break
+        kept += 1
+    if kept < len(entries):
+        info.metadata["truncated"] = f"... and {len(entries) - kept} more entries"
     fields = [
         error_details_pb2.BadRequest.FieldViolation(
             field=clip(field, MAX_FIELD_CHARS), description=clip(description, MAX_DESCRIPTION_CHARS)

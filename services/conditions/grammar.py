@@ -92,7 +92,7 @@ def parse_conditions(raw: Any, lookup: AttributeLookup, *, strict: bool) -> Node
     """
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    document = _decode(raw) if isinstance(raw, str) else raw
+    document = decode_text(raw) if isinstance(raw, str) else raw
     if isinstance(document, dict):
         _fail([(ROOT, 'must be a list such as ["and", {condition}, ...], not a single condition')])
     if not isinstance(document, list):
@@ -110,7 +110,8 @@ def parse_conditions(raw: Any, lookup: AttributeLookup, *, strict: bool) -> Node
     return root
 
 
-def _decode(raw: str) -> Any:
+def decode_text(raw: str) -> Any:
+    """Conditions sent as JSON text, decoded; integers past 64 bits stay out of range for the checks to name."""
     try:
         return json.loads(raw, parse_constant=_refuse_constant, parse_int=_bounded_int)
     except ValueError as error:
