@@ -19,6 +19,7 @@ from dcp.aliases.v1 import aliases_service_pb2_grpc
 from dcp.imports.v1 import imports_service_pb2_grpc
 from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
+from gateway import openapi
 from gateway.audiences_api import AudiencesApi
 from gateway.auth import Metadata, authenticate, request_id_of
 from gateway.bodies import read_json, truncated
@@ -129,6 +130,7 @@ def create_app(
         *ImportsApi(clients.imports).routes(wrap),
         *AudiencesApi(clients.schema, clients.profiles).routes(wrap),
     ]
+    routes.append(openapi.endpoint(routes))
     if serve_metrics:
         # Prometheus scrapes without credentials; in `dcp up` this covers every service.
         # With a metrics port of its own, the public port does not show them.
