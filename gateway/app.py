@@ -19,10 +19,11 @@ from dcp.aliases.v1 import aliases_service_pb2_grpc
 from dcp.imports.v1 import imports_service_pb2_grpc
 from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
+from gateway import openapi
 from gateway.audiences_api import AudiencesApi
 from gateway.auth import Metadata, authenticate, request_id_of
-from gateway.bodies import read_json
-from gateway.config_api import ConfigApi, Endpoint
+from gateway.bodies import read_json, truncated
+from gateway.config_api import ConfigApi, Endpoint, check_path
 from gateway.errors import ApiError, from_rpc_error
 from gateway.imports_api import ImportsApi
 from gateway.profile_api import ProfileApi
@@ -89,6 +90,7 @@ def create_app(
                     allowance = await limiter.take(account_of(metadata))
                     if allowance is not None and not allowance.allowed:
                         raise allowance.refusal()
+                check_path(request)
                 response = await endpoint(request, _Call(request, metadata, max_body_bytes))
             except ApiError as error:
                 response = error.response()
@@ -113,12 +115,12 @@ def create_app(
         if exc.status_code == 405:
             return ApiError(
                 405,
-                f"{request.method} is not allowed on {request.url.path}",
+                f"{request.method} is not allowed on {truncated(request.url.path)}",
                 code="METHOD_NOT_ALLOWED",
                 headers=dict(exc.headers or {}),
             ).response()
         if exc.status_code == 404:
-            return ApiError(404, f"no such endpoint: {request.url.path}", code="ROUTE_NOT_FOUND").response()
+            return ApiError(404, f"no such endpoint: {truncated(request.url.path)}", code="ROUTE_NOT_FOUND").response()
         return ApiError(exc.status_code, str(exc.detail)).response()
 
     routes = [
@@ -128,6 +130,7 @@ def create_app(
         *ImportsApi(clients.imports).routes(wrap),
         *AudiencesApi(clients.schema, clients.profiles).routes(wrap),
     ]
+    routes.append(openapi.endpoint(routes))
     if serve_metrics:
         # Prometheus scrapes without credentials; in `dcp up` this covers every service.
         # With a metrics port of its own, the public port does not show them.

@@ -264,6 +264,9 @@ class AudiencesApi:
         bodiless = request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers
         body = {} if bodiless else await call.json()
         values = _EXPORT.decode(body)
+        if values.get("format") == "":
+            # On the wire "" means "not given"; a client that sends it asked for no format, not for CSV.
+            raise ApiError.field("format", "must name a format (such as 'csv'); leave the field out for CSV")
         request_message.format = values.get("format", "csv")
         result = await self._profiles.CreateExport(request_message, metadata=call.metadata)
         return created(export_json(result))

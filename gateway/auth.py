@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from starlette.requests import Request
 
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
@@ -11,16 +9,14 @@ from gateway.errors import ApiError
 from services._runtime.auth import token_from_headers
 from services._runtime.errors import Unauthenticated
 from services._runtime.identity import IDENTITY_METADATA_KEY
-from services._runtime.interceptors import REQUEST_ID_METADATA_KEY
+from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, safe_request_id
 
 Metadata = tuple[tuple[str, str], ...]
 
 
 def request_id_of(request: Request) -> str:
-    supplied = request.headers.get("x-request-id", "")
-    if supplied and len(supplied) <= 128 and supplied.isprintable():
-        return supplied
-    return uuid.uuid4().hex
+    """The caller's X-Request-Id when it is safe to pass on (see `safe_request_id`), else a fresh one."""
+    return safe_request_id(request.headers.get("x-request-id"))
 
 
 async def authenticate(

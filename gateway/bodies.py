@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from gateway.errors import ApiError
 
 INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 async def read_json(request: Request, *, max_bytes: int) -> Any:
@@ -35,16 +37,34 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
         raise ApiError(
             400, f"the request body is not valid UTF-8 (byte {error.start})", code="MALFORMED_REQUEST"
         ) from None
+    reader = _Reader()
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_int=reader.parse_int,
+            parse_float=reader.parse_float,
+            object_pairs_hook=_unique_keys,
+        )
     except json.JSONDecodeError as error:
         raise ApiError(
             400,
             f"the request body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
             code="MALFORMED_REQUEST",
         ) from None
+    except _DuplicateKey as duplicate:
+        shown = truncated(duplicate.key)
+        raise ApiError(
+            400,
+            f"the request body repeats the key {shown!r}; each key may appear once in an object",
+            code="DUPLICATE_KEY",
+            errors=[(shown, "appears more than once in the same object")],
+        ) from None
     except RecursionError:
         raise ApiError(400, "the request body is nested too deeply", code="MALFORMED_REQUEST") from None
+    if reader.out_of_range:
+        field, problem = _first_out_of_range(value)
+        raise ApiError.field(field, problem)
     try:
         # A \u escape of a lone surrogate parses, but is not Unicode and cannot be stored or echoed.
         json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -59,6 +79,81 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
+ECHO_LIMIT = 200
+
+
+def truncated(text: str, limit: int = ECHO_LIMIT) -> str:
+    """Input echoed in a message, cut to `limit` characters so an answer never grows with what was sent."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Last-one-wins would let two readers of the same body see different values.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+class _OutOfRange:
+    """A number that no field takes, kept in place so that its path can be named."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+# Every integer of the v1 API is a signed 64-bit one; 20 characters hold any of them.
+_MAX_INT_TEXT = 20
+
+
+class _Reader:
+    """Number hooks of one parse: out-of-range numbers become markers instead of
+    failing the parse (Python's int-digit limit) or turning into infinity."""
+
+    def __init__(self) -> None:
+        self.out_of_range = False
+
+    def parse_int(self, text: str) -> Any:
+        if len(text) <= _MAX_INT_TEXT:
+            number = int(text)
+            if INT64_MIN <= number <= INT64_MAX:
+                return number
+        self.out_of_range = True
+        return _OutOfRange("must be an integer that fits in a signed 64-bit integer")
+
+    def parse_float(self, text: str) -> Any:
+        number = float(text)
+        if math.isfinite(number):
+            return number
+        self.out_of_range = True
+        return _OutOfRange("must be a finite number (a double)")
+
+
+def _first_out_of_range(value: Any) -> tuple[str, str]:
+    """The path of the first marker, as `a.b[2].c`; iterative, so depth costs no stack."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, _OutOfRange):
+            return path or "(body)", item.problem
+        if isinstance(item, dict):
+            named = [(f"{path}.{truncated(key)}" if path else truncated(key), child) for key, child in item.items()]
+            pending.extend(reversed(named))
+        elif isinstance(item, list):
+            pending.extend(reversed([(f"{path}[{index}]", child) for index, child in enumerate(item)]))
+    raise AssertionError("a marker was made, so one is in the value")
 
 
 @dataclass(frozen=True)

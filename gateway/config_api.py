@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -13,8 +14,9 @@ from starlette.routing import Route
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from gateway import v1json
-from gateway.bodies import BodySpec, FieldType
+from gateway.bodies import INT64_MAX, BodySpec, FieldType, truncated
 from gateway.errors import ApiError, from_rpc_error
+from services.profiles.profiles import customer_id_problem
 from services.schema.rules import MAX_DESCRIPTION_LENGTH
 
 PREFIX = "/experiment/v1"
@@ -92,12 +94,51 @@ Endpoint = Callable[[Request, Call], Awaitable[Response]]
 
 
 def path_id(request: Request, name: str) -> int:
-    """An id from the path; anything that is not one cannot exist (404)."""
+    """An id from the path; anything that is not one cannot exist (404, naming the parameter)."""
     raw = request.path_params[name]
     # isdigit() alone admits other scripts' digits: Arabic-Indic one parses as 1, superscript two not at all.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(404, f"{raw!r} is not an id of this API", code="NOT_FOUND")
-    return int(raw)
+    # The length is checked first so that int() never reads a huge number.
+    problem = f"must be a positive integer of at most {MAX_ID_DIGITS} digits"
+    if raw.isascii() and raw.isdigit() and len(raw) <= MAX_ID_DIGITS:
+        number = int(raw)
+        if 1 <= number <= INT64_MAX:
+            return number
+        problem = "ids start at 1; 0 names nothing" if number == 0 else f"must be at most {INT64_MAX}"
+    raise ApiError(
+        404, f"{truncated(raw)!r} is not an id of this API: {problem}", code="NOT_FOUND", errors=[(name, problem)]
+    )
+
+
+MAX_ID_DIGITS = len(str(INT64_MAX))
+# Path parameters that hold a customer's or visitor's id rather than a numeric one.
+TEXT_ID_PARAMETERS = frozenset({"customer_id", "user_id", "optimizely_user_id"})
+
+
+def check_path(request: Request) -> None:
+    """Refuses a path whose text ids could never be stored: bytes that are not UTF-8, control
+    characters, or more characters than a customer id may have (the profiles service's rule).
+
+    Starlette decodes percent-escapes leniently, turning invalid UTF-8 into U+FFFD, so that two
+    different ids would name the same customer; the raw path is checked strictly instead.
+    """
+    raw_path = request.scope.get("raw_path")
+    if isinstance(raw_path, bytes):
+        try:
+            unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            damaged = [n for n, v in request.path_params.items() if isinstance(v, str) and "\ufffd" in v]
+            field = damaged[0] if damaged else "path"
+            raise ApiError(
+                400,
+                f"{field}: is not valid UTF-8 once percent-decoded",
+                code="INVALID_FIELD",
+                errors=[(field, "is not valid UTF-8 once percent-decoded")],
+            ) from None
+    for name in TEXT_ID_PARAMETERS.intersection(request.path_params):
+        value = request.path_params[name]
+        problem = customer_id_problem(value, pii_guard=False) if isinstance(value, str) else None
+        if problem is not None:
+            raise ApiError.field(name, problem)
 
 
 def per_page(request: Request, *, default: int, maximum: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from starlette.responses import JSONResponse
@@ -76,24 +77,38 @@ class ApiError(Exception):
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
-    """Translates an RPC failure, keeping its reason and field violations."""
+    """Translates an RPC failure, keeping its reason and field violations.
+
+    Details that cannot be read (a status whose details do not match the call,
+    or that do not decode) are left out rather than failing the answer.
+    """
     code = error.code()
     status = HTTP_STATUS_BY_GRPC_CODE.get(code, 500)
     message = error.details() or code.name.lower()
     reason: str | None = None
     violations: list[tuple[str, str]] = []
-    rich = rpc_status.from_call(error)  # type: ignore[arg-type]
+    try:
+        rich = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (ValueError, DecodeError):
+        rich = None
     if rich is not None:
         message = rich.message or message
         for detail in rich.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
-                violations = [(v.field, v.description) for v in bad_request.field_violations]
+            try:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad_request = error_details_pb2.BadRequest()
+                    detail.Unpack(bad_request)
+                    violations = [(v.field, v.description) for v in bad_request.field_violations]
+            except DecodeError:
+                continue
     if code is grpc.StatusCode.UNAVAILABLE and reason is None:
         message = "a backing service is unavailable; retry later"
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and reason is None:
+        # No service of ours refuses with RESOURCE_EXHAUSTED without a reason: this is gRPC's own
+        # limit (e.g. an answer's metadata too large), a fault of ours and not the caller's rate.
+        return ApiError(502, "a backing service's answer could not be passed on", code="BAD_GATEWAY")
     return ApiError(status, message, code=reason, errors=violations)

@@ -87,13 +87,12 @@ class OAuthVerifier:
             )
         except (jwt.PyJWTError, OSError) as error:
             raise Unauthenticated(f"the OAuth access token is not valid: {error}") from None
-        raw_account = claims.get(self._settings.account_claim)
-        try:
-            account_id = int(raw_account)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        account_id = _account_of(claims.get(self._settings.account_claim))
+        if account_id is None:
             raise Unauthenticated(
-                f"the OAuth access token has no integer {self._settings.account_claim!r} claim"
-            ) from None
+                f"the OAuth access token's {self._settings.account_claim!r} claim must be a JSON integer"
+                f" from 1 to {ACCOUNT_ID_MAX}"
+            )
         granted = _scopes_of(claims)
         scopes: set[Scope] = set()
         if self._settings.read_scope in granted:
@@ -107,6 +106,17 @@ class OAuthVerifier:
                 reason="INSUFFICIENT_SCOPE",
             )
         return account_id, frozenset(scopes), str(claims.get("sub", ""))
+
+
+ACCOUNT_ID_MAX = 2**63 - 1
+
+
+def _account_of(claim: Any) -> int | None:
+    """The account a claim names: only a JSON integer (not a bool, a float or a string) in 1..2^63-1."""
+    # bool is an int subclass, so `true` would otherwise be account 1.
+    if type(claim) is not int or not 1 <= claim <= ACCOUNT_ID_MAX:
+        return None
+    return claim
 
 
 def _scopes_of(claims: dict[str, Any]) -> set[str]:

@@ -6,7 +6,7 @@ ErrorInfo (domain "dcp") and, for bad input, BadRequest field violations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 import grpc
@@ -38,23 +38,85 @@ class DcpError(Exception):
         self.metadata = dict(metadata or {})
 
     def to_status(self) -> status_pb2.Status:
-        details = [error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)]
-        packed: list[any_pb2.Any] = []
-        for detail in details:
+        """The status, cut to fit in gRPC's trailing metadata (see `fitted_status`)."""
+        return fitted_status(self.code, self.message, self.reason, self.violations, self.metadata)
+
+
+# A status travels twice in trailing metadata: its message percent-encoded in
+# grpc-message (up to 3 bytes a byte) and the whole Status base64-encoded in
+# grpc-status-details-bin (4 bytes per 3). gRPC refuses trailers over 8 KiB by
+# default and then loses the code itself; these bounds keep both under 4 KiB.
+MAX_MESSAGE_BYTES = 600
+MAX_VIOLATIONS = 20
+MAX_FIELD_CHARS = 200
+MAX_DESCRIPTION_CHARS = 300
+MAX_METADATA_ENTRIES = 20
+MAX_METADATA_CHARS = 200
+MAX_DETAILS_BYTES = 2048
+MAX_INFO_BYTES = 1024
+CUT_MARK = "…"
+MORE_FIELD = "(more)"
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` of at most `limit` characters, ending in "…" when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + CUT_MARK
+
+
+def clip_bytes(text: str, limit: int) -> str:
+    """`text` of at most `limit` UTF-8 bytes, ending in "…" when it was cut."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    mark = len(CUT_MARK.encode())
+    return encoded[: limit - mark].decode("utf-8", "ignore") + CUT_MARK
+
+
+def fitted_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    violations: Sequence[tuple[str, str]] = (),
+    metadata: Mapping[str, str] | None = None,
+) -> status_pb2.Status:
+    """A google.rpc.Status whose message and details are bounded, saying where they were cut.
+
+    Violations past the first MAX_VIOLATIONS (or past what fits in
+    MAX_DETAILS_BYTES) become one entry "... and N more".
+    """
+    entries = list((metadata or {}).items())
+    info = error_details_pb2.ErrorInfo(reason=clip(reason, MAX_FIELD_CHARS), domain=ERROR_DOMAIN)
+    kept = 0
+    for key, value in entries[:MAX_METADATA_ENTRIES]:
+        info.metadata[clip(key, MAX_FIELD_CHARS)] = clip(value, MAX_METADATA_CHARS)
+        if info.ByteSize() > MAX_INFO_BYTES:
+            del info.metadata[clip(key, MAX_FIELD_CHARS)]
+            break
+        kept += 1
+    if kept < len(entries):
+        info.metadata["truncated"] = f"... and {len(entries) - kept} more entries"
+    fields = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=clip(field, MAX_FIELD_CHARS), description=clip(description, MAX_DESCRIPTION_CHARS)
+        )
+        for field, description in violations[:MAX_VIOLATIONS]
+    ]
+    budget = MAX_DETAILS_BYTES - info.ByteSize()
+    while fields and sum(f.ByteSize() + 4 for f in fields) > budget - 64:
+        fields.pop()
+    if len(fields) < len(violations):
+        fields.append(
+            error_details_pb2.BadRequest.FieldViolation(
+                field=MORE_FIELD, description=f"... and {len(violations) - len(fields)} more"
+            )
+        )
+    packed: list[any_pb2.Any] = []
+    for detail in (info, error_details_pb2.BadRequest(field_violations=fields) if fields else None):
+        if detail is not None:
             item = any_pb2.Any()
             item.Pack(detail)
             packed.append(item)
-        if self.violations:
-            bad_request = error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
-                    for field, description in self.violations
-                ]
-            )
-            item = any_pb2.Any()
-            item.Pack(bad_request)
-            packed.append(item)
-        return status_pb2.Status(code=_CODE_NUMBERS[self.code], message=self.message, details=packed)
+    return status_pb2.Status(code=_CODE_NUMBERS[code], message=clip_bytes(message, MAX_MESSAGE_BYTES), details=packed)
 
 
 class InvalidArgument(DcpError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,18 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_METADATA_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("dcp_request_id", default="-")
+
+MAX_REQUEST_ID_LENGTH = 128
+# Ids go into logs, metadata and response headers: letters, digits and a few
+# separators cannot break any of them (no spaces, quotes, controls or non-ASCII).
+_SAFE_REQUEST_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@+=/-]{{0,{MAX_REQUEST_ID_LENGTH - 1}}}")
+
+
+def safe_request_id(supplied: str | bytes | None) -> str:
+    """A caller's request id if it is short and made of safe characters, else a fresh one."""
+    if isinstance(supplied, str) and _SAFE_REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
 
 
 def outgoing_metadata(
@@ -55,7 +68,7 @@ class _CallScope:
 
     async def enter(self, context: Context) -> list[contextvars.Token[Any]]:
         metadata = tuple(context.invocation_metadata() or ())
-        rid = next((str(v) for k, v in metadata if k == REQUEST_ID_METADATA_KEY), None) or uuid.uuid4().hex
+        rid = safe_request_id(next((v for k, v in metadata if k == REQUEST_ID_METADATA_KEY), None))
         tokens: list[contextvars.Token[Any]] = [request_id.set(rid)]
         self._span = tracing.grpc_server_span(self._method, metadata, rid)
         if self._span is not None:

@@ -28,7 +28,8 @@ class OAuthSettings:
     public_key_file: Path | None = None
     """PEM public key, an alternative to `jwks_url`."""
     account_claim: str = "account_id"
-    """Claim holding the Open DCP account id."""
+    """Claim holding the Open DCP account id: a JSON integer from 1 to 2^63-1 (a string, float or
+    boolean claim makes the token invalid)."""
     read_scope: str = "dcp:read"
     """Scope that grants reads."""
     write_scope: str = "dcp:write"

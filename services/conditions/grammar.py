@@ -92,7 +92,7 @@ def parse_conditions(raw: Any, lookup: AttributeLookup, *, strict: bool) -> Node
     """
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    document = _decode(raw) if isinstance(raw, str) else raw
+    document = decode_text(raw) if isinstance(raw, str) else raw
     if isinstance(document, dict):
         _fail([(ROOT, 'must be a list such as ["and", {condition}, ...], not a single condition')])
     if not isinstance(document, list):
@@ -110,13 +110,35 @@ def parse_conditions(raw: Any, lookup: AttributeLookup, *, strict: bool) -> Node
     return root
 
 
-def _decode(raw: str) -> Any:
+def decode_text(raw: str) -> Any:
+    """Conditions sent as JSON text, decoded; integers past 64 bits stay out of range for the checks to name."""
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_int=_bounded_int)
     except ValueError as error:
         _fail([(ROOT, f"is not valid JSON: {error}")])
     except RecursionError:
         _fail([(ROOT, f"nests deeper than {MAX_DEPTH} levels")])
+
+
+# Longer digit strings are past any 64-bit integer; reading them whole would hit
+# Python's int-digit limit (a parse error with no path) for nothing.
+_MAX_INT_TEXT = 20
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) <= _MAX_INT_TEXT:
+        return int(text)
+    # Stands in for the huge value: just as far out of range, so the leaf's check names its path.
+    return LONG_MIN - 1 if text.startswith("-") else LONG_MAX + 1
+
+
+def _outside_64_bits(given: Any, path: str) -> str | None:
+    """The path of an integer in `given` (a value or a list of them) that no 64-bit value holds."""
+    items = enumerate(given) if isinstance(given, list) else ((None, given),)
+    for index, item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and not LONG_MIN <= item <= LONG_MAX:
+            return path if index is None else f"{path}[{index}]"
+    return None
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -257,6 +279,10 @@ class _Parser:
             return None
         if given is None:
             add(value_path, f"is required for match type '{match_type}'")
+            return _INVALID
+        too_big = _outside_64_bits(given, value_path)
+        if too_big is not None:
+            add(too_big, "must fit in a signed 64-bit integer")
             return _INVALID
         spec = AttributeSpec(f"{ref.datasource_id}/{ref.attribute_id}", datatype, ref.format)
         if match_type == "within_last":

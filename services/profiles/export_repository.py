@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -142,10 +143,17 @@ class ExportsRepository:
             arguments.extend(keys)
             options: dict[str, object] = {"format": "csv", "force_quote": True}
         else:
-            pairs = ", ".join(f"${2 * i + 3}::text, p.data -> ${2 * i + 4}::text" for i in range(len(keys)))
+            # A function takes at most 100 arguments, so the object is built 50 pairs at a time.
+            objects = " || ".join(
+                "jsonb_build_object("
+                + ", ".join(f"${2 * i + 3}::text, p.data -> ${2 * i + 4}::text" for i in range(start, end))
+                + ")"
+                for start, end in _spans(len(keys), _PAIRS_PER_CALL)
+            )
             query = (
                 "SELECT jsonb_build_object('customerId', p.customer_id, 'data',"
-                f" jsonb_strip_nulls(jsonb_build_object({pairs})))::text FROM profiles.profiles p WHERE {where}"
+                f" jsonb_strip_nulls({objects or 'jsonb_build_object()'}))::text"
+                f" FROM profiles.profiles p WHERE {where}"
             )
             for name, key in zip(names, keys, strict=True):
                 arguments.extend((name, key))
@@ -153,3 +161,33 @@ class ExportsRepository:
         async with self._pool.acquire() as connection:
             status: str = await connection.copy_from_query(query, *arguments, output=output, **options)
         return int(status.rsplit(maxsplit=1)[-1])
+
+    async def table_rows(
+        self, table_id: int, keys: Sequence[str], *, batch_rows: int
+    ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+        """A table's profiles that hold any of `keys`, as (customer id, values) in batches, in one snapshot.
+
+        For tables too wide for `copy_table`: one column per attribute would pass
+        PostgreSQL's limit of 1,664 columns in a row (and 32,767 bind parameters).
+        """
+        async with (
+            self._pool.acquire() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            cursor = await connection.cursor(
+                "SELECT p.customer_id, p.data FROM profiles.profiles p"
+                " WHERE p.datasource_id = $1 AND p.data ?| $2::text[]",
+                table_id,
+                list(keys),
+            )
+            while batch := await cursor.fetch(batch_rows):
+                yield [(row[0], row[1]) for row in batch]
+
+
+# Columns one COPY of a table may select (PostgreSQL allows 1,664); wider tables go through `table_rows`.
+COPY_MAX_COLUMNS = 1000
+_PAIRS_PER_CALL = 50
+
+
+def _spans(count: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, count)) for start in range(0, count, size)]

@@ -22,7 +22,7 @@ from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFou
 from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.s3 import ObjectStore
 from services.profiles.export_format import CsvEncoder, JsonLinesEncoder
-from services.profiles.export_repository import ExportRecord, ExportsRepository
+from services.profiles.export_repository import COPY_MAX_COLUMNS, ExportRecord, ExportsRepository
 from services.profiles.membership import Membership
 from services.profiles.targeting import ResolvedAudience, Targeting
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
@@ -261,11 +261,36 @@ class Exports:
         async def produce(pipe: _Pipe) -> int:
             if record.format == "csv":
                 await pipe.put(CsvEncoder(names).header())
+            if len(keys) > COPY_MAX_COLUMNS:
+                return await self._wide_table(record, keys, names, table.id, pipe)
             return await self._repo.copy_table(
                 table.id, keys, export_format=record.format, names=names, output=pipe.put
             )
 
         return produce
+
+    async def _wide_table(
+        self, record: ExportRecord, keys: list[str], names: list[str], table_id: int, pipe: _Pipe
+    ) -> int:
+        """A table with more attributes than one COPY can select, encoded here from each profile's values."""
+        csv = CsvEncoder(names) if record.format == "csv" else None
+        jsonl = JsonLinesEncoder()
+        count = 0
+        async for batch in self._repo.table_rows(table_id, keys, batch_rows=_AUDIENCE_BATCH_ROWS):
+            count += len(batch)
+            if csv is not None:
+                await pipe.put(csv.encode((customer, [data.get(key) for key in keys]) for customer, data in batch))
+            else:
+                await pipe.put(
+                    jsonl.encode(
+                        {
+                            "customerId": customer,
+                            "data": {n: data[k] for k, n in zip(keys, names, strict=True) if data.get(k) is not None},
+                        }
+                        for customer, data in batch
+                    )
+                )
+        return count
 
     def _audience_producer(self, record: ExportRecord, audience: ResolvedAudience) -> Callable[[_Pipe], Awaitable[int]]:
         service = audience.service
@@ -332,7 +357,8 @@ def _member_line(user: str, data: list[dict[str, object] | None], tables: list[T
 
 def _check_format(export_format: str) -> None:
     if export_format not in FORMATS:
-        raise InvalidArgument.field("format", f"must be one of {', '.join(map(repr, FORMATS))}, got {export_format!r}")
+        shown = export_format if len(export_format) <= 40 else export_format[:40] + "…"
+        raise InvalidArgument.field("format", f"must be one of {', '.join(map(repr, FORMATS))}, got {shown!r}")
 
 
 def _reason(error: Exception) -> str:

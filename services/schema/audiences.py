@@ -6,11 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services._runtime.errors import FailedPrecondition, NotFound
 from services._runtime.paging import Page
-from services.conditions.grammar import AttributeLookup, parse_conditions
+from services.conditions.grammar import AttributeLookup, decode_text, parse_conditions
 from services.conditions.model import AttributeRef
 from services.schema import rules
 from services.schema.model import Audience, Project, Table
@@ -40,10 +38,8 @@ def decode_conditions(raw: Any) -> Any:
     if raw is None or raw == "":
         return []
     if isinstance(raw, str):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument.field("conditions", f"is not valid JSON: {exc}") from None
+        # Not orjson: it reads an integer past 64 bits as a double, so the value's range check could not see it.
+        return decode_text(raw)
     return raw
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -140,8 +140,25 @@ async def test_scopes_decide_reads_and_writes(oauth_platform: OAuthPlatform, iss
         {"account_id": None},
         {"account_id": "not-a-number"},
         {"account_id": 987654321},
+        {"account_id": True},
+        {"account_id": [1]},
+        {"account_id": 2**70},
+        {"account_id": 0},
+        {"account_id": -1},
     ],
-    ids=["wrong issuer", "wrong audience", "expired", "no account claim", "bad account claim", "unknown account"],
+    ids=[
+        "wrong issuer",
+        "wrong audience",
+        "expired",
+        "no account claim",
+        "bad account claim",
+        "unknown account",
+        "boolean account claim",
+        "list account claim",
+        "account claim beyond 64 bits",
+        "account claim 0",
+        "negative account claim",
+    ],
 )
 async def test_tokens_that_do_not_hold_are_401(
     oauth_platform: OAuthPlatform, issuer: Issuer, claims: dict[str, Any]
@@ -152,6 +169,24 @@ async def test_tokens_that_do_not_hold_are_401(
         response = await http.get("/experiment/v1/dcp_services", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401, response.text
     assert response.json()["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [str, float, lambda a: a + 0.9],
+    ids=["as a string", "as a float", "with a fraction"],
+)
+async def test_an_account_claim_must_be_a_json_integer(
+    oauth_platform: OAuthPlatform, issuer: Issuer, spelling: Callable[[int], object]
+) -> None:
+    # Each spelling names a real account once truncated or parsed; none may be taken as it.
+    account = await _account(oauth_platform)
+    token = issuer.token(account_id=spelling(account))
+    async with httpx.AsyncClient(base_url=oauth_platform.http_url) as http:
+        response = await http.get("/experiment/v1/dcp_services", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "UNAUTHENTICATED"
+    assert "account_id" in response.json()["message"]
 
 
 async def test_a_token_signed_by_another_key_is_401(oauth_platform: OAuthPlatform, issuer: Issuer) -> None:
