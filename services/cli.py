@@ -20,7 +20,7 @@ from services._runtime.s3 import ObjectStore, open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services.schema.credentials import parse_token_kind
-from services.schema.keyfile import replace_keys
+from services.schema.keyfile import read_keys, replace_keys
 from services.schema.keys import key_issuer
 from services.schema.sealing import SecretsKey, new_key
 from services.schema.stored_secrets import BATCH_SIZE
@@ -67,6 +67,9 @@ async def _serve_suite(settings: Settings, suite: platform.Suite, s3: S3Settings
             print(f"    access key {s3.access_key_id}  secret {s3.secret_access_key}", flush=True)
         else:
             print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
+        key_file = settings.data_dir / platform.SECRETS_KEY_FILE
+        sealing = "DCP_SECRETS_KEY" if settings.secrets_key not in read_keys(key_file) else f"{key_file}; back it up"
+        print(f"  S3 secret keys sealed at rest with the key from {sealing}", flush=True)
         if first_token:
             print(f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):")
             print(f"    {first_token}", flush=True)
