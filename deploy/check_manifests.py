@@ -21,8 +21,16 @@ AUTOSCALED = ("gateway", "profiles")
 # Which secret settings each process reads (services/cli.py `_serve`); the
 # gateway owns no data and must not be handed any of them.
 REQUIRED_SECRETS = {name: {"DCP_DATABASE_URL", "DCP_IDENTITY_KEY"} for name in GRPC_SERVICES}
+REQUIRED_SECRETS["schema"].add("DCP_SECRETS_KEY")
 REQUIRED_SECRETS["gateway"] = set()
-FORBIDDEN_FOR_GATEWAY = {"DCP_DATABASE_URL", "DCP_IDENTITY_KEY", "DCP_S3_ACCESS_KEY_ID", "DCP_S3_SECRET_ACCESS_KEY"}
+FORBIDDEN_FOR_GATEWAY = {
+    "DCP_DATABASE_URL",
+    "DCP_IDENTITY_KEY",
+    "DCP_SECRETS_KEY",
+    "DCP_SECRETS_PREVIOUS_KEYS",
+    "DCP_S3_ACCESS_KEY_ID",
+    "DCP_S3_SECRET_ACCESS_KEY",
+}
 # Overlays that must keep every secret value out of git.
 NO_SECRETS = ("base", "prod")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,10 @@ from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services._runtime.supervisor import ChildProcess
 from services.schema.credentials import parse_token_kind
+from services.schema.keyfile import read_keys, replace_keys
 from services.schema.keys import key_issuer
+from services.schema.sealing import SecretsKey, new_key
+from services.schema.stored_secrets import BATCH_SIZE
 
 
 def _settings(options: argparse.Namespace) -> Settings:
@@ -37,6 +41,7 @@ def _settings(options: argparse.Namespace) -> Settings:
 
 
 async def _up(settings: Settings) -> None:
+    settings = platform.with_secrets_key(settings, allow_generated=True)
     with platform.database_url(settings) as url:
         async with platform.opened_pool(url, settings) as pool:
             await platform.migrate_all(pool)
@@ -86,6 +91,9 @@ async def _serve_suite(
         print(f"    access key {s3.access_key_id}  secret {s3.secret_access_key}", flush=True)
     else:
         print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
+    key_file = settings.data_dir / platform.SECRETS_KEY_FILE
+    sealing = "DCP_SECRETS_KEY" if settings.secrets_key not in read_keys(key_file) else f"{key_file}; back it up"
+    print(f"  S3 secret keys sealed at rest with the key from {sealing}", flush=True)
     if worker is not None:
         print(f"  imports: applied by a worker process (pid {worker.pid})", flush=True)
     if first_token:
@@ -121,6 +129,8 @@ async def _serve(settings: Settings, service: str) -> None:
         return
     database_url = _require(settings.database_url, "DCP_DATABASE_URL", service)
     signer = platform.identity_signer(settings, allow_generated=False)
+    if service == "schema":
+        settings = platform.with_secrets_key(settings, allow_generated=False)
     async with platform.opened_pool(database_url, settings) as pool, AsyncExitStack() as stack:
         await platform.migrate_all(pool)
         stop: Callable[[float], Awaitable[None]] | None = None
@@ -188,6 +198,58 @@ async def _migrate(settings: Settings) -> None:
     print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
 
 
+def _read_new_key(key_file: str | None) -> str:
+    if key_file:
+        text = Path(key_file).expanduser().read_text()
+    elif sys.stdin.isatty():
+        text = getpass.getpass("new secrets key: ")
+    else:
+        text = sys.stdin.readline()
+    if not text.strip():
+        raise SystemExit("no new key was given: `dcp secrets new-key > new.key && dcp secrets rotate < new.key`")
+    return text.strip()
+
+
+async def _rotate_secrets(settings: Settings, key_file: str | None, batch_size: int) -> None:
+    from_data_dir = settings.secrets_key is None
+    settings = platform.with_secrets_key(settings, allow_generated=True, create=False)
+    path = settings.data_dir / platform.SECRETS_KEY_FILE
+    if settings.secrets_key is None:
+        raise SystemExit(
+            f"dcp secrets rotate needs the current key: set DCP_SECRETS_KEY (`dcp up` keeps its own in {path})"
+        )
+    new_text = _read_new_key(key_file)
+    new = SecretsKey.parse(new_text, source="the new key")
+    with platform.database_url(settings) as url:
+        async with platform.opened_pool(url, settings.with_overrides(db_pool_min_size=0, db_pool_max_size=2)) as pool:
+            await platform.migrate_all(pool)
+            rotation = await platform.schema_parts(settings, pool).secrets.rotate(new, batch_size=batch_size)
+    print(
+        f"re-encrypted {rotation.reencrypted} of {rotation.rows} stored S3 secret key(s);"
+        f" every one is now sealed with key id {rotation.key_id}"
+    )
+    old_keys = [settings.secrets_key, *settings.secrets_previous_keys]
+    if from_data_dir:
+        # The old key stays listed: a `dcp up` still running seals new rows with it until it restarts.
+        await asyncio.to_thread(replace_keys, path, [new_text, *(k for k in old_keys if k != new_text)])
+        print(f"the new key now seals in {path}; restart `dcp up` to use it")
+        return
+    print(
+        "next: set DCP_SECRETS_KEY to the new key on every replica, and keep the old key in"
+        " DCP_SECRETS_PREVIOUS_KEYS until every replica runs with the new one; then run `dcp secrets rotate`"
+        " once more with the new key (it seals what replicas still on the old key wrote meanwhile) and drop the"
+        " old key. Giving every replica the new key in DCP_SECRETS_PREVIOUS_KEYS before rotating keeps reads"
+        " working while the replicas restart."
+    )
+
+
+def _batch_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcp", description="Open DCP: self-hostable Dynamic Customer Profiles.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +282,19 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("token_id", type=int)
     listing = with_data_dir(tokens.add_parser("list", help="list an account's tokens"))
     listing.add_argument("--account", type=int, required=True)
+
+    sealing = commands.add_parser("secrets", help="the key that seals S3 secret keys in the database")
+    sealing_actions = sealing.add_subparsers(dest="action", required=True)
+    sealing_actions.add_parser("new-key", help="print a fresh key for DCP_SECRETS_KEY")
+    rotate = with_data_dir(
+        sealing_actions.add_parser(
+            "rotate", help="seal every stored S3 secret key with a new key, read from standard input"
+        )
+    )
+    rotate.add_argument("--new-key-file", help="read the new key from this file instead")
+    rotate.add_argument(
+        "--batch-size", type=_batch_size, default=BATCH_SIZE, help=f"rows per transaction (default {BATCH_SIZE})"
+    )
     return parser
 
 
@@ -278,6 +353,11 @@ async def _run(options: argparse.Namespace) -> None:
                     print(f"{token.id}\t{token.kind.value}\t{state}\t{token.label or ''}")
 
         await _with_credentials(settings, tokens_action)
+    elif options.command == "secrets":
+        if options.action == "new-key":
+            print(new_key())
+        else:
+            await _rotate_secrets(settings, options.new_key_file, options.batch_size)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,8 +60,11 @@ from services.schema.audiences import Audiences
 from services.schema.catalog import Catalog
 from services.schema.client import ImportTargetsClient, RegistryClient, RemoteAuthenticator
 from services.schema.credentials import Credentials
+from services.schema.keyfile import read_keys, read_or_create_keys
 from services.schema.keys import KeyIssuer
 from services.schema.model import TokenKind
+from services.schema.sealing import Keyring
+from services.schema.stored_secrets import StoredSecrets
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +124,17 @@ class SchemaParts:
     catalog: Catalog
     credentials: Credentials
     audiences: Audiences
+    secrets: StoredSecrets
 
 
 def schema_parts(settings: Settings, pool: asyncpg.Pool, keys: KeyIssuer | None = None) -> SchemaParts:
-    repository = schema_repository.SchemaRepository(pool)
+    keyring = Keyring.from_text(settings.secrets_key, settings.secrets_previous_keys) if settings.secrets_key else None
+    repository = schema_repository.SchemaRepository(pool, keyring)
     return SchemaParts(
         catalog=Catalog(repository, max_active_services=settings.max_active_services_per_account, keys=keys),
         credentials=Credentials(repository, OAuthVerifier(settings.oauth)),
         audiences=Audiences(repository),
+        secrets=StoredSecrets(repository, keyring),
     )
 
 
@@ -144,6 +150,30 @@ def identity_signer(settings: Settings, *, allow_generated: bool) -> AssertionSi
         # One process signs and verifies, so a key that lives as long as it does is enough.
         key = secrets.token_urlsafe(48)
     return AssertionSigner(key, ttl_seconds=settings.identity_ttl_seconds)
+
+
+SECRETS_KEY_FILE = "secrets.key"
+
+
+def with_secrets_key(settings: Settings, *, allow_generated: bool, create: bool = True) -> Settings:
+    """Settings holding the key that seals S3 secrets: DCP_SECRETS_KEY, else the data dir's.
+
+    The data dir's key is made on the first start (`create`) and outlives
+    restarts, since rows sealed with it must open again.
+    """
+    if settings.secrets_key is not None:
+        return settings
+    if not allow_generated:
+        raise SystemExit(
+            "DCP_SECRETS_KEY must be set when services run in separate processes (`dcp secrets new-key` makes one)"
+        )
+    path = settings.data_dir / SECRETS_KEY_FILE
+    keys = read_or_create_keys(path) if create else read_keys(path)
+    if not keys:
+        return settings
+    return settings.with_overrides(
+        secrets_key=keys[0], secrets_previous_keys=(*settings.secrets_previous_keys, *keys[1:])
+    )
 
 
 async def start_grpc(
@@ -302,6 +332,7 @@ async def start_suite(
     Without `import_worker` no upload is applied here: a worker process does it.
     """
     parts = schema_parts(settings, pool, keys)
+    await parts.secrets.seal_at_start()
     prepared = prepare_server(
         resolver=CallerResolver(signer, parts.credentials), address=f"{settings.grpc_host}:{settings.grpc_port}"
     )
@@ -372,6 +403,7 @@ async def start_schema_server(
 ) -> RunningServer:
     """The schema service alone: it verifies credentials itself."""
     parts = schema_parts(settings, pool, keys)
+    await parts.secrets.seal_at_start()
     return await start_grpc(settings, schema_bindings(parts, signer), parts.credentials, signer)
 
 

@@ -20,6 +20,7 @@ from services._runtime.db import create_pool
 from services._runtime.s3 import EmbeddedS3, ObjectStore, open_store
 from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
+from services.schema.sealing import new_key
 
 
 def _server_url() -> str | None:
@@ -117,6 +118,7 @@ def settings(database_url: str, s3_server: str) -> Settings:
         http_port=0,
         grpc_port=0,
         identity_key=secrets.token_urlsafe(48),
+        secrets_key=new_key(),
         s3=S3Settings(endpoint_url=s3_server, access_key_id="testing", secret_access_key="testing"),
         # Quick rounds, so tests wait for imports in tenths of a second.
         imports=ImportSettings(poll_seconds=0.2),

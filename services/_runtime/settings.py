@@ -135,6 +135,16 @@ class Settings:
     Required when services run in separate processes; `dcp up` makes one."""
     identity_ttl_seconds: int = 300
     """How long an identity assertion stays valid."""
+    secrets_key: str | None = field(default=None, repr=False)
+    """Key (base64 of 32 random bytes, `dcp secrets new-key`) that seals the DCP
+    services' S3 secret keys in the database with AES-256-GCM. Required by
+    `dcp serve schema`; unset, `dcp up` makes one on its first start and keeps
+    it owner-only in the data dir (`secrets.key`)."""
+    secrets_previous_keys: tuple[str, ...] = field(default=(), repr=False)
+    """Further keys (comma-separated in the environment) that still open secrets
+    sealed with them, but never seal: the previous key after a rotation, until
+    `dcp secrets rotate` has sealed every row anew and every replica runs with
+    the new key; or the next key, given to every replica before a rotation."""
     max_active_services_per_account: int = 1
     """Active DCP services one account may have (v1 allows one)."""
     db_pool_min_size: int = 1
@@ -203,6 +213,8 @@ class Settings:
             imports_address=reader.text("DCP_IMPORTS_ADDRESS"),
             identity_key=reader.text("DCP_IDENTITY_KEY"),
             identity_ttl_seconds=reader.integer("DCP_IDENTITY_TTL_SECONDS", 300, minimum=5),
+            secrets_key=reader.text("DCP_SECRETS_KEY"),
+            secrets_previous_keys=reader.items("DCP_SECRETS_PREVIOUS_KEYS"),
             max_active_services_per_account=reader.integer("DCP_MAX_ACTIVE_SERVICES_PER_ACCOUNT", 1, minimum=1),
             db_pool_min_size=reader.integer("DCP_DB_POOL_MIN_SIZE", 1, minimum=0),
             db_pool_max_size=reader.integer("DCP_DB_POOL_MAX_SIZE", 10, minimum=1),
@@ -260,6 +272,10 @@ class _EnvReader:
     def text(self, name: str) -> str | None:
         value = self._env.get(name, "").strip()
         return value or None
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list; blank items are dropped."""
+        return tuple(item.strip() for item in (self.text(name) or "").split(",") if item.strip())
 
     def path(self, name: str) -> Path | None:
         value = self.text(name)

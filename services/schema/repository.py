@@ -26,8 +26,11 @@ from services.schema.model import (
     Token,
     TokenKind,
 )
+from services.schema.sealing import Keyring, SecretsKeyNotConfigured
 
 SCHEMA = "catalog"
+# Held by whoever rewrites stored secrets in bulk (the start-up sealing, a rotation), for one transaction.
+_SECRETS_LOCK = "dcp-secrets:catalog"
 MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migrations")
 
 _TABLE_COLUMNS = """
@@ -71,8 +74,9 @@ def _project(row: asyncpg.Record) -> Project:
     return Project(**dict(row))
 
 
-def _service(row: asyncpg.Record) -> DcpService:
+def _service(row: asyncpg.Record, secret_key: str) -> DcpService:
     values = dict(row)
+    values["aws_secret_key"] = secret_key
     values["alias_blocked_customer_ids"] = tuple(values["alias_blocked_customer_ids"])
     return DcpService(**values)
 
@@ -84,23 +88,40 @@ def _attribute(row: asyncpg.Record) -> Attribute:
     return Attribute(**values)
 
 
-def _table(row: asyncpg.Record, attributes: Sequence[Attribute] = ()) -> Table:
+def _table(row: asyncpg.Record, secret_key: str, attributes: Sequence[Attribute] = ()) -> Table:
     values = dict(row)
+    values["aws_secret_key"] = secret_key
     values["keyfield_locator_type"] = LocatorType(values["keyfield_locator_type"])
     values["import_mode"] = ImportMode(values["import_mode"])
     return Table(**values, attributes=tuple(attributes))
 
 
 class SchemaRepository:
-    """Queries against `catalog`; bound to a pool, or to one transaction."""
+    """Queries against `catalog`; bound to a pool, or to one transaction.
 
-    def __init__(self, executor: asyncpg.Pool | asyncpg.Connection) -> None:
+    S3 secret keys are sealed on their way in and opened on their way out with
+    `secrets`; without it, rows holding them cannot be read or written.
+    """
+
+    def __init__(self, executor: asyncpg.Pool | asyncpg.Connection, secrets: Keyring | None = None) -> None:
         self._db: Any = executor
+        self._secrets = secrets
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SchemaRepository]:
         async with self._db.acquire() as connection, connection.transaction():
-            yield SchemaRepository(connection)
+            yield SchemaRepository(connection, self._secrets)
+
+    def _keyring(self) -> Keyring:
+        if self._secrets is None:
+            raise SecretsKeyNotConfigured()
+        return self._secrets
+
+    def _service(self, row: asyncpg.Record) -> DcpService:
+        return _service(row, self._keyring().open(row["id"], row["aws_secret_key"]))
+
+    def _table(self, row: asyncpg.Record, attributes: Sequence[Attribute] = ()) -> Table:
+        return _table(row, self._keyring().open(row["dcp_service_id"], row["aws_secret_key"]), attributes)
 
     # Accounts and tokens
 
@@ -212,25 +233,30 @@ class SchemaRepository:
             page.after_id,
             page.size + 1,
         )
-        return [_service(r) for r in rows]
+        return [self._service(r) for r in rows]
 
     async def get_service(self, account_id: int, service_id: int, *, for_update: bool = False) -> DcpService | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self._db.fetchrow(
             f"SELECT * FROM catalog.dcp_services WHERE account_id = $1 AND id = $2{lock}", account_id, service_id
         )
-        return _service(row) if row else None
+        return self._service(row) if row else None
 
     async def create_service(self, account_id: int, name: str, access_key: str, secret_key: str) -> DcpService:
+        # The id is sealed with the secret, so it is drawn before the row is written.
+        service_id: int = await self._db.fetchval(
+            "SELECT nextval(pg_get_serial_sequence('catalog.dcp_services', 'id'))"
+        )
         row = await self._db.fetchrow(
-            "INSERT INTO catalog.dcp_services (account_id, name, aws_access_key, aws_secret_key)"
-            " VALUES ($1, $2, $3, $4) RETURNING *",
+            "INSERT INTO catalog.dcp_services (id, account_id, name, aws_access_key, aws_secret_key)"
+            " OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5) RETURNING *",
+            service_id,
             account_id,
             name,
             access_key,
-            secret_key,
+            self._keyring().seal(service_id, secret_key),
         )
-        return _service(row)
+        return self._service(row)
 
     async def set_service_keys(self, account_id: int, service_id: int, access_key: str, secret_key: str) -> DcpService:
         row = await self._db.fetchrow(
@@ -239,9 +265,9 @@ class SchemaRepository:
             account_id,
             service_id,
             access_key,
-            secret_key,
+            self._keyring().seal(service_id, secret_key),
         )
-        return _service(row)
+        return self._service(row)
 
     async def update_service(self, service: DcpService) -> DcpService:
         row = await self._db.fetchrow(
@@ -255,7 +281,7 @@ class SchemaRepository:
             list(service.alias_blocked_customer_ids),
             service.alias_max_users_per_customer_id,
         )
-        return _service(row)
+        return self._service(row)
 
     async def archive_service(self, account_id: int, service_id: int) -> None:
         await self._db.execute(
@@ -271,6 +297,30 @@ class SchemaRepository:
             service_id,
         )
 
+    # Stored secrets, as stored: for sealing old rows and for rotations
+
+    async def lock_stored_secrets(self) -> None:
+        """Serialises bulk rewrites of stored secrets until this transaction ends."""
+        await self._db.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _SECRETS_LOCK)
+
+    async def stored_secrets(self, after_id: int, limit: int) -> list[tuple[int, str]]:
+        rows = await self._db.fetch(
+            "SELECT id, aws_secret_key FROM catalog.dcp_services WHERE id > $1 ORDER BY id LIMIT $2",
+            after_id,
+            limit,
+        )
+        return [(r["id"], r["aws_secret_key"]) for r in rows]
+
+    async def replace_stored_secret(self, service_id: int, stored: str, replacement: str) -> bool:
+        """Only while the row still holds `stored`: a key changed meanwhile is newer and stays."""
+        status: str = await self._db.execute(
+            "UPDATE catalog.dcp_services SET aws_secret_key = $3 WHERE id = $1 AND aws_secret_key = $2",
+            service_id,
+            stored,
+            replacement,
+        )
+        return status == "UPDATE 1"
+
     # Tables
 
     async def list_tables(self, account_id: int, service_id: int, page: Page) -> list[Table]:
@@ -285,7 +335,7 @@ class SchemaRepository:
             page.size + 1,
         )
         attributes = await self._attributes_of([r["id"] for r in rows])
-        return [_table(r, attributes.get(r["id"], ())) for r in rows]
+        return [self._table(r, attributes.get(r["id"], ())) for r in rows]
 
     async def get_table(self, account_id: int, table_id: int, *, for_update: bool = False) -> Table | None:
         lock = " FOR UPDATE OF d" if for_update else ""
@@ -297,7 +347,7 @@ class SchemaRepository:
         if row is None:
             return None
         attributes = await self._attributes_of([table_id])
-        return _table(row, attributes.get(table_id, ()))
+        return self._table(row, attributes.get(table_id, ()))
 
     async def _attributes_of(self, table_ids: list[int]) -> dict[int, list[Attribute]]:
         if not table_ids:

@@ -53,12 +53,14 @@ class Replicas:
 
 
 @pytest.fixture
-async def replicas(database_url: str, s3_server: str) -> AsyncIterator[tuple[Replicas, str]]:
+async def replicas(database_url: str, s3_server: str, settings: Settings) -> AsyncIterator[tuple[Replicas, str]]:
     bucket = f"replicas-{secrets.token_hex(4)}"
     env = {
         **base_env(),
         "DCP_DATABASE_URL": database_url,
         "DCP_IDENTITY_KEY": secrets.token_urlsafe(48),
+        # The platform's own key: the in-process services read the rows these replicas seal.
+        "DCP_SECRETS_KEY": settings.secrets_key or "",
         "DCP_GRPC_PORT": "0",
         "DCP_HTTP_PORT": "0",
         "DCP_S3_ENDPOINT_URL": s3_server,

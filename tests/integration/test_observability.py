@@ -179,13 +179,14 @@ async def test_import_counters_follow_a_real_upload(
 
 
 async def test_a_dcp_serve_process_serves_metrics_on_its_own_port(
-    database_url: str, s3_server: str, make_account: MakeAccount
+    database_url: str, s3_server: str, settings: Settings, make_account: MakeAccount
 ) -> None:
     account = await make_account()
     env = {
         **base_env(),
         "DCP_DATABASE_URL": database_url,
         "DCP_IDENTITY_KEY": secrets.token_urlsafe(48),
+        "DCP_SECRETS_KEY": settings.secrets_key or "",
         "DCP_GRPC_PORT": "0",
         "DCP_METRICS_PORT": "0",
         "DCP_S3_ENDPOINT_URL": s3_server,
