@@ -17,7 +17,7 @@ from services._runtime import logs, metrics, tracing
 from services._runtime.errors import DcpError
 from services._runtime.s3 import ObjectStore, open_queue
 from services._runtime.server import wait_for_stop_signal
-from services._runtime.settings import S3Settings, Settings
+from services._runtime.settings import Settings
 from services.schema.credentials import parse_token_kind
 from services.schema.keys import key_issuer
 
@@ -42,24 +42,40 @@ async def _up(settings: Settings) -> None:
             first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
             signer = platform.identity_signer(settings, allow_generated=True)
             async with (
-                platform.upload_store(settings.s3, embedded=True) as (store, s3),
-                open_queue(s3, settings.imports.queue_url) as queue,
-                key_issuer(s3) as keys,
+                platform.uploads_for_up(settings, pool) as uploads,
+                open_queue(uploads.settings, settings.imports.queue_url) as queue,
             ):
-                suite = await platform.start_suite(settings, pool, signer, store=store, queue=queue, keys=keys)
-                await _serve_suite(settings, suite, s3, first_token)
+                suite = await platform.start_suite(
+                    settings, pool, signer, store=uploads.store, queue=queue, keys=uploads.keys
+                )
+                await _serve_suite(settings, suite, uploads, first_token)
 
 
-async def _serve_suite(settings: Settings, suite: platform.Suite, s3: S3Settings, first_token: str | None) -> None:
+async def _serve_suite(
+    settings: Settings, suite: platform.Suite, uploads: platform.Uploads, first_token: str | None
+) -> None:
     try:
         print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
         print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
         print(f"  gRPC: {suite.grpc_address}", flush=True)
         database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
         print(f"  database: {database}", flush=True)
-        if settings.s3.endpoint_url is None:
-            print(f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (objects live in memory)", flush=True)
-            print(f"    access key {s3.access_key_id}  secret {s3.secret_access_key}", flush=True)
+        s3 = uploads.settings
+        if uploads.embedded is not None:
+            print(
+                f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (process {uploads.embedded.pid};"
+                " objects last until it stops)",
+                flush=True,
+            )
+            print("    every request must be signed; a DCP service's key reaches only its own prefix", flush=True)
+            if settings.s3.access_key_id is None:
+                print(
+                    "    the platform's key is made anew each start;"
+                    " set DCP_S3_ACCESS_KEY_ID and DCP_S3_SECRET_ACCESS_KEY to choose one",
+                    flush=True,
+                )
+            else:
+                print(f"    the platform's key: DCP_S3_ACCESS_KEY_ID ({s3.access_key_id})", flush=True)
         else:
             print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
         if first_token:
@@ -110,7 +126,7 @@ async def _serve(settings: Settings, service: str) -> None:
             profiles = await stack.enter_async_context(
                 platform.grpc_channel(_require(settings.profiles_address, "DCP_PROFILES_ADDRESS", service))
             )
-            store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
+            store = await stack.enter_async_context(platform.upload_store(settings.s3))
             queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
             imports = await platform.start_imports_server(
                 settings, pool, signer, store, schema_channel=schema, profiles_channel=profiles, queue=queue
@@ -128,7 +144,7 @@ async def _serve(settings: Settings, service: str) -> None:
                     platform.grpc_channel(_require(settings.aliases_address, "DCP_ALIASES_ADDRESS", service))
                 )
                 # Exports are written to the upload bucket.
-                export_store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
+                export_store = await stack.enter_async_context(platform.upload_store(settings.s3))
             server = await platform.start_remote_server(
                 settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases, store=export_store
             )
