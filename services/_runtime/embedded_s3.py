@@ -37,8 +37,11 @@ class EmbeddedS3:
         data_dir: Path,
         host: str = "127.0.0.1",
         port: int = 0,
+        lean: bool = True,
     ) -> None:
+        """`lean=False` leaves moto as it is, only to measure what `keep_moto_lean` saves."""
         self._config = {
+            "lean": lean,
             "host": host,
             "port": port,
             "bucket": bucket,

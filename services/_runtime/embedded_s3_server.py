@@ -357,7 +357,8 @@ def serve(config: dict[str, Any], replies: IO[str]) -> None:
     spool = data / "requests"
     bodies.mkdir(parents=True)
     spool.mkdir()
-    keep_moto_lean(bodies)
+    if config.get("lean", True):
+        keep_moto_lean(bodies)
     keys = Keys(*config["platform_key"])
     app = Guard(DomainDispatcherApplication(create_backend_app), keys, config["bucket"], spool)
     try:
