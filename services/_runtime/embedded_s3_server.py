@@ -14,6 +14,7 @@ on AWS: write, read and list under `dcp/{service id}/`, and read
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -351,12 +352,20 @@ def serve(config: dict[str, Any], replies: IO[str]) -> None:
     from werkzeug.serving import make_server  # noqa: PLC0415
 
     data = Path(config["data_dir"])
-    # The objects of an earlier run are gone with its process; so are their bodies.
-    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True, exist_ok=True)
+    # Held for the life of the process (the kernel drops it with the process).
+    lock = (data / "lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _reply(replies, {"error": f"another embedded S3 server is using {data}"})
+        return
     bodies = data / "bodies"
     spool = data / "requests"
-    bodies.mkdir(parents=True)
-    spool.mkdir()
+    # The objects of an earlier run are gone with its process; so are their bodies.
+    for directory in (bodies, spool):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir()
     if config.get("lean", True):
         keep_moto_lean(bodies)
     keys = Keys(*config["platform_key"])

@@ -259,6 +259,10 @@ def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
         second = EmbeddedS3(bucket=BUCKET, platform_key=("k", "s"), data_dir=tmp_path / "two", port=port)
         with pytest.raises(EmbeddedS3Error, match=rf"could not start: cannot listen on 127\.0\.0\.1:{port}"):
             second.start()
+        # A second server on the first one's data dir would throw its objects' bodies away.
+        third = EmbeddedS3(bucket=BUCKET, platform_key=("k", "s"), data_dir=tmp_path / "one")
+        with pytest.raises(EmbeddedS3Error, match="could not start: another embedded S3 server is using"):
+            third.start()
     finally:
         first.stop()
 
