@@ -64,11 +64,11 @@ async def _serve_suite(
         if uploads.embedded is not None:
             print(
                 f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (process {uploads.embedded.pid};"
-                " objects last until it stops)",
+                " its objects are gone when it stops)",
                 flush=True,
             )
             print("    every request must be signed; a DCP service's key reaches only its own prefix", flush=True)
-            if settings.s3.access_key_id is None:
+            if not (settings.s3.access_key_id and settings.s3.secret_access_key):
                 print(
                     "    the platform's key is made anew each start;"
                     " set DCP_S3_ACCESS_KEY_ID and DCP_S3_SECRET_ACCESS_KEY to choose one",
