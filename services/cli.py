@@ -19,7 +19,7 @@ from services._runtime import logs, metrics, tracing
 from services._runtime.errors import DcpError
 from services._runtime.s3 import ObjectStore, open_queue
 from services._runtime.server import wait_for_stop_signal
-from services._runtime.settings import S3Settings, Settings
+from services._runtime.settings import Settings
 from services._runtime.supervisor import ChildProcess
 from services.schema.credentials import parse_token_kind
 from services.schema.keyfile import read_keys, replace_keys
@@ -53,12 +53,17 @@ async def _up(settings: Settings) -> None:
             signer = platform.identity_signer(settings, allow_generated=False)
             in_child = settings.imports.worker_processes
             async with (
-                platform.upload_store(settings.s3, embedded=True) as (store, s3),
-                open_queue(s3, settings.imports.queue_url) as queue,
-                key_issuer(s3) as keys,
+                platform.uploads_for_up(settings, pool) as uploads,
+                open_queue(uploads.settings, settings.imports.queue_url) as queue,
             ):
                 suite = await platform.start_suite(
-                    settings, pool, signer, store=store, queue=queue, keys=keys, import_worker=not in_child
+                    settings,
+                    pool,
+                    signer,
+                    store=uploads.store,
+                    queue=queue,
+                    keys=uploads.keys,
+                    import_worker=not in_child,
                 )
                 worker: ChildProcess | None = None
                 try:
@@ -68,10 +73,10 @@ async def _up(settings: Settings) -> None:
                             {
                                 "DCP_DATABASE_URL": url,
                                 "DCP_SCHEMA_ADDRESS": suite.grpc_address,
-                                **platform.store_wiring(s3),
+                                **platform.store_wiring(uploads.settings),
                             },
                         )
-                    await _serve_suite(settings, suite, s3, first_token, worker)
+                    await _serve_suite(settings, suite, uploads, first_token, worker)
                 finally:
                     if worker is not None:
                         await worker.stop(settings.shutdown_grace_seconds)
@@ -79,16 +84,33 @@ async def _up(settings: Settings) -> None:
 
 
 async def _serve_suite(
-    settings: Settings, suite: platform.Suite, s3: S3Settings, first_token: str | None, worker: ChildProcess | None
+    settings: Settings,
+    suite: platform.Suite,
+    uploads: platform.Uploads,
+    first_token: str | None,
+    worker: ChildProcess | None,
 ) -> None:
     print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
     print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
     print(f"  gRPC: {suite.grpc_address}", flush=True)
     database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
     print(f"  database: {database}", flush=True)
-    if settings.s3.endpoint_url is None:
-        print(f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (objects live in memory)", flush=True)
-        print(f"    access key {s3.access_key_id}  secret {s3.secret_access_key}", flush=True)
+    s3 = uploads.settings
+    if uploads.embedded is not None:
+        print(
+            f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (process {uploads.embedded.pid};"
+            " its objects are gone when it stops)",
+            flush=True,
+        )
+        print("    every request must be signed; a DCP service's key reaches only its own prefix", flush=True)
+        if not (settings.s3.access_key_id and settings.s3.secret_access_key):
+            print(
+                "    the platform's key is made anew each start;"
+                " set DCP_S3_ACCESS_KEY_ID and DCP_S3_SECRET_ACCESS_KEY to choose one",
+                flush=True,
+            )
+        else:
+            print(f"    the platform's key: DCP_S3_ACCESS_KEY_ID ({s3.access_key_id})", flush=True)
     else:
         print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
     key_file = settings.data_dir / platform.SECRETS_KEY_FILE
@@ -144,7 +166,7 @@ async def _serve(settings: Settings, service: str) -> None:
             profiles = await stack.enter_async_context(
                 platform.grpc_channel(_require(settings.profiles_address, "DCP_PROFILES_ADDRESS", service))
             )
-            store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
+            store = await stack.enter_async_context(platform.upload_store(settings.s3))
             queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
             in_child = settings.imports.worker_processes
             imports = await platform.start_imports_server(
@@ -174,7 +196,7 @@ async def _serve(settings: Settings, service: str) -> None:
                     platform.grpc_channel(_require(settings.aliases_address, "DCP_ALIASES_ADDRESS", service))
                 )
                 # Exports are written to the upload bucket.
-                export_store, _ = await stack.enter_async_context(platform.upload_store(settings.s3, embedded=False))
+                export_store = await stack.enter_async_context(platform.upload_store(settings.s3))
             server = await platform.start_remote_server(
                 settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases, store=export_store
             )

@@ -29,8 +29,9 @@ from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRa
 from services._runtime import metrics, supervisor, tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, create_pool, migrate
+from services._runtime.embedded_s3 import EmbeddedS3
 from services._runtime.identity import AssertionSigner
-from services._runtime.s3 import EmbeddedS3, ObjectStore, open_queue, open_store
+from services._runtime.s3 import ObjectStore, open_queue, open_store
 from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server, wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services._runtime.supervisor import ChildProcess
@@ -61,15 +62,12 @@ from services.schema.catalog import Catalog
 from services.schema.client import ImportTargetsClient, RegistryClient, RemoteAuthenticator
 from services.schema.credentials import Credentials
 from services.schema.keyfile import read_keys, read_or_create_keys
-from services.schema.keys import KeyIssuer
+from services.schema.keys import EmbeddedKeys, KeyIssuer, key_issuer, new_access_key_pair
 from services.schema.model import TokenKind
 from services.schema.sealing import Keyring
 from services.schema.stored_secrets import StoredSecrets
 
 logger = logging.getLogger(__name__)
-
-# The embedded S3 server accepts any key; the platform signs with this one.
-EMBEDDED_S3_KEY = ("dcp-local", "dcp-local-secret")
 
 SERVICES = ("schema", "profiles", "aliases", "imports", "gateway")
 ALL_MIGRATIONS: tuple[MigrationSet, ...] = (
@@ -507,26 +505,59 @@ async def start_imports_server(
 
 
 @contextlib.asynccontextmanager
-async def upload_store(settings: S3Settings, *, embedded: bool) -> AsyncIterator[tuple[ObjectStore, S3Settings]]:
-    """The bucket, created if missing; with `embedded` and no endpoint, on an S3 server in this process."""
-    server: EmbeddedS3 | None = None
-    if embedded and settings.endpoint_url is None:
-        server = EmbeddedS3(port=settings.embedded_port)
-        endpoint = await asyncio.to_thread(server.start)
-        settings = replace(
-            settings,
-            endpoint_url=endpoint,
-            access_key_id=settings.access_key_id or EMBEDDED_S3_KEY[0],
-            secret_access_key=settings.secret_access_key or EMBEDDED_S3_KEY[1],
-        )
+async def upload_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
+    """The configured store's bucket, created if missing."""
+    async with open_store(settings) as store:
+        await store.ensure_bucket(settings.region)
+        await store.keep_versions()
+        yield store
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """The upload bucket as `dcp up` uses it, and who hands out DCP services' keys to it."""
+
+    store: ObjectStore
+    settings: S3Settings
+    """Endpoint and key the platform uses; for the embedded server, the ones it was started with."""
+    keys: KeyIssuer
+    embedded: EmbeddedS3 | None
+    """The embedded server, when no store is configured."""
+
+
+@contextlib.asynccontextmanager
+async def uploads_for_up(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Uploads]:
+    """The configured store, or an embedded S3 server started in a process of its own.
+
+    The embedded server forgets keys when it stops, so every active DCP
+    service's key is registered with it again before anything uses it.
+    """
+    s3 = settings.s3
+    if s3.endpoint_url is not None:
+        async with upload_store(s3) as store, key_issuer(s3) as keys:
+            yield Uploads(store, s3, keys, None)
+        return
+    platform_key = (
+        (s3.access_key_id, s3.secret_access_key)
+        if s3.access_key_id and s3.secret_access_key
+        # A key of this run only: nobody can have learnt it from an earlier one.
+        else new_access_key_pair()
+    )
+    server = EmbeddedS3(
+        bucket=s3.bucket,
+        platform_key=platform_key,
+        data_dir=settings.data_dir / "s3",
+        port=s3.embedded_port,
+    )
+    endpoint = await asyncio.to_thread(server.start)
     try:
-        async with open_store(settings) as store:
-            await store.ensure_bucket(settings.region)
-            await store.keep_versions()
-            yield store, settings
+        s3 = replace(s3, endpoint_url=endpoint, access_key_id=platform_key[0], secret_access_key=platform_key[1])
+        embedded_keys = EmbeddedKeys(server)
+        await schema_parts(settings, pool, embedded_keys).catalog.restore_upload_keys()
+        async with upload_store(s3) as store:
+            yield Uploads(store, s3, embedded_keys, server)
     finally:
-        if server is not None:
-            await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.stop)
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -695,7 +726,7 @@ async def run_import_worker(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(opened_pool(settings.database_url, settings))
         schema_channel = await stack.enter_async_context(grpc_channel(settings.schema_address))
-        store, _ = await stack.enter_async_context(upload_store(settings.s3, embedded=False))
+        store = await stack.enter_async_context(upload_store(settings.s3))
         queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
         profiles: Profiles | None = None
         profiles_channel: aio.Channel | None = None

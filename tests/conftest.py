@@ -14,10 +14,11 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+from moto.server import ThreadedMotoServer
 
 from services import platform
 from services._runtime.db import create_pool
-from services._runtime.s3 import EmbeddedS3, ObjectStore, open_store
+from services._runtime.s3 import ObjectStore, open_store
 from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
 from services.schema.sealing import new_key
@@ -102,11 +103,12 @@ async def _clean_database(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """An S3 protocol server (moto's) on a free port, for the whole session."""
-    server = EmbeddedS3()
-    url = server.start()
+    """An S3 protocol server (moto's, accepting any key) on a free port, for the whole session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
     try:
-        yield url
+        yield f"http://{host}:{port}"
     finally:
         server.stop()
 

@@ -426,33 +426,3 @@ async def open_queue(settings: S3Settings, queue_url: str | None) -> AsyncIterat
     arguments.pop("config")
     async with get_session().create_client("sqs", **arguments) as client:
         yield client
-
-
-class EmbeddedS3:
-    """An S3-compatible server inside this process, for `dcp up` without a store.
-
-    It keeps objects in memory: files not yet imported when the process stops
-    are gone, which is why production points `DCP_S3_ENDPOINT_URL` at a real store.
-    """
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        from moto.server import ThreadedMotoServer  # noqa: PLC0415 - only `dcp up` without a store needs it
-
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-        self._started = False
-
-    def start(self) -> str:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server.start()
-        self._started = True
-        return self.endpoint_url
-
-    @property
-    def endpoint_url(self) -> str:
-        host, port = self._server.get_host_and_port()
-        return f"http://{host}:{port}"
-
-    def stop(self) -> None:
-        if self._started:
-            self._server.stop()
-            self._started = False

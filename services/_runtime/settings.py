@@ -55,7 +55,9 @@ class S3Settings:
     """Bucket holding every table's upload prefix."""
     access_key_id: str | None = None
     """The platform's own key; unset uses the standard AWS credential chain
-    (environment, web identity on Kubernetes, instance profile)."""
+    (environment, web identity on Kubernetes, instance profile). For the
+    embedded server of `dcp up`, the one key with every right; unset, a new
+    one is made at each start and known only to that `dcp up`."""
     secret_access_key: str | None = None
     """Secret of `access_key_id`."""
     addressing_style: str = "auto"
@@ -64,7 +66,12 @@ class S3Settings:
     """Create an IAM user per DCP service, limited to its prefix, and hand out
     that user's keys; needs a store with an IAM API."""
     embedded_port: int = 9000
-    """Port of the embedded S3 server that `dcp up` starts (0 picks a free one)."""
+    """Port of the embedded S3 server that `dcp up` starts without an endpoint
+    (0 picks a free one). It runs in a process of its own that stops with
+    `dcp up`, accepts only SigV4-signed requests, keeps each DCP service's key
+    to `dcp/{service id}/` and `exports/{service id}/`, and keeps object
+    bodies over 64 KiB in files under `{data dir}/s3/bodies` (emptied at each
+    start: its objects last as long as the process)."""
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,12 @@ class Catalog:
         if not service.archived:
             await self._keys.revoke(service_id, service.aws_access_key)
 
+    async def restore_upload_keys(self) -> int:
+        """Tells the key issuer every active service's key, for a store that forgets them when it stops."""
+        keys = await self._repo.active_upload_keys()
+        await self._keys.restore(keys)
+        return len(keys)
+
     # Tables
 
     async def list_tables(self, account_id: int, service_id: int, page: Page) -> list[Table]:

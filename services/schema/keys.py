@@ -2,24 +2,27 @@
 
 Where the store has an IAM API (AWS, and S3 servers that copy it), each
 service gets an IAM user whose only right is its own `dcp/{service id}/`
-prefix of the upload bucket, so one customer's key can never read or write
-another's files. Elsewhere the pair is generated here, and the store must be
-told of it by its operator.
+prefix of the upload bucket (and reading its own exports), so one customer's
+key can never read or write another's files. The embedded store of `dcp up`
+enforces the same rights itself. Elsewhere the pair is generated here, and the
+store must be told of it by its operator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import secrets
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services._runtime.embedded_s3 import EmbeddedS3, EmbeddedS3Error
 from services._runtime.errors import Unavailable
 from services._runtime.s3 import client_config
 from services._runtime.settings import S3Settings
@@ -48,6 +51,10 @@ class KeyIssuer(Protocol):
         """The service is archived: its key stops working."""
         ...
 
+    async def restore(self, keys: Iterable[tuple[int, str, str]]) -> None:
+        """At start: these (service id, access key, secret key) of the active services must work."""
+        ...
+
 
 class LocalKeys:
     """Key pairs generated here, for stores without an IAM API."""
@@ -58,9 +65,42 @@ class LocalKeys:
     async def revoke(self, service_id: int, access_key: str) -> None:
         return None
 
+    async def restore(self, keys: Iterable[tuple[int, str, str]]) -> None:
+        return None
+
+
+class EmbeddedKeys:
+    """Key pairs generated here and registered with the embedded S3 server of `dcp up`."""
+
+    def __init__(self, server: EmbeddedS3) -> None:
+        self._server = server
+
+    async def issue(self, service_id: int) -> tuple[str, str]:
+        pair = new_access_key_pair()
+        await self._register([(service_id, *pair)])
+        return pair
+
+    async def revoke(self, service_id: int, access_key: str) -> None:
+        try:
+            await asyncio.to_thread(self._server.revoke, access_key)
+        except EmbeddedS3Error as error:
+            log.error("could not revoke the upload key of DCP service %d: %s", service_id, error)
+            raise Unavailable("the embedded S3 server did not revoke the upload key; retry later") from error
+
+    async def restore(self, keys: Iterable[tuple[int, str, str]]) -> None:
+        """Makes these (service id, access key, secret key) work again on a freshly started server."""
+        await self._register(list(keys))
+
+    async def _register(self, keys: list[tuple[int, str, str]]) -> None:
+        try:
+            await asyncio.to_thread(self._server.grant, keys)
+        except EmbeddedS3Error as error:
+            log.error("could not register upload keys with the embedded S3 server: %s", error)
+            raise Unavailable("the embedded S3 server did not take the upload key; retry later") from error
+
 
 def prefix_policy(bucket: str, service_id: int) -> dict[str, Any]:
-    """Uploading, reading back and listing under dcp/{service id}/ of the bucket, and nothing else."""
+    """Uploading, reading back and listing under dcp/{service id}/, reading exports/{service id}/, nothing else."""
     prefix = f"dcp/{service_id}/"
     return {
         "Version": "2012-10-17",
@@ -75,6 +115,12 @@ def prefix_policy(bucket: str, service_id: int) -> dict[str, Any]:
                     "s3:ListMultipartUploadParts",
                 ],
                 "Resource": f"arn:aws:s3:::{bucket}/{prefix}*",
+            },
+            {
+                "Sid": "TheServiceExports",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{bucket}/exports/{service_id}/*",
             },
             {
                 "Sid": "ListingTheServicePrefix",
@@ -121,6 +167,9 @@ class IamKeys:
         except (ClientError, BotoCoreError) as error:
             # The service is archived either way; a key left behind still only reaches its own prefix.
             log.warning("could not delete the upload key of DCP service %d: %s", service_id, error)
+
+    async def restore(self, keys: Iterable[tuple[int, str, str]]) -> None:
+        return None  # IAM keeps its users and keys
 
 
 @contextlib.asynccontextmanager

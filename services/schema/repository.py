@@ -283,6 +283,13 @@ class SchemaRepository:
         )
         return self._service(row)
 
+    async def active_upload_keys(self) -> list[tuple[int, str, str]]:
+        """(service id, access key, secret key) of every active DCP service, whichever account owns it."""
+        rows = await self._db.fetch(
+            "SELECT id, aws_access_key, aws_secret_key FROM catalog.dcp_services WHERE NOT archived ORDER BY id"
+        )
+        return [(row["id"], row["aws_access_key"], row["aws_secret_key"]) for row in rows]
+
     async def archive_service(self, account_id: int, service_id: int) -> None:
         await self._db.execute(
             "UPDATE catalog.datasources SET archived = true, last_modified = now()"

@@ -30,7 +30,7 @@ async def test_processed_files_are_deleted_or_kept_as_configured(
 ) -> None:
     s3 = dataclasses.replace(settings.s3, bucket=f"after-{after}-{secrets.token_hex(4)}")
     configured = dataclasses.replace(settings, s3=s3, imports=dataclasses.replace(settings.imports, after=after))
-    async with platform.upload_store(s3, embedded=False) as (bucket, _):
+    async with platform.upload_store(s3) as bucket:
         parts = platform.import_parts(
             configured,
             pool,

@@ -32,7 +32,7 @@ async def apart(
 ) -> AsyncIterator[Apart]:
     s3 = dataclasses.replace(settings.s3, bucket=f"apart-{secrets.token_hex(4)}")
     alone = dataclasses.replace(settings, s3=s3, grpc_port=0)
-    async with platform.upload_store(s3, embedded=False) as (bucket, _):
+    async with platform.upload_store(s3) as bucket:
         imports = await platform.start_imports_server(
             alone,
             pool,
