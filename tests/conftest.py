@@ -92,7 +92,11 @@ async def _clean_database(request: pytest.FixtureRequest) -> None:
     """Every test that touches the database starts from empty tables; ids go on counting, as they do in production."""
     if "pool" not in request.fixturenames and "running" not in request.fixturenames:
         return
-    db: asyncpg.Pool = request.getfixturevalue("pool")
+    await empty_tables(request.getfixturevalue("pool"))
+
+
+async def empty_tables(db: asyncpg.Pool) -> None:
+    """Every service's tables emptied (migrations kept)."""
     tables = await db.fetch(
         "SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables"
         " WHERE schemaname IN ('catalog', 'profiles', 'aliases', 'imports') AND tablename <> 'schema_migrations'"

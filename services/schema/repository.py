@@ -288,7 +288,8 @@ class SchemaRepository:
         rows = await self._db.fetch(
             "SELECT id, aws_access_key, aws_secret_key FROM catalog.dcp_services WHERE NOT archived ORDER BY id"
         )
-        return [(row["id"], row["aws_access_key"], row["aws_secret_key"]) for row in rows]
+        keyring = self._keyring()
+        return [(row["id"], row["aws_access_key"], keyring.open(row["id"], row["aws_secret_key"])) for row in rows]
 
     async def archive_service(self, account_id: int, service_id: int) -> None:
         await self._db.execute(

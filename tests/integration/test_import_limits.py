@@ -17,7 +17,7 @@ import pytest
 from services import platform
 from services._runtime.s3 import ObjectStore, open_store
 from services._runtime.settings import Settings
-from tests.conftest import MakeAccount
+from tests.conftest import MakeAccount, empty_tables
 from tests.integration.test_imports import V1, Table, make_table
 
 MAX_ROWS = 100_000
@@ -47,6 +47,8 @@ async def _platform(settings: Settings, pool: asyncpg.Pool, bucket: str, **limit
     changed = settings.with_overrides(s3=replace(settings.s3, bucket=bucket))
     signer = platform.identity_signer(changed, allow_generated=False)
     assert changed.database_url is not None
+    # Starting seals stored secrets, so rows another module left behind must not be there.
+    await empty_tables(pool)
     async with open_store(changed.s3) as store:
         await store.ensure_bucket("us-east-1")
         suite = await platform.start_suite(changed, pool, signer, store=store, import_worker=False)

@@ -25,10 +25,17 @@ from services import platform
 from services._runtime.settings import Settings
 from services.schema.keyfile import read_keys
 from services.schema.sealing import Keyring, SecretKeyUnknown, SecretsKey, SecretUnreadable, new_key, sealed_key_id
-from tests.conftest import MakeAccount, TestAccount
+from tests.conftest import MakeAccount, TestAccount, empty_tables
 from tests.e2e.processes import DCP, base_env
 
 V1 = "/experiment/v1"
+
+
+@pytest.fixture(autouse=True)
+async def _leave_no_foreign_seals(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """These tests seal rows with keys the rest of the suite does not have: none may outlive its test."""
+    yield
+    await empty_tables(pool)
 
 
 def _ok(response: httpx.Response, status: int = 200) -> Any:
