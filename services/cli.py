@@ -133,6 +133,9 @@ async def _serve(settings: Settings, service: str) -> None:
                 settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases, store=export_store
             )
         await server.mark_serving()
+        server.watch_database(
+            pool, interval=settings.db_health_interval_seconds, timeout=settings.db_health_timeout_seconds
+        )
         print(f"{service} service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)
         await wait_for_stop_signal()
         await (stop or server.stop)(settings.shutdown_grace_seconds)

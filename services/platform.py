@@ -27,7 +27,7 @@ from gateway.app import GatewayClients, create_app
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
 from services._runtime import tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
-from services._runtime.db import MigrationSet, create_pool, migrate
+from services._runtime.db import MigrationSet, PoolTimeouts, create_pool, migrate
 from services._runtime.identity import AssertionSigner
 from services._runtime.s3 import EmbeddedS3, ObjectStore, open_store
 from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server
@@ -330,6 +330,9 @@ async def start_suite(
         await channel.close(grace=None)
         raise
     await server.mark_serving()
+    server.watch_database(
+        pool, interval=settings.db_health_interval_seconds, timeout=settings.db_health_timeout_seconds
+    )
     worker = asyncio.create_task(imports.worker.run(), name="imports-worker") if imports is not None else None
     return Suite(
         worker=worker,
@@ -536,7 +539,12 @@ async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningG
 
 @contextlib.asynccontextmanager
 async def opened_pool(url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size)
+    pool = await create_pool(
+        url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        timeouts=PoolTimeouts.of(settings),
+    )
     try:
         yield pool
     finally:

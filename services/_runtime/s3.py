@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from services._runtime import tracing
 from services._runtime.settings import S3Settings
@@ -49,6 +50,14 @@ class StoredObject:
     last_modified: datetime
     version_id: str = ""
     """Empty on unversioned buckets."""
+
+
+STORE_UNREACHABLE = "the file store cannot be reached; retry later"
+
+
+def store_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the store could not be reached or did not answer, rather than refused a request."""
+    return isinstance(error, BotoConnectionError | HTTPClientError | aiohttp.ClientConnectionError)
 
 
 class ObjectGone(Exception):

@@ -124,6 +124,23 @@ class Settings:
     """Connections each process keeps open."""
     db_pool_max_size: int = 10
     """Connections each process may open."""
+    db_connect_timeout_seconds: float = 5.0
+    """How long opening a database connection may take; a server that does not
+    answer in time makes the request fail with 503 UNAVAILABLE."""
+    db_acquire_timeout_seconds: float = 10.0
+    """How long a request waits for a free pooled connection before it fails with 503."""
+    db_statement_timeout_seconds: float = 60.0
+    """PostgreSQL's `statement_timeout`, set on every connection of the pool: a
+    longer statement is cancelled and its request fails with 503. 0 turns it off."""
+    db_command_timeout_seconds: float = 65.0
+    """How long the client waits for any statement's answer before it gives up on
+    the connection (a server that vanished without closing it); above
+    `db_statement_timeout_seconds`, so the server's own cancel normally comes first."""
+    db_health_interval_seconds: float = 2.0
+    """How often each service checks that its database answers `SELECT 1`; its gRPC
+    health (and so the gateway's `/readyz`) is NOT_SERVING while it does not."""
+    db_health_timeout_seconds: float = 2.0
+    """How long that check may take before the database counts as unreachable."""
     shutdown_grace_seconds: float = 10.0
     """Time in-flight calls get on SIGTERM; keep it below Kubernetes' grace period."""
     max_body_bytes: int = 1024 * 1024
@@ -189,6 +206,12 @@ class Settings:
             max_active_services_per_account=reader.integer("DCP_MAX_ACTIVE_SERVICES_PER_ACCOUNT", 1, minimum=1),
             db_pool_min_size=reader.integer("DCP_DB_POOL_MIN_SIZE", 1, minimum=0),
             db_pool_max_size=reader.integer("DCP_DB_POOL_MAX_SIZE", 10, minimum=1),
+            db_connect_timeout_seconds=reader.number("DCP_DB_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1),
+            db_acquire_timeout_seconds=reader.number("DCP_DB_ACQUIRE_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            db_statement_timeout_seconds=reader.number("DCP_DB_STATEMENT_TIMEOUT_SECONDS", 60.0, minimum=0.0),
+            db_command_timeout_seconds=reader.number("DCP_DB_COMMAND_TIMEOUT_SECONDS", 65.0, minimum=0.1),
+            db_health_interval_seconds=reader.number("DCP_DB_HEALTH_INTERVAL_SECONDS", 2.0, minimum=0.1),
+            db_health_timeout_seconds=reader.number("DCP_DB_HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1),
             shutdown_grace_seconds=reader.number("DCP_SHUTDOWN_GRACE_SECONDS", 10.0),
             max_body_bytes=reader.integer("DCP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             registry_cache_seconds=reader.number("DCP_REGISTRY_CACHE_SECONDS", 1.0),
@@ -255,15 +278,19 @@ class _EnvReader:
             return default
         return number
 
-    def number(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
         value = self.text(name)
         if value is None:
             return default
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             self._problems.append((name, f"must be a number, got {value!r}"))
             return default
+        if minimum is not None and not number >= minimum:
+            self._problems.append((name, f"must be at least {minimum}, got {value}"))
+            return default
+        return number
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
         value = self.text(name)
