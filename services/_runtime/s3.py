@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from services._runtime import tracing
@@ -57,7 +57,15 @@ STORE_UNREACHABLE = "the file store cannot be reached; retry later"
 
 def store_unreachable(error: BaseException) -> bool:
     """Whether `error` says the store could not be reached or did not answer, rather than refused a request."""
-    return isinstance(error, BotoConnectionError | HTTPClientError | aiohttp.ClientConnectionError)
+    # A body cut short (the server went away mid-read) is one of these too.
+    return isinstance(
+        error,
+        BotoConnectionError
+        | HTTPClientError
+        | IncompleteReadError
+        | aiohttp.ClientConnectionError
+        | aiohttp.ClientPayloadError,
+    )
 
 
 class ObjectGone(Exception):

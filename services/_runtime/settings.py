@@ -72,6 +72,11 @@ class ImportSettings:
 
     poll_seconds: float = 2.0
     """Pause between listings of the bucket."""
+    retry_seconds: float = 5.0
+    """Pause before an upload that could not go on (the store or a service cannot
+    be reached) is tried again; it doubles with every further try."""
+    retry_max_seconds: float = 60.0
+    """Longest pause between such tries."""
     queue_url: str | None = None
     """SQS queue receiving the bucket's event notifications; files then start
     at once, and polling remains as the safety net."""
@@ -236,6 +241,8 @@ class Settings:
             ),
             imports=ImportSettings(
                 poll_seconds=reader.number("DCP_IMPORT_POLL_SECONDS", 2.0),
+                retry_seconds=reader.number("DCP_IMPORT_RETRY_SECONDS", 5.0, minimum=0.1),
+                retry_max_seconds=reader.number("DCP_IMPORT_RETRY_MAX_SECONDS", 60.0, minimum=0.1),
                 queue_url=reader.text("DCP_IMPORT_QUEUE_URL"),
                 after=reader.choice("DCP_IMPORT_AFTER", ("archive", "delete", "keep"), "archive"),
                 archive_prefix=reader.text("DCP_IMPORT_ARCHIVE_PREFIX") or "archive/",

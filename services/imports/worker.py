@@ -15,14 +15,19 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from services._runtime import metrics, tracing
-from services._runtime.s3 import ObjectStore, StoredObject
+from services._runtime.logs import RepeatedFailures, failure_key
+from services._runtime.s3 import ObjectStore, StoredObject, store_unreachable
 from services._runtime.settings import ImportSettings
 from services.imports.intake import Intake, event_objects
 from services.imports.processing import Importer, RetryLater, stored_object
 from services.imports.repository import ImportsRepository, Upload
 
 log = logging.getLogger(__name__)
+# While the store or the database is down every round fails alike: logged once a minute, with a count.
+_failures = RepeatedFailures(log)
 
 # A table whose import could not finish waits this long before another try.
 RETRY_SECONDS = 5.0
@@ -48,6 +53,8 @@ class ImportWorker:
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._resting: dict[int, float] = {}
+        # Failed tries of each upload that waits, for its backoff.
+        self._retries: dict[int, int] = {}
 
     async def run(self) -> None:
         """Works until cancelled."""
@@ -69,13 +76,25 @@ class ImportWorker:
         """One round: list the bucket, start idle tables, retry tidying."""
         try:
             await self._intake.poll()
-        except Exception:
-            log.exception("listing the bucket failed; trying again in %.0f s", self._settings.poll_seconds)
+        except Exception as error:  # noqa: BLE001 - logged with its traceback
+            _failures.log(
+                logging.ERROR,
+                ("listing", *failure_key(error)),
+                "listing the bucket failed; trying again every %.0f s",
+                self._settings.poll_seconds,
+                exc_info=error,
+            )
         try:
             await self._dispatch()
             await self._dispose_leftovers()
-        except Exception:
-            log.exception("the import round failed; trying again in %.0f s", self._settings.poll_seconds)
+        except Exception as error:  # noqa: BLE001 - logged with its traceback
+            _failures.log(
+                logging.ERROR,
+                ("round", *failure_key(error)),
+                "the import round failed; trying again every %.0f s",
+                self._settings.poll_seconds,
+                exc_info=error,
+            )
 
     async def _dispatch(self) -> None:
         now = time.monotonic()
@@ -102,13 +121,18 @@ class ImportWorker:
                     try:
                         outcome = await self._importer.process(upload)
                     except RetryLater as reason:
-                        log.warning("upload %d waits: %s", upload.id, reason)
-                        self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                        await self._retry_later(table_id, upload.id, str(reason))
                         return
-                    except Exception:
-                        log.exception("upload %d could not be applied; it will be tried again", upload.id)
-                        self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                    except Exception as error:
+                        if not store_unreachable(error):
+                            log.exception("upload %d could not be applied; it will be tried again", upload.id)
+                            self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                            return
+                        await self._retry_later(
+                            table_id, upload.id, f"the file store cannot be reached ({type(error).__name__}: {error})"
+                        )
                         return
+                    self._retries.pop(upload.id, None)
                     await queue.finish(upload.id, outcome)
                 metrics.import_finished(
                     outcome.status,
@@ -126,6 +150,20 @@ class ImportWorker:
                     f" ({outcome.error})" if outcome.error else "",
                 )
                 await self._dispose(upload)
+
+    async def _retry_later(self, table_id: int, upload_id: int, reason: str) -> None:
+        """Rests the table, longer after each failed try, and says why in the upload's history entry."""
+        attempt = self._retries.get(upload_id, 0) + 1
+        self._retries[upload_id] = attempt
+        pause = min(self._settings.retry_seconds * 2 ** (attempt - 1), self._settings.retry_max_seconds)
+        self._resting[table_id] = time.monotonic() + pause
+        note = f"{reason}; retrying in {pause:.0f} s (attempt {attempt})"
+        log.warning("upload %d waits: %s", upload_id, note)
+        try:
+            await self._repo.note_retry(upload_id, note)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            # The database is down too: the note waits for the next try.
+            log.warning("could not record why upload %d waits: %s", upload_id, error)
 
     async def _dispose(self, upload: Upload) -> None:
         stored = stored_object(upload)
