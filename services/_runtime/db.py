@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services._runtime import metrics, tracing
+from services._runtime import logs, metrics, tracing
 from services._runtime.interceptors import request_id
 from services._runtime.settings import Settings
 
@@ -134,6 +134,9 @@ class _BoundedPool(asyncpg.Pool):  # type: ignore[misc]
 async def create_pool(dsn: str, *, min_size: int, max_size: int, timeouts: PoolTimeouts | None = None) -> asyncpg.Pool:
     """One pool per process; JSON columns arrive as Python values, and its sizes are in `/metrics`."""
     bounds = timeouts or PoolTimeouts()
+    # While the database is down the pool retries its minimum connections every
+    # second, each time with a traceback.
+    logs.quiet_repeats("asyncpg.pool")
     server_settings = {}
     if bounds.statement > 0:
         server_settings["statement_timeout"] = str(max(1, round(bounds.statement * 1000)))

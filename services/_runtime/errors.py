@@ -146,6 +146,10 @@ def is_connection_failure(error: BaseException) -> bool:
     """Whether `error` says a server could not be reached or answered too late, rather than refused a request.
 
     asyncpg raises a plain InterfaceError (never one of its subclasses, which
-    are bad arguments) for a connection or pool that is closed.
+    are bad arguments) for a connection or pool that is closed, and an
+    InternalClientError for a pooled connection the server ended while it was
+    idle (its protocol state no longer matches).
     """
-    return isinstance(error, OSError | TimeoutError) or type(error) is asyncpg.InterfaceError
+    return (
+        isinstance(error, OSError | TimeoutError | asyncpg.InternalClientError) or type(error) is asyncpg.InterfaceError
+    )

@@ -137,3 +137,42 @@ class RepeatedFailures:
         del self._runs[key]
         if run.repeats:
             self._logger.log(run.level, "%s ... %d more times in the last %.0f s", run.message, run.repeats, seconds)
+
+
+class RepeatedRecords(logging.Filter):
+    """For loggers outside this code base (asyncpg's pool retries its connections
+    every second while the database is down): lets the first record of a kind
+    through in each interval and drops the rest, and the next one that passes
+    says how many were dropped."""
+
+    def __init__(
+        self, *, interval_seconds: float = REPEAT_INTERVAL_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._interval = interval_seconds
+        self._clock = clock
+        self._runs: dict[Hashable, list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        key = (record.name, str(record.msg), *(failure_key(error) if error is not None else ()))
+        now = self._clock()
+        run = self._runs.get(key)
+        if run is not None and now - run[0] < self._interval:
+            run[1] += 1
+            return False
+        if run is not None and run[1]:
+            record.msg = f"{record.msg} (and {run[1]:.0f} more times in the {now - run[0]:.0f} s before)"
+        self._runs = {k: r for k, r in self._runs.items() if now - r[0] < self._interval}
+        self._runs[key] = [now, 0]
+        return True
+
+
+_THIRD_PARTY_REPEATS = RepeatedRecords()
+
+
+def quiet_repeats(logger_name: str) -> None:
+    """Lets `logger_name`'s repeated records through once per interval (idempotent)."""
+    logger = logging.getLogger(logger_name)
+    if _THIRD_PARTY_REPEATS not in logger.filters:
+        logger.addFilter(_THIRD_PARTY_REPEATS)
