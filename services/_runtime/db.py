@@ -119,16 +119,41 @@ class PoolTimeouts:
         )
 
 
-class _BoundedPool(asyncpg.Pool):  # type: ignore[misc]
+class DcpPool(asyncpg.Pool):  # type: ignore[misc]
     """asyncpg's pool, whose every acquire (also those inside `pool.fetch` and the
-    like) gives up after the acquire timeout unless the caller names another."""
+    like) gives up after the acquire timeout unless the caller names another,
+    with a connection of its own for health checks."""
 
-    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, dsn: str, *, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self._dcp_dsn = dsn
         self._dcp_acquire_timeout = acquire_timeout
+        self._dcp_probe: asyncpg.Connection | None = None
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self._dcp_acquire_timeout if timeout is None else timeout)
+
+    async def probe(self) -> None:
+        """Runs `SELECT 1` on the health check's own connection, opened as needed.
+
+        Outside the pool: a pool busy with requests and imports is not a database
+        that cannot be reached, and a check must not wait for a free connection.
+        """
+        connection = self._dcp_probe
+        if connection is None or connection.is_closed():
+            connection = self._dcp_probe = await asyncpg.connect(self._dcp_dsn)
+        try:
+            await connection.fetchval("SELECT 1")
+        except BaseException:
+            self._dcp_probe = None
+            connection.terminate()
+            raise
+
+    async def close(self) -> None:
+        probe, self._dcp_probe = self._dcp_probe, None
+        if probe is not None:
+            probe.terminate()
+        await super().close()
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int, timeouts: PoolTimeouts | None = None) -> asyncpg.Pool:
@@ -140,7 +165,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, timeouts: PoolT
     server_settings = {}
     if bounds.statement > 0:
         server_settings["statement_timeout"] = str(max(1, round(bounds.statement * 1000)))
-    pool = await _BoundedPool(
+    pool = await DcpPool(
         dsn,
         acquire_timeout=bounds.acquire,
         min_size=min_size,

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services._runtime.auth import CallerResolver
+from services._runtime.db import DcpPool
 from services._runtime.interceptors import ServerInterceptor
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class RunningServer:
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
-    def watch_database(self, pool: asyncpg.Pool, *, interval: float, timeout: float) -> None:
+    def watch_database(self, pool: DcpPool, *, interval: float, timeout: float) -> None:
         """Keeps readiness ("" and every service name) NOT_SERVING while `pool` cannot run
         `SELECT 1` within `timeout`, and SERVING again once it can; liveness stays SERVING."""
         task = asyncio.create_task(self._watch(pool, interval, timeout), name="database-health")
@@ -66,7 +67,7 @@ class RunningServer:
 
         self.on_stop(stop)
 
-    async def _watch(self, pool: asyncpg.Pool, interval: float, limit: float) -> None:
+    async def _watch(self, pool: DcpPool, interval: float, limit: float) -> None:
         ready = True
         while True:
             await asyncio.sleep(interval)
@@ -87,11 +88,11 @@ class RunningServer:
             await hook()
 
 
-async def database_problem(pool: asyncpg.Pool, limit: float) -> str | None:
-    """Why `pool` cannot run a statement within `limit` seconds, or None if it can."""
+async def database_problem(pool: DcpPool, limit: float) -> str | None:
+    """Why `pool`'s database cannot run a statement within `limit` seconds, or None if it can."""
     try:
         async with asyncio.timeout(limit):
-            await pool.fetchval("SELECT 1", timeout=limit)
+            await pool.probe()
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return None

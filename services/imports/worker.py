@@ -157,7 +157,7 @@ class ImportWorker:
         self._retries[upload_id] = attempt
         pause = min(self._settings.retry_seconds * 2 ** (attempt - 1), self._settings.retry_max_seconds)
         self._resting[table_id] = time.monotonic() + pause
-        note = f"{reason}; retrying in {pause:.0f} s (attempt {attempt})"
+        note = f"{reason}; retrying in {pause:.3g} s (attempt {attempt})"
         log.warning("upload %d waits: %s", upload_id, note)
         try:
             await self._repo.note_retry(upload_id, note)
