@@ -25,12 +25,13 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.app import GatewayClients
 from services import platform
 from services._runtime.s3 import open_store
 from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
 from tests.e2e.processes import Running, base_env
-from tests.reliability.pgcluster import PgCluster, S3Process
+from tests.reliability.pgcluster import PgCluster, S3Process, free_port
 
 V1 = "/experiment/v1"
 
@@ -413,3 +414,27 @@ def test_dcp_up_restarts_its_embedded_postgresql_when_it_dies(tmp_path: Path) ->
         assert not (data_dir / "postgres" / "postmaster.pid").exists()
     finally:
         up.kill()
+
+
+# A backend gRPC server the gateway cannot reach
+
+
+async def test_a_service_the_gateway_cannot_reach_is_503_unavailable_with_retry_after() -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    async with platform.grpc_channel(nobody) as channel:
+        gateway = await platform.start_gateway(Settings(http_port=0), GatewayClients.over(channel))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30) as http:
+                sent = time.monotonic()
+                answer = await http.get(f"{V1}/dcp_services", headers={"Token": "a" * 64 + ":1"})
+                assert time.monotonic() - sent < ANSWER_BOUND_SECONDS
+                assert answer.status_code == 503
+                assert answer.json()["code"] == "UNAVAILABLE"
+                assert answer.headers["retry-after"] == "2"
+                ready = await http.get("/readyz")
+                assert ready.status_code == 503
+                assert ready.headers["retry-after"] == "2"
+                assert ready.json()["services"]["schema"].startswith("unreachable")
+                assert (await http.get("/healthz")).status_code == 200
+        finally:
+            await gateway.stop()
