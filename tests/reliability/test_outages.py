@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -306,6 +307,34 @@ async def test_the_log_has_one_traceback_per_distinct_failure_not_one_per_reques
 def _where(tb: Any) -> str:
     frames = traceback.extract_tb(tb)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+# A statement that outlasts the statement timeout
+
+
+async def test_a_statement_held_past_the_statement_timeout_is_503_in_bounded_time(database_url: str) -> None:
+    async with running_platform(_short_database_timeouts(database_url)) as running:
+        service, table = await running.table({"name": "n", "datatype": "long"})
+        profile = f"/api/customer_profile/{service}/{table['id']}/held"
+        assert (await running.post(profile, {"data": {"n": 1}})).status_code == 201
+        blocker = await asyncpg.connect(database_url)
+        try:
+            async with blocker.transaction():
+                await blocker.execute(
+                    "SELECT 1 FROM profiles.profiles WHERE datasource_id = $1 AND customer_id = 'held' FOR UPDATE",
+                    table["id"],
+                )
+                sent = time.monotonic()
+                held = await running.post(profile, {"data": {"n": 2}})
+                elapsed = time.monotonic() - sent
+            assert (held.status_code, held.json()["code"]) == (503, "UNAVAILABLE")
+            assert held.headers["retry-after"] == "2"
+            assert STATEMENT_SECONDS <= elapsed < STATEMENT_SECONDS + 1.0
+        finally:
+            await blocker.close()
+        again = await running.post(profile, {"data": {"n": 3}})
+        assert again.status_code == 201
+        assert again.json()["data"] == {"n": 3}
 
 
 # The S3 store gone in the middle of an import
