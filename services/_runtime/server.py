@@ -93,7 +93,7 @@ async def database_problem(pool: DcpPool, limit: float) -> str | None:
     try:
         async with asyncio.timeout(limit):
             await pool.probe()
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return None
 

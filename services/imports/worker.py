@@ -107,8 +107,18 @@ class ImportWorker:
             self._running[table_id] = task
             task.add_done_callback(functools.partial(self._finished, table_id))
 
-    def _finished(self, table_id: int, _: asyncio.Task[None]) -> None:
+    def _finished(self, table_id: int, task: asyncio.Task[None]) -> None:
         self._running.pop(table_id, None)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            # The database went away under the table's import; it is taken up again next round.
+            _failures.log(
+                logging.ERROR,
+                ("table", *failure_key(error)),
+                "importing table %d stopped; it is tried again",
+                table_id,
+                exc_info=error,
+            )
         # Another table may be waiting for a free slot.
         self._wake.set()
 
