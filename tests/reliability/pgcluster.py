@@ -48,6 +48,28 @@ def wait_for_port(port: int, within: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+class PortHolder:
+    """Keeps a stopped server's port while it is down: bound but not listening, so
+    calls to it are refused, as they are by a host whose server died, and no other
+    process on the machine is handed the port meanwhile."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._socket: socket.socket | None = None
+
+    def hold(self) -> None:
+        if self._socket is None:
+            held = socket.socket()
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            held.bind(("127.0.0.1", self.port))
+            self._socket = held
+
+    def release(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
 class PgCluster:
     """A PostgreSQL cluster on 127.0.0.1 and a free port, in a fresh temporary directory."""
 
@@ -55,6 +77,7 @@ class PgCluster:
         self.directory = Path(tempfile.mkdtemp(prefix="dcp-pg-"))
         self.pgdata = self.directory / "data"
         self.port = free_port()
+        self._port_holder = PortHolder(self.port)
         # `runuser` rather than subprocess's `user=`: that forks without exec in a
         # process whose gRPC threads make such a child crash; this spawns.
         self._as: list[str] = []
@@ -71,14 +94,17 @@ class PgCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
+        self._port_holder.release()
         options = f"-p {self.port} -h 127.0.0.1 -c unix_socket_directories= -c max_connections=50"
         self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.directory / "log"), "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
         """`fast`: the server ends every session (rolling back open transactions) and shuts down cleanly."""
         self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop")
+        self._port_holder.hold()
 
     def destroy(self) -> None:
+        self._port_holder.release()
         if (self.pgdata / "postmaster.pid").exists():
             subprocess.run(
                 [*self._as, str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "-w", "stop"],
@@ -114,12 +140,14 @@ class S3Process:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self._port_holder = PortHolder(self.port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self._port_holder.release()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
@@ -133,3 +161,8 @@ class S3Process:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait(timeout=10)
         self._process = None
+        self._port_holder.hold()
+
+    def stop(self) -> None:
+        self.kill()
+        self._port_holder.release()

@@ -362,7 +362,7 @@ async def test_an_import_whose_store_goes_away_says_so_while_it_retries_and_ends
         settings = _settings(
             database_url,
             s3=s3,
-            imports=ImportSettings(poll_seconds=0.2, retry_seconds=0.5, retry_max_seconds=2.0),
+            imports=ImportSettings(poll_seconds=0.2, retry_seconds=1.0, retry_max_seconds=2.0),
         )
         async with open_store(s3) as store:
             await store.ensure_bucket(s3.region)
@@ -403,7 +403,7 @@ async def test_an_import_whose_store_goes_away_says_so_while_it_retries_and_ends
                 assert ended["error"] == "the file was removed from the bucket before it could be imported"
                 assert ended["rows_ok"] == 0
     finally:
-        await asyncio.to_thread(store_server.kill)
+        await asyncio.to_thread(store_server.stop)
 
 
 # `dcp up` brings its embedded PostgreSQL back
