@@ -413,6 +413,7 @@ def client_config(settings: S3Settings) -> dict[str, Any]:
         "config": Config(
             s3={"addressing_style": style},
             retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=settings.connect_timeout_seconds,
             signature_version="s3v4",
         ),
     }

@@ -59,6 +59,10 @@ class S3Settings:
     """Secret of `access_key_id`."""
     addressing_style: str = "auto"
     """`path`, `virtual` or `auto` (path-style for a custom endpoint)."""
+    connect_timeout_seconds: float = 5.0
+    """How long opening a connection to the store may take (each of the client's
+    tries); a store that does not answer makes a request fail with 503 UNAVAILABLE
+    and an import wait and retry."""
     provision_keys: bool = False
     """Create an IAM user per DCP service, limited to its prefix, and hand out
     that user's keys; needs a store with an IAM API."""
@@ -236,6 +240,7 @@ class Settings:
                 access_key_id=reader.text("DCP_S3_ACCESS_KEY_ID"),
                 secret_access_key=reader.text("DCP_S3_SECRET_ACCESS_KEY"),
                 addressing_style=reader.choice("DCP_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"),
+                connect_timeout_seconds=reader.number("DCP_S3_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1),
                 provision_keys=reader.choice("DCP_S3_PROVISION_KEYS", ("off", "on"), "off") == "on",
                 embedded_port=reader.integer("DCP_S3_EMBEDDED_PORT", 9000, minimum=0, maximum=65535),
             ),
