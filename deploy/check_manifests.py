@@ -128,13 +128,18 @@ class Checker:
         if service == "gateway":
             http_port = int(self.settings["DCP_HTTP_PORT"])
             self.expect(port_named(container, "http") == http_port, f"gateway http port is not {http_port}")
-            for probe in probes[1:]:
-                self.expect(probe is not None and probe["httpGet"]["path"] == "/healthz", "gateway probe not /healthz")
+            paths = [(p or {}).get("httpGet", {}).get("path") for p in probes[1:]]
+            self.expect(paths == ["/readyz", "/healthz"], f"gateway readiness, liveness probe {paths}")
         else:
             grpc_port = int(self.settings["DCP_GRPC_PORT"])
             self.expect(port_named(container, "grpc") == grpc_port, f"{service} grpc port is not {grpc_port}")
             for probe in probes:
                 self.expect(probe is not None and probe["grpc"]["port"] == grpc_port, f"{service} probe not on gRPC")
+            # Readiness follows the database; liveness must not, or an outage restarts every pod.
+            startup, readiness, liveness = (p or {} for p in probes)
+            self.expect(readiness.get("grpc", {}).get("service", "") == "", f"{service} readiness not whole server")
+            for probe in (startup, liveness):
+                self.expect(probe.get("grpc", {}).get("service") == "liveness", f"{service} probe not on liveness")
 
         # SIGTERM waits for the preStop hook; then in-flight calls and the pool
         # close each get up to the shutdown grace before the kubelet kills.

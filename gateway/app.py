@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -24,7 +26,7 @@ from gateway.audiences_api import AudiencesApi
 from gateway.auth import Metadata, authenticate, request_id_of
 from gateway.bodies import read_json, truncated
 from gateway.config_api import ConfigApi, Endpoint, check_path
-from gateway.errors import ApiError, from_rpc_error
+from gateway.errors import RETRY_AFTER_SECONDS, ApiError, from_rpc_error
 from gateway.imports_api import ImportsApi
 from gateway.profile_api import ProfileApi
 from gateway.ratelimit import Allowance, RateLimiter, account_of
@@ -43,6 +45,8 @@ class GatewayClients:
     profiles: profiles_service_pb2_grpc.ProfilesServiceAsyncStub
     aliases: aliases_service_pb2_grpc.AliasesServiceAsyncStub
     imports: imports_service_pb2_grpc.ImportsServiceAsyncStub
+    health: tuple[tuple[str, Any], ...] = ()
+    """Each service's grpc.health.v1 stub (HealthStub), by service name, for `/readyz`."""
 
     @classmethod
     def over(
@@ -59,6 +63,15 @@ class GatewayClients:
             profiles=profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel or schema_channel),
             aliases=aliases_service_pb2_grpc.AliasesServiceStub(aliases_channel or schema_channel),
             imports=imports_service_pb2_grpc.ImportsServiceStub(imports_channel or schema_channel),
+            health=tuple(
+                (name, health_pb2_grpc.HealthStub(channel or schema_channel))
+                for name, channel in (
+                    ("schema", schema_channel),
+                    ("profiles", profiles_channel),
+                    ("aliases", aliases_channel),
+                    ("imports", imports_channel),
+                )
+            ),
         )
 
 
@@ -70,6 +83,24 @@ class _Call:
 
     async def json(self) -> Any:
         return await read_json(self.request, max_bytes=self.max_body_bytes)
+
+
+# A readiness probe must answer within its own timeout (3 s in deploy/).
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+async def _readiness(stub: Any) -> str:
+    """A service's state as its gRPC health says: `serving`, `not serving` (its database
+    cannot be reached, or it is stopping), or why it could not be asked."""
+    try:
+        answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=READINESS_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"unreachable: no answer within {READINESS_TIMEOUT_SECONDS:.0f} s"
+        return f"unreachable: {error.code().name}"
+    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+        return "serving"
+    return "not serving (its database cannot be reached, or it is stopping)"
 
 
 def create_app(
@@ -108,7 +139,25 @@ def create_app(
         return handle
 
     async def healthz(request: Request) -> Response:
+        # Liveness: this process serves HTTP. It asks nothing of the services,
+        # so an outage behind the gateway never gets it restarted.
         return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        states = await asyncio.gather(*(_readiness(stub) for _, stub in clients.health))
+        services = {name: state for (name, _), state in zip(clients.health, states, strict=True)}
+        if all(state == "serving" for state in services.values()):
+            return JSONResponse({"status": "ready", "services": services})
+        return JSONResponse(
+            {
+                "status": "not ready",
+                "message": "not ready: "
+                + "; ".join(f"{name} {state}" for name, state in services.items() if state != "serving"),
+                "services": services,
+            },
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -125,6 +174,7 @@ def create_app(
 
     routes = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         *ConfigApi(clients.schema).routes(wrap),
         *ProfileApi(clients.schema, clients.profiles, clients.aliases).routes(wrap),
         *ImportsApi(clients.imports).routes(wrap),

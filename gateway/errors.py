@@ -46,6 +46,11 @@ _DEFAULT_REASON_BY_STATUS = {
 }
 
 
+# What a 503 asks a client to wait before it tries again: long enough for a
+# database restart or a pod to come back, short enough to notice recovery soon.
+RETRY_AFTER_SECONDS = 2
+
+
 class ApiError(Exception):
     """An error answered by the gateway itself, before or after an RPC."""
 
@@ -64,6 +69,8 @@ class ApiError(Exception):
         self.code = code or _DEFAULT_REASON_BY_STATUS.get(status, "INTERNAL")
         self.errors = errors or []
         self.headers = headers or {}
+        if status == 503 and "Retry-After" not in self.headers:
+            self.headers = {**self.headers, "Retry-After": str(RETRY_AFTER_SECONDS)}
 
     @classmethod
     def field(cls, field: str, message: str) -> ApiError:

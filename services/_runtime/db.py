@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services._runtime import metrics, tracing
+from services._runtime import logs, metrics, tracing
 from services._runtime.interceptors import request_id
+from services._runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +99,87 @@ async def _reset_when_needed(connection: asyncpg.Connection) -> None:
         await connection.reset()
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+@dataclass(frozen=True)
+class PoolTimeouts:
+    """Bounds on every wait for the database, so an unreachable one fails a request
+    within seconds (503) instead of holding it; see the `db_*_timeout_seconds` settings."""
+
+    connect: float = 5.0
+    acquire: float = 10.0
+    statement: float = 60.0
+    command: float = 65.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> PoolTimeouts:
+        return cls(
+            connect=settings.db_connect_timeout_seconds,
+            acquire=settings.db_acquire_timeout_seconds,
+            statement=settings.db_statement_timeout_seconds,
+            command=settings.db_command_timeout_seconds,
+        )
+
+
+class DcpPool(asyncpg.Pool):  # type: ignore[misc]
+    """asyncpg's pool, whose every acquire (also those inside `pool.fetch` and the
+    like) gives up after the acquire timeout unless the caller names another,
+    with a connection of its own for health checks."""
+
+    def __init__(self, dsn: str, *, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self._dcp_dsn = dsn
+        self._dcp_acquire_timeout = acquire_timeout
+        self._dcp_probe: asyncpg.Connection | None = None
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self._dcp_acquire_timeout if timeout is None else timeout)
+
+    async def probe(self) -> None:
+        """Runs `SELECT 1` on the health check's own connection, opened as needed.
+
+        Outside the pool: a pool busy with requests and imports is not a database
+        that cannot be reached, and a check must not wait for a free connection.
+        """
+        connection = self._dcp_probe
+        if connection is None or connection.is_closed():
+            connection = self._dcp_probe = await asyncpg.connect(self._dcp_dsn)
+        try:
+            await connection.fetchval("SELECT 1")
+        except BaseException:
+            self._dcp_probe = None
+            connection.terminate()
+            raise
+
+    async def close(self) -> None:
+        probe, self._dcp_probe = self._dcp_probe, None
+        if probe is not None:
+            probe.terminate()
+        await super().close()
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, timeouts: PoolTimeouts | None = None) -> asyncpg.Pool:
     """One pool per process; JSON columns arrive as Python values, and its sizes are in `/metrics`."""
-    pool = await asyncpg.create_pool(
+    bounds = timeouts or PoolTimeouts()
+    # While the database is down the pool retries its minimum connections every
+    # second, each time with a traceback.
+    logs.quiet_repeats("asyncpg.pool")
+    server_settings = {}
+    if bounds.statement > 0:
+        server_settings["statement_timeout"] = str(max(1, round(bounds.statement * 1000)))
+    pool = await DcpPool(
         dsn,
+        acquire_timeout=bounds.acquire,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         init=init_connection,
         reset=_reset_when_needed,
-        command_timeout=60,
+        timeout=bounds.connect,
+        command_timeout=bounds.command,
+        server_settings=server_settings,
     )
     assert pool is not None
     metrics.watch_pool(pool)

@@ -167,14 +167,51 @@ _CODE_NUMBERS: dict[grpc.StatusCode, int] = {code: code.value[0] for code in grp
 assert _CODE_NUMBERS[grpc.StatusCode.NOT_FOUND] == code_pb2.NOT_FOUND
 
 
-def from_database_error(error: asyncpg.PostgresError) -> DcpError | None:
-    """Maps a database error by its SQLSTATE class, never by its text."""
-    if isinstance(error, asyncpg.UniqueViolationError):
-        return AlreadyExists("a resource with these unique fields already exists")
-    if isinstance(error, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
-        return Aborted("a concurrent change got in the way; retry the request")
-    if isinstance(error, asyncpg.ForeignKeyViolationError):
-        return FailedPrecondition("a referenced resource does not exist")
-    if isinstance(error, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
-        return Unavailable("the database is not accepting connections; retry later")
+def from_database_error(error: BaseException) -> DcpError | None:
+    """Maps a database error by its type (its SQLSTATE class), never by its text.
+
+    A database that cannot be reached, went away mid-statement, is starting or
+    shutting down, or did not answer in time is UNAVAILABLE: the request can be
+    retried as it is once the database is back.
+    """
+    if isinstance(error, asyncpg.PostgresError):
+        if isinstance(error, asyncpg.UniqueViolationError):
+            return AlreadyExists("a resource with these unique fields already exists")
+        if isinstance(error, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
+            return Aborted("a concurrent change got in the way; retry the request")
+        if isinstance(error, asyncpg.ForeignKeyViolationError):
+            return FailedPrecondition("a referenced resource does not exist")
+        if isinstance(error, asyncpg.QueryCanceledError):
+            # statement_timeout: the database is too slow to answer now.
+            return Unavailable(DATABASE_TIMED_OUT)
+        if isinstance(error, _UNREACHABLE_SQLSTATE_CLASSES):
+            return Unavailable(DATABASE_UNREACHABLE)
+        return None
+    if is_connection_failure(error):
+        return Unavailable(DATABASE_UNREACHABLE)
     return None
+
+
+DATABASE_UNREACHABLE = "the database cannot be reached; retry later"
+DATABASE_TIMED_OUT = "the database did not answer in time; retry later"
+
+# Class 08 (connection exception), 57 (operator intervention: shutdown, crash,
+# cannot connect now) and too many connections.
+_UNREACHABLE_SQLSTATE_CLASSES = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether `error` says a server could not be reached or answered too late, rather than refused a request.
+
+    asyncpg raises a plain InterfaceError (never one of its subclasses, which
+    are bad arguments) for a connection or pool that is closed, and an
+    InternalClientError for a pooled connection the server ended while it was
+    idle (its protocol state no longer matches).
+    """
+    return (
+        isinstance(error, OSError | TimeoutError | asyncpg.InternalClientError) or type(error) is asyncpg.InterfaceError
+    )

@@ -11,15 +11,16 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import grpc
 from grpc_status import rpc_status
 
 from services._runtime import identity as identity_context
 from services._runtime import metrics, tracing
 from services._runtime.auth import CallerResolver
-from services._runtime.errors import DcpError, from_database_error
+from services._runtime.errors import DcpError, Unavailable, from_database_error
 from services._runtime.grpc_types import ServicerContext as Context
+from services._runtime.logs import RepeatedFailures, failure_key
+from services._runtime.s3 import STORE_UNREACHABLE, store_unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -195,15 +196,36 @@ def _reset(tokens: list[contextvars.Token[Any]]) -> None:
         token.var.reset(token)
 
 
+# A failure that every request meets (the database is down) is logged once a minute, with a count.
+_failures = RepeatedFailures(logger)
+
+
 def _as_dcp_error(error: Exception, method: str) -> DcpError | None:
     if isinstance(error, DcpError):
         return error
-    if isinstance(error, asyncpg.PostgresError):
-        mapped = from_database_error(error)
-        if mapped is not None:
-            return mapped
     if isinstance(error, grpc.aio.AbortError):
         # A servicer aborted on purpose; the status is already set.
         return None
-    logger.error("unexpected error in %s (request %s)", method, request_id.get(), exc_info=error)
+    mapped = Unavailable(STORE_UNREACHABLE) if store_unreachable(error) else from_database_error(error)
+    if mapped is not None:
+        if isinstance(mapped, Unavailable):
+            _failures.log(
+                logging.WARNING,
+                ("unavailable", *failure_key(error)),
+                "%s: %s (%s in %s)",
+                mapped.message,
+                type(error).__name__,
+                error,
+                method,
+                exc_info=error,
+            )
+        return mapped
+    _failures.log(
+        logging.ERROR,
+        ("unexpected", *failure_key(error)),
+        "unexpected error in %s (request %s)",
+        method,
+        request_id.get(),
+        exc_info=error,
+    )
     return DcpError("an unexpected error occurred; it was logged with request id " + request_id.get())

@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from services._runtime import tracing
 from services._runtime.settings import S3Settings
@@ -49,6 +50,22 @@ class StoredObject:
     last_modified: datetime
     version_id: str = ""
     """Empty on unversioned buckets."""
+
+
+STORE_UNREACHABLE = "the file store cannot be reached; retry later"
+
+
+def store_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the store could not be reached or did not answer, rather than refused a request."""
+    # A body cut short (the server went away mid-read) is one of these too.
+    return isinstance(
+        error,
+        BotoConnectionError
+        | HTTPClientError
+        | IncompleteReadError
+        | aiohttp.ClientConnectionError
+        | aiohttp.ClientPayloadError,
+    )
 
 
 class ObjectGone(Exception):
@@ -396,6 +413,7 @@ def client_config(settings: S3Settings) -> dict[str, Any]:
         "config": Config(
             s3={"addressing_style": style},
             retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=settings.connect_timeout_seconds,
             signature_version="s3v4",
         ),
     }

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services._runtime.auth import CallerResolver
+from services._runtime.db import DcpPool
 from services._runtime.interceptors import ServerInterceptor
 
 logger = logging.getLogger(__name__)
+
+# A health service name that is SERVING while the process runs, whatever its
+# database does: Kubernetes' liveness probe asks for it, readiness for "".
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,38 @@ class RunningServer:
         self.stop_hooks.append(hook)
 
     async def mark_serving(self) -> None:
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_ready(True)
+
+    async def _set_ready(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
+
+    def watch_database(self, pool: DcpPool, *, interval: float, timeout: float) -> None:
+        """Keeps readiness ("" and every service name) NOT_SERVING while `pool` cannot run
+        `SELECT 1` within `timeout`, and SERVING again once it can; liveness stays SERVING."""
+        task = asyncio.create_task(self._watch(pool, interval, timeout), name="database-health")
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self.on_stop(stop)
+
+    async def _watch(self, pool: DcpPool, interval: float, limit: float) -> None:
+        ready = True
+        while True:
+            await asyncio.sleep(interval)
+            problem = await database_problem(pool, limit)
+            if (problem is None) != ready:
+                ready = problem is None
+                if ready:
+                    logger.warning("the database answers again; serving")
+                else:
+                    logger.warning("the database cannot be reached (%s); not serving until it answers", problem)
+                await self._set_ready(ready)
 
     async def stop(self, grace: float) -> None:
         # Readiness goes first so load balancers drain before calls are refused.
@@ -49,6 +86,16 @@ class RunningServer:
         await self.server.stop(grace)
         for hook in self.stop_hooks:
             await hook()
+
+
+async def database_problem(pool: DcpPool, limit: float) -> str | None:
+    """Why `pool`'s database cannot run a statement within `limit` seconds, or None if it can."""
+    try:
+        async with asyncio.timeout(limit):
+            await pool.probe()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return None
 
 
 @dataclass
@@ -69,7 +116,7 @@ class PreparedServer:
         reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         await self.server.start()
         # Ready only once the process says so (RunningServer.mark_serving).
-        for name in ("", *names):
+        for name in ("", LIVENESS_SERVICE, *names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         return RunningServer(server=self.server, port=self.port, health=health_servicer, service_names=tuple(names))
 

@@ -62,6 +62,10 @@ class S3Settings:
     """Secret of `access_key_id`."""
     addressing_style: str = "auto"
     """`path`, `virtual` or `auto` (path-style for a custom endpoint)."""
+    connect_timeout_seconds: float = 5.0
+    """How long opening a connection to the store may take (each of the client's
+    tries); a store that does not answer makes a request fail with 503 UNAVAILABLE
+    and an import wait and retry."""
     provision_keys: bool = False
     """Create an IAM user per DCP service, limited to its prefix, and hand out
     that user's keys; needs a store with an IAM API."""
@@ -80,6 +84,11 @@ class ImportSettings:
 
     poll_seconds: float = 2.0
     """Pause between listings of the bucket."""
+    retry_seconds: float = 5.0
+    """Pause before an upload that could not go on (the store or a service cannot
+    be reached) is tried again; it doubles with every further try."""
+    retry_max_seconds: float = 60.0
+    """Longest pause between such tries."""
     queue_url: str | None = None
     """SQS queue receiving the bucket's event notifications; files then start
     at once, and polling remains as the safety net."""
@@ -158,6 +167,23 @@ class Settings:
     """Connections each process keeps open."""
     db_pool_max_size: int = 10
     """Connections each process may open."""
+    db_connect_timeout_seconds: float = 5.0
+    """How long opening a database connection may take; a server that does not
+    answer in time makes the request fail with 503 UNAVAILABLE."""
+    db_acquire_timeout_seconds: float = 10.0
+    """How long a request waits for a free pooled connection before it fails with 503."""
+    db_statement_timeout_seconds: float = 60.0
+    """PostgreSQL's `statement_timeout`, set on every connection of the pool: a
+    longer statement is cancelled and its request fails with 503. 0 turns it off."""
+    db_command_timeout_seconds: float = 65.0
+    """How long the client waits for any statement's answer before it gives up on
+    the connection (a server that vanished without closing it); above
+    `db_statement_timeout_seconds`, so the server's own cancel normally comes first."""
+    db_health_interval_seconds: float = 2.0
+    """How often each service checks that its database answers `SELECT 1`; its gRPC
+    health (and so the gateway's `/readyz`) is NOT_SERVING while it does not."""
+    db_health_timeout_seconds: float = 2.0
+    """How long that check may take before the database counts as unreachable."""
     shutdown_grace_seconds: float = 10.0
     """Time in-flight calls get on SIGTERM; keep it below Kubernetes' grace period."""
     max_body_bytes: int = 1024 * 1024
@@ -225,6 +251,12 @@ class Settings:
             max_active_services_per_account=reader.integer("DCP_MAX_ACTIVE_SERVICES_PER_ACCOUNT", 1, minimum=1),
             db_pool_min_size=reader.integer("DCP_DB_POOL_MIN_SIZE", 1, minimum=0),
             db_pool_max_size=reader.integer("DCP_DB_POOL_MAX_SIZE", 10, minimum=1),
+            db_connect_timeout_seconds=reader.number("DCP_DB_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1),
+            db_acquire_timeout_seconds=reader.number("DCP_DB_ACQUIRE_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            db_statement_timeout_seconds=reader.number("DCP_DB_STATEMENT_TIMEOUT_SECONDS", 60.0, minimum=0.0),
+            db_command_timeout_seconds=reader.number("DCP_DB_COMMAND_TIMEOUT_SECONDS", 65.0, minimum=0.1),
+            db_health_interval_seconds=reader.number("DCP_DB_HEALTH_INTERVAL_SECONDS", 2.0, minimum=0.1),
+            db_health_timeout_seconds=reader.number("DCP_DB_HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1),
             shutdown_grace_seconds=reader.number("DCP_SHUTDOWN_GRACE_SECONDS", 10.0),
             max_body_bytes=reader.integer("DCP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             registry_cache_seconds=reader.number("DCP_REGISTRY_CACHE_SECONDS", 1.0),
@@ -244,11 +276,14 @@ class Settings:
                 access_key_id=reader.text("DCP_S3_ACCESS_KEY_ID"),
                 secret_access_key=reader.text("DCP_S3_SECRET_ACCESS_KEY"),
                 addressing_style=reader.choice("DCP_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"),
+                connect_timeout_seconds=reader.number("DCP_S3_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1),
                 provision_keys=reader.choice("DCP_S3_PROVISION_KEYS", ("off", "on"), "off") == "on",
                 embedded_port=reader.integer("DCP_S3_EMBEDDED_PORT", 9000, minimum=0, maximum=65535),
             ),
             imports=ImportSettings(
                 poll_seconds=reader.number("DCP_IMPORT_POLL_SECONDS", 2.0),
+                retry_seconds=reader.number("DCP_IMPORT_RETRY_SECONDS", 5.0, minimum=0.1),
+                retry_max_seconds=reader.number("DCP_IMPORT_RETRY_MAX_SECONDS", 60.0, minimum=0.1),
                 queue_url=reader.text("DCP_IMPORT_QUEUE_URL"),
                 after=reader.choice("DCP_IMPORT_AFTER", ("archive", "delete", "keep"), "archive"),
                 archive_prefix=reader.text("DCP_IMPORT_ARCHIVE_PREFIX") or "archive/",
@@ -302,15 +337,19 @@ class _EnvReader:
             return default
         return number
 
-    def number(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
         value = self.text(name)
         if value is None:
             return default
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             self._problems.append((name, f"must be a number, got {value!r}"))
             return default
+        if minimum is not None and not number >= minimum:
+            self._problems.append((name, f"must be at least {minimum}, got {value}"))
+            return default
+        return number
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
         value = self.text(name)

@@ -233,6 +233,14 @@ class ImportsRepository:
         )
         return [_upload(r) for r in rows]
 
+    async def note_retry(self, upload_id: int, note: str) -> None:
+        """Shows why an open upload waits, in its history entry's `error`; the outcome replaces it."""
+        await self._pool.execute(
+            "UPDATE imports.uploads SET error = $2 WHERE id = $1 AND status IN ('pending', 'processing')",
+            upload_id,
+            note,
+        )
+
     async def mark_disposed(self, upload_id: int) -> None:
         await self._pool.execute("UPDATE imports.uploads SET disposed = true WHERE id = $1", upload_id)
 

@@ -19,13 +19,16 @@ from typing import Any
 import asyncpg
 
 from services._runtime import metrics, tracing
-from services._runtime.s3 import ObjectStore, StoredObject
+from services._runtime.logs import RepeatedFailures, failure_key
+from services._runtime.s3 import ObjectStore, StoredObject, store_unreachable
 from services._runtime.settings import ImportSettings
 from services.imports.intake import Intake, event_objects
 from services.imports.processing import Importer, Progress, RetryLater, stored_object
 from services.imports.repository import ImportsRepository, Outcome, Upload
 
 log = logging.getLogger(__name__)
+# While the store or the database is down every round fails alike: logged once a minute, with a count.
+_failures = RepeatedFailures(log)
 
 # A table whose import could not finish waits this long before another try.
 RETRY_SECONDS = 5.0
@@ -53,6 +56,8 @@ class ImportWorker:
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._resting: dict[int, float] = {}
+        # Failed tries of each upload that waits, for its backoff.
+        self._retries: dict[int, int] = {}
 
     async def run(self) -> None:
         """Works until cancelled."""
@@ -74,13 +79,25 @@ class ImportWorker:
         """One round: list the bucket, start idle tables, retry tidying."""
         try:
             await self._intake.poll()
-        except Exception:
-            log.exception("listing the bucket failed; trying again in %.0f s", self._settings.poll_seconds)
+        except Exception as error:  # noqa: BLE001 - logged with its traceback
+            _failures.log(
+                logging.ERROR,
+                ("listing", *failure_key(error)),
+                "listing the bucket failed; trying again every %.0f s",
+                self._settings.poll_seconds,
+                exc_info=error,
+            )
         try:
             await self._dispatch()
             await self._dispose_leftovers()
-        except Exception:
-            log.exception("the import round failed; trying again in %.0f s", self._settings.poll_seconds)
+        except Exception as error:  # noqa: BLE001 - logged with its traceback
+            _failures.log(
+                logging.ERROR,
+                ("round", *failure_key(error)),
+                "the import round failed; trying again every %.0f s",
+                self._settings.poll_seconds,
+                exc_info=error,
+            )
 
     async def _dispatch(self) -> None:
         now = time.monotonic()
@@ -93,8 +110,18 @@ class ImportWorker:
             self._running[table_id] = task
             task.add_done_callback(functools.partial(self._finished, table_id))
 
-    def _finished(self, table_id: int, _: asyncio.Task[None]) -> None:
+    def _finished(self, table_id: int, task: asyncio.Task[None]) -> None:
         self._running.pop(table_id, None)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            # The database went away under the table's import; it is taken up again next round.
+            _failures.log(
+                logging.ERROR,
+                ("table", *failure_key(error)),
+                "importing table %d stopped; it is tried again",
+                table_id,
+                exc_info=error,
+            )
         # Another table may be waiting for a free slot.
         self._wake.set()
 
@@ -107,13 +134,18 @@ class ImportWorker:
                     try:
                         outcome = await self._stoppable(upload)
                     except RetryLater as reason:
-                        log.warning("upload %d waits: %s", upload.id, reason)
-                        self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                        await self._retry_later(table_id, upload.id, str(reason))
                         return
-                    except Exception:
-                        log.exception("upload %d could not be applied; it will be tried again", upload.id)
-                        self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                    except Exception as error:
+                        if not store_unreachable(error):
+                            log.exception("upload %d could not be applied; it will be tried again", upload.id)
+                            self._resting[table_id] = time.monotonic() + RETRY_SECONDS
+                            return
+                        await self._retry_later(
+                            table_id, upload.id, f"the file store cannot be reached ({type(error).__name__}: {error})"
+                        )
                         return
+                    self._retries.pop(upload.id, None)
                     await queue.finish(upload.id, outcome)
                 self._on_finished(
                     outcome.status,
@@ -170,6 +202,20 @@ class ImportWorker:
         if requested is not None:
             return requested
         return await self._importer.archived_reason(upload)
+
+    async def _retry_later(self, table_id: int, upload_id: int, reason: str) -> None:
+        """Rests the table, longer after each failed try, and says why in the upload's history entry."""
+        attempt = self._retries.get(upload_id, 0) + 1
+        self._retries[upload_id] = attempt
+        pause = min(self._settings.retry_seconds * 2 ** (attempt - 1), self._settings.retry_max_seconds)
+        self._resting[table_id] = time.monotonic() + pause
+        note = f"{reason}; retrying in {pause:.3g} s (attempt {attempt})"
+        log.warning("upload %d waits: %s", upload_id, note)
+        try:
+            await self._repo.note_retry(upload_id, note)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            # The database is down too: the note waits for the next try.
+            log.warning("could not record why upload %d waits: %s", upload_id, error)
 
     async def _dispose(self, upload: Upload) -> None:
         stored = stored_object(upload)
