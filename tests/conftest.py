@@ -23,6 +23,9 @@ from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
 from services.schema.sealing import new_key
 
+# One secrets key for every platform a test starts on the shared database: start-up opens every stored secret.
+TEST_SECRETS_KEY = new_key()
+
 
 def _server_url() -> str | None:
     """A reachable PostgreSQL server: DCP_TEST_DATABASE_URL, PG* variables, or the local default."""
@@ -124,7 +127,7 @@ def settings(database_url: str, s3_server: str) -> Settings:
         http_port=0,
         grpc_port=0,
         identity_key=secrets.token_urlsafe(48),
-        secrets_key=new_key(),
+        secrets_key=TEST_SECRETS_KEY,
         s3=S3Settings(endpoint_url=s3_server, access_key_id="testing", secret_access_key="testing"),
         # Quick rounds, so tests wait for imports in tenths of a second.
         imports=ImportSettings(poll_seconds=0.2),

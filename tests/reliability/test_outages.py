@@ -31,6 +31,7 @@ from services import platform
 from services._runtime.s3 import open_store
 from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
+from tests.conftest import TEST_SECRETS_KEY
 from tests.e2e.processes import Running, base_env
 from tests.reliability.pgcluster import PgCluster, S3Process, free_port
 
@@ -50,7 +51,12 @@ OUTAGE_SECONDS = 3.0
 
 def _settings(database_url: str, **changes: Any) -> Settings:
     return Settings(
-        database_url=database_url, http_port=0, grpc_port=0, identity_key=secrets.token_urlsafe(48), **changes
+        database_url=database_url,
+        http_port=0,
+        grpc_port=0,
+        identity_key=secrets.token_urlsafe(48),
+        secrets_key=TEST_SECRETS_KEY,
+        **changes,
     )
 
 
@@ -354,11 +360,20 @@ async def _until(running: Platform, table_id: int, done: Any, within: float, wha
         await asyncio.sleep(0.05)
 
 
-async def test_an_import_whose_store_goes_away_says_so_while_it_retries_and_ends_clearly(database_url: str) -> None:
+async def test_an_import_whose_store_goes_away_says_so_while_it_retries_and_ends_clearly(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    # Asking for `pool` empties the shared database first: start-up opens every secret stored in it.
     store_server = S3Process()
     await asyncio.to_thread(store_server.start)
     try:
-        s3 = S3Settings(endpoint_url=store_server.url, access_key_id="testing", secret_access_key="testing")
+        # A bucket of its own: the suite's other importers, on the same database, must not claim its upload.
+        s3 = S3Settings(
+            endpoint_url=store_server.url,
+            access_key_id="testing",
+            secret_access_key="testing",
+            bucket=f"outage-{secrets.token_hex(4)}",
+        )
         settings = _settings(
             database_url,
             s3=s3,
