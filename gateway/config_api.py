@@ -128,12 +128,7 @@ def check_path(request: Request) -> None:
         except UnicodeDecodeError:
             damaged = [n for n, v in request.path_params.items() if isinstance(v, str) and "\ufffd" in v]
             field = damaged[0] if damaged else "path"
-            raise ApiError(
-                400,
-                f"{field}: is not valid UTF-8 once percent-decoded",
-                code="INVALID_FIELD",
-                errors=[(field, "is not valid UTF-8 once percent-decoded")],
-            ) from None
+            raise ApiError.field(field, "is not valid UTF-8 once percent-decoded") from None
     for name in TEXT_ID_PARAMETERS.intersection(request.path_params):
         value = request.path_params[name]
         problem = customer_id_problem(value, pii_guard=False) if isinstance(value, str) else None

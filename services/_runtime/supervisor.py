@@ -61,7 +61,9 @@ class ChildProcess:
         """Starts the child and keeps it running; raises if the first one never gets ready."""
         self._task = asyncio.create_task(self._keep_running(), name=f"supervise-{self._name}")
         waiting = asyncio.create_task(self._ready.wait())
-        done, _ = await asyncio.wait({waiting, self._task}, timeout=self._ready_timeout, return_when="FIRST_COMPLETED")
+        done, _ = await asyncio.wait(
+            {waiting, self._task}, timeout=self._ready_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiting not in done:
             waiting.cancel()
             await self.stop(1.0)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import queue
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 DCP = str(Path(sys.executable).parent / "dcp")
 
@@ -67,3 +75,28 @@ def base_env() -> dict[str, str]:
     # Free ports for everything the platform starts, so tests never collide.
     env["DCP_S3_EMBEDDED_PORT"] = "0"
     return env
+
+
+def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """One statement on a connection of its own, from synchronous test code."""
+
+    async def run() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(url)
+        try:
+            rows: list[asyncpg.Record] = await connection.fetch(query, *args)
+            return rows
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A database of its own on the test server, so that only the platform under test imports its files."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    sql(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import shutil
 import subprocess
@@ -11,14 +10,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import boto3
 import httpx
 import pytest
 
-from tests.e2e.processes import Running, base_env
+from tests.e2e.processes import Running, base_env, scratch_database, sql
 
 V1 = "/experiment/v1"
 AWS = str(Path(sys.executable).parent / "aws")
@@ -130,27 +127,10 @@ def _big_file() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(url)
-        try:
-            rows: list[asyncpg.Record] = await connection.fetch(query, *args)
-            return rows
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
-
-
 @pytest.fixture
 def crash_database(database_url: str) -> Iterator[str]:
-    """A database of its own, so that only the platform under test imports its files."""
-    name = f"dcp_crash_{secrets.token_hex(4)}"
-    _sql(database_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    finally:
-        _sql(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(database_url, "dcp_crash") as url:
+        yield url
 
 
 def test_an_importer_killed_mid_file_finishes_it_once_after_restart(
@@ -236,15 +216,15 @@ def test_an_importer_killed_mid_file_finishes_it_once_after_restart(
         ), ',' ORDER BY p.customer_id)) AS digest
         FROM profiles.profiles AS p WHERE p.datasource_id = $1
     """
-    [crashed] = _sql(crash_database, checksum, killed["id"])
-    [reference] = _sql(crash_database, checksum, clean["id"])
+    [crashed] = sql(crash_database, checksum, killed["id"])
+    [reference] = sql(crash_database, checksum, clean["id"])
     assert crashed["n"] == ROWS
     assert (crashed["n"], crashed["digest"]) == (reference["n"], reference["digest"])
-    [applied] = _sql(
+    [applied] = sql(
         crash_database,
         "SELECT count(*) AS n FROM profiles.applied_batches WHERE idempotency_key = $1",
         f"import:{after_crash['id']}",
     )
     assert applied["n"] == 1
-    [attempts] = _sql(crash_database, "SELECT attempts FROM imports.uploads WHERE id = $1", after_crash["id"])
+    [attempts] = sql(crash_database, "SELECT attempts FROM imports.uploads WHERE id = $1", after_crash["id"])
     assert attempts["attempts"] == 2

@@ -223,16 +223,49 @@ async def test_archiving_the_table_stops_its_running_import(patient: Table) -> N
     assert f"table {patient.id} was archived during the import" in stopped["error"]
 
 
-async def test_a_pending_upload_cancels_at_once_and_a_finished_one_cannot_be(small: Table) -> None:
-    await small.put("done.csv", "customerId,name\nc1,a\n")
-    [done] = await small.finished()
-    response = await small.http.post(
-        f"{V1}/dcp_datasources/{small.id}/uploads/{done['id']}/cancel", headers=small.account.headers
+async def test_a_pending_upload_cancels_at_once_and_a_finished_one_cannot_be(patient: Table) -> None:
+    # Files of one table are applied in order: the second waits, pending, behind the slow first.
+    await patient.put("slow.csv.gz", _rows_then_blank_lines())
+    running = await _processing(patient)
+    await patient.put("waiting.csv", "customerId,name\nwaiting,a\n")
+    deadline = time.monotonic() + 20
+    while len(uploads := await patient.uploads()) < 2:
+        assert time.monotonic() < deadline, uploads
+        await asyncio.sleep(0.05)
+    waiting = uploads[0]
+    assert waiting["status"] == "pending"
+    response = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/{waiting['id']}/cancel", headers=patient.account.headers
+    )
+    assert response.status_code == 202, response.text
+    answered = response.json()
+    assert answered["status"] == "failed"
+    assert "cancelled on request" in answered["error"]
+
+    cancel_running = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/{running['id']}/cancel", headers=patient.account.headers
+    )
+    assert cancel_running.status_code == 202
+    await _stopped_within(patient, running["id"], 5)
+    assert await patient.profile("waiting") is None
+    finished = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/{running['id']}/cancel", headers=patient.account.headers
+    )
+    # Asked again once stopped, the same cancel is answered as done; any other finished upload is refused.
+    assert finished.status_code == 202
+
+    await patient.put("done.csv", "customerId,name\nc1,a\n")
+    deadline = time.monotonic() + 20
+    while (done := (await patient.uploads())[0])["file_name"] != "done.csv" or done["status"] != "processed":
+        assert time.monotonic() < deadline, done
+        await asyncio.sleep(0.05)
+    response = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/{done['id']}/cancel", headers=patient.account.headers
     )
     assert response.status_code == 400
     assert response.json()["code"] == "UPLOAD_FINISHED"
-    missing = await small.http.post(
-        f"{V1}/dcp_datasources/{small.id}/uploads/999999/cancel", headers=small.account.headers
+    missing = await patient.http.post(
+        f"{V1}/dcp_datasources/{patient.id}/uploads/999999/cancel", headers=patient.account.headers
     )
     assert missing.status_code == 404
 

@@ -9,8 +9,6 @@ ever; cancelling the upload, or archiving its table, stops it within seconds.
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import statistics
 import threading
 import time
@@ -18,14 +16,12 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import boto3
 import httpx
 import pytest
 
-from tests.e2e.processes import Running, base_env
+from tests.e2e.processes import Running, base_env, scratch_database
 
 V1 = "/experiment/v1"
 WHOAMI_CALLS = 300
@@ -41,25 +37,10 @@ def gzip_of_blank_lines(megabytes: int) -> bytes:
     return b"".join(parts)
 
 
-def _sql(url: str, query: str) -> None:
-    async def run() -> None:
-        connection = await asyncpg.connect(url)
-        try:
-            await connection.execute(query)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
-
-
 @pytest.fixture
 def own_database(database_url: str) -> Iterator[str]:
-    name = f"dcp_bombs_{secrets.token_hex(4)}"
-    _sql(database_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    finally:
-        _sql(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(database_url, "dcp_bombs") as url:
+        yield url
 
 
 @pytest.fixture
