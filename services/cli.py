@@ -14,7 +14,7 @@ from pathlib import Path
 from grpc import aio
 
 from gateway.app import GatewayClients
-from services import platform
+from services import import_worker, platform
 from services._runtime import logs, metrics, tracing
 from services._runtime.errors import DcpError
 from services._runtime.s3 import ObjectStore, open_queue
@@ -68,12 +68,12 @@ async def _up(settings: Settings) -> None:
                 worker: ChildProcess | None = None
                 try:
                     if in_child:
-                        worker = await platform.start_import_worker_process(
+                        worker = await import_worker.start_import_worker_process(
                             settings,
                             {
                                 "DCP_DATABASE_URL": url,
                                 "DCP_SCHEMA_ADDRESS": suite.grpc_address,
-                                **platform.store_wiring(uploads.settings),
+                                **import_worker.store_wiring(uploads.settings),
                             },
                         )
                     await _serve_suite(settings, suite, uploads, first_token, worker)
@@ -183,7 +183,7 @@ async def _serve(settings: Settings, service: str) -> None:
             stop = imports.stop
             if in_child:
                 # The child inherits this process's settings: database, schema, profiles and store.
-                worker = await platform.start_import_worker_process(settings, {})
+                worker = await import_worker.start_import_worker_process(settings, {})
                 stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
         else:
             schema = await stack.enter_async_context(
@@ -342,7 +342,7 @@ async def _run(options: argparse.Namespace) -> None:
             await _serve(settings, options.service)
     elif options.command == "import-worker":
         async with tracing.traced(settings, "dcp-import-worker"):
-            await platform.run_import_worker(settings)
+            await import_worker.run_import_worker(settings)
     elif options.command == "migrate":
         await _migrate(settings)
     elif options.command == "accounts":

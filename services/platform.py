@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,14 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients, create_app
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
-from services._runtime import metrics, supervisor, tracing
+from services._runtime import metrics, tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, PoolTimeouts, create_pool, migrate
 from services._runtime.embedded_s3 import EmbeddedS3
 from services._runtime.identity import AssertionSigner
-from services._runtime.s3 import ObjectStore, open_queue, open_store
-from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server, wait_for_stop_signal
+from services._runtime.s3 import ObjectStore, open_store
+from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server
 from services._runtime.settings import S3Settings, Settings
-from services._runtime.supervisor import ChildProcess
 from services.aliases import repository as aliases_repository
 from services.aliases import servicer as aliases_servicer
 from services.aliases.aliases import Aliases
@@ -785,100 +784,3 @@ async def grpc_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
         yield channel
     finally:
         await channel.close(grace=None)
-
-
-IMPORT_WORKER_ARGV = (sys.executable, "-m", "services.cli", "import-worker")
-
-
-def store_wiring(s3: S3Settings) -> dict[str, str]:
-    """The store as this process reaches it (the embedded one included), for a child process."""
-    wiring = {"DCP_S3_BUCKET": s3.bucket, "DCP_S3_REGION": s3.region}
-    if s3.endpoint_url:
-        wiring["DCP_S3_ENDPOINT_URL"] = s3.endpoint_url
-    if s3.access_key_id and s3.secret_access_key:
-        wiring["DCP_S3_ACCESS_KEY_ID"] = s3.access_key_id
-        wiring["DCP_S3_SECRET_ACCESS_KEY"] = s3.secret_access_key
-    return wiring
-
-
-def _worker_finished(event: dict[str, Any]) -> None:
-    if event.get("event") == "import_finished":
-        metrics.import_finished(
-            str(event["status"]),
-            rows_imported=int(event["rows_imported"]),
-            rows_rejected=int(event["rows_rejected"]),
-            lag_seconds=float(event["lag_seconds"]),
-        )
-
-
-async def start_import_worker_process(settings: Settings, wiring: Mapping[str, str]) -> ChildProcess:
-    """The import worker in a child process; `wiring` names what it connects to (database, schema, store)."""
-    env = {**os.environ, **wiring}
-    if settings.identity_key:
-        env["DCP_IDENTITY_KEY"] = settings.identity_key
-    child = ChildProcess("import worker", IMPORT_WORKER_ARGV, env, on_event=_worker_finished)
-    await child.start()
-    return child
-
-
-def _report_finished(status: str, *, rows_imported: int, rows_rejected: int, lag_seconds: float) -> None:
-    supervisor.report(
-        "import_finished",
-        status=status,
-        rows_imported=rows_imported,
-        rows_rejected=rows_rejected,
-        lag_seconds=lag_seconds,
-    )
-
-
-async def run_import_worker(settings: Settings) -> None:
-    """The child process: applies uploads until its parent stops it or goes away.
-
-    It merges rows through the profiles service when DCP_PROFILES_ADDRESS is set,
-    else directly into the shared database (as `dcp up` does in one process).
-    """
-    supervisor.stop_with_parent()
-    supervisor.run_in_background()
-    if not settings.database_url or not settings.schema_address:
-        raise SystemExit("dcp import-worker needs DCP_DATABASE_URL and DCP_SCHEMA_ADDRESS")
-    signer = identity_signer(settings, allow_generated=False)
-    async with contextlib.AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(opened_pool(settings.database_url, settings))
-        schema_channel = await stack.enter_async_context(grpc_channel(settings.schema_address))
-        store = await stack.enter_async_context(upload_store(settings.s3))
-        queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
-        profiles: Profiles | None = None
-        profiles_channel: aio.Channel | None = None
-        if settings.profiles_address:
-            profiles_channel = await stack.enter_async_context(grpc_channel(settings.profiles_address))
-        else:
-            registry = RegistryClient(
-                schema_service_pb2_grpc.SchemaServiceStub(schema_channel),
-                signer,
-                ttl_seconds=settings.registry_cache_seconds,
-            )
-            profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, None)
-        parts = import_parts(
-            settings.with_overrides(imports=replace(settings.imports, worker_processes=False)),
-            pool,
-            signer,
-            store,
-            schema_channel=schema_channel,
-            profiles_channel=profiles_channel,
-            profiles=profiles,
-            queue=queue,
-            on_finished=_report_finished,
-        )
-        worker = asyncio.create_task(parts.worker.run(), name="imports-worker")
-        gone = asyncio.create_task(supervisor.parent_gone(), name="parent-watch")
-        stop = asyncio.create_task(wait_for_stop_signal(), name="stop-signal")
-        supervisor.report(supervisor.READY_EVENT)
-        try:
-            await asyncio.wait({worker, gone, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (worker, gone, stop):
-                task.cancel()
-            # An import cut short rolls back and is taken up again by the next worker.
-            await asyncio.gather(worker, gone, stop, return_exceptions=True)
-        if worker.done() and not worker.cancelled() and worker.exception() is not None:
-            raise worker.exception()  # type: ignore[misc]

@@ -119,6 +119,9 @@ class ImportSettings:
     validate_workers: int = 2
     """Processes that check files posted to `validate`; each checks one file at a time."""
     cancel_check_seconds: float = 1.0
+    worker_max_growth_bytes: int = 32 * 1024**2
+    """An idle import worker whose memory has grown this much past what it had when it
+    started is replaced by a fresh one, so a large file's peak is not kept; 0 never replaces it."""
     """How often a running import looks whether it was cancelled, or its table or service archived."""
 
 
@@ -298,6 +301,7 @@ class Settings:
                 worker_processes=reader.choice("DCP_IMPORT_WORKER_PROCESS", ("on", "off"), "on") == "on",
                 validate_workers=reader.integer("DCP_IMPORT_VALIDATE_WORKERS", 2, minimum=1, maximum=64),
                 cancel_check_seconds=reader.number("DCP_IMPORT_CANCEL_CHECK_SECONDS", 1.0),
+                worker_max_growth_bytes=reader.integer("DCP_IMPORT_WORKER_MAX_GROWTH_BYTES", 32 * 1024**2, minimum=0),
             ),
         )
         reader.raise_if_invalid()

@@ -59,6 +59,11 @@ class ImportWorker:
         # Failed tries of each upload that waits, for its backoff.
         self._retries: dict[int, int] = {}
 
+    @property
+    def busy(self) -> bool:
+        """Whether an upload is being applied right now."""
+        return bool(self._running)
+
     async def run(self) -> None:
         """Works until cancelled."""
         listener = asyncio.create_task(self._listen()) if self._queue is not None else None

@@ -84,6 +84,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", V1 + "/dcp_datasources/{table}/uploads", {"file_name": "stolen.csv"}),
     ("GET", V1 + "/dcp_datasources/{table}/uploads/1", None),
     ("GET", V1 + "/dcp_datasources/{table}/uploads/1/errors", None),
+    ("POST", V1 + "/dcp_datasources/{table}/uploads/1/cancel", None),
     ("GET", V1 + "/dcp_datasources/{table}/template", None),
     ("POST", V1 + "/dcp_datasources/{table}/validate", {"customerId": "c1"}),
     ("GET", V1 + "/projects/{project}/audiences", None),

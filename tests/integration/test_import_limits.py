@@ -14,9 +14,10 @@ import asyncpg
 import httpx
 import pytest
 
-from services import platform
+from services import import_worker, platform
 from services._runtime.s3 import ObjectStore, open_store
 from services._runtime.settings import Settings
+from services._runtime.supervisor import ChildProcess
 from tests.conftest import MakeAccount, empty_tables
 from tests.integration.test_imports import V1, Table, make_table
 
@@ -38,6 +39,7 @@ def gzip_of_blank_lines(header: bytes, megabytes: int) -> bytes:
 class Platform:
     http_url: str
     store: ObjectStore
+    worker: ChildProcess
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +56,7 @@ async def _platform(settings: Settings, pool: asyncpg.Pool, bucket: str, **limit
         suite = await platform.start_suite(changed, pool, signer, store=store, import_worker=False)
         worker = None
         try:
-            worker = await platform.start_import_worker_process(
+            worker = await import_worker.start_import_worker_process(
                 changed,
                 {
                     "DCP_DATABASE_URL": changed.database_url,
@@ -62,11 +64,11 @@ async def _platform(settings: Settings, pool: asyncpg.Pool, bucket: str, **limit
                     "DCP_IMPORT_POLL_SECONDS": "0.2",
                     "DCP_IMPORT_CANCEL_CHECK_SECONDS": "0.2",
                     "DCP_LOG_LEVEL": "WARNING",
-                    **platform.store_wiring(changed.s3),
+                    **import_worker.store_wiring(changed.s3),
                     **limits,
                 },
             )
-            yield Platform(suite.http_url, store)
+            yield Platform(suite.http_url, store, worker)
         finally:
             if worker is not None:
                 await worker.stop(5)
@@ -91,6 +93,15 @@ async def limited(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Platf
 async def lenient(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Platform]:
     """Limits so wide that a bomb is read through (slowly), to have an import that runs long."""
     async with _platform(settings, pool, "limits-wide", DCP_IMPORT_MAX_COMPRESSION_RATIO="1000000") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def renewing(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Platform]:
+    """A worker replaced as soon as it has grown 8 MiB while idle."""
+    async with _platform(
+        settings, pool, "limits-renew", DCP_IMPORT_WORKER_MAX_GROWTH_BYTES=str(8 * 1024**2)
+    ) as running:
         yield running
 
 
@@ -278,3 +289,26 @@ def _rows_then_blank_lines() -> bytes:
     parts += [compressor.compress(block) for _ in range(400)]
     parts.append(compressor.flush())
     return b"".join(parts)
+
+
+async def test_a_worker_grown_by_a_large_file_makes_way_for_a_fresh_one_that_goes_on_importing(
+    renewing: Platform, make_account: MakeAccount
+) -> None:
+    async for table in _table(renewing, make_account):
+        first_pid = renewing.worker.pid
+        rows = "".join(f"c{i},{'n' * 40}{i}\n" for i in range(200_000))
+        await table.put("large.csv", "customerId,name\n" + rows)
+        [large] = await table.finished(within=60)
+        assert (large["status"], large["rows_ok"]) == ("processed", 200_000)
+        deadline = time.monotonic() + 30
+        while renewing.worker.renewals == 0:
+            assert time.monotonic() < deadline, "the grown worker was never replaced"
+            await asyncio.sleep(0.1)
+        assert renewing.worker.pid != first_pid
+        # A fresh worker with nothing to do is left alone.
+        await asyncio.sleep(3)
+        assert renewing.worker.renewals == 1
+        await table.put("after.csv", "customerId,name\nlater,x\n")
+        [after, _] = await table.finished(count=2, within=60)
+        assert (after["file_name"], after["status"]) == ("after.csv", "processed")
+        assert await table.profile("later") == {"name": "x"}
