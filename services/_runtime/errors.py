@@ -158,6 +158,11 @@ class Aborted(DcpError):
     reason = "CONFLICT_RETRY"
 
 
+class ResourceExhausted(DcpError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
 class Unavailable(DcpError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UNAVAILABLE"

@@ -118,6 +118,9 @@ class ImportSettings:
     never delays a request the serving process answers."""
     validate_workers: int = 2
     """Processes that check files posted to `validate`; each checks one file at a time."""
+    validate_seconds: float = 60.0
+    """Longest a file posted to `validate` is checked; past it the call answers 400
+    `CHECK_TOO_LONG` (the file can still be uploaded). One check at a time per account."""
     cancel_check_seconds: float = 1.0
     worker_max_growth_bytes: int = 32 * 1024**2
     """An idle import worker whose memory has grown this much past what it had when it
@@ -300,6 +303,7 @@ class Settings:
                 ratio_check_bytes=reader.integer("DCP_IMPORT_RATIO_CHECK_BYTES", 16 * 1024**2, minimum=0),
                 worker_processes=reader.choice("DCP_IMPORT_WORKER_PROCESS", ("on", "off"), "on") == "on",
                 validate_workers=reader.integer("DCP_IMPORT_VALIDATE_WORKERS", 2, minimum=1, maximum=64),
+                validate_seconds=reader.number("DCP_IMPORT_VALIDATE_SECONDS", 60.0, minimum=1.0),
                 cancel_check_seconds=reader.number("DCP_IMPORT_CANCEL_CHECK_SECONDS", 1.0),
                 worker_max_growth_bytes=reader.integer("DCP_IMPORT_WORKER_MAX_GROWTH_BYTES", 32 * 1024**2, minimum=0),
             ),

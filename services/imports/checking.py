@@ -17,13 +17,14 @@ import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
-from services._runtime.errors import Unavailable
+from services._runtime.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.settings import ImportSettings
 from services._runtime.supervisor import run_in_background
-from services.imports.processing import FileApplier
+from services.imports.processing import FileApplier, Progress
 from services.imports.repository import Outcome
 from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, check_batch
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
@@ -40,11 +41,27 @@ class FileChecker:
         # spawn: a forked child would inherit the serving process's event loop,
         # gRPC threads and sockets.
         self._pool = self._new_pool()
+        # One check at a time per account, so that no account can take every checking process.
+        self._checking: set[int] = set()
 
     async def validate(
         self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
     ) -> Outcome:
         """What an upload of this file would end as, storing nothing."""
+        if identity.account_id in self._checking:
+            raise ResourceExhausted(
+                "a file of this account is already being checked; send the next one when it is done",
+                reason="CHECK_IN_PROGRESS",
+            )
+        self._checking.add(identity.account_id)
+        try:
+            return await self._check(identity, service_id, table, file_name, chunks)
+        finally:
+            self._checking.discard(identity.account_id)
+
+    async def _check(
+        self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
+    ) -> Outcome:
         service = await self._registry.fresh_service(identity, service_id)
         fd, path = tempfile.mkstemp(prefix="dcp-validate-", suffix=".part")
         try:
@@ -53,13 +70,21 @@ class FileChecker:
                     spool.write(chunk)
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(
+                checked = await loop.run_in_executor(
                     self._pool, check_file, path, file_name, service, table.id, self._settings
                 )
             except BrokenProcessPool:
                 # A checker that died (killed for memory, say) takes its pool with it; the next call gets a new one.
                 self._pool = self._new_pool()
                 raise Unavailable("the file could not be checked: its checking process stopped; retry") from None
+            if isinstance(checked, OutOfTime):
+                seconds = self._settings.validate_seconds
+                raise FailedPrecondition(
+                    f"the file could not be checked within {seconds:g} s ({checked.rows_read} rows read);"
+                    " upload it instead: its upload history reports every row",
+                    reason="CHECK_TOO_LONG",
+                )
+            return checked
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -92,18 +117,28 @@ class _SnapshotChecker:
         return await check_batch(self._service, header, chunks)
 
 
-def check_file(path: str, file_name: str, service: ServiceSnapshot, table_id: int, settings: ImportSettings) -> Outcome:
+@dataclass(frozen=True)
+class OutOfTime:
+    """The check ran out of its time before the end of the file."""
+
+    rows_read: int
+
+
+def check_file(
+    path: str, file_name: str, service: ServiceSnapshot, table_id: int, settings: ImportSettings
+) -> Outcome | OutOfTime:
     """Runs in a worker process: the outcome an upload of the file at `path` would have."""
-    return asyncio.run(_check(Path(path), file_name, service, table_id, settings))
+    return asyncio.run(_check_in_time(Path(path), file_name, service, table_id, settings))
 
 
-async def _check(
+async def _check_in_time(
     path: Path, file_name: str, service: ServiceSnapshot, table_id: int, settings: ImportSettings
-) -> Outcome:
+) -> Outcome | OutOfTime:
     table = service.table(table_id)
     identity = Identity(service.account_id, frozenset({Scope.READ}), CredentialKind.SERVICE, "imports")
     applier = FileApplier(_SnapshotChecker(service), settings)
-    return await applier.run(
+    progress = Progress()
+    checking = applier.run(
         applier.stream(_read(path), file_name),
         identity,
         service.id,
@@ -111,7 +146,14 @@ async def _check(
         all_or_nothing=table.import_mode == "all_or_nothing",
         idempotency_key="",
         validate_only=True,
+        progress=progress,
     )
+    # The parser hands the loop back after every inflated piece, so the deadline
+    # stops even a file of nothing but line breaks.
+    try:
+        return await asyncio.wait_for(checking, settings.validate_seconds)
+    except TimeoutError:
+        return OutOfTime(progress.rows_total)
 
 
 async def _read(path: Path) -> AsyncIterator[bytes]:

@@ -43,10 +43,15 @@ class Platform:
 
 
 @contextlib.asynccontextmanager
-async def _platform(settings: Settings, pool: asyncpg.Pool, bucket: str, **limits: str) -> AsyncIterator[Platform]:
+async def _platform(
+    settings: Settings, pool: asyncpg.Pool, bucket: str, checks: dict[str, Any] | None = None, **limits: str
+) -> AsyncIterator[Platform]:
     """Another platform on the same database, its worker in a process of its own as `dcp up` runs it,
-    with its own limits and a bucket of its own (so only it imports these files)."""
-    changed = settings.with_overrides(s3=replace(settings.s3, bucket=bucket))
+    with its own limits (`limits` for the worker, `checks` for `validate`) and a bucket of its own
+    (so only it imports these files)."""
+    changed = settings.with_overrides(
+        s3=replace(settings.s3, bucket=bucket), imports=replace(settings.imports, **(checks or {}))
+    )
     signer = platform.identity_signer(changed, allow_generated=False)
     assert changed.database_url is not None
     # Starting seals stored secrets, so rows another module left behind must not be there.
@@ -105,6 +110,16 @@ async def renewing(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Plat
         yield running
 
 
+@pytest.fixture(scope="module")
+async def hurried(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Platform]:
+    """`validate` gives a file two seconds, and reads bombs through rather than refusing them."""
+    async with _platform(
+        settings, pool, "limits-hurry", checks={"validate_seconds": 2.0, "max_compression_ratio": 1_000_000}
+    ) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
 async def _table(running: Platform, make_account: MakeAccount) -> AsyncIterator[Table]:
     # The shared S3 server is reset between tests: the bucket comes back for each.
     await running.store.ensure_bucket("us-east-1")
@@ -115,13 +130,13 @@ async def _table(running: Platform, make_account: MakeAccount) -> AsyncIterator[
 
 @pytest.fixture
 async def small(limited: Platform, make_account: MakeAccount) -> AsyncIterator[Table]:
-    async for table in _table(limited, make_account):
+    async with _table(limited, make_account) as table:
         yield table
 
 
 @pytest.fixture
 async def patient(lenient: Platform, make_account: MakeAccount) -> AsyncIterator[Table]:
-    async for table in _table(lenient, make_account):
+    async with _table(lenient, make_account) as table:
         yield table
 
 
@@ -294,7 +309,7 @@ def _rows_then_blank_lines() -> bytes:
 async def test_a_worker_grown_by_a_large_file_makes_way_for_a_fresh_one_that_goes_on_importing(
     renewing: Platform, make_account: MakeAccount
 ) -> None:
-    async for table in _table(renewing, make_account):
+    async with _table(renewing, make_account) as table:
         first_pid = renewing.worker.pid
         rows = "".join(f"c{i},{'n' * 40}{i}\n" for i in range(200_000))
         await table.put("large.csv", "customerId,name\n" + rows)
@@ -312,3 +327,31 @@ async def test_a_worker_grown_by_a_large_file_makes_way_for_a_fresh_one_that_goe
         [after, _] = await table.finished(count=2, within=60)
         assert (after["file_name"], after["status"]) == ("after.csv", "processed")
         assert await table.profile("later") == {"name": "x"}
+
+
+async def test_a_check_that_runs_out_of_time_says_so_and_one_account_checks_one_file_at_a_time(
+    hurried: Platform, make_account: MakeAccount
+) -> None:
+    async with _table(hurried, make_account) as table:
+
+        async def validate(headers: dict[str, str], body: bytes) -> httpx.Response:
+            return await table.http.post(
+                f"{V1}/dcp_datasources/{table.id}/validate?file_name=x.csv.gz", content=body, headers=headers
+            )
+
+        bomb = _rows_then_blank_lines()
+        slow = asyncio.create_task(validate(table.account.headers, bomb))
+        await asyncio.sleep(0.5)
+        second = await validate(table.account.headers, gzip_of_blank_lines(b"customerId,name\n", 1))
+        assert second.status_code == 429, second.text
+        assert second.json()["code"] == "CHECK_IN_PROGRESS"
+        started = time.monotonic()
+        answer = await slow
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["code"] == "CHECK_TOO_LONG"
+        assert "could not be checked within 2 s" in answer.json()["message"]
+        assert time.monotonic() - started < 5
+        # Once it is done, the account checks its next file as usual.
+        after = await validate(table.account.headers, gzip_of_blank_lines(b"customerId,name\nc1,a\n", 1))
+        assert after.status_code == 200, after.text
+        assert after.json()["rows_total"] == 1
