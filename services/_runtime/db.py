@@ -129,6 +129,8 @@ class DcpPool(asyncpg.Pool):  # type: ignore[misc]
         self._dcp_dsn = dsn
         self._dcp_acquire_timeout = acquire_timeout
         self._dcp_probe: asyncpg.Connection | None = None
+        # Every server watching this pool checks through the one connection, one check at a time.
+        self._dcp_probe_turn = asyncio.Lock()
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self._dcp_acquire_timeout if timeout is None else timeout)
@@ -139,15 +141,16 @@ class DcpPool(asyncpg.Pool):  # type: ignore[misc]
         Outside the pool: a pool busy with requests and imports is not a database
         that cannot be reached, and a check must not wait for a free connection.
         """
-        connection = self._dcp_probe
-        if connection is None or connection.is_closed():
-            connection = self._dcp_probe = await asyncpg.connect(self._dcp_dsn)
-        try:
-            await connection.fetchval("SELECT 1")
-        except BaseException:
-            self._dcp_probe = None
-            connection.terminate()
-            raise
+        async with self._dcp_probe_turn:
+            connection = self._dcp_probe
+            if connection is None or connection.is_closed():
+                connection = self._dcp_probe = await asyncpg.connect(self._dcp_dsn)
+            try:
+                await connection.fetchval("SELECT 1")
+            except BaseException:
+                self._dcp_probe = None
+                connection.terminate()
+                raise
 
     async def close(self) -> None:
         probe, self._dcp_probe = self._dcp_probe, None

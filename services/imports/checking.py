@@ -43,6 +43,8 @@ class FileChecker:
         self._pool = self._new_pool()
         # One check at a time per account, so that no account can take every checking process.
         self._checking: set[int] = set()
+        # A file is spooled only once a process is free for it: disk holds at most this many files.
+        self._slots = asyncio.Semaphore(settings.validate_workers)
 
     async def validate(
         self, identity: Identity, service_id: int, table: TableInfo, file_name: str, chunks: AsyncIterator[bytes]
@@ -55,7 +57,8 @@ class FileChecker:
             )
         self._checking.add(identity.account_id)
         try:
-            return await self._check(identity, service_id, table, file_name, chunks)
+            async with self._slots:
+                return await self._check(identity, service_id, table, file_name, chunks)
         finally:
             self._checking.discard(identity.account_id)
 
