@@ -26,6 +26,8 @@ from gateway.audiences_api import AudiencesApi
 from gateway.auth import Metadata, authenticate, request_id_of
 from gateway.bodies import read_json, truncated
 from gateway.config_api import ConfigApi, Endpoint, check_path
+from gateway.console_files import ConsoleStore
+from gateway.console_files import routes as console_routes
 from gateway.errors import RETRY_AFTER_SECONDS, ApiError, from_rpc_error
 from gateway.imports_api import ImportsApi
 from gateway.profile_api import ProfileApi
@@ -109,6 +111,7 @@ def create_app(
     max_body_bytes: int = 1024 * 1024,
     limiter: RateLimiter | None = None,
     serve_metrics: bool = True,
+    console: ConsoleStore | None = None,
 ) -> Starlette:
     def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
@@ -181,6 +184,8 @@ def create_app(
         *AudiencesApi(clients.schema, clients.profiles).routes(wrap),
     ]
     routes.append(openapi.endpoint(routes))
+    if console is not None:
+        routes.extend(console_routes(console))
     if serve_metrics:
         # Prometheus scrapes without credentials; in `dcp up` this covers every service.
         # With a metrics port of its own, the public port does not show them.

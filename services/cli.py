@@ -64,6 +64,7 @@ async def _up(settings: Settings) -> None:
                     queue=queue,
                     keys=uploads.keys,
                     import_worker=not in_child,
+                    store_for_console=uploads.settings,
                 )
                 worker: ChildProcess | None = None
                 try:
@@ -91,6 +92,7 @@ async def _serve_suite(
     worker: ChildProcess | None,
 ) -> None:
     print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
+    print(f"  console: {suite.http_url}/console/", flush=True)
     print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
     print(f"  gRPC: {suite.grpc_address}", flush=True)
     database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"

@@ -26,6 +26,7 @@ from dcp.aliases.v1 import aliases_service_pb2_grpc
 from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients, create_app
+from gateway.console_files import ConsoleStore
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
 from services._runtime import metrics, tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
@@ -433,6 +434,7 @@ async def start_suite(
     queue: Any = None,
     keys: KeyIssuer | None = None,
     import_worker: bool = True,
+    store_for_console: S3Settings | None = None,
 ) -> Suite:
     """Starts every service on one server, wired to each other through it.
 
@@ -479,7 +481,11 @@ async def start_suite(
                 *(imports_servicer.bindings(imports.history) if imports is not None else []),
             ]
         )
-        gateway = await start_gateway(settings, GatewayClients.over(channel)) if with_gateway else None
+        gateway = (
+            await start_gateway(settings, GatewayClients.over(channel), store_for_console=store_for_console)
+            if with_gateway
+            else None
+        )
     except BaseException:
         await prepared.server.stop(None)
         await channel.close(grace=None)
@@ -692,7 +698,14 @@ class RunningGateway:
         await self.task
 
 
-async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningGateway:
+def console_store(s3: S3Settings) -> ConsoleStore:
+    """Where the console tells people to send files: the store as S3 clients outside reach it."""
+    return ConsoleStore(endpoint_url=s3.endpoint_url, bucket=s3.bucket, region=s3.region)
+
+
+async def start_gateway(
+    settings: Settings, clients: GatewayClients, *, store_for_console: S3Settings | None = None
+) -> RunningGateway:
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only
     # when their proto says TCP, and without it Nagle holds each response body
     # back until the client's delayed ACK (~40 ms per request).
@@ -716,6 +729,7 @@ async def start_gateway(settings: Settings, clients: GatewayClients) -> RunningG
         max_body_bytes=settings.max_body_bytes,
         limiter=limiter,
         serve_metrics=settings.metrics_port is None,
+        console=console_store(store_for_console or settings.s3),
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = _QuietUvicorn(config)
