@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test lint protos bench clean deploy-check
+.PHONY: install up test lint protos bench clean deploy-check browser console-screenshots
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required") if sys.version_info < (3, 11) else None'
@@ -23,8 +23,16 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# The console's browser tests need a Chromium; installed from the distribution when missing.
+browser:
+	bash scripts/ensure_chromium.sh
+
+# Renews the screenshots in docs/console/ (docs/console.md shows them) from the console's browser tests.
+console-screenshots: install browser
+	DCP_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest tests/console -q -p no:cacheprovider
 
 bench: install
 	$(BIN)/python -m bench.profiles_bench

@@ -18,6 +18,14 @@ def test_root_and_bare_path_lead_to_the_console(console_platform: Platform) -> N
         assert answer.headers["location"] == "/console/"
 
 
+def test_the_console_knows_where_files_go(console_platform: Platform) -> None:
+    # The Data Upload screen shows the store as an S3 client must be told it: the address dcp up printed.
+    config = httpx.get(console_platform.url + "/console/config.json").json()
+    assert config == {
+        "s3": {"endpoint_url": console_platform.s3_endpoint, "bucket": "optimizely-import", "region": "us-east-1"}
+    }
+
+
 def test_the_console_ships_under_200_kb_of_javascript_from_its_own_origin(console_platform: Platform) -> None:
     scripts = sorted(STATIC_DIR.rglob("*.js"))
     total = sum(path.stat().st_size for path in scripts)
