@@ -37,3 +37,28 @@ async def test_whoami_names_the_callers_own_account(http: httpx.AsyncClient, mak
                 "credentialKind": "classic",
             }
     assert (await http.get("/api/whoami")).status_code == 401
+
+
+async def test_the_openapi_document_lists_every_endpoint_the_console_uses(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/openapi.json")).json()
+    paths = document["paths"]
+    expected = {
+        "/api/whoami": {"get"},
+        "/experiment/v1/dcp_services/{service_id}/exports": {"get"},
+        "/experiment/v1/dcp_datasources/{table_id}/exports": {"get", "post"},
+        "/experiment/v1/audiences/{audience_id}/exports": {"get", "post"},
+        "/experiment/v1/projects/{project_id}/audiences/count": {"post"},
+        "/api/audiences/evaluate/{service_id}/{optimizely_user_id}": {"post"},
+        "/experiment/v1/dcp_datasources/{table_id}": {"get", "put", "delete"},
+    }
+    for path, methods in expected.items():
+        assert set(paths[path]) == methods, (path, paths.get(path))
+    parameters = paths["/experiment/v1/projects/{project_id}/audiences/count"]["post"]["parameters"]
+    assert parameters == [
+        {
+            "name": "project_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "format": "int64", "minimum": 1},
+        }
+    ]
