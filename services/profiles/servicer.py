@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -12,10 +13,20 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
 from services._runtime.errors import InvalidArgument
 from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Identity, Scope, caller
-from services._runtime.paging import next_key_token, read_key_page
+from services._runtime.paging import next_key_token, next_token, read_key_page, read_page
 from services._runtime.server import ServiceBinding
+from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, BatchRow, Profiles, ProfileView, TextRows
+from services.profiles.profiles import (
+    BatchChunk,
+    BatchHeader,
+    BatchProgress,
+    BatchResult,
+    BatchRow,
+    Profiles,
+    ProfileView,
+    TextRows,
+)
 from services.profiles.targeting import Targeting
 
 MEMBERS_DEFAULT_PAGE_SIZE = 100
@@ -114,26 +125,36 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         self, request_iterator: AsyncIterator[pb.MergeProfilesRequest], context: Context
     ) -> pb.MergeProfilesResponse:
         identity = caller(Scope.WRITE)
-        messages = aiter(request_iterator)
-        first = await anext(messages, None)
-        if first is None:
-            raise InvalidArgument.field("dcp_datasource_id", "the stream sent no message naming the table")
-        header = BatchHeader(
-            service_id=first.dcp_service_id,
-            table_id=first.dcp_datasource_id,
-            all_or_nothing=first.all_or_nothing,
-            idempotency_key=first.idempotency_key,
-            columns=tuple(first.columns),
-            validate_only=first.validate_only,
-        )
-
-        async def chunks() -> AsyncIterator[BatchChunk]:
-            yield _chunk(first)
-            async for message in messages:
-                yield _chunk(message)
-
-        result = await self._profiles.merge_stream(identity, header, chunks())
+        header, chunks = await _batch(request_iterator)
+        result = await self._profiles.merge_stream(identity, header, chunks)
         return batch_result_to_proto(result)
+
+    async def MergeProfilesWithProgress(
+        self, request_iterator: AsyncIterator[pb.MergeProfilesRequest], context: Context
+    ) -> AsyncIterator[pb.MergeProfilesUpdate]:
+        identity = caller(Scope.WRITE)
+        header, chunks = await _batch(request_iterator)
+        # The merge reports as it goes; its reports are passed on here, in order, until it ends.
+        reports: asyncio.Queue[BatchProgress | None] = asyncio.Queue()
+        merge = asyncio.create_task(
+            self._profiles.merge_stream(identity, header, chunks, on_progress=reports.put_nowait)
+        )
+        merge.add_done_callback(lambda _: reports.put_nowait(None))
+        try:
+            while (progress := await reports.get()) is not None:
+                yield pb.MergeProfilesUpdate(
+                    progress=pb.MergeProgress(
+                        rows_received=progress.rows_received,
+                        rows_valid=progress.rows_valid,
+                        rows_rejected=progress.rows_rejected,
+                    )
+                )
+            result = await merge
+        finally:
+            # A caller gone mid-batch cancels the merge, whose transaction then rolls back.
+            merge.cancel()
+            await asyncio.gather(merge, return_exceptions=True)
+        yield pb.MergeProfilesUpdate(result=batch_result_to_proto(result))
 
     async def GetConsolidatedView(
         self, request: pb.GetConsolidatedViewRequest, context: Context
@@ -153,13 +174,28 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         self, request: pb.EvaluateAudiencesRequest, context: Context
     ) -> pb.EvaluateAudiencesResponse:
         identity = caller(Scope.READ)
-        results = await self._targeting.evaluate(
-            identity,
-            request.dcp_service_id,
-            request.optimizely_user_id,
-            project_id=request.project_id,
-            audience_ids=list(request.audience_ids),
-        )
+        if request.HasField("draft"):
+            if request.project_id or request.audience_ids:
+                raise InvalidArgument.field(
+                    "draft", "comes without project_id and audience_ids: it names its project itself"
+                )
+            results = [
+                await self._targeting.evaluate_draft(
+                    identity,
+                    request.dcp_service_id,
+                    request.optimizely_user_id,
+                    project_id=request.draft.project_id,
+                    conditions=request.draft.conditions,
+                )
+            ]
+        else:
+            results = await self._targeting.evaluate(
+                identity,
+                request.dcp_service_id,
+                request.optimizely_user_id,
+                project_id=request.project_id,
+                audience_ids=list(request.audience_ids),
+            )
         return pb.EvaluateAudiencesResponse(
             dcp_service_id=request.dcp_service_id,
             optimizely_user_id=request.optimizely_user_id,
@@ -187,7 +223,11 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
     async def CountAudienceMembers(
         self, request: pb.CountAudienceMembersRequest, context: Context
     ) -> pb.CountAudienceMembersResponse:
-        count = await self._targeting.count(caller(Scope.READ), request.audience_id)
+        identity = caller(Scope.READ)
+        if request.WhichOneof("audience") == "draft":
+            count = await self._targeting.count_draft(identity, request.draft.project_id, request.draft.conditions)
+            return pb.CountAudienceMembersResponse(count=count)
+        count = await self._targeting.count(identity, request.audience_id)
         return pb.CountAudienceMembersResponse(audience_id=request.audience_id, count=count)
 
     async def ListAudienceMembers(
@@ -225,6 +265,28 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
     async def GetExport(self, request: pb.GetExportRequest, context: Context) -> pb.Export:
         return export_to_proto(await self._exports.get(caller(Scope.READ), request.export_id))
 
+    async def ListExports(self, request: pb.ListExportsRequest, context: Context) -> pb.ListExportsResponse:
+        identity = caller(Scope.READ)
+        which = request.WhichOneof("parent")
+        if which is None:
+            raise InvalidArgument.field("parent", "name a dcp_service_id, dcp_datasource_id or audience_id")
+        parent = _EXPORT_PARENTS[which]
+        parent_id: int = getattr(request, which)
+        scope = f"exports:{identity.account_id}:{parent}:{parent_id}"
+        page = read_page(request.page_size, request.page_token, scope=scope)
+        views = await self._exports.history(identity, parent, parent_id, page)
+        return pb.ListExportsResponse(
+            exports=[export_to_proto(v) for v in views[: page.size]],
+            next_page_token=next_token([v.record.id for v in views], page, scope=scope),
+        )
+
+
+_EXPORT_PARENTS: dict[str, ExportParent] = {
+    "dcp_service_id": "service",
+    "dcp_datasource_id": "table",
+    "audience_id": "audience",
+}
+
 
 def export_to_proto(view: ExportView) -> pb.Export:
     record = view.record
@@ -248,6 +310,31 @@ def export_to_proto(view: ExportView) -> pb.Export:
     if record.finished is not None:
         message.finished.FromDatetime(record.finished)
     return message
+
+
+async def _batch(
+    request_iterator: AsyncIterator[pb.MergeProfilesRequest],
+) -> tuple[BatchHeader, AsyncIterator[BatchChunk]]:
+    """A batch's header, from its first message, and its rows, the first message's included."""
+    messages = aiter(request_iterator)
+    first = await anext(messages, None)
+    if first is None:
+        raise InvalidArgument.field("dcp_datasource_id", "the stream sent no message naming the table")
+    header = BatchHeader(
+        service_id=first.dcp_service_id,
+        table_id=first.dcp_datasource_id,
+        all_or_nothing=first.all_or_nothing,
+        idempotency_key=first.idempotency_key,
+        columns=tuple(first.columns),
+        validate_only=first.validate_only,
+    )
+
+    async def chunks() -> AsyncIterator[BatchChunk]:
+        yield _chunk(first)
+        async for message in messages:
+            yield _chunk(message)
+
+    return header, chunks()
 
 
 def _chunk(message: pb.MergeProfilesRequest) -> BatchChunk:

@@ -21,3 +21,44 @@ async def test_service_table_attribute_walkthrough(http: httpx.AsyncClient, make
     )
     assert table.status_code == 201, table.text
     assert table.json()["s3_path"] == f"dcp/{service_id}/{table.json()['id']}"
+
+
+async def test_whoami_names_the_callers_own_account(http: httpx.AsyncClient, make_account: MakeAccount) -> None:
+    acme = await make_account("Acme")
+    globex = await make_account("Globex Corporation")
+    for account, name in ((acme, "Acme"), (globex, "Globex Corporation")):
+        for _ in range(2):  # the second answer comes from the schema service's memory of the name
+            response = await http.get("/api/whoami", headers=account.headers)
+            assert response.status_code == 200, response.text
+            assert response.json() == {
+                "accountId": str(account.id),
+                "accountName": name,
+                "scopes": ["read", "write"],
+                "credentialKind": "classic",
+            }
+    assert (await http.get("/api/whoami")).status_code == 401
+
+
+async def test_the_openapi_document_lists_every_endpoint_the_console_uses(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/openapi.json")).json()
+    paths = document["paths"]
+    expected = {
+        "/api/whoami": {"get"},
+        "/experiment/v1/dcp_services/{service_id}/exports": {"get"},
+        "/experiment/v1/dcp_datasources/{table_id}/exports": {"get", "post"},
+        "/experiment/v1/audiences/{audience_id}/exports": {"get", "post"},
+        "/experiment/v1/projects/{project_id}/audiences/count": {"post"},
+        "/api/audiences/evaluate/{service_id}/{optimizely_user_id}": {"post"},
+        "/experiment/v1/dcp_datasources/{table_id}": {"get", "put", "delete"},
+    }
+    for path, methods in expected.items():
+        assert set(paths[path]) == methods, (path, paths.get(path))
+    parameters = paths["/experiment/v1/projects/{project_id}/audiences/count"]["post"]["parameters"]
+    assert parameters == [
+        {
+            "name": "project_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "format": "int64", "minimum": 1},
+        }
+    ]

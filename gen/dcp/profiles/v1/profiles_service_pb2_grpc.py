@@ -68,6 +68,11 @@ class ProfilesServiceStub:
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
                 response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.FromString,
                 _registered_method=True)
+        self.MergeProfilesWithProgress = channel.stream_stream(
+                '/dcp.profiles.v1.ProfilesService/MergeProfilesWithProgress',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesUpdate.FromString,
+                _registered_method=True)
         self.GetConsolidatedView = channel.unary_unary(
                 '/dcp.profiles.v1.ProfilesService/GetConsolidatedView',
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.SerializeToString,
@@ -97,6 +102,11 @@ class ProfilesServiceStub:
                 '/dcp.profiles.v1.ProfilesService/GetExport',
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.SerializeToString,
                 response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
+                _registered_method=True)
+        self.ListExports = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/ListExports',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsResponse.FromString,
                 _registered_method=True)
 
 
@@ -162,6 +172,16 @@ class ProfilesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MergeProfilesWithProgress(self, request_iterator, context):
+        """MergeProfiles telling how far it has come: once the rows of a request
+        message are checked, a progress update with the counts so far; last, the
+        result. The same rules, guarantees and errors as MergeProfiles. The
+        caller must read the updates as it writes, or the merge waits for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetConsolidatedView(self, request, context):
         """The consolidated view of one Optimizely user: the Optimizely table's
         profile first, then each aliased table's profile in table-id order;
@@ -175,8 +195,11 @@ class ProfilesServiceServicer:
         """Which audiences one Optimizely user's consolidated profile matches, and
         per audience which conditions held. Without audience_ids: every active
         audience of the projects linked to the service (or of project_id only).
+        With draft instead: the one unsaved tree, checked as saving it in its
+        project would check it, whose outcome has audience_id 0 and no name.
         NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-        linked to this service.
+        linked to this service, and for a draft as for SchemaService.CreateAudience
+        (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,8 +207,11 @@ class ProfilesServiceServicer:
 
     def CountAudienceMembers(self, request, context):
         """How many known Optimizely users an audience matches now, counted in the
-        database. NOT_FOUND for the audience; FAILED_PRECONDITION
-        (PROJECT_NOT_LINKED) when its project has no DCP service.
+        database; or an unsaved tree (draft), checked as saving it in its project
+        would check it and stored nowhere. NOT_FOUND for the audience or the
+        draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+        has no DCP service; INVALID_ARGUMENT for a draft as for
+        SchemaService.CreateAudience.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +245,17 @@ class ProfilesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExports(self, request, context):
+        """Past exports, newest first, each as GetExport shows it (with a fresh
+        download URL once done): of a DCP service (its table and audience
+        exports alike), of a table, or of an audience, archived ones included.
+        NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+        page token or a request naming no parent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfilesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +283,11 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.MergeProfiles,
                     request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.FromString,
                     response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.SerializeToString,
+            ),
+            'MergeProfilesWithProgress': grpc.stream_stream_rpc_method_handler(
+                    servicer.MergeProfilesWithProgress,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesUpdate.SerializeToString,
             ),
             'GetConsolidatedView': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConsolidatedView,
@@ -276,6 +318,11 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.GetExport,
                     request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.FromString,
                     response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.SerializeToString,
+            ),
+            'ListExports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExports,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -421,6 +468,33 @@ class ProfilesService:
             '/dcp.profiles.v1.ProfilesService/MergeProfiles',
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeProfilesWithProgress(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dcp.profiles.v1.ProfilesService/MergeProfilesWithProgress',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesUpdate.FromString,
             options,
             channel_credentials,
             insecure,
@@ -583,6 +657,33 @@ class ProfilesService:
             '/dcp.profiles.v1.ProfilesService/GetExport',
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.SerializeToString,
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/ListExports',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsResponse.FromString,
             options,
             channel_credentials,
             insecure,
