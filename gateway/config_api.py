@@ -59,6 +59,11 @@ _TABLE = BodySpec(
         }
     ),
 )
+# `archived` false unarchives, true archives; the schema service applies either with the other changes at once.
+_TABLE_UPDATE = BodySpec(
+    writable={**_TABLE.writable, "archived": FieldType("boolean")},
+    read_only=_TABLE.read_only - {"archived"},
+)
 _ATTRIBUTE_CREATE = BodySpec(
     writable={
         "name": FieldType("string"),
@@ -414,8 +419,8 @@ class ConfigApi:
         current = await self._schema.GetTable(
             schema_service_pb2.GetTableRequest(dcp_datasource_id=table_id), metadata=call.metadata
         )
-        values = _TABLE.decode(body, current=v1json.table(current))
-        table = resources_pb2.Table(id=table_id, name=values.get("name", ""))
+        values = _TABLE_UPDATE.decode(body, current=v1json.table(current))
+        table = resources_pb2.Table(id=table_id, name=values.get("name", ""), archived=values.get("archived", False))
         if values.get("description") is not None:
             table.description = values["description"]
         if "keyfield_locator_type" in values:

@@ -277,7 +277,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             present.add("import_mode")
         paths = _mask_paths(
             request.update_mask,
-            ("name", "description", "keyfield_locator_type", "keyfield_locator_name", "import_mode"),
+            ("name", "description", "keyfield_locator_type", "keyfield_locator_name", "import_mode", "archived"),
             present,
         )
         changes = TableChanges(
@@ -292,6 +292,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             else None,
             clear_locator_name="keyfield_locator_name" in paths and not table.HasField("keyfield_locator_name"),
             import_mode=convert.import_mode_from_proto(table.import_mode) if "import_mode" in paths else None,
+            archived=table.archived if "archived" in paths else None,
         )
         if "keyfield_locator_type" in paths and changes.keyfield_locator_type is None:
             raise InvalidArgument.field("keyfield_locator_type", "must be set when named in update_mask")

@@ -65,6 +65,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", V1 + "/dcp_services/{service}/dcp_datasources", {"name": "x", "keyfield_locator_type": "uid"}),
     ("GET", V1 + "/dcp_datasources/{table}", None),
     ("PUT", V1 + "/dcp_datasources/{table}", {"name": "stolen"}),
+    ("PUT", V1 + "/dcp_datasources/{table}", {"archived": True}),
     ("DELETE", V1 + "/dcp_datasources/{table}", None),
     ("GET", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", None),
     ("POST", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", {"name": "x", "datatype": "long"}),

@@ -83,9 +83,14 @@ class SchemaServiceStub:
     name or locator; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived service.
     """
     UpdateTable: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateTableRequest, _resources_pb2.Table]
-    """Updates name, description, locator fields and import mode named in
-    update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-    OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+    """Updates name, description, locator fields, import mode and archived named
+    in update_mask, in one transaction: "archived" false makes an archived
+    table active again (with its attributes as they were) before the other
+    changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+    INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+    table that stays archived, or unarchiving one whose DCP service is
+    archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+    Optimizely table).
     """
     ArchiveTable: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveTableRequest, _empty_pb2.Empty]
     """Archives a table. Idempotent. NOT_FOUND; FAILED_PRECONDITION
@@ -199,9 +204,14 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     name or locator; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived service.
     """
     UpdateTable: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateTableRequest, _resources_pb2.Table]  # type: ignore[assignment]
-    """Updates name, description, locator fields and import mode named in
-    update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-    OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+    """Updates name, description, locator fields, import mode and archived named
+    in update_mask, in one transaction: "archived" false makes an archived
+    table active again (with its attributes as they were) before the other
+    changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+    INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+    table that stays archived, or unarchiving one whose DCP service is
+    archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+    Optimizely table).
     """
     ArchiveTable: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveTableRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Archives a table. Idempotent. NOT_FOUND; FAILED_PRECONDITION
@@ -396,9 +406,14 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schema_service_pb2.UpdateTableRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Table, _abc.Awaitable[_resources_pb2.Table]]:
-        """Updates name, description, locator fields and import mode named in
-        update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-        OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+        """Updates name, description, locator fields, import mode and archived named
+        in update_mask, in one transaction: "archived" false makes an archived
+        table active again (with its attributes as they were) before the other
+        changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+        INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+        table that stays archived, or unarchiving one whose DCP service is
+        archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+        Optimizely table).
         """
 
     @_abc_1.abstractmethod
