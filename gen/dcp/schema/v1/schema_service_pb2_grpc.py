@@ -196,8 +196,9 @@ class SchemaServiceServicer:
     """
 
     def WhoAmI(self, request, context):
-        """Who the caller is: the account and scopes its credentials grant. Reads no
-        data, so integrations can check a token cheaply.
+        """Who the caller is: the account (with its name) and scopes its credentials
+        grant. Account names never change, so each process reads one once and
+        integrations can check a token cheaply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,8 +46,9 @@ class SchemaServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SchemaServiceAsyncStub: ...
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.WhoAmIRequest, _identity_pb2.CallerIdentity]
-    """Who the caller is: the account and scopes its credentials grant. Reads no
-    data, so integrations can check a token cheaply.
+    """Who the caller is: the account (with its name) and scopes its credentials
+    grant. Account names never change, so each process reads one once and
+    integrations can check a token cheaply.
     """
     ListProjects: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ListProjectsRequest, _schema_service_pb2.ListProjectsResponse]
     """Lists the caller's projects. INVALID_ARGUMENT for a bad page token."""
@@ -167,8 +168,9 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     WhoAmI: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.WhoAmIRequest, _identity_pb2.CallerIdentity]  # type: ignore[assignment]
-    """Who the caller is: the account and scopes its credentials grant. Reads no
-    data, so integrations can check a token cheaply.
+    """Who the caller is: the account (with its name) and scopes its credentials
+    grant. Account names never change, so each process reads one once and
+    integrations can check a token cheaply.
     """
     ListProjects: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ListProjectsRequest, _schema_service_pb2.ListProjectsResponse]  # type: ignore[assignment]
     """Lists the caller's projects. INVALID_ARGUMENT for a bad page token."""
@@ -291,8 +293,9 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schema_service_pb2.WhoAmIRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.CallerIdentity, _abc.Awaitable[_identity_pb2.CallerIdentity]]:
-        """Who the caller is: the account and scopes its credentials grant. Reads no
-        data, so integrations can check a token cheaply.
+        """Who the caller is: the account (with its name) and scopes its credentials
+        grant. Account names never change, so each process reads one once and
+        integrations can check a token cheaply.
         """
 
     @_abc_1.abstractmethod
