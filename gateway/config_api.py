@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlencode
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -149,6 +149,14 @@ def per_page(request: Request, *, default: int, maximum: int) -> int:
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise ApiError.field("per_page", f"must be an integer between 1 and {maximum}")
     return int(raw)
+
+
+def link_next_page(response: Response, request: Request, *, size: int, page_token: str) -> Response:
+    """Points a paginated listing's answer to its next page, if there is one (`Link: <...>; rel="next"`)."""
+    if page_token:
+        query = urlencode({"per_page": size, "page_token": page_token})
+        response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
+    return response
 
 
 def _locator_value(name: str | None) -> resources_pb2.LocatorType.ValueType:

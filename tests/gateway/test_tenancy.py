@@ -100,6 +100,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", V1 + "/dcp_datasources/{table}/exports", {"format": "csv"}),
     ("GET", V1 + "/dcp_datasources/{table}/exports/{table_export}", None),
     ("POST", "/api/audiences/evaluate/{service}/oeu1", {}),
+    ("GET", V1 + "/dcp_services/{service}/exports", None),
+    ("GET", V1 + "/dcp_datasources/{table}/exports", None),
+    ("GET", V1 + "/audiences/{audience}/exports", None),
 ]
 
 
