@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 from google.protobuf import field_mask_pb2
@@ -16,8 +15,21 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from gateway import v1json
 from gateway.bodies import INT64_MAX, BodySpec, FieldType
-from gateway.config_api import Call, Endpoint, Wrap, accepted, created, method_route, no_content, path_id, per_page
+from gateway.config_api import (
+    Call,
+    Endpoint,
+    Wrap,
+    accepted,
+    created,
+    link_next_page,
+    method_route,
+    no_content,
+    path_id,
+    per_page,
+)
 from gateway.errors import ApiError
+from gateway.imports_api import DEFAULT_PER_PAGE as HISTORY_DEFAULT_PER_PAGE
+from gateway.imports_api import MAX_PER_PAGE as HISTORY_MAX_PER_PAGE
 
 V1 = "/experiment/v1"
 MEMBERS_DEFAULT_PER_PAGE = 100
@@ -120,9 +132,12 @@ class AudiencesApi:
             route(f"{V1}/audiences/{{audience_id}}", {"GET": self.get, "PUT": self.update, "DELETE": self.archive}),
             route(f"{V1}/audiences/{{audience_id}}/members", {"GET": self.members}),
             route(f"{V1}/audiences/{{audience_id}}/members/count", {"GET": self.count}),
-            route(f"{V1}/audiences/{{audience_id}}/exports", {"POST": self.export_audience}),
+            route(f"{V1}/dcp_services/{{service_id}}/exports", {"GET": self.service_exports}),
+            route(
+                f"{V1}/audiences/{{audience_id}}/exports", {"GET": self.audience_exports, "POST": self.export_audience}
+            ),
             route(f"{V1}/audiences/{{audience_id}}/exports/{{export_id}}", {"GET": self.audience_export}),
-            route(f"{V1}/dcp_datasources/{{table_id}}/exports", {"POST": self.export_table}),
+            route(f"{V1}/dcp_datasources/{{table_id}}/exports", {"GET": self.table_exports, "POST": self.export_table}),
             route(f"{V1}/dcp_datasources/{{table_id}}/exports/{{export_id}}", {"GET": self.table_export}),
             route("/api/audiences/evaluate/{service_id}/{optimizely_user_id}", {"POST": self.evaluate}),
         ]
@@ -206,11 +221,12 @@ class AudiencesApi:
             ),
             metadata=call.metadata,
         )
-        response = JSONResponse([{"optimizely_user_id": user} for user in answer.optimizely_user_ids])
-        if answer.next_page_token:
-            query = urlencode({"per_page": size, "page_token": answer.next_page_token})
-            response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
-        return response
+        return link_next_page(
+            JSONResponse([{"optimizely_user_id": user} for user in answer.optimizely_user_ids]),
+            request,
+            size=size,
+            page_token=answer.next_page_token,
+        )
 
     async def count(self, request: Request, call: Call) -> Response:
         answer = await self._profiles.CountAudienceMembers(
@@ -286,6 +302,31 @@ class AudiencesApi:
         if result.WhichOneof("source") != source or getattr(result, source) != source_id:
             raise ApiError(404, f"export {result.id} is not an export of this resource", code="NOT_FOUND")
         return JSONResponse(export_json(result))
+
+    async def _list_exports(self, request: Request, call: Call, listing: profiles_pb.ListExportsRequest) -> Response:
+        # Paged as the upload history is: past exports are the same kind of record.
+        size = per_page(request, default=HISTORY_DEFAULT_PER_PAGE, maximum=HISTORY_MAX_PER_PAGE)
+        listing.page_size = size
+        listing.page_token = request.query_params.get("page_token", "")
+        answer = await self._profiles.ListExports(listing, metadata=call.metadata)
+        return link_next_page(
+            JSONResponse([export_json(e) for e in answer.exports]),
+            request,
+            size=size,
+            page_token=answer.next_page_token,
+        )
+
+    async def service_exports(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        return await self._list_exports(request, call, profiles_pb.ListExportsRequest(dcp_service_id=service_id))
+
+    async def table_exports(self, request: Request, call: Call) -> Response:
+        table_id = path_id(request, "table_id")
+        return await self._list_exports(request, call, profiles_pb.ListExportsRequest(dcp_datasource_id=table_id))
+
+    async def audience_exports(self, request: Request, call: Call) -> Response:
+        audience_id = path_id(request, "audience_id")
+        return await self._list_exports(request, call, profiles_pb.ListExportsRequest(audience_id=audience_id))
 
     async def table_export(self, request: Request, call: Call) -> Response:
         return await self._get_export(request, call, "dcp_datasource_id", path_id(request, "table_id"))

@@ -115,9 +115,13 @@ class Targeting:
         now = self._clock()
         return [AudienceResult(d.id, d.name, evaluate(self._node(d, service), values, now=now)) for d in definitions]
 
+    async def definition(self, identity: Identity, audience_id: int) -> AudienceDefinition:
+        """The audience as saved, archived or not; NOT_FOUND when the caller has no such audience."""
+        return await self._audiences.get(identity, audience_id)
+
     async def resolve(self, identity: Identity, audience_id: int) -> ResolvedAudience:
         """An audience with its conditions checked against its service as it is now."""
-        definition = await self._audiences.get(identity, audience_id)
+        definition = await self.definition(identity, audience_id)
         if definition.archived:
             raise FailedPrecondition(
                 f"audience {audience_id} is archived; it no longer matches anyone",

@@ -41,12 +41,16 @@ def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present:
 
 
 class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
-    def __init__(self, catalog: Catalog, audiences: Audiences) -> None:
+    def __init__(self, catalog: Catalog, audiences: Audiences, credentials: Credentials) -> None:
         self._catalog = catalog
         self._audiences = audiences
+        self._credentials = credentials
 
     async def WhoAmI(self, request: schema_service_pb2.WhoAmIRequest, context: Context) -> identity_pb2.CallerIdentity:
-        return convert.identity_to_proto(caller(Scope.READ))
+        identity = caller(Scope.READ)
+        message = convert.identity_to_proto(identity)
+        message.account_name = await self._credentials.account_name(identity.account_id)
+        return message
 
     # Projects
 
@@ -277,7 +281,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             present.add("import_mode")
         paths = _mask_paths(
             request.update_mask,
-            ("name", "description", "keyfield_locator_type", "keyfield_locator_name", "import_mode"),
+            ("name", "description", "keyfield_locator_type", "keyfield_locator_name", "import_mode", "archived"),
             present,
         )
         changes = TableChanges(
@@ -292,6 +296,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             else None,
             clear_locator_name="keyfield_locator_name" in paths and not table.HasField("keyfield_locator_name"),
             import_mode=convert.import_mode_from_proto(table.import_mode) if "import_mode" in paths else None,
+            archived=table.archived if "archived" in paths else None,
         )
         if "keyfield_locator_type" in paths and changes.keyfield_locator_type is None:
             raise InvalidArgument.field("keyfield_locator_type", "must be set when named in update_mask")
@@ -407,7 +412,7 @@ class AuthServicer(schema_service_pb2_grpc.AuthServiceServicer):
 def bindings(
     catalog: Catalog, audiences: Audiences, credentials: Credentials, signer: AssertionSigner
 ) -> list[ServiceBinding]:
-    schema_servicer = SchemaServicer(catalog, audiences)
+    schema_servicer = SchemaServicer(catalog, audiences, credentials)
     auth_servicer = AuthServicer(credentials, signer)
     return [
         ServiceBinding(

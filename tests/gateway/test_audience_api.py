@@ -360,3 +360,86 @@ async def test_exports_of_archived_tables_and_unknown_formats_are_refused(world:
     archived = await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports", {"format": "csv"})
     assert archived.status_code == 400, archived.text
     assert archived.json()["code"] == "RESOURCE_ARCHIVED"
+
+
+async def _pages(world: World, url: str) -> list[dict[str, Any]]:
+    """Every item of a paginated listing, following its Link headers."""
+    items: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url:
+        page = await world.call("GET", next_url)
+        assert page.status_code == 200, page.text
+        items += page.json()
+        link = page.headers.get("link")
+        next_url = link[1 : link.index(">")] if link else None
+    return items
+
+
+def _without_url(export: dict[str, Any]) -> dict[str, Any]:
+    # A download URL is signed afresh for every answer.
+    return {key: value for key, value in export.items() if key != "download_url"}
+
+
+async def test_past_exports_are_listed_newest_first_per_service_table_and_audience(
+    world: World, store: ObjectStore
+) -> None:
+    await world.write(world.crm, "c1", {"ltv": 50})
+    await world.write(world.optimizely, "u1", {"vip": True})
+    await world.alias("u1", world.crm, "c1")
+    audience = await world.audience("ltv > 10", ["and", world.leaf(world.crm, "ltv", "gt", 10)])
+    started = [
+        (await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports", {"format": "csv"})).json(),
+        (await world.call("POST", f"{V1}/audiences/{audience['id']}/exports", {"format": "jsonl"})).json(),
+        (await world.call("POST", f"{V1}/dcp_datasources/{world.optimizely}/exports")).json(),
+        (await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports", {"format": "jsonl"})).json(),
+    ]
+    paths = [
+        f"{V1}/dcp_datasources/{world.crm}/exports/{started[0]['id']}",
+        f"{V1}/audiences/{audience['id']}/exports/{started[1]['id']}",
+        f"{V1}/dcp_datasources/{world.optimizely}/exports/{started[2]['id']}",
+        f"{V1}/dcp_datasources/{world.crm}/exports/{started[3]['id']}",
+    ]
+    finished = [await _finished_export(world, path) for path in paths]
+    assert [e["status"] for e in finished] == ["done"] * 4
+
+    everything = await world.call("GET", f"{V1}/dcp_services/{world.service}/exports")
+    assert everything.status_code == 200, everything.text
+    assert "link" not in everything.headers
+    listed = everything.json()
+    # Each exactly as its own GET shows it, newest first.
+    assert [_without_url(e) for e in listed] == [_without_url(e) for e in reversed(finished)]
+    async with httpx.AsyncClient() as client:
+        for export in listed:
+            download = await client.get(export["download_url"])
+            assert download.status_code == 200
+            assert len(download.content) == export["size_bytes"]
+
+    crm = (await world.call("GET", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
+    assert [e["id"] for e in crm] == [started[3]["id"], started[0]["id"]]
+    assert all(e["dcp_datasource_id"] == world.crm for e in crm)
+    members = (await world.call("GET", f"{V1}/audiences/{audience['id']}/exports")).json()
+    assert [(e["id"], e["audience_id"]) for e in members] == [(started[1]["id"], audience["id"])]
+
+    paged = await _pages(world, f"{V1}/dcp_services/{world.service}/exports?per_page=1")
+    assert [e["id"] for e in paged] == [e["id"] for e in listed]
+    first = await world.call("GET", f"{V1}/dcp_services/{world.service}/exports?per_page=3")
+    assert len(first.json()) == 3
+    assert 'rel="next"' in first.headers["link"]
+    for bad in ("0", "101", "x"):
+        refused = await world.call("GET", f"{V1}/dcp_services/{world.service}/exports?per_page={bad}")
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["field"] == "per_page"
+    stranger = await world.call(
+        "GET", f"{V1}/dcp_datasources/{world.crm}/exports?page_token={first.headers['link'].split('page_token=')[1]}"
+    )
+    assert stranger.status_code == 400, stranger.text
+    assert stranger.json()["errors"][0]["field"] == "page_token"
+
+
+async def test_exports_of_an_archived_table_stay_listed(world: World, store: ObjectStore) -> None:
+    started = (await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
+    await _finished_export(world, f"{V1}/dcp_datasources/{world.crm}/exports/{started['id']}")
+    assert (await world.call("DELETE", f"{V1}/dcp_datasources/{world.crm}")).status_code == 204
+    listed = (await world.call("GET", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
+    assert [e["id"] for e in listed] == [started["id"]]
+    assert (await world.call("GET", f"{V1}/dcp_datasources/{10**12}/exports")).status_code == 404

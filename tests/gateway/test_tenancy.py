@@ -65,6 +65,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", V1 + "/dcp_services/{service}/dcp_datasources", {"name": "x", "keyfield_locator_type": "uid"}),
     ("GET", V1 + "/dcp_datasources/{table}", None),
     ("PUT", V1 + "/dcp_datasources/{table}", {"name": "stolen"}),
+    ("PUT", V1 + "/dcp_datasources/{table}", {"archived": True}),
     ("DELETE", V1 + "/dcp_datasources/{table}", None),
     ("GET", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", None),
     ("POST", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", {"name": "x", "datatype": "long"}),
@@ -99,6 +100,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", V1 + "/dcp_datasources/{table}/exports", {"format": "csv"}),
     ("GET", V1 + "/dcp_datasources/{table}/exports/{table_export}", None),
     ("POST", "/api/audiences/evaluate/{service}/oeu1", {}),
+    ("GET", V1 + "/dcp_services/{service}/exports", None),
+    ("GET", V1 + "/dcp_datasources/{table}/exports", None),
+    ("GET", V1 + "/audiences/{audience}/exports", None),
 ]
 
 

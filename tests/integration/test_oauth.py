@@ -115,7 +115,12 @@ async def test_a_valid_access_token_reads_and_writes(oauth_platform: OAuthPlatfo
         listed = await http.get("/experiment/v1/dcp_services", headers=headers)
         assert [s["name"] for s in listed.json()] == ["via oauth"]
         whoami = (await http.get("/api/whoami", headers=headers)).json()
-        assert whoami == {"accountId": str(account), "scopes": ["read", "write"], "credentialKind": "oauth"}
+        assert whoami == {
+            "accountId": str(account),
+            "accountName": "oauth",
+            "scopes": ["read", "write"],
+            "credentialKind": "oauth",
+        }
 
 
 async def test_scopes_decide_reads_and_writes(oauth_platform: OAuthPlatform, issuer: Issuer) -> None:

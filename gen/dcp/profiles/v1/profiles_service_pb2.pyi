@@ -748,6 +748,63 @@ class GetExportRequest(_message.Message):
 Global___GetExportRequest: _TypeAlias = GetExportRequest  # noqa: Y015
 
 @_typing.final
+class ListExportsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    dcp_datasource_id: _builtins.int
+    audience_id: _builtins.int
+    page_size: _builtins.int
+    """Default 100, at most 1000."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        dcp_datasource_id: _builtins.int = ...,
+        audience_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "parent", b"parent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_parent: _TypeAlias = _typing.Literal["dcp_service_id", "dcp_datasource_id", "audience_id"]  # noqa: Y015
+    _WhichOneofArgType_parent: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_parent) -> _WhichOneofReturnType_parent | None: ...
+
+Global___ListExportsRequest: _TypeAlias = ListExportsRequest  # noqa: Y015
+
+@_typing.final
+class ListExportsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def exports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Export]: ...
+    def __init__(
+        self,
+        *,
+        exports: _abc.Iterable[Global___Export] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exports", b"exports", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExportsResponse: _TypeAlias = ListExportsResponse  # noqa: Y015
+
+@_typing.final
 class Export(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

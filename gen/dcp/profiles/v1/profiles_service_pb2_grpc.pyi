@@ -106,6 +106,13 @@ class ProfilesServiceStub:
     """An export's status; with a presigned download URL once it is done.
     NOT_FOUND for the export, or when it is not of the named table or audience.
     """
+    ListExports: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.ListExportsRequest, _profiles_service_pb2.ListExportsResponse]
+    """Past exports, newest first, each as GetExport shows it (with a fresh
+    download URL once done): of a DCP service (its table and audience
+    exports alike), of a table, or of an audience, archived ones included.
+    NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+    page token or a request naming no parent.
+    """
 
 @_typing.type_check_only
 class ProfilesServiceAsyncStub(ProfilesServiceStub):
@@ -183,6 +190,13 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     GetExport: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetExportRequest, _profiles_service_pb2.Export]  # type: ignore[assignment]
     """An export's status; with a presigned download URL once it is done.
     NOT_FOUND for the export, or when it is not of the named table or audience.
+    """
+    ListExports: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.ListExportsRequest, _profiles_service_pb2.ListExportsResponse]  # type: ignore[assignment]
+    """Past exports, newest first, each as GetExport shows it (with a fresh
+    download URL once done): of a DCP service (its table and audience
+    exports alike), of a table, or of an audience, archived ones included.
+    NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+    page token or a request naming no parent.
     """
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -324,6 +338,19 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_profiles_service_pb2.Export, _abc.Awaitable[_profiles_service_pb2.Export]]:
         """An export's status; with a presigned download URL once it is done.
         NOT_FOUND for the export, or when it is not of the named table or audience.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExports(
+        self,
+        request: _profiles_service_pb2.ListExportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.ListExportsResponse, _abc.Awaitable[_profiles_service_pb2.ListExportsResponse]]:
+        """Past exports, newest first, each as GetExport shows it (with a fresh
+        download URL once done): of a DCP service (its table and audience
+        exports alike), of a table, or of an audience, archived ones included.
+        NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+        page token or a request naming no parent.
         """
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

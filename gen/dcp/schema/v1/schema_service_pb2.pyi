@@ -422,7 +422,7 @@ class UpdateTableRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Paths: "name", "description", "keyfield_locator_type", "keyfield_locator_name",
-        "import_mode" (IMPORT_MODE_UNSPECIFIED leaves the mode unchanged).
+        "import_mode" (IMPORT_MODE_UNSPECIFIED leaves the mode unchanged), "archived".
         """
 
     def __init__(

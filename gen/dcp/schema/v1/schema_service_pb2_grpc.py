@@ -196,8 +196,9 @@ class SchemaServiceServicer:
     """
 
     def WhoAmI(self, request, context):
-        """Who the caller is: the account and scopes its credentials grant. Reads no
-        data, so integrations can check a token cheaply.
+        """Who the caller is: the account (with its name) and scopes its credentials
+        grant. Account names never change, so each process reads one once and
+        integrations can check a token cheaply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,9 +294,14 @@ class SchemaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTable(self, request, context):
-        """Updates name, description, locator fields and import mode named in
-        update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-        OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+        """Updates name, description, locator fields, import mode and archived named
+        in update_mask, in one transaction: "archived" false makes an archived
+        table active again (with its attributes as they were) before the other
+        changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+        INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+        table that stays archived, or unarchiving one whose DCP service is
+        archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+        Optimizely table).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
