@@ -154,13 +154,28 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         self, request: pb.EvaluateAudiencesRequest, context: Context
     ) -> pb.EvaluateAudiencesResponse:
         identity = caller(Scope.READ)
-        results = await self._targeting.evaluate(
-            identity,
-            request.dcp_service_id,
-            request.optimizely_user_id,
-            project_id=request.project_id,
-            audience_ids=list(request.audience_ids),
-        )
+        if request.HasField("draft"):
+            if request.project_id or request.audience_ids:
+                raise InvalidArgument.field(
+                    "draft", "comes without project_id and audience_ids: it names its project itself"
+                )
+            results = [
+                await self._targeting.evaluate_draft(
+                    identity,
+                    request.dcp_service_id,
+                    request.optimizely_user_id,
+                    project_id=request.draft.project_id,
+                    conditions=request.draft.conditions,
+                )
+            ]
+        else:
+            results = await self._targeting.evaluate(
+                identity,
+                request.dcp_service_id,
+                request.optimizely_user_id,
+                project_id=request.project_id,
+                audience_ids=list(request.audience_ids),
+            )
         return pb.EvaluateAudiencesResponse(
             dcp_service_id=request.dcp_service_id,
             optimizely_user_id=request.optimizely_user_id,
@@ -188,7 +203,11 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
     async def CountAudienceMembers(
         self, request: pb.CountAudienceMembersRequest, context: Context
     ) -> pb.CountAudienceMembersResponse:
-        count = await self._targeting.count(caller(Scope.READ), request.audience_id)
+        identity = caller(Scope.READ)
+        if request.WhichOneof("audience") == "draft":
+            count = await self._targeting.count_draft(identity, request.draft.project_id, request.draft.conditions)
+            return pb.CountAudienceMembersResponse(count=count)
+        count = await self._targeting.count(identity, request.audience_id)
         return pb.CountAudienceMembersResponse(audience_id=request.audience_id, count=count)
 
     async def ListAudienceMembers(

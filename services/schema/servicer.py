@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+import orjson
 from google.protobuf import empty_pb2, field_mask_pb2
 
 from dcp.common.v1 import identity_pb2
@@ -158,6 +159,16 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
         if "conditions" in paths:
             changes = dataclasses.replace(changes, conditions=audience.conditions)
         return convert.audience_to_proto(await self._audiences.update(account, audience.id, changes))
+
+    async def CheckAudienceConditions(
+        self, request: schema_service_pb2.CheckAudienceConditionsRequest, context: Context
+    ) -> schema_service_pb2.CheckAudienceConditionsResponse:
+        # Checking stores nothing, so a caller that may only read may check too.
+        account = caller(Scope.READ).account_id
+        project, checked = await self._audiences.check(account, request.project_id, request.conditions)
+        return schema_service_pb2.CheckAudienceConditionsResponse(
+            dcp_service_id=project.dcp_service_id or 0, conditions=orjson.dumps(checked).decode()
+        )
 
     async def ArchiveAudience(
         self, request: schema_service_pb2.ArchiveAudienceRequest, context: Context

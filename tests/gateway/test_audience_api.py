@@ -443,3 +443,134 @@ async def test_exports_of_an_archived_table_stay_listed(world: World, store: Obj
     listed = (await world.call("GET", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
     assert [e["id"] for e in listed] == [started["id"]]
     assert (await world.call("GET", f"{V1}/dcp_datasources/{10**12}/exports")).status_code == 404
+
+
+async def test_an_unsaved_audience_is_counted_like_a_saved_one_and_nothing_is_stored(world: World) -> None:
+    for i in range(7):
+        await world.write(world.crm, f"c{i}", {"ltv": i * 10})
+        await world.alias(f"u{i}", world.crm, f"c{i}")
+    await world.write(world.optimizely, "u9", {"vip": True})
+    count_path = f"{V1}/projects/{world.project}/audiences/count"
+    conditions = ["and", world.leaf(world.crm, "ltv", "ge", 20)]
+    draft = await world.call("POST", count_path, {"conditions": conditions})
+    assert draft.status_code == 200, draft.text
+    assert draft.json() == {"count": 5}
+    as_text = await world.call("POST", count_path, {"conditions": orjson.dumps(conditions).decode()})
+    assert as_text.json() == {"count": 5}
+    negated = await world.call("POST", count_path, {"conditions": ["not", conditions]})
+    assert negated.json() == {"count": 3}
+    nothing: Any
+    for nothing in ([], "[]", ""):
+        assert (await world.call("POST", count_path, {"conditions": nothing})).json() == {"count": 0}
+    assert (await world.call("GET", f"{V1}/projects/{world.project}/audiences")).json() == []
+
+    saved = await world.audience("ltv >= 20", conditions)
+    assert (await world.call("GET", f"{V1}/audiences/{saved['id']}/members/count")).json()["count"] == 5
+
+
+async def test_an_unsaved_audience_is_refused_exactly_as_saving_it_would_be(
+    world: World, http: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    other = await make_world(http, await make_account())
+    await world.call("DELETE", f"{V1}/dcp_datasource_attributes/{world.attributes[(world.crm, 'score')]}")
+    ltv = world.leaf(world.crm, "ltv", "gt", 1)
+    bad_trees: list[Any] = [
+        ["and", {**ltv, "value": "5"}],
+        ["and", world.leaf(world.crm, "category", "gt", "a")],
+        ["and", world.leaf(world.crm, "score", "gt", 1.0)],
+        ["and", other.leaf(other.crm, "ltv", "gt", 1)],
+        ["xor", ltv],
+        _nest(11, ltv),
+        ["or", *([ltv] * 101)],
+        ["or", *([{**ltv, "value": "x"}] * 30)],
+        "[not json",
+        {"type": "dcp"},
+    ]
+    unlinked = (await world.call("POST", f"{V1}/projects", {"project_name": "unlinked"})).json()["id"]
+    cases = [(world.project, tree) for tree in bad_trees] + [(unlinked, ["and", ltv])]
+    for project, tree in cases:
+        saving = await world.call("POST", f"{V1}/projects/{project}/audiences", {"name": "x", "conditions": tree})
+        assert saving.status_code == 400, saving.text
+        counting = await world.call("POST", f"{V1}/projects/{project}/audiences/count", {"conditions": tree})
+        evaluating = await world.call(
+            "POST", f"/api/audiences/evaluate/{world.service}/u1", {"project_id": project, "conditions": tree}
+        )
+        assert (counting.status_code, counting.json()) == (400, saving.json()), tree
+        assert (evaluating.status_code, evaluating.json()) == (400, saving.json()), tree
+    assert saving.json()["code"] == "PROJECT_NOT_LINKED"
+    # Counting needs a DCP service even for no conditions, as a saved audience's count does.
+    empty = await world.call("POST", f"{V1}/projects/{unlinked}/audiences/count", {"conditions": []})
+    assert (empty.status_code, empty.json()["code"]) == (400, "PROJECT_NOT_LINKED")
+    assert (await world.call("GET", f"{V1}/projects/{world.project}/audiences")).json() == []
+
+    for body, field in (
+        ({"conditions": 5}, "conditions"),
+        ({"conditions": None}, "conditions"),
+        ({"conditions": [], "name": "x"}, "name"),
+    ):
+        refused = await world.call("POST", f"{V1}/projects/{world.project}/audiences/count", body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["field"] == field
+    missing = await world.call("POST", f"{V1}/projects/{10**12}/audiences/count", {"conditions": []})
+    assert (missing.status_code, missing.json()["code"]) == (404, "NOT_FOUND")
+
+
+async def test_an_unsaved_audience_is_evaluated_for_one_user(world: World) -> None:
+    await world.write(world.optimizely, "u1", {"vip": True})
+    await world.write(world.crm, "c1", {"ltv": 500, "category": "blue jeans"})
+    await world.alias("u1", world.crm, "c1")
+    tree = [
+        "and",
+        world.leaf(world.crm, "ltv", "ge", 500),
+        ["not", world.leaf(world.optimizely, "vip", "exact", True)],
+    ]
+    evaluate = f"/api/audiences/evaluate/{world.service}/u1"
+    response = await world.call("POST", evaluate, {"project_id": world.project, "conditions": tree})
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "optimizelyUserId": "u1",
+        "dcpServiceId": str(world.service),
+        "audiences": [
+            {
+                "audienceId": None,
+                "name": None,
+                "matched": False,
+                "conditions": [
+                    {
+                        "path": "conditions[1]",
+                        "datasourceId": str(world.crm),
+                        "attributeId": str(world.attributes[(world.crm, "ltv")]),
+                        "matchType": "ge",
+                        "held": True,
+                        "usable": True,
+                    },
+                    {
+                        "path": "conditions[2][1]",
+                        "datasourceId": str(world.optimizely),
+                        "attributeId": str(world.attributes[(world.optimizely, "vip")]),
+                        "matchType": "exact",
+                        "held": True,
+                        "usable": True,
+                    },
+                ],
+            }
+        ],
+    }
+    as_text = await world.call(
+        "POST", evaluate, {"project_id": world.project, "conditions": orjson.dumps(tree[:2]).decode()}
+    )
+    assert [a["matched"] for a in as_text.json()["audiences"]] == [True]
+    saved = await world.audience("saved", tree)
+    both = (await world.call("POST", evaluate, {})).json()["audiences"]
+    assert [(a["audienceId"], a["matched"]) for a in both] == [(str(saved["id"]), False)]
+
+    unlinked = (await world.call("POST", f"{V1}/projects", {"project_name": "unlinked"})).json()["id"]
+    for body, field in (
+        ({"conditions": tree}, "project_id"),
+        ({"project_id": world.project, "conditions": tree, "audience_ids": [saved["id"]]}, "audience_ids"),
+        ({"project_id": world.project, "conditions": 7}, "conditions"),
+        ({"project_id": unlinked, "conditions": []}, "project_id"),
+    ):
+        refused = await world.call("POST", evaluate, body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["field"] == field, refused.json()

@@ -180,8 +180,11 @@ class ProfilesServiceServicer:
         """Which audiences one Optimizely user's consolidated profile matches, and
         per audience which conditions held. Without audience_ids: every active
         audience of the projects linked to the service (or of project_id only).
+        With draft instead: the one unsaved tree, checked as saving it in its
+        project would check it, whose outcome has audience_id 0 and no name.
         NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-        linked to this service.
+        linked to this service, and for a draft as for SchemaService.CreateAudience
+        (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,8 +192,11 @@ class ProfilesServiceServicer:
 
     def CountAudienceMembers(self, request, context):
         """How many known Optimizely users an audience matches now, counted in the
-        database. NOT_FOUND for the audience; FAILED_PRECONDITION
-        (PROJECT_NOT_LINKED) when its project has no DCP service.
+        database; or an unsaved tree (draft), checked as saving it in its project
+        would check it and stored nowhere. NOT_FOUND for the audience or the
+        draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+        has no DCP service; INVALID_ARGUMENT for a draft as for
+        SchemaService.CreateAudience.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -82,13 +82,19 @@ class ProfilesServiceStub:
     """Which audiences one Optimizely user's consolidated profile matches, and
     per audience which conditions held. Without audience_ids: every active
     audience of the projects linked to the service (or of project_id only).
+    With draft instead: the one unsaved tree, checked as saving it in its
+    project would check it, whose outcome has audience_id 0 and no name.
     NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-    linked to this service.
+    linked to this service, and for a draft as for SchemaService.CreateAudience
+    (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
     """
     CountAudienceMembers: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.CountAudienceMembersRequest, _profiles_service_pb2.CountAudienceMembersResponse]
     """How many known Optimizely users an audience matches now, counted in the
-    database. NOT_FOUND for the audience; FAILED_PRECONDITION
-    (PROJECT_NOT_LINKED) when its project has no DCP service.
+    database; or an unsaved tree (draft), checked as saving it in its project
+    would check it and stored nowhere. NOT_FOUND for the audience or the
+    draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+    has no DCP service; INVALID_ARGUMENT for a draft as for
+    SchemaService.CreateAudience.
     """
     ListAudienceMembers: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.ListAudienceMembersRequest, _profiles_service_pb2.ListAudienceMembersResponse]
     """The Optimizely user ids an audience matches now, in ascending order.
@@ -167,13 +173,19 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """Which audiences one Optimizely user's consolidated profile matches, and
     per audience which conditions held. Without audience_ids: every active
     audience of the projects linked to the service (or of project_id only).
+    With draft instead: the one unsaved tree, checked as saving it in its
+    project would check it, whose outcome has audience_id 0 and no name.
     NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-    linked to this service.
+    linked to this service, and for a draft as for SchemaService.CreateAudience
+    (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
     """
     CountAudienceMembers: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.CountAudienceMembersRequest, _profiles_service_pb2.CountAudienceMembersResponse]  # type: ignore[assignment]
     """How many known Optimizely users an audience matches now, counted in the
-    database. NOT_FOUND for the audience; FAILED_PRECONDITION
-    (PROJECT_NOT_LINKED) when its project has no DCP service.
+    database; or an unsaved tree (draft), checked as saving it in its project
+    would check it and stored nowhere. NOT_FOUND for the audience or the
+    draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+    has no DCP service; INVALID_ARGUMENT for a draft as for
+    SchemaService.CreateAudience.
     """
     ListAudienceMembers: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.ListAudienceMembersRequest, _profiles_service_pb2.ListAudienceMembersResponse]  # type: ignore[assignment]
     """The Optimizely user ids an audience matches now, in ascending order.
@@ -291,8 +303,11 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         """Which audiences one Optimizely user's consolidated profile matches, and
         per audience which conditions held. Without audience_ids: every active
         audience of the projects linked to the service (or of project_id only).
+        With draft instead: the one unsaved tree, checked as saving it in its
+        project would check it, whose outcome has audience_id 0 and no name.
         NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-        linked to this service.
+        linked to this service, and for a draft as for SchemaService.CreateAudience
+        (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
         """
 
     @_abc_1.abstractmethod
@@ -302,8 +317,11 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_service_pb2.CountAudienceMembersResponse, _abc.Awaitable[_profiles_service_pb2.CountAudienceMembersResponse]]:
         """How many known Optimizely users an audience matches now, counted in the
-        database. NOT_FOUND for the audience; FAILED_PRECONDITION
-        (PROJECT_NOT_LINKED) when its project has no DCP service.
+        database; or an unsaved tree (draft), checked as saving it in its project
+        would check it and stored nowhere. NOT_FOUND for the audience or the
+        draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+        has no DCP service; INVALID_ARGUMENT for a draft as for
+        SchemaService.CreateAudience.
         """
 
     @_abc_1.abstractmethod

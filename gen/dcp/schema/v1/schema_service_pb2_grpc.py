@@ -171,6 +171,11 @@ class SchemaServiceStub:
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.SerializeToString,
                 response_deserializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
                 _registered_method=True)
+        self.CheckAudienceConditions = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/CheckAudienceConditions',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsRequest.SerializeToString,
+                response_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsResponse.FromString,
+                _registered_method=True)
         self.ArchiveAudience = channel.unary_unary(
                 '/dcp.schema.v1.SchemaService/ArchiveAudience',
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ArchiveAudienceRequest.SerializeToString,
@@ -401,6 +406,16 @@ class SchemaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckAudienceConditions(self, request, context):
+        """Checks an unsaved condition tree exactly as CreateAudience would in the
+        project, storing nothing, and says which DCP service it runs against.
+        Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+        and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ArchiveAudience(self, request, context):
         """Archives an audience: it stays readable and stops matching. Idempotent.
         NOT_FOUND.
@@ -547,6 +562,11 @@ def add_SchemaServiceServicer_to_server(servicer, server):
                     servicer.UpdateAudience,
                     request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.FromString,
                     response_serializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.SerializeToString,
+            ),
+            'CheckAudienceConditions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAudienceConditions,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsRequest.FromString,
+                    response_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsResponse.SerializeToString,
             ),
             'ArchiveAudience': grpc.unary_unary_rpc_method_handler(
                     servicer.ArchiveAudience,
@@ -1243,6 +1263,33 @@ class SchemaService:
             '/dcp.schema.v1.SchemaService/UpdateAudience',
             dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.SerializeToString,
             dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAudienceConditions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/CheckAudienceConditions',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsRequest.SerializeToString,
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -141,6 +141,12 @@ class SchemaServiceStub:
     INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
     """
+    CheckAudienceConditions: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.CheckAudienceConditionsRequest, _schema_service_pb2.CheckAudienceConditionsResponse]
+    """Checks an unsaved condition tree exactly as CreateAudience would in the
+    project, storing nothing, and says which DCP service it runs against.
+    Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+    and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
+    """
     ArchiveAudience: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveAudienceRequest, _empty_pb2.Empty]
     """Archives an audience: it stays readable and stops matching. Idempotent.
     NOT_FOUND.
@@ -262,6 +268,12 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     """Updates name, description, conditions or segmentation. NOT_FOUND;
     INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+    """
+    CheckAudienceConditions: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.CheckAudienceConditionsRequest, _schema_service_pb2.CheckAudienceConditionsResponse]  # type: ignore[assignment]
+    """Checks an unsaved condition tree exactly as CreateAudience would in the
+    project, storing nothing, and says which DCP service it runs against.
+    Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+    and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
     """
     ArchiveAudience: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveAudienceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Archives an audience: it stays readable and stops matching. Idempotent.
@@ -531,6 +543,18 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         """Updates name, description, conditions or segmentation. NOT_FOUND;
         INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckAudienceConditions(
+        self,
+        request: _schema_service_pb2.CheckAudienceConditionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schema_service_pb2.CheckAudienceConditionsResponse, _abc.Awaitable[_schema_service_pb2.CheckAudienceConditionsResponse]]:
+        """Checks an unsaved condition tree exactly as CreateAudience would in the
+        project, storing nothing, and says which DCP service it runs against.
+        Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+        and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
         """
 
     @_abc_1.abstractmethod
