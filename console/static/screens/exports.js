@@ -80,12 +80,18 @@ function exportWatcher() {
   };
 }
 
-function downloadLink(item) {
+/** The file's link; `short` shows only "Download" (the name is still in what it is called). */
+function downloadLink(item, short) {
   if (item.status !== "done" || !item.download_url) return null;
   const name = fileName(item);
   // The store answers with Content-Disposition: attachment, so the link saves the file even
   // though it is on another origin (where `download` alone would be ignored).
-  return h("a", { href: item.download_url, download: name, class: "button" }, "Download ", h("span", { class: "mono" }, name));
+  return h(
+    "a",
+    { href: item.download_url, download: name, class: "button" },
+    "Download ",
+    h("span", { class: short ? "offscreen" : "mono" }, name),
+  );
 }
 
 function statusOf(item, error) {
@@ -164,12 +170,12 @@ function pastExports(serviceId, sourceName, watcher) {
     ["Export", (item) => String(item.id)],
     ["Source", (item) => sourceName(item)],
     ["Format", (item) => formatName(item.format)],
-    ["Status", (item) => statusOf(item, null)],
+    ["Status", (item) => badge(item.status)],
     ["Rows", (item) => count(item.row_count)],
     ["Size", (item) => bytes(item.size_bytes)],
     ["Started", (item) => when(item.created)],
     ["Finished", (item) => when(item.finished)],
-    ["File", (item) => downloadLink(item) || ""],
+    ["File", (item) => downloadLink(item, true) || (item.error ? h("span", { class: "export-error" }, item.error) : "")],
   ];
   const rowProps = (item) => ({ dataset: { exportId: String(item.id) } });
   const row = (item) => h("tr", rowProps(item), columns.map(([label, cell]) => h("td", { "data-label": label }, cell(item))));
@@ -177,7 +183,7 @@ function pastExports(serviceId, sourceName, watcher) {
   const holder = h("div", {});
 
   function showPage(items) {
-    const built = table(columns, items, { rowProps, caption: "Past exports, newest first" });
+    const built = table(columns, items, { rowProps });
     for (const item of items) {
       // A running export's row follows it in place.
       watcher.watch(item, (current) => {
@@ -205,7 +211,10 @@ function pastExports(serviceId, sourceName, watcher) {
   });
   build();
   return {
-    element: h("section", { class: "panel", "aria-label": "Past exports" }, h("div", { class: "toolbar panel-head" }, h("h2", { class: "grow" }, "Past exports"), size), holder),
+    element: h("section", { class: "panel past-exports", "aria-label": "Past exports" }, h("div", { class: "toolbar panel-head" }, h("h2", { class: "grow" }, "Past exports"), size),
+      h("p", { class: "hint intro" }, "Newest first. Each export still running is followed here until it ends."),
+      holder,
+    ),
     refresh: () => list.refresh(),
   };
 }
@@ -259,7 +268,7 @@ async function renderExports({ serviceId }, main) {
     h("h1", {}, "Exports"),
     h(
       "p",
-      { class: "hint" },
+      { class: "hint intro" },
       "A table's export holds its customers' values; an audience's holds each member's values in every table. CSV re-imports unchanged; JSON Lines keeps empty strings. Download links last an hour.",
     ),
     h(
