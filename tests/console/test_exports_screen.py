@@ -75,7 +75,6 @@ async def test_a_table_export_runs_to_done_and_its_file_downloads(console: Conso
     await expect(row).to_have_count(1)
     await expect(row).to_contain_text("done")
     await expect(row.get_by_role("link", name=re.compile(r"^Download "))).to_have_attribute("download", name)
-    await console.screenshot("exports")
 
 
 async def test_an_audience_export_in_json_lines_holds_its_members(console: Console, scenes: Scenes) -> None:
@@ -83,6 +82,8 @@ async def test_an_audience_export_in_json_lines_holds_its_members(console: Conso
     audience = scene.audience("VIPs", ["and", scene.leaf("vip", "exact", True)])
     members = scene.members(audience["id"])
     assert members == {user_of(i) for i in (0, 3, 6, 9)}
+    earlier = scene.rest.post(f"{V1}/dcp_datasources/{scene.table_id}/exports", json={"format": "csv"})
+    json_of(earlier, 201)
     page = await open_exports(console, scene)
     form = page.get_by_role("form", name="Export an audience")
     await form.get_by_label("Audience").select_option(label="VIPs (project Web)")
@@ -100,6 +101,10 @@ async def test_an_audience_export_in_json_lines_holds_its_members(console: Conso
     first = next(line for line in lines if line["optimizelyUserId"] == user_of(3))
     orders = next(p for p in first["profiles"] if p["datasourceId"] == str(scene.table_id))
     assert orders["data"]["orders"] == 3
+    past = page.get_by_role("region", name="Past exports")
+    await expect(past.get_by_role("row")).to_have_count(3)
+    await expect(past.get_by_text("done", exact=True)).to_have_count(2)
+    await console.screenshot("exports")
 
 
 async def test_past_exports_are_listed_newest_first_and_paged(console: Console, scenes: Scenes) -> None:

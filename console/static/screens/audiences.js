@@ -84,11 +84,12 @@ function projectPanel(serviceId, project) {
 }
 
 async function renderAudiences({ serviceId }, main, ctx) {
-  const projects = await linkedProjects(serviceId);
+  // The service is read too, so a wrong or foreign id says so instead of offering an empty list.
+  const [service, projects] = await Promise.all([api.get(`${V1}/dcp_services/${serviceId}`), linkedProjects(serviceId)]);
   const intro = h(
     "p",
     { class: "hint intro" },
-    "An audience is a set of conditions over the attributes of this DCP service; it belongs to a project linked to the service.",
+    `An audience is a set of conditions over the attributes of the DCP service “${service.name}”; it belongs to a project linked to the service.`,
   );
   if (!projects.length) {
     mount(
