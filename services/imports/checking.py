@@ -26,7 +26,7 @@ from services._runtime.settings import ImportSettings
 from services._runtime.supervisor import run_in_background
 from services.imports.processing import FileApplier, Progress
 from services.imports.repository import Outcome
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, check_batch
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, ProgressReport, check_batch
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
 
 _READ_BYTES = 1024 * 1024
@@ -115,9 +115,14 @@ class _SnapshotChecker:
         self._service = service
 
     async def merge_stream(
-        self, identity: Identity, header: BatchHeader, chunks: AsyncIterator[BatchChunk]
+        self,
+        identity: Identity,
+        header: BatchHeader,
+        chunks: AsyncIterator[BatchChunk],
+        *,
+        on_progress: ProgressReport | None = None,
     ) -> BatchResult:
-        return await check_batch(self._service, header, chunks)
+        return await check_batch(self._service, header, chunks, on_progress=on_progress)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from services._runtime.s3 import ObjectGone, ObjectStore, StoredObject
 from services._runtime.settings import ImportSettings
 from services.imports.parsing import CsvStream, FileProblem
 from services.imports.repository import ErrorRow, Outcome, Upload
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, TextRows
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchProgress, BatchResult, ProgressReport, TextRows
 from services.schema.client import RegistryClient, TableInfo
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _cut(text: str) -> str:
 
 @dataclass
 class Progress:
-    """How far an import has read its file; watched by whoever may have to stop it."""
+    """How far an import has come; watched by whoever may have to stop it or show it."""
 
     rows_total: int = 0
     rejected_here: int = 0
@@ -88,13 +88,31 @@ class Progress:
     reading_done: bool = False
     """Every row has been handed to the merge: from here on the file is being
     committed, and stopping could no longer say for sure what was stored."""
+    merged: BatchProgress = field(default_factory=BatchProgress)
+    """What the merge has checked so far."""
+    all_or_nothing: bool = False
+
+    def figures(self) -> tuple[int, int, int]:
+        """(rows read, rows to be stored, rows refused) so far, as the upload history shows them meanwhile."""
+        failed = self.rejected_here + self.merged.rows_rejected
+        # One refused row of an all-or-nothing file means none will be stored.
+        ok = 0 if self.all_or_nothing and failed else self.merged.rows_valid
+        return self.rows_total, ok, failed
+
+    def merge_reported(self, progress: BatchProgress) -> None:
+        self.merged = progress
 
 
 class BatchMerger(Protocol):
     """The profiles batch merge: the domain itself in one process, its gRPC client across processes."""
 
     async def merge_stream(
-        self, identity: Identity, header: BatchHeader, chunks: AsyncIterator[BatchChunk]
+        self,
+        identity: Identity,
+        header: BatchHeader,
+        chunks: AsyncIterator[BatchChunk],
+        *,
+        on_progress: ProgressReport | None = None,
     ) -> BatchResult: ...
 
 
@@ -213,6 +231,7 @@ class FileApplier:
         except FileProblem as problem:
             return Outcome("failed", error=str(problem))
         tally = progress if progress is not None else Progress()
+        tally.all_or_nothing = all_or_nothing
         batch = BatchHeader(
             service_id=service_id,
             table_id=table.id,
@@ -224,7 +243,11 @@ class FileApplier:
         try:
             # A file problem found mid-stream ends the batch's transaction before anything is stored.
             result = await self._merger.merge_stream(
-                identity, batch, self._chunks(stream, columns, len(header.fields), tally)
+                identity,
+                batch,
+                self._chunks(stream, columns, len(header.fields), tally),
+                # A file being imported shows in its history how far it has come; a checked one has no history.
+                on_progress=None if validate_only else tally.merge_reported,
             )
         except FileProblem as problem:
             return Outcome("failed", rows_total=tally.rows_total, error=str(problem))

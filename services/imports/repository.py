@@ -234,11 +234,33 @@ class ImportsRepository:
         return [_upload(r) for r in rows]
 
     async def note_retry(self, upload_id: int, note: str) -> None:
-        """Shows why an open upload waits, in its history entry's `error`; the outcome replaces it."""
+        """Shows why an open upload waits, in its history entry's `error`; the outcome replaces it.
+
+        The try that failed rolled back, so the rows it had counted are shown no more.
+        """
         await self._pool.execute(
-            "UPDATE imports.uploads SET error = $2 WHERE id = $1 AND status IN ('pending', 'processing')",
+            "UPDATE imports.uploads SET error = $2, rows_total = 0, rows_ok = 0, rows_failed = 0"
+            " WHERE id = $1 AND status IN ('pending', 'processing')",
             upload_id,
             note,
+        )
+
+    async def note_progress(self, upload_id: int, rows_total: int, rows_ok: int, rows_failed: int) -> None:
+        """Shows how far an upload being imported has come, in its history entry's row counts.
+
+        An autocommitted statement of its own, apart from the file's transaction,
+        that never waits: while another transaction holds the row (its outcome
+        being written, a cancel request), this reading is skipped, and once the
+        upload has finished its outcome's figures stay.
+        """
+        await self._pool.execute(
+            "UPDATE imports.uploads SET rows_total = $2, rows_ok = $3, rows_failed = $4"
+            " WHERE id = (SELECT id FROM imports.uploads WHERE id = $1 AND status = 'processing'"
+            " FOR UPDATE SKIP LOCKED)",
+            upload_id,
+            rows_total,
+            rows_ok,
+            rows_failed,
         )
 
     async def mark_disposed(self, upload_id: int) -> None:
@@ -254,9 +276,13 @@ class TableQueue:
         self.table_id = table_id
 
     async def next(self) -> Upload | None:
-        """Claims the oldest open upload; one left `processing` by a dead importer comes first."""
+        """Claims the oldest open upload; one left `processing` by a dead importer comes first.
+
+        Its row counts start again from zero: those of a try cut short were rolled back with it.
+        """
         row = await self._connection.fetchrow(
-            "UPDATE imports.uploads SET status = 'processing', started_at = now(), attempts = attempts + 1"
+            "UPDATE imports.uploads SET status = 'processing', started_at = now(), attempts = attempts + 1,"
+            " rows_total = 0, rows_ok = 0, rows_failed = 0"
             " WHERE id = (SELECT id FROM imports.uploads WHERE bucket = $2 AND datasource_id = $1"
             " AND status IN ('pending', 'processing') ORDER BY id LIMIT 1)"
             f" RETURNING {_UPLOAD_COLUMNS}",

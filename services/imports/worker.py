@@ -32,6 +32,8 @@ _failures = RepeatedFailures(log)
 
 # A table whose import could not finish waits this long before another try.
 RETRY_SECONDS = 5.0
+# How often an upload being imported shows in its history how far it has come.
+PROGRESS_SECONDS = 0.5
 
 
 class ImportWorker:
@@ -178,6 +180,7 @@ class ImportWorker:
         """
         progress = Progress()
         work = asyncio.create_task(self._importer.process(upload, progress), name=f"import-upload-{upload.id}")
+        showing = asyncio.create_task(self._show_progress(upload.id, progress), name=f"progress-upload-{upload.id}")
         try:
             while True:
                 done, _ = await asyncio.wait({work}, timeout=self._settings.cancel_check_seconds)
@@ -194,10 +197,29 @@ class ImportWorker:
                 log.info("upload %d stopped after %d rows: %s", upload.id, progress.rows_total, reason)
                 return Outcome("failed", rows_total=progress.rows_total, error=reason)
         finally:
+            # Stopped before the outcome is written, so that no reading of the progress comes after it.
+            showing.cancel()
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
+            await asyncio.gather(showing, return_exceptions=True)
+
+    async def _show_progress(self, upload_id: int, progress: Progress) -> None:
+        """Writes the upload's row counts so far into its history entry while it is imported, until cancelled."""
+        shown = progress.figures()
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            figures = progress.figures()
+            if figures == shown:
+                continue
+            try:
+                await self._repo.note_progress(upload_id, *figures)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                # The import meets the outage itself if it lasts; the next reading is tried anyway.
+                log.debug("could not show the progress of upload %d: %s", upload_id, error)
+                continue
+            shown = figures
 
     async def _stop_reason(self, upload: Upload) -> str | None:
         try:

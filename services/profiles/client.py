@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import grpc
 
@@ -11,7 +13,7 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
 from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, RowError
+from services.profiles.profiles import BatchChunk, BatchHeader, BatchProgress, BatchResult, ProgressReport, RowError
 from services.profiles.servicer import value_to_proto
 
 _REFUSALS: dict[grpc.StatusCode, type[DcpError]] = {
@@ -48,12 +50,24 @@ class RemoteBatchMerger:
         self._signer = signer
 
     async def merge_stream(
-        self, identity: Identity, header: BatchHeader, chunks: AsyncIterator[BatchChunk]
+        self,
+        identity: Identity,
+        header: BatchHeader,
+        chunks: AsyncIterator[BatchChunk],
+        *,
+        on_progress: ProgressReport | None = None,
     ) -> BatchResult:
         metadata = outgoing_metadata(self._signer, identity)
         # Written message by message, so that a failure of the caller's own
         # stream (a broken file) cancels the call, and the transaction with it.
-        call = self._stub.MergeProfiles(metadata=metadata)  # type: ignore[call-arg]
+        call: Any
+        if on_progress is None:
+            call = self._stub.MergeProfiles(metadata=metadata)  # type: ignore[call-arg]
+            answer: Awaitable[pb.MergeProfilesResponse] = call
+        else:
+            call = self._stub.MergeProfilesWithProgress(metadata=metadata)  # type: ignore[call-arg]
+            # Updates are read while rows are written: a merge whose updates go unread would wait for them.
+            answer = asyncio.create_task(_result(call, on_progress))
         try:
             await call.write(
                 pb.MergeProfilesRequest(
@@ -68,7 +82,7 @@ class RemoteBatchMerger:
             async for chunk in chunks:
                 await call.write(_message(chunk))
             await call.done_writing()
-            response: pb.MergeProfilesResponse = await call
+            response = await answer
         except grpc.aio.AioRpcError as error:
             refusal = _REFUSALS.get(error.code())
             if refusal is not None:
@@ -77,6 +91,11 @@ class RemoteBatchMerger:
         except BaseException:
             call.cancel()
             raise
+        finally:
+            if isinstance(answer, asyncio.Task):
+                answer.cancel()
+                # Retrieved, so that a reader that failed with the call never warns.
+                await asyncio.gather(answer, return_exceptions=True)
         return BatchResult(
             rows_received=response.rows_received,
             rows_stored=response.rows_stored,
@@ -84,3 +103,14 @@ class RemoteBatchMerger:
             errors=[RowError(e.row_number, e.field, e.message, e.value) for e in response.errors],
             already_applied=response.already_applied,
         )
+
+
+async def _result(call: Any, on_progress: ProgressReport) -> pb.MergeProfilesResponse:
+    """The merge's result, passing its progress on as it comes."""
+    async for update in call:
+        if update.HasField("result"):
+            result: pb.MergeProfilesResponse = update.result
+            return result
+        progress = update.progress
+        on_progress(BatchProgress(progress.rows_received, progress.rows_valid, progress.rows_rejected))
+    raise Unavailable("the profiles service ended a merge without its result; retry later")

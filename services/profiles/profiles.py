@@ -83,6 +83,19 @@ class RowError:
     value: str = ""
 
 
+@dataclass(frozen=True)
+class BatchProgress:
+    """How far a batch merge has come: rows checked so far, of which valid (stored when it commits) and refused."""
+
+    rows_received: int = 0
+    rows_valid: int = 0
+    rows_rejected: int = 0
+
+
+ProgressReport = Callable[[BatchProgress], None]
+"""Told the counts so far each time the rows of a chunk have been checked."""
+
+
 @dataclass
 class BatchResult:
     rows_received: int = 0
@@ -235,15 +248,17 @@ class Profiles:
         chunks: AsyncIterator[BatchChunk],
         *,
         max_errors: int = MAX_BATCH_ERRORS,
+        on_progress: ProgressReport | None = None,
     ) -> BatchResult:
         """Validates every row like a single write and merges the valid ones in one transaction.
 
-        Rows are staged as they arrive, so memory stays flat however many come.
+        Rows are staged as they arrive, so memory stays flat however many come;
+        `on_progress` hears the counts so far after each chunk.
         """
         # A batch is long enough that a fresh look at the registry costs nothing.
         service = await self._registry.fresh_service(identity, header.service_id)
         if header.validate_only:
-            return await check_batch(service, header, chunks, max_errors=max_errors)
+            return await check_batch(service, header, chunks, max_errors=max_errors, on_progress=on_progress)
         table = service.table(header.table_id)
         _refuse_archived(service, table)
         columns = _text_columns(table, header.columns)
@@ -255,6 +270,8 @@ class Profiles:
                 # Once an all-or-nothing batch has a bad row, staging more is wasted work.
                 if not (header.all_or_nothing and rows.any_rejected):
                     await stage.add(staged, clears=rows.cleared)
+                if on_progress is not None:
+                    on_progress(rows.progress())
             result = rows.result()
             if header.all_or_nothing and rows.any_rejected:
                 result.rows_stored = 0
@@ -322,6 +339,7 @@ async def check_batch(
     chunks: AsyncIterator[BatchChunk],
     *,
     max_errors: int = MAX_BATCH_ERRORS,
+    on_progress: ProgressReport | None = None,
 ) -> BatchResult:
     """What merging these rows would store and refuse, with the same rules as a merge, storing nothing.
 
@@ -334,6 +352,8 @@ async def check_batch(
         rows.rejected_by_caller += chunk.rejected_by_caller
         rows.typed(chunk.rows)
         rows.text(chunk.text_rows)
+        if on_progress is not None:
+            on_progress(rows.progress())
     return rows.result()
 
 
@@ -492,6 +512,9 @@ class _RowChecker:
                 staged.append((self._received, customer_id, changes))
         else:
             self._rejected += 1
+
+    def progress(self) -> BatchProgress:
+        return BatchProgress(rows_received=self._received, rows_valid=self._stored, rows_rejected=self._rejected)
 
     def result(self) -> BatchResult:
         return BatchResult(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -16,7 +17,16 @@ from services._runtime.paging import next_key_token, next_token, read_key_page, 
 from services._runtime.server import ServiceBinding
 from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, BatchRow, Profiles, ProfileView, TextRows
+from services.profiles.profiles import (
+    BatchChunk,
+    BatchHeader,
+    BatchProgress,
+    BatchResult,
+    BatchRow,
+    Profiles,
+    ProfileView,
+    TextRows,
+)
 from services.profiles.targeting import Targeting
 
 MEMBERS_DEFAULT_PAGE_SIZE = 100
@@ -115,26 +125,36 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         self, request_iterator: AsyncIterator[pb.MergeProfilesRequest], context: Context
     ) -> pb.MergeProfilesResponse:
         identity = caller(Scope.WRITE)
-        messages = aiter(request_iterator)
-        first = await anext(messages, None)
-        if first is None:
-            raise InvalidArgument.field("dcp_datasource_id", "the stream sent no message naming the table")
-        header = BatchHeader(
-            service_id=first.dcp_service_id,
-            table_id=first.dcp_datasource_id,
-            all_or_nothing=first.all_or_nothing,
-            idempotency_key=first.idempotency_key,
-            columns=tuple(first.columns),
-            validate_only=first.validate_only,
-        )
-
-        async def chunks() -> AsyncIterator[BatchChunk]:
-            yield _chunk(first)
-            async for message in messages:
-                yield _chunk(message)
-
-        result = await self._profiles.merge_stream(identity, header, chunks())
+        header, chunks = await _batch(request_iterator)
+        result = await self._profiles.merge_stream(identity, header, chunks)
         return batch_result_to_proto(result)
+
+    async def MergeProfilesWithProgress(
+        self, request_iterator: AsyncIterator[pb.MergeProfilesRequest], context: Context
+    ) -> AsyncIterator[pb.MergeProfilesUpdate]:
+        identity = caller(Scope.WRITE)
+        header, chunks = await _batch(request_iterator)
+        # The merge reports as it goes; its reports are passed on here, in order, until it ends.
+        reports: asyncio.Queue[BatchProgress | None] = asyncio.Queue()
+        merge = asyncio.create_task(
+            self._profiles.merge_stream(identity, header, chunks, on_progress=reports.put_nowait)
+        )
+        merge.add_done_callback(lambda _: reports.put_nowait(None))
+        try:
+            while (progress := await reports.get()) is not None:
+                yield pb.MergeProfilesUpdate(
+                    progress=pb.MergeProgress(
+                        rows_received=progress.rows_received,
+                        rows_valid=progress.rows_valid,
+                        rows_rejected=progress.rows_rejected,
+                    )
+                )
+            result = await merge
+        finally:
+            # A caller gone mid-batch cancels the merge, whose transaction then rolls back.
+            merge.cancel()
+            await asyncio.gather(merge, return_exceptions=True)
+        yield pb.MergeProfilesUpdate(result=batch_result_to_proto(result))
 
     async def GetConsolidatedView(
         self, request: pb.GetConsolidatedViewRequest, context: Context
@@ -290,6 +310,31 @@ def export_to_proto(view: ExportView) -> pb.Export:
     if record.finished is not None:
         message.finished.FromDatetime(record.finished)
     return message
+
+
+async def _batch(
+    request_iterator: AsyncIterator[pb.MergeProfilesRequest],
+) -> tuple[BatchHeader, AsyncIterator[BatchChunk]]:
+    """A batch's header, from its first message, and its rows, the first message's included."""
+    messages = aiter(request_iterator)
+    first = await anext(messages, None)
+    if first is None:
+        raise InvalidArgument.field("dcp_datasource_id", "the stream sent no message naming the table")
+    header = BatchHeader(
+        service_id=first.dcp_service_id,
+        table_id=first.dcp_datasource_id,
+        all_or_nothing=first.all_or_nothing,
+        idempotency_key=first.idempotency_key,
+        columns=tuple(first.columns),
+        validate_only=first.validate_only,
+    )
+
+    async def chunks() -> AsyncIterator[BatchChunk]:
+        yield _chunk(first)
+        async for message in messages:
+            yield _chunk(message)
+
+    return header, chunks()
 
 
 def _chunk(message: pb.MergeProfilesRequest) -> BatchChunk:

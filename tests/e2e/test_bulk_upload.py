@@ -164,9 +164,15 @@ def test_an_importer_killed_mid_file_finishes_it_once_after_restart(
             killed = _make_table(http, token, ATTRIBUTES)
             s3.put_object(Bucket=bucket, Key=f"{killed['s3_path']}/big.csv", Body=body)
             _wait_for_status(http, token, killed["id"], {"processing"})
-            # Well into the file: rows are streaming into the open transaction.
-            time.sleep(1.0)
-            assert _history(http, token, killed["id"])[0]["status"] == "processing"
+            # Well into the file: rows are streaming into the open transaction, and the history,
+            # written by the import worker process, shows how far they have come.
+            deadline = time.monotonic() + 60
+            while (reading := _history(http, token, killed["id"])[0])["rows_total"] == 0:
+                assert reading["status"] == "processing", reading
+                assert time.monotonic() < deadline, reading
+                time.sleep(0.02)
+            assert reading["status"] == "processing", reading
+            assert 0 < reading["rows_total"] < ROWS, reading
         first.process.kill()
         first.process.wait(timeout=30)
     finally:

@@ -155,3 +155,48 @@ async def test_order_holds_across_the_parts_merged_along_the_way(batch: Batch, m
     assert result.rows_stored == 5
     assert await batch.profile("c1") == {"ltv": 2, "vip": True}
     assert await batch.profile("new") == {"ltv": 9}
+
+
+async def test_a_merge_with_progress_reports_after_each_message_then_the_result(batch: Batch) -> None:
+    messages = [
+        text([(2, "c1", ["1"]), (3, "c2", ["x"])], columns=["ltv"]),
+        text([(4, "c3", ["3"])]),
+        text([(5, "c4", ["4"]), (6, "", ["5"])]),
+    ]
+    messages[0].dcp_service_id = batch.service
+    messages[0].dcp_datasource_id = batch.table
+
+    async def stream() -> AsyncIterator[pb.MergeProfilesRequest]:
+        for message in messages:
+            yield message
+
+    call = batch.stub.MergeProfilesWithProgress(stream(), metadata=batch.account.metadata)
+    updates = [update async for update in call]
+    assert [u.WhichOneof("update") for u in updates] == ["progress", "progress", "progress", "result"]
+    assert [(u.progress.rows_received, u.progress.rows_valid, u.progress.rows_rejected) for u in updates[:3]] == [
+        (2, 1, 1),
+        (3, 2, 1),
+        (5, 3, 2),
+    ]
+    assert (updates[-1].result.rows_stored, updates[-1].result.rows_rejected) == (3, 2)
+    assert await batch.profile("c4") == {"ltv": 4}
+
+    async def anonymously() -> None:
+        # Written as the importer writes: a call the server has already ended then says why.
+        refused = batch.stub.MergeProfilesWithProgress(metadata=())  # type: ignore[call-arg]
+        await refused.write(messages[0])
+        await refused.done_writing()
+        [update async for update in refused]
+
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await anonymously()
+    assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+    async def bad_columns() -> AsyncIterator[pb.MergeProfilesRequest]:
+        yield text([(2, "c9", ["1"])], columns=["nope"], dcp_service_id=batch.service, dcp_datasource_id=batch.table)
+
+    unknown = batch.stub.MergeProfilesWithProgress(bad_columns(), metadata=batch.account.metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as invalid:
+        [update async for update in unknown]
+    assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert await batch.profile("c9") is None

@@ -18,6 +18,7 @@ from services._runtime.s3 import ObjectStore
 from services._runtime.settings import Settings
 from tests.conftest import MakeAccount, RunningPlatform
 from tests.integration.test_imports import make_table
+from tests.integration.test_upload_progress import ROWS, big_file, watch
 
 
 @dataclasses.dataclass
@@ -75,3 +76,17 @@ async def test_a_separate_imports_service_serves_its_api_and_imports_its_bucket(
     with pytest.raises(grpc.aio.AioRpcError) as anonymous:
         await apart.stub.ListUploads(pb.ListUploadsRequest(dcp_datasource_id=table.id))
     assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_separate_imports_service_shows_how_far_a_file_has_come(
+    http: httpx.AsyncClient, make_account: MakeAccount, apart: Apart
+) -> None:
+    # Rows go to the profiles service over gRPC, which reports back as it checks them.
+    table = await make_table(http, apart.store, await make_account())
+    await table.put("big.csv", big_file())
+    readings = await watch(table)
+    final = readings[-1]
+    assert (final["status"], final["rows_total"]) == ("partially_processed", ROWS)
+    # Rows are sent faster than the profiles service checks them: what it has checked shows as it goes.
+    meanwhile = [r for r in readings if r["status"] == "processing"]
+    assert any(0 < r["rows_ok"] < final["rows_ok"] and r["rows_failed"] > 0 for r in meanwhile), meanwhile[-3:]

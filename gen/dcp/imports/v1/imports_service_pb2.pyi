@@ -68,7 +68,11 @@ class Upload(_message.Message):
     size_bytes: _builtins.int
     status: Global___UploadStatus.ValueType
     rows_total: _builtins.int
-    """Data rows read (the header excluded)."""
+    """Data rows read (the header excluded). While PROCESSING, these three are
+    the counts so far, refreshed about twice a second: rows read, rows to be
+    stored when the file commits (0 once an all-or-nothing file has a refused
+    row) and rows refused; once finished, the outcome's.
+    """
     rows_ok: _builtins.int
     rows_failed: _builtins.int
     error: _builtins.str

@@ -436,6 +436,66 @@ class MergeProfilesResponse(_message.Message):
 Global___MergeProfilesResponse: _TypeAlias = MergeProfilesResponse  # noqa: Y015
 
 @_typing.final
+class MergeProfilesUpdate(_message.Message):
+    """One answer of MergeProfilesWithProgress: progress, or (last) the result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___MergeProgress: ...
+    @_builtins.property
+    def result(self) -> Global___MergeProfilesResponse: ...
+    def __init__(
+        self,
+        *,
+        progress: Global___MergeProgress | None = ...,
+        result: Global___MergeProfilesResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
+
+Global___MergeProfilesUpdate: _TypeAlias = MergeProfilesUpdate  # noqa: Y015
+
+@_typing.final
+class MergeProgress(_message.Message):
+    """How far a batch merge has come."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_RECEIVED_FIELD_NUMBER: _builtins.int
+    ROWS_VALID_FIELD_NUMBER: _builtins.int
+    ROWS_REJECTED_FIELD_NUMBER: _builtins.int
+    rows_received: _builtins.int
+    """Rows checked so far."""
+    rows_valid: _builtins.int
+    """Of those, the valid ones: stored when the batch commits (with
+    all_or_nothing, only if no row is refused).
+    """
+    rows_rejected: _builtins.int
+    """Of those, the refused ones (rows_rejected_by_caller not included)."""
+    def __init__(
+        self,
+        *,
+        rows_received: _builtins.int = ...,
+        rows_valid: _builtins.int = ...,
+        rows_rejected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows_received", b"rows_received", "rows_rejected", b"rows_rejected", "rows_valid", b"rows_valid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeProgress: _TypeAlias = MergeProgress  # noqa: Y015
+
+@_typing.final
 class GetConsolidatedViewRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

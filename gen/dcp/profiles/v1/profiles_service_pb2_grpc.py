@@ -68,6 +68,11 @@ class ProfilesServiceStub:
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
                 response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.FromString,
                 _registered_method=True)
+        self.MergeProfilesWithProgress = channel.stream_stream(
+                '/dcp.profiles.v1.ProfilesService/MergeProfilesWithProgress',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesUpdate.FromString,
+                _registered_method=True)
         self.GetConsolidatedView = channel.unary_unary(
                 '/dcp.profiles.v1.ProfilesService/GetConsolidatedView',
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetConsolidatedViewRequest.SerializeToString,
@@ -162,6 +167,16 @@ class ProfilesServiceServicer:
         (or any row the caller rejected itself) stores nothing. A batch sent
         again under the same idempotency_key is validated and reported again but
         never applied twice. Memory does not grow with the number of rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeProfilesWithProgress(self, request_iterator, context):
+        """MergeProfiles telling how far it has come: once the rows of a request
+        message are checked, a progress update with the counts so far; last, the
+        result. The same rules, guarantees and errors as MergeProfiles. The
+        caller must read the updates as it writes, or the merge waits for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +283,11 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.MergeProfiles,
                     request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.FromString,
                     response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.SerializeToString,
+            ),
+            'MergeProfilesWithProgress': grpc.stream_stream_rpc_method_handler(
+                    servicer.MergeProfilesWithProgress,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesUpdate.SerializeToString,
             ),
             'GetConsolidatedView': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConsolidatedView,
@@ -448,6 +468,33 @@ class ProfilesService:
             '/dcp.profiles.v1.ProfilesService/MergeProfiles',
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeProfilesWithProgress(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dcp.profiles.v1.ProfilesService/MergeProfilesWithProgress',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.MergeProfilesUpdate.FromString,
             options,
             channel_credentials,
             insecure,

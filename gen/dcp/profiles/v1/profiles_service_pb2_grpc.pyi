@@ -73,6 +73,12 @@ class ProfilesServiceStub:
     again under the same idempotency_key is validated and reported again but
     never applied twice. Memory does not grow with the number of rows.
     """
+    MergeProfilesWithProgress: _grpc.StreamStreamMultiCallable[_profiles_service_pb2.MergeProfilesRequest, _profiles_service_pb2.MergeProfilesUpdate]
+    """MergeProfiles telling how far it has come: once the rows of a request
+    message are checked, a progress update with the counts so far; last, the
+    result. The same rules, guarantees and errors as MergeProfiles. The
+    caller must read the updates as it writes, or the merge waits for it.
+    """
     GetConsolidatedView: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]
     """The consolidated view of one Optimizely user: the Optimizely table's
     profile first, then each aliased table's profile in table-id order;
@@ -163,6 +169,12 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     (or any row the caller rejected itself) stores nothing. A batch sent
     again under the same idempotency_key is validated and reported again but
     never applied twice. Memory does not grow with the number of rows.
+    """
+    MergeProfilesWithProgress: _aio.StreamStreamMultiCallable[_profiles_service_pb2.MergeProfilesRequest, _profiles_service_pb2.MergeProfilesUpdate]  # type: ignore[assignment]
+    """MergeProfiles telling how far it has come: once the rows of a request
+    message are checked, a progress update with the counts so far; last, the
+    result. The same rules, guarantees and errors as MergeProfiles. The
+    caller must read the updates as it writes, or the merge waits for it.
     """
     GetConsolidatedView: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]  # type: ignore[assignment]
     """The consolidated view of one Optimizely user: the Optimizely table's
@@ -281,6 +293,18 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         (or any row the caller rejected itself) stores nothing. A batch sent
         again under the same idempotency_key is validated and reported again but
         never applied twice. Memory does not grow with the number of rows.
+        """
+
+    @_abc_1.abstractmethod
+    def MergeProfilesWithProgress(
+        self,
+        request_iterator: _MaybeAsyncIterator[_profiles_service_pb2.MergeProfilesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_profiles_service_pb2.MergeProfilesUpdate], _abc.AsyncIterator[_profiles_service_pb2.MergeProfilesUpdate]]:
+        """MergeProfiles telling how far it has come: once the rows of a request
+        message are checked, a progress update with the counts so far; last, the
+        result. The same rules, guarantees and errors as MergeProfiles. The
+        caller must read the updates as it writes, or the merge waits for it.
         """
 
     @_abc_1.abstractmethod
