@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 from google.protobuf import field_mask_pb2
@@ -16,8 +15,21 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
 from gateway import v1json
 from gateway.bodies import INT64_MAX, BodySpec, FieldType
-from gateway.config_api import Call, Endpoint, Wrap, accepted, created, method_route, no_content, path_id, per_page
+from gateway.config_api import (
+    Call,
+    Endpoint,
+    Wrap,
+    accepted,
+    created,
+    link_next_page,
+    method_route,
+    no_content,
+    path_id,
+    per_page,
+)
 from gateway.errors import ApiError
+from gateway.imports_api import DEFAULT_PER_PAGE as HISTORY_DEFAULT_PER_PAGE
+from gateway.imports_api import MAX_PER_PAGE as HISTORY_MAX_PER_PAGE
 
 V1 = "/experiment/v1"
 MEMBERS_DEFAULT_PER_PAGE = 100
@@ -35,6 +47,8 @@ _AUDIENCE = BodySpec(
 )
 # Which formats exist is the profiles service's to say; here only the field's type.
 _EXPORT = BodySpec(writable={"format": FieldType("string")})
+# An unsaved audience's conditions, counted as they are being built.
+_DRAFT = BodySpec(writable={"conditions": FieldType("json text or array")})
 
 
 def audience_json(message: resources_pb2.Audience) -> dict[str, Any]:
@@ -79,12 +93,13 @@ def _conditions_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _evaluate_body(body: Any) -> tuple[int, list[int]]:
+def _evaluate_request(service_id: int, user_id: str, body: Any) -> profiles_pb.EvaluateAudiencesRequest:
+    """Saved audiences (all, a project's, or `audience_ids`), or with `conditions` one unsaved audience."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="MALFORMED_REQUEST")
     for key in body:
-        if key not in ("project_id", "audience_ids"):
-            raise ApiError.field(key, "is not a field of this request; send project_id and/or audience_ids")
+        if key not in ("project_id", "audience_ids", "conditions"):
+            raise ApiError.field(key, "is not a field of this request; send project_id, audience_ids or conditions")
     project_id = body.get("project_id")
     if project_id is not None and (
         isinstance(project_id, bool) or not isinstance(project_id, int) or not 0 < project_id <= INT64_MAX
@@ -99,7 +114,39 @@ def _evaluate_body(body: Any) -> tuple[int, list[int]]:
         raise ApiError.field("audience_ids", "must be an array of audience ids (positive integers)")
     if len(ids) > MAX_EVALUATE_AUDIENCES:
         raise ApiError.field("audience_ids", f"must hold at most {MAX_EVALUATE_AUDIENCES} ids, got {len(ids)}")
-    return project_id or 0, ids
+    request = profiles_pb.EvaluateAudiencesRequest(dcp_service_id=service_id, optimizely_user_id=user_id)
+    if "conditions" not in body:
+        request.project_id = project_id or 0
+        request.audience_ids.extend(ids)
+        return request
+    _DRAFT.writable["conditions"].check("conditions", body["conditions"])
+    if project_id is None:
+        raise ApiError.field("project_id", "is required with conditions: the project the audience would be saved in")
+    if ids:
+        raise ApiError.field("audience_ids", "cannot be sent with conditions, which are evaluated on their own")
+    request.draft.project_id = project_id
+    request.draft.conditions = _conditions_text(body["conditions"])
+    return request
+
+
+def _outcome_json(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[str, Any]:
+    return {
+        # An unsaved audience has neither id nor name yet.
+        "audienceId": str(outcome.audience_id) if saved else None,
+        "name": outcome.name if saved else None,
+        "matched": outcome.matched,
+        "conditions": [
+            {
+                "path": leaf.path,
+                "datasourceId": str(leaf.dcp_datasource_id),
+                "attributeId": str(leaf.dcp_attribute_id),
+                "matchType": leaf.match_type,
+                "held": leaf.held,
+                "usable": leaf.usable,
+            }
+            for leaf in outcome.conditions
+        ],
+    }
 
 
 class AudiencesApi:
@@ -117,12 +164,16 @@ class AudiencesApi:
 
         return [
             route(f"{V1}/projects/{{project_id}}/audiences", {"GET": self.list_audiences, "POST": self.create}),
+            route(f"{V1}/projects/{{project_id}}/audiences/count", {"POST": self.count_draft}),
             route(f"{V1}/audiences/{{audience_id}}", {"GET": self.get, "PUT": self.update, "DELETE": self.archive}),
             route(f"{V1}/audiences/{{audience_id}}/members", {"GET": self.members}),
             route(f"{V1}/audiences/{{audience_id}}/members/count", {"GET": self.count}),
-            route(f"{V1}/audiences/{{audience_id}}/exports", {"POST": self.export_audience}),
+            route(f"{V1}/dcp_services/{{service_id}}/exports", {"GET": self.service_exports}),
+            route(
+                f"{V1}/audiences/{{audience_id}}/exports", {"GET": self.audience_exports, "POST": self.export_audience}
+            ),
             route(f"{V1}/audiences/{{audience_id}}/exports/{{export_id}}", {"GET": self.audience_export}),
-            route(f"{V1}/dcp_datasources/{{table_id}}/exports", {"POST": self.export_table}),
+            route(f"{V1}/dcp_datasources/{{table_id}}/exports", {"GET": self.table_exports, "POST": self.export_table}),
             route(f"{V1}/dcp_datasources/{{table_id}}/exports/{{export_id}}", {"GET": self.table_export}),
             route("/api/audiences/evaluate/{service_id}/{optimizely_user_id}", {"POST": self.evaluate}),
         ]
@@ -206,11 +257,12 @@ class AudiencesApi:
             ),
             metadata=call.metadata,
         )
-        response = JSONResponse([{"optimizely_user_id": user} for user in answer.optimizely_user_ids])
-        if answer.next_page_token:
-            query = urlencode({"per_page": size, "page_token": answer.next_page_token})
-            response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
-        return response
+        return link_next_page(
+            JSONResponse([{"optimizely_user_id": user} for user in answer.optimizely_user_ids]),
+            request,
+            size=size,
+            page_token=answer.next_page_token,
+        )
 
     async def count(self, request: Request, call: Call) -> Response:
         answer = await self._profiles.CountAudienceMembers(
@@ -219,41 +271,29 @@ class AudiencesApi:
         )
         return JSONResponse({"audience_id": answer.audience_id, "count": answer.count})
 
-    async def evaluate(self, request: Request, call: Call) -> Response:
-        service_id = path_id(request, "service_id")
-        project_id, audience_ids = _evaluate_body(await call.json())
-        answer = await self._profiles.EvaluateAudiences(
-            profiles_pb.EvaluateAudiencesRequest(
-                dcp_service_id=service_id,
-                optimizely_user_id=request.path_params["optimizely_user_id"],
-                project_id=project_id,
-                audience_ids=audience_ids,
+    async def count_draft(self, request: Request, call: Call) -> Response:
+        project_id = path_id(request, "project_id")
+        values = _DRAFT.decode(await call.json())
+        answer = await self._profiles.CountAudienceMembers(
+            profiles_pb.CountAudienceMembersRequest(
+                draft=profiles_pb.AudienceDraft(
+                    project_id=project_id, conditions=_conditions_text(values.get("conditions", []))
+                )
             ),
             metadata=call.metadata,
         )
+        return JSONResponse({"count": answer.count})
+
+    async def evaluate(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        evaluation = _evaluate_request(service_id, request.path_params["optimizely_user_id"], await call.json())
+        answer = await self._profiles.EvaluateAudiences(evaluation, metadata=call.metadata)
+        saved = not evaluation.HasField("draft")
         return JSONResponse(
             {
                 "optimizelyUserId": answer.optimizely_user_id,
                 "dcpServiceId": str(answer.dcp_service_id),
-                "audiences": [
-                    {
-                        "audienceId": str(outcome.audience_id),
-                        "name": outcome.name,
-                        "matched": outcome.matched,
-                        "conditions": [
-                            {
-                                "path": leaf.path,
-                                "datasourceId": str(leaf.dcp_datasource_id),
-                                "attributeId": str(leaf.dcp_attribute_id),
-                                "matchType": leaf.match_type,
-                                "held": leaf.held,
-                                "usable": leaf.usable,
-                            }
-                            for leaf in outcome.conditions
-                        ],
-                    }
-                    for outcome in answer.audiences
-                ],
+                "audiences": [_outcome_json(outcome, saved=saved) for outcome in answer.audiences],
             }
         )
 
@@ -286,6 +326,31 @@ class AudiencesApi:
         if result.WhichOneof("source") != source or getattr(result, source) != source_id:
             raise ApiError(404, f"export {result.id} is not an export of this resource", code="NOT_FOUND")
         return JSONResponse(export_json(result))
+
+    async def _list_exports(self, request: Request, call: Call, listing: profiles_pb.ListExportsRequest) -> Response:
+        # Paged as the upload history is: past exports are the same kind of record.
+        size = per_page(request, default=HISTORY_DEFAULT_PER_PAGE, maximum=HISTORY_MAX_PER_PAGE)
+        listing.page_size = size
+        listing.page_token = request.query_params.get("page_token", "")
+        answer = await self._profiles.ListExports(listing, metadata=call.metadata)
+        return link_next_page(
+            JSONResponse([export_json(e) for e in answer.exports]),
+            request,
+            size=size,
+            page_token=answer.next_page_token,
+        )
+
+    async def service_exports(self, request: Request, call: Call) -> Response:
+        service_id = path_id(request, "service_id")
+        return await self._list_exports(request, call, profiles_pb.ListExportsRequest(dcp_service_id=service_id))
+
+    async def table_exports(self, request: Request, call: Call) -> Response:
+        table_id = path_id(request, "table_id")
+        return await self._list_exports(request, call, profiles_pb.ListExportsRequest(dcp_datasource_id=table_id))
+
+    async def audience_exports(self, request: Request, call: Call) -> Response:
+        audience_id = path_id(request, "audience_id")
+        return await self._list_exports(request, call, profiles_pb.ListExportsRequest(audience_id=audience_id))
 
     async def table_export(self, request: Request, call: Call) -> Response:
         return await self._get_export(request, call, "dcp_datasource_id", path_id(request, "table_id"))

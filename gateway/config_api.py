@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlencode
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -58,6 +58,11 @@ _TABLE = BodySpec(
             "s3_path",
         }
     ),
+)
+# `archived` false unarchives, true archives; the schema service applies either with the other changes at once.
+_TABLE_UPDATE = BodySpec(
+    writable={**_TABLE.writable, "archived": FieldType("boolean")},
+    read_only=_TABLE.read_only - {"archived"},
 )
 _ATTRIBUTE_CREATE = BodySpec(
     writable={
@@ -144,6 +149,14 @@ def per_page(request: Request, *, default: int, maximum: int) -> int:
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise ApiError.field("per_page", f"must be an integer between 1 and {maximum}")
     return int(raw)
+
+
+def link_next_page(response: Response, request: Request, *, size: int, page_token: str) -> Response:
+    """Points a paginated listing's answer to its next page, if there is one (`Link: <...>; rel="next"`)."""
+    if page_token:
+        query = urlencode({"per_page": size, "page_token": page_token})
+        response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
+    return response
 
 
 def _locator_value(name: str | None) -> resources_pb2.LocatorType.ValueType:
@@ -414,8 +427,8 @@ class ConfigApi:
         current = await self._schema.GetTable(
             schema_service_pb2.GetTableRequest(dcp_datasource_id=table_id), metadata=call.metadata
         )
-        values = _TABLE.decode(body, current=v1json.table(current))
-        table = resources_pb2.Table(id=table_id, name=values.get("name", ""))
+        values = _TABLE_UPDATE.decode(body, current=v1json.table(current))
+        table = resources_pb2.Table(id=table_id, name=values.get("name", ""), archived=values.get("archived", False))
         if values.get("description") is not None:
             table.description = values["description"]
         if "keyfield_locator_type" in values:

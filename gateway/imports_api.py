@@ -6,7 +6,6 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from typing import Any, Literal
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,7 +14,7 @@ from starlette.routing import Route
 from dcp.imports.v1 import imports_service_pb2 as pb
 from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
 from gateway import v1json
-from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id, per_page
+from gateway.config_api import Call, Endpoint, Wrap, link_next_page, method_route, path_id, per_page
 from gateway.errors import ApiError
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
@@ -90,11 +89,12 @@ class ImportsApi:
             ),
             metadata=call.metadata,
         )
-        response = JSONResponse([upload_json(u) for u in answer.uploads])
-        if answer.next_page_token:
-            query = urlencode({"per_page": _per_page(request), "page_token": answer.next_page_token})
-            response.headers["link"] = f'<{request.url.path}?{query}>; rel="next"'
-        return response
+        return link_next_page(
+            JSONResponse([upload_json(u) for u in answer.uploads]),
+            request,
+            size=_per_page(request),
+            page_token=answer.next_page_token,
+        )
 
     async def get_upload(self, request: Request, call: Call) -> Response:
         answer = await self._imports.GetUpload(

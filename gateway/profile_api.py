@@ -228,6 +228,7 @@ class ProfileApi:
         return JSONResponse(
             {
                 "accountId": str(identity.account_id),
+                "accountName": identity.account_name,
                 "scopes": list(identity.scopes),
                 "credentialKind": identity.credential_kind,
             }

@@ -8,7 +8,8 @@ stopped, or was killed) ends the process.
 Each request must be signed (SigV4) with a known key. The platform's key may
 do everything; a DCP service's key may do what `keys.prefix_policy` gives it
 on AWS: write, read and list under `dcp/{service id}/`, and read
-`exports/{service id}/`.
+`exports/{service id}/`. Browsers' CORS preflights, which carry no
+credentials, are the one thing answered unsigned.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ _READING = frozenset(
     {"response-content-type", "response-content-disposition", "response-content-language", "response-expires",
      "response-cache-control", "response-content-encoding", "partNumber"}
 )  # fmt: skip
+
+
+# CORS, so that the console's page can upload through a presigned URL. Any origin
+# may ask, as every request but a preflight still needs its signature; browsers
+# download (GET), upload (PUT) and look (HEAD).
+CORS_METHODS = ("GET", "PUT", "HEAD")
+CORS_MAX_AGE_SECONDS = 3600
+# A browser lets a page read only the response headers named here; an uploader checks the ETag.
+CORS_EXPOSED_HEADERS = "ETag"
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,11 @@ class Guard:
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
         raw_path, _, raw_query = raw_uri.partition("?")
         headers = _headers(environ)
+        if "origin" in headers:
+            if method == "OPTIONS" and "access-control-request-method" in headers:
+                # A browser's preflight carries no credentials, so it is answered without any.
+                return preflight_response(start_response, headers)
+            start_response = _with_cors(start_response)
         try:
             verified = verify(Request(method, raw_path, raw_query, headers), self._keys.secret_of)
             service_id = self._keys.service_of(verified.access_key)
@@ -201,6 +216,40 @@ class Guard:
             )
         spooled.seek(0)
         return spooled
+
+
+def preflight_response(start_response: Callable[..., Any], headers: dict[str, str]) -> list[bytes]:
+    """The answer to a browser's CORS preflight: what a cross-origin request may be, or 403 as S3 says it."""
+    asked = headers["access-control-request-method"].strip()
+    if asked not in CORS_METHODS:
+        allowed = ", ".join(CORS_METHODS)
+        return error_response(
+            start_response, "OPTIONS", "AccessForbidden", f"CORSResponse: {asked!r} is not one of {allowed}", 403
+        )
+    answer = [
+        ("Access-Control-Allow-Origin", "*"),
+        ("Access-Control-Allow-Methods", ", ".join(CORS_METHODS)),
+        ("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS)),
+        ("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS),
+        ("Vary", "Access-Control-Request-Headers"),
+        ("Content-Length", "0"),
+    ]
+    requested = headers.get("access-control-request-headers", "").strip()
+    if requested:
+        answer.append(("Access-Control-Allow-Headers", requested))
+    start_response("200 OK", answer)
+    return []
+
+
+def _with_cors(start_response: Callable[..., Any]) -> Callable[..., Any]:
+    """`start_response` that lets a browser page of any origin read the answer; moto's own CORS headers make way."""
+
+    def start(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        kept = [(name, value) for name, value in response_headers if not name.lower().startswith("access-control-")]
+        kept += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)]
+        return start_response(status, kept, exc_info) if exc_info is not None else start_response(status, kept)
+
+    return start
 
 
 def _size(body: IO[bytes]) -> int:

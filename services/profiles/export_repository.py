@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -16,6 +16,15 @@ _COLUMNS = (
     "id, account_id, dcp_service_id, datasource_id, audience_id, format, status, bucket, key,"
     " row_count, size_bytes, error, created, finished"
 )
+
+
+ExportParent = Literal["service", "table", "audience"]
+"""What exports are listed of: a DCP service (all of its exports), a table or an audience."""
+_PARENT_COLUMNS: dict[ExportParent, str] = {
+    "service": "dcp_service_id",
+    "table": "datasource_id",
+    "audience": "audience_id",
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,20 @@ class ExportsRepository:
             f"SELECT {_COLUMNS} FROM profiles.exports WHERE account_id = $1 AND id = $2", account_id, export_id
         )
         return _record(row) if row else None
+
+    async def history(
+        self, account_id: int, parent: ExportParent, parent_id: int, *, before_id: int | None, limit: int
+    ) -> list[ExportRecord]:
+        """Up to `limit` exports of the parent, newest first, older than `before_id` when it is given."""
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM profiles.exports WHERE account_id = $1 AND {_PARENT_COLUMNS[parent]} = $2"
+            " AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+            account_id,
+            parent_id,
+            before_id,
+            limit,
+        )
+        return [_record(row) for row in rows]
 
     async def unfinished(self) -> list[int]:
         rows = await self._pool.fetch(

@@ -20,9 +20,10 @@ import asyncpg
 
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import CredentialKind, Identity, Scope
+from services._runtime.paging import Page
 from services._runtime.s3 import ObjectStore
 from services.profiles.export_format import CsvEncoder, JsonLinesEncoder
-from services.profiles.export_repository import COPY_MAX_COLUMNS, ExportRecord, ExportsRepository
+from services.profiles.export_repository import COPY_MAX_COLUMNS, ExportParent, ExportRecord, ExportsRepository
 from services.profiles.membership import Membership
 from services.profiles.targeting import ResolvedAudience, Targeting
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
@@ -167,6 +168,23 @@ class Exports:
         record = await self._repo.get(identity.account_id, export_id)
         if record is None:
             raise NotFound(f"export {export_id} does not exist", metadata={"resource": "export", "id": str(export_id)})
+        return await self._view(record)
+
+    async def history(self, identity: Identity, parent: ExportParent, parent_id: int, page: Page) -> list[ExportView]:
+        """The parent's exports, newest first: `page.size` of them and one more when more follow."""
+        # The parent must be the caller's, archived or not: exports of another account's answer 404.
+        if parent == "service":
+            await self._registry.service(identity, parent_id)
+        elif parent == "table":
+            await self._registry.service_of_table(identity, parent_id)
+        else:
+            await self._targeting.definition(identity, parent_id)
+        records = await self._repo.history(
+            identity.account_id, parent, parent_id, before_id=page.after_id or None, limit=page.size + 1
+        )
+        return [await self._view(record) for record in records]
+
+    async def _view(self, record: ExportRecord) -> ExportView:
         url = ""
         if record.status == "done":
             url = await self.store.presigned_get(

@@ -12,8 +12,9 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
 from services._runtime.errors import InvalidArgument
 from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Identity, Scope, caller
-from services._runtime.paging import next_key_token, read_key_page
+from services._runtime.paging import next_key_token, next_token, read_key_page, read_page
 from services._runtime.server import ServiceBinding
+from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
 from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, BatchRow, Profiles, ProfileView, TextRows
 from services.profiles.targeting import Targeting
@@ -153,13 +154,28 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         self, request: pb.EvaluateAudiencesRequest, context: Context
     ) -> pb.EvaluateAudiencesResponse:
         identity = caller(Scope.READ)
-        results = await self._targeting.evaluate(
-            identity,
-            request.dcp_service_id,
-            request.optimizely_user_id,
-            project_id=request.project_id,
-            audience_ids=list(request.audience_ids),
-        )
+        if request.HasField("draft"):
+            if request.project_id or request.audience_ids:
+                raise InvalidArgument.field(
+                    "draft", "comes without project_id and audience_ids: it names its project itself"
+                )
+            results = [
+                await self._targeting.evaluate_draft(
+                    identity,
+                    request.dcp_service_id,
+                    request.optimizely_user_id,
+                    project_id=request.draft.project_id,
+                    conditions=request.draft.conditions,
+                )
+            ]
+        else:
+            results = await self._targeting.evaluate(
+                identity,
+                request.dcp_service_id,
+                request.optimizely_user_id,
+                project_id=request.project_id,
+                audience_ids=list(request.audience_ids),
+            )
         return pb.EvaluateAudiencesResponse(
             dcp_service_id=request.dcp_service_id,
             optimizely_user_id=request.optimizely_user_id,
@@ -187,7 +203,11 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
     async def CountAudienceMembers(
         self, request: pb.CountAudienceMembersRequest, context: Context
     ) -> pb.CountAudienceMembersResponse:
-        count = await self._targeting.count(caller(Scope.READ), request.audience_id)
+        identity = caller(Scope.READ)
+        if request.WhichOneof("audience") == "draft":
+            count = await self._targeting.count_draft(identity, request.draft.project_id, request.draft.conditions)
+            return pb.CountAudienceMembersResponse(count=count)
+        count = await self._targeting.count(identity, request.audience_id)
         return pb.CountAudienceMembersResponse(audience_id=request.audience_id, count=count)
 
     async def ListAudienceMembers(
@@ -224,6 +244,28 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
 
     async def GetExport(self, request: pb.GetExportRequest, context: Context) -> pb.Export:
         return export_to_proto(await self._exports.get(caller(Scope.READ), request.export_id))
+
+    async def ListExports(self, request: pb.ListExportsRequest, context: Context) -> pb.ListExportsResponse:
+        identity = caller(Scope.READ)
+        which = request.WhichOneof("parent")
+        if which is None:
+            raise InvalidArgument.field("parent", "name a dcp_service_id, dcp_datasource_id or audience_id")
+        parent = _EXPORT_PARENTS[which]
+        parent_id: int = getattr(request, which)
+        scope = f"exports:{identity.account_id}:{parent}:{parent_id}"
+        page = read_page(request.page_size, request.page_token, scope=scope)
+        views = await self._exports.history(identity, parent, parent_id, page)
+        return pb.ListExportsResponse(
+            exports=[export_to_proto(v) for v in views[: page.size]],
+            next_page_token=next_token([v.record.id for v in views], page, scope=scope),
+        )
+
+
+_EXPORT_PARENTS: dict[str, ExportParent] = {
+    "dcp_service_id": "service",
+    "dcp_datasource_id": "table",
+    "audience_id": "audience",
+}
 
 
 def export_to_proto(view: ExportView) -> pb.Export:

@@ -115,9 +115,13 @@ class Targeting:
         now = self._clock()
         return [AudienceResult(d.id, d.name, evaluate(self._node(d, service), values, now=now)) for d in definitions]
 
+    async def definition(self, identity: Identity, audience_id: int) -> AudienceDefinition:
+        """The audience as saved, archived or not; NOT_FOUND when the caller has no such audience."""
+        return await self._audiences.get(identity, audience_id)
+
     async def resolve(self, identity: Identity, audience_id: int) -> ResolvedAudience:
         """An audience with its conditions checked against its service as it is now."""
-        definition = await self._audiences.get(identity, audience_id)
+        definition = await self.definition(identity, audience_id)
         if definition.archived:
             raise FailedPrecondition(
                 f"audience {audience_id} is archived; it no longer matches anyone",
@@ -125,11 +129,7 @@ class Targeting:
                 metadata={"resource": "audience", "id": str(audience_id)},
             )
         if not definition.dcp_service_id:
-            raise FailedPrecondition(
-                f"the project of audience {audience_id} is not linked to a DCP service",
-                reason="PROJECT_NOT_LINKED",
-                metadata={"resource": "project", "id": str(definition.project_id)},
-            )
+            raise _not_linked(f"the project of audience {audience_id}", definition.project_id)
         # Membership is asked rarely and must see attributes archived a moment ago.
         service = await self._registry.fresh_service(identity, definition.dcp_service_id)
         node = parse_conditions(definition.conditions, usable_lookup(service), strict=False)
@@ -137,6 +137,28 @@ class Targeting:
 
     def now(self) -> datetime:
         return self._clock()
+
+    async def count_draft(self, identity: Identity, project_id: int, conditions: str) -> int:
+        """How many users an unsaved tree would match in the project; it is checked as saving it would check it."""
+        checked = await self._audiences.check(identity, project_id, conditions)
+        if not checked.dcp_service_id:
+            raise _not_linked(f"project {project_id}", project_id)
+        # As for a saved audience: counts are asked rarely and must see attributes archived a moment ago.
+        service = await self._registry.fresh_service(identity, checked.dcp_service_id)
+        node = parse_conditions(checked.conditions, usable_lookup(service), strict=False)
+        return await self._membership.count(service.id, service.optimizely_table_id, node, now=self._clock())
+
+    async def evaluate_draft(
+        self, identity: Identity, service_id: int, optimizely_user_id: str, *, project_id: int, conditions: str
+    ) -> AudienceResult:
+        """An unsaved tree's outcome for one user (audience id 0, no name), checked as saving it would check it."""
+        # The service first: one of another account's answers NOT_FOUND, as everywhere.
+        service, _, values = await self._profiles.consolidated_values(identity, service_id, optimizely_user_id)
+        checked = await self._audiences.check(identity, project_id, conditions)
+        if checked.dcp_service_id != service_id:
+            raise InvalidArgument.field("project_id", f"project {project_id} is not linked to DCP service {service_id}")
+        node = parse_conditions(checked.conditions, usable_lookup(service), strict=False)
+        return AudienceResult(0, "", evaluate(node, values, now=self._clock()))
 
     async def count(self, identity: Identity, audience_id: int) -> int:
         audience = await self.resolve(identity, audience_id)
@@ -154,3 +176,11 @@ class Targeting:
             after=after,
             limit=limit,
         )
+
+
+def _not_linked(subject: str, project_id: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"{subject} is not linked to a DCP service",
+        reason="PROJECT_NOT_LINKED",
+        metadata={"resource": "project", "id": str(project_id)},
+    )

@@ -12,7 +12,7 @@ import grpc
 import orjson
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services._runtime.errors import DcpError, InvalidArgument, NotFound, Unavailable
+from services._runtime.errors import DcpError, InvalidArgument, NotFound, Unavailable, relayed
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
 
@@ -26,6 +26,15 @@ class AudienceDefinition:
     """0 when the audience's project is not linked to a DCP service."""
     conditions: Any
     archived: bool
+
+
+@dataclass(frozen=True)
+class CheckedConditions:
+    """An unsaved condition tree the schema service found fit to save in a project."""
+
+    dcp_service_id: int
+    """0 when the project is not linked to a DCP service."""
+    conditions: Any
 
 
 def _definition(message: resources_pb2.Audience) -> AudienceDefinition:
@@ -78,6 +87,17 @@ class AudienceDirectory:
         except grpc.aio.AioRpcError as error:
             raise _schema_error(error) from None
         return _definition(message)
+
+    async def check(self, identity: Identity, project_id: int, conditions: str) -> CheckedConditions:
+        """Checks conditions as saving them in the project would; its refusals pass on as they are."""
+        try:
+            answer = await self._stub.CheckAudienceConditions(
+                schema_service_pb2.CheckAudienceConditionsRequest(project_id=project_id, conditions=conditions),
+                metadata=outgoing_metadata(self._signer, identity),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise relayed(error, "schema") from None
+        return CheckedConditions(answer.dcp_service_id, orjson.loads(answer.conditions or "[]"))
 
     async def project_service(self, identity: Identity, project_id: int) -> int:
         """The DCP service a project is linked to (0 if none); NOT_FOUND for an unknown project."""

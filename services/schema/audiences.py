@@ -92,6 +92,13 @@ class Audiences:
             raise _not_found("audience", audience_id)
         return audience
 
+    async def check(self, account_id: int, project_id: int, conditions: Any) -> tuple[Project, Any]:
+        """An unsaved condition tree checked exactly as `create` checks it for the project; nothing is stored."""
+        project = await self._repo.get_project(account_id, project_id)
+        if project is None:
+            raise _not_found("project", project_id)
+        return project, await _checked(self._repo, project, decode_conditions(conditions))
+
     async def create(
         self,
         account_id: int,

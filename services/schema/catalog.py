@@ -36,6 +36,17 @@ class TableChanges:
     keyfield_locator_name: str | None = None
     clear_locator_name: bool = False
     import_mode: str | None = None
+    archived: bool | None = None
+
+    @property
+    def edits(self) -> bool:
+        """Whether anything but the archived flag is to change."""
+        return (
+            any(v is not None for v in (self.name, self.description, self.keyfield_locator_type))
+            or any(v is not None for v in (self.keyfield_locator_name, self.import_mode))
+            or self.clear_description
+            or self.clear_locator_name
+        )
 
 
 def _not_found(kind: str, resource_id: int) -> NotFound:
@@ -233,12 +244,27 @@ class Catalog:
             return table
 
     async def update_table(self, account_id: int, table_id: int, changes: TableChanges) -> Table:
+        """Edits a table; unarchiving comes first and archiving last, all in one transaction."""
         async with self._repo.transaction() as repo:
             table = await repo.get_table(account_id, table_id, for_update=True)
             if table is None:
                 raise _not_found("table", table_id)
-            if table.archived:
-                raise _archived("table", table_id)
+            archived = table.archived if changes.archived is None else changes.archived
+            if table.archived and not archived:
+                service = await repo.get_service(account_id, table.dcp_service_id)
+                assert service is not None
+                if service.archived:
+                    raise FailedPrecondition(
+                        f"table {table_id} cannot be unarchived: its DCP service {service.id} is archived",
+                        reason="RESOURCE_ARCHIVED",
+                        metadata={"resource": "DCP service", "id": str(service.id)},
+                    )
+            elif table.archived:
+                if changes.edits or changes.archived is None:
+                    raise _archived("table", table_id)
+                return table
+            if archived and table.is_optimizely:
+                raise _optimizely_not_archivable()
             name = rules.name(changes.name) if changes.name is not None else table.name
             description = table.description
             if changes.clear_description:
@@ -273,6 +299,7 @@ class Catalog:
                 locator_type=kind,
                 locator_name=locator_name,
                 import_mode=mode,
+                archived=archived,
             )
             updated = await repo.get_table(account_id, table_id)
             assert updated is not None
@@ -288,10 +315,7 @@ class Catalog:
             if table is None:
                 raise _not_found("table", table_id)
             if table.is_optimizely:
-                raise FailedPrecondition(
-                    "the Optimizely table cannot be archived; archive its DCP service instead",
-                    reason="OPTIMIZELY_TABLE_IMMUTABLE",
-                )
+                raise _optimizely_not_archivable()
             await repo.archive_table(account_id, table_id)
 
     # Attributes
@@ -381,6 +405,13 @@ class Catalog:
             if any(a.name == attribute.name and not a.archived for a in table.attributes):
                 raise _name_taken(attribute.name, table.id)
             return await repo.set_attribute_archived(account_id, attribute_id, False)
+
+
+def _optimizely_not_archivable() -> FailedPrecondition:
+    return FailedPrecondition(
+        "the Optimizely table cannot be archived; archive its DCP service instead",
+        reason="OPTIMIZELY_TABLE_IMMUTABLE",
+    )
 
 
 def _name_taken(name: str, table_id: int) -> AlreadyExists:

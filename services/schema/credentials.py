@@ -14,6 +14,7 @@ from services.schema.model import Account, Token, TokenKind
 from services.schema.repository import SchemaRepository
 
 _TOKEN_BYTES = 32  # 256 random bits
+_ACCOUNT_NAMES_CACHED = 10_000
 
 
 def token_hash(token: str) -> bytes:
@@ -33,10 +34,23 @@ class Credentials:
     def __init__(self, repository: SchemaRepository, oauth: OAuthVerifier) -> None:
         self._repo = repository
         self._oauth = oauth
+        # Accounts are never renamed, so a name once read stays true for the life of the process.
+        self._account_names: dict[int, str] = {}
 
     async def create_account(self, name: str) -> Account:
         rules.name(name)
         return await self._repo.create_account(name)
+
+    async def account_name(self, account_id: int) -> str:
+        name = self._account_names.get(account_id)
+        if name is None:
+            account = await self._repo.get_account(account_id)
+            if account is None:
+                raise NotFound(f"account {account_id} does not exist")
+            if len(self._account_names) >= _ACCOUNT_NAMES_CACHED:
+                self._account_names.clear()
+            name = self._account_names[account_id] = account.name
+        return name
 
     async def list_accounts(self) -> list[Account]:
         return await self._repo.list_accounts()

@@ -407,10 +407,11 @@ class SchemaRepository:
         locator_type: LocatorType,
         locator_name: str | None,
         import_mode: ImportMode,
+        archived: bool,
     ) -> None:
         await self._db.execute(
             "UPDATE catalog.datasources SET name = $3, description = $4, keyfield_locator_type = $5,"
-            " keyfield_locator_name = $6, import_mode = $7, last_modified = now()"
+            " keyfield_locator_name = $6, import_mode = $7, archived = $8, last_modified = now()"
             " WHERE account_id = $1 AND id = $2",
             account_id,
             table_id,
@@ -419,6 +420,7 @@ class SchemaRepository:
             locator_type.value,
             locator_name,
             import_mode.value,
+            archived,
         )
 
     async def list_import_targets(self, page: Page) -> list[ImportTarget]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+import orjson
 from google.protobuf import empty_pb2, field_mask_pb2
 
 from dcp.common.v1 import identity_pb2
@@ -41,12 +42,16 @@ def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present:
 
 
 class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
-    def __init__(self, catalog: Catalog, audiences: Audiences) -> None:
+    def __init__(self, catalog: Catalog, audiences: Audiences, credentials: Credentials) -> None:
         self._catalog = catalog
         self._audiences = audiences
+        self._credentials = credentials
 
     async def WhoAmI(self, request: schema_service_pb2.WhoAmIRequest, context: Context) -> identity_pb2.CallerIdentity:
-        return convert.identity_to_proto(caller(Scope.READ))
+        identity = caller(Scope.READ)
+        message = convert.identity_to_proto(identity)
+        message.account_name = await self._credentials.account_name(identity.account_id)
+        return message
 
     # Projects
 
@@ -154,6 +159,16 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
         if "conditions" in paths:
             changes = dataclasses.replace(changes, conditions=audience.conditions)
         return convert.audience_to_proto(await self._audiences.update(account, audience.id, changes))
+
+    async def CheckAudienceConditions(
+        self, request: schema_service_pb2.CheckAudienceConditionsRequest, context: Context
+    ) -> schema_service_pb2.CheckAudienceConditionsResponse:
+        # Checking stores nothing, so a caller that may only read may check too.
+        account = caller(Scope.READ).account_id
+        project, checked = await self._audiences.check(account, request.project_id, request.conditions)
+        return schema_service_pb2.CheckAudienceConditionsResponse(
+            dcp_service_id=project.dcp_service_id or 0, conditions=orjson.dumps(checked).decode()
+        )
 
     async def ArchiveAudience(
         self, request: schema_service_pb2.ArchiveAudienceRequest, context: Context
@@ -277,7 +292,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             present.add("import_mode")
         paths = _mask_paths(
             request.update_mask,
-            ("name", "description", "keyfield_locator_type", "keyfield_locator_name", "import_mode"),
+            ("name", "description", "keyfield_locator_type", "keyfield_locator_name", "import_mode", "archived"),
             present,
         )
         changes = TableChanges(
@@ -292,6 +307,7 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
             else None,
             clear_locator_name="keyfield_locator_name" in paths and not table.HasField("keyfield_locator_name"),
             import_mode=convert.import_mode_from_proto(table.import_mode) if "import_mode" in paths else None,
+            archived=table.archived if "archived" in paths else None,
         )
         if "keyfield_locator_type" in paths and changes.keyfield_locator_type is None:
             raise InvalidArgument.field("keyfield_locator_type", "must be set when named in update_mask")
@@ -407,7 +423,7 @@ class AuthServicer(schema_service_pb2_grpc.AuthServiceServicer):
 def bindings(
     catalog: Catalog, audiences: Audiences, credentials: Credentials, signer: AssertionSigner
 ) -> list[ServiceBinding]:
-    schema_servicer = SchemaServicer(catalog, audiences)
+    schema_servicer = SchemaServicer(catalog, audiences, credentials)
     auth_servicer = AuthServicer(credentials, signer)
     return [
         ServiceBinding(

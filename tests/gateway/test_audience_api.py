@@ -360,3 +360,217 @@ async def test_exports_of_archived_tables_and_unknown_formats_are_refused(world:
     archived = await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports", {"format": "csv"})
     assert archived.status_code == 400, archived.text
     assert archived.json()["code"] == "RESOURCE_ARCHIVED"
+
+
+async def _pages(world: World, url: str) -> list[dict[str, Any]]:
+    """Every item of a paginated listing, following its Link headers."""
+    items: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url:
+        page = await world.call("GET", next_url)
+        assert page.status_code == 200, page.text
+        items += page.json()
+        link = page.headers.get("link")
+        next_url = link[1 : link.index(">")] if link else None
+    return items
+
+
+def _without_url(export: dict[str, Any]) -> dict[str, Any]:
+    # A download URL is signed afresh for every answer.
+    return {key: value for key, value in export.items() if key != "download_url"}
+
+
+async def test_past_exports_are_listed_newest_first_per_service_table_and_audience(
+    world: World, store: ObjectStore
+) -> None:
+    await world.write(world.crm, "c1", {"ltv": 50})
+    await world.write(world.optimizely, "u1", {"vip": True})
+    await world.alias("u1", world.crm, "c1")
+    audience = await world.audience("ltv > 10", ["and", world.leaf(world.crm, "ltv", "gt", 10)])
+    started = [
+        (await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports", {"format": "csv"})).json(),
+        (await world.call("POST", f"{V1}/audiences/{audience['id']}/exports", {"format": "jsonl"})).json(),
+        (await world.call("POST", f"{V1}/dcp_datasources/{world.optimizely}/exports")).json(),
+        (await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports", {"format": "jsonl"})).json(),
+    ]
+    paths = [
+        f"{V1}/dcp_datasources/{world.crm}/exports/{started[0]['id']}",
+        f"{V1}/audiences/{audience['id']}/exports/{started[1]['id']}",
+        f"{V1}/dcp_datasources/{world.optimizely}/exports/{started[2]['id']}",
+        f"{V1}/dcp_datasources/{world.crm}/exports/{started[3]['id']}",
+    ]
+    finished = [await _finished_export(world, path) for path in paths]
+    assert [e["status"] for e in finished] == ["done"] * 4
+
+    everything = await world.call("GET", f"{V1}/dcp_services/{world.service}/exports")
+    assert everything.status_code == 200, everything.text
+    assert "link" not in everything.headers
+    listed = everything.json()
+    # Each exactly as its own GET shows it, newest first.
+    assert [_without_url(e) for e in listed] == [_without_url(e) for e in reversed(finished)]
+    async with httpx.AsyncClient() as client:
+        for export in listed:
+            download = await client.get(export["download_url"])
+            assert download.status_code == 200
+            assert len(download.content) == export["size_bytes"]
+
+    crm = (await world.call("GET", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
+    assert [e["id"] for e in crm] == [started[3]["id"], started[0]["id"]]
+    assert all(e["dcp_datasource_id"] == world.crm for e in crm)
+    members = (await world.call("GET", f"{V1}/audiences/{audience['id']}/exports")).json()
+    assert [(e["id"], e["audience_id"]) for e in members] == [(started[1]["id"], audience["id"])]
+
+    paged = await _pages(world, f"{V1}/dcp_services/{world.service}/exports?per_page=1")
+    assert [e["id"] for e in paged] == [e["id"] for e in listed]
+    first = await world.call("GET", f"{V1}/dcp_services/{world.service}/exports?per_page=3")
+    assert len(first.json()) == 3
+    assert 'rel="next"' in first.headers["link"]
+    for bad in ("0", "101", "x"):
+        refused = await world.call("GET", f"{V1}/dcp_services/{world.service}/exports?per_page={bad}")
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["field"] == "per_page"
+    stranger = await world.call(
+        "GET", f"{V1}/dcp_datasources/{world.crm}/exports?page_token={first.headers['link'].split('page_token=')[1]}"
+    )
+    assert stranger.status_code == 400, stranger.text
+    assert stranger.json()["errors"][0]["field"] == "page_token"
+
+
+async def test_exports_of_an_archived_table_stay_listed(world: World, store: ObjectStore) -> None:
+    started = (await world.call("POST", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
+    await _finished_export(world, f"{V1}/dcp_datasources/{world.crm}/exports/{started['id']}")
+    assert (await world.call("DELETE", f"{V1}/dcp_datasources/{world.crm}")).status_code == 204
+    listed = (await world.call("GET", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
+    assert [e["id"] for e in listed] == [started["id"]]
+    assert (await world.call("GET", f"{V1}/dcp_datasources/{10**12}/exports")).status_code == 404
+
+
+async def test_an_unsaved_audience_is_counted_like_a_saved_one_and_nothing_is_stored(world: World) -> None:
+    for i in range(7):
+        await world.write(world.crm, f"c{i}", {"ltv": i * 10})
+        await world.alias(f"u{i}", world.crm, f"c{i}")
+    await world.write(world.optimizely, "u9", {"vip": True})
+    count_path = f"{V1}/projects/{world.project}/audiences/count"
+    conditions = ["and", world.leaf(world.crm, "ltv", "ge", 20)]
+    draft = await world.call("POST", count_path, {"conditions": conditions})
+    assert draft.status_code == 200, draft.text
+    assert draft.json() == {"count": 5}
+    as_text = await world.call("POST", count_path, {"conditions": orjson.dumps(conditions).decode()})
+    assert as_text.json() == {"count": 5}
+    negated = await world.call("POST", count_path, {"conditions": ["not", conditions]})
+    assert negated.json() == {"count": 3}
+    nothing: Any
+    for nothing in ([], "[]", ""):
+        assert (await world.call("POST", count_path, {"conditions": nothing})).json() == {"count": 0}
+    assert (await world.call("GET", f"{V1}/projects/{world.project}/audiences")).json() == []
+
+    saved = await world.audience("ltv >= 20", conditions)
+    assert (await world.call("GET", f"{V1}/audiences/{saved['id']}/members/count")).json()["count"] == 5
+
+
+async def test_an_unsaved_audience_is_refused_exactly_as_saving_it_would_be(
+    world: World, http: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    other = await make_world(http, await make_account())
+    await world.call("DELETE", f"{V1}/dcp_datasource_attributes/{world.attributes[(world.crm, 'score')]}")
+    ltv = world.leaf(world.crm, "ltv", "gt", 1)
+    bad_trees: list[Any] = [
+        ["and", {**ltv, "value": "5"}],
+        ["and", world.leaf(world.crm, "category", "gt", "a")],
+        ["and", world.leaf(world.crm, "score", "gt", 1.0)],
+        ["and", other.leaf(other.crm, "ltv", "gt", 1)],
+        ["xor", ltv],
+        _nest(11, ltv),
+        ["or", *([ltv] * 101)],
+        ["or", *([{**ltv, "value": "x"}] * 30)],
+        "[not json",
+        {"type": "dcp"},
+    ]
+    unlinked = (await world.call("POST", f"{V1}/projects", {"project_name": "unlinked"})).json()["id"]
+    cases = [(world.project, tree) for tree in bad_trees] + [(unlinked, ["and", ltv])]
+    for project, tree in cases:
+        saving = await world.call("POST", f"{V1}/projects/{project}/audiences", {"name": "x", "conditions": tree})
+        assert saving.status_code == 400, saving.text
+        counting = await world.call("POST", f"{V1}/projects/{project}/audiences/count", {"conditions": tree})
+        evaluating = await world.call(
+            "POST", f"/api/audiences/evaluate/{world.service}/u1", {"project_id": project, "conditions": tree}
+        )
+        assert (counting.status_code, counting.json()) == (400, saving.json()), tree
+        assert (evaluating.status_code, evaluating.json()) == (400, saving.json()), tree
+    assert saving.json()["code"] == "PROJECT_NOT_LINKED"
+    # Counting needs a DCP service even for no conditions, as a saved audience's count does.
+    empty = await world.call("POST", f"{V1}/projects/{unlinked}/audiences/count", {"conditions": []})
+    assert (empty.status_code, empty.json()["code"]) == (400, "PROJECT_NOT_LINKED")
+    assert (await world.call("GET", f"{V1}/projects/{world.project}/audiences")).json() == []
+
+    for body, field in (
+        ({"conditions": 5}, "conditions"),
+        ({"conditions": None}, "conditions"),
+        ({"conditions": [], "name": "x"}, "name"),
+    ):
+        refused = await world.call("POST", f"{V1}/projects/{world.project}/audiences/count", body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["field"] == field
+    missing = await world.call("POST", f"{V1}/projects/{10**12}/audiences/count", {"conditions": []})
+    assert (missing.status_code, missing.json()["code"]) == (404, "NOT_FOUND")
+
+
+async def test_an_unsaved_audience_is_evaluated_for_one_user(world: World) -> None:
+    await world.write(world.optimizely, "u1", {"vip": True})
+    await world.write(world.crm, "c1", {"ltv": 500, "category": "blue jeans"})
+    await world.alias("u1", world.crm, "c1")
+    tree = [
+        "and",
+        world.leaf(world.crm, "ltv", "ge", 500),
+        ["not", world.leaf(world.optimizely, "vip", "exact", True)],
+    ]
+    evaluate = f"/api/audiences/evaluate/{world.service}/u1"
+    response = await world.call("POST", evaluate, {"project_id": world.project, "conditions": tree})
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "optimizelyUserId": "u1",
+        "dcpServiceId": str(world.service),
+        "audiences": [
+            {
+                "audienceId": None,
+                "name": None,
+                "matched": False,
+                "conditions": [
+                    {
+                        "path": "conditions[1]",
+                        "datasourceId": str(world.crm),
+                        "attributeId": str(world.attributes[(world.crm, "ltv")]),
+                        "matchType": "ge",
+                        "held": True,
+                        "usable": True,
+                    },
+                    {
+                        "path": "conditions[2][1]",
+                        "datasourceId": str(world.optimizely),
+                        "attributeId": str(world.attributes[(world.optimizely, "vip")]),
+                        "matchType": "exact",
+                        "held": True,
+                        "usable": True,
+                    },
+                ],
+            }
+        ],
+    }
+    as_text = await world.call(
+        "POST", evaluate, {"project_id": world.project, "conditions": orjson.dumps(tree[:2]).decode()}
+    )
+    assert [a["matched"] for a in as_text.json()["audiences"]] == [True]
+    saved = await world.audience("saved", tree)
+    both = (await world.call("POST", evaluate, {})).json()["audiences"]
+    assert [(a["audienceId"], a["matched"]) for a in both] == [(str(saved["id"]), False)]
+
+    unlinked = (await world.call("POST", f"{V1}/projects", {"project_name": "unlinked"})).json()["id"]
+    for body, field in (
+        ({"conditions": tree}, "project_id"),
+        ({"project_id": world.project, "conditions": tree, "audience_ids": [saved["id"]]}, "audience_ids"),
+        ({"project_id": world.project, "conditions": 7}, "conditions"),
+        ({"project_id": unlinked, "conditions": []}, "project_id"),
+    ):
+        refused = await world.call("POST", evaluate, body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["field"] == field, refused.json()

@@ -333,6 +333,8 @@ WRONG_TYPES: list[tuple[str, str, dict[str, Any], str]] = [
     ("PUT", "/dcp_datasource_attributes/{attribute}", {"description": 5}, "description"),
     ("PUT", "/dcp_datasource_attributes/{attribute}", {"archived": "false"}, "archived"),
     ("PUT", "/dcp_datasource_attributes/{attribute}", {"archived": None}, "archived"),
+    ("PUT", "/dcp_datasources/{table}", {"archived": "false"}, "archived"),
+    ("PUT", "/dcp_datasources/{table}", {"archived": None}, "archived"),
 ]
 
 
@@ -453,7 +455,6 @@ READ_ONLY_CHANGES: list[tuple[str, str, Any]] = [
     ("/dcp_services/{service}", "aws_access_key", "AKIAFAKE"),
     ("/dcp_datasources/{table}", "is_optimizely", True),
     ("/dcp_datasources/{table}", "dcp_service_id", 999_999),
-    ("/dcp_datasources/{table}", "archived", True),
     ("/dcp_datasources/{table}", "attributes", []),
     ("/dcp_datasources/{table}", "s3_path", "dcp/999/999"),
     ("/dcp_datasource_attributes/{attribute}", "name", "ltv"),
@@ -609,6 +610,24 @@ async def test_unarchiving_with_a_bad_edit_changes_nothing(http: httpx.AsyncClie
     for description in ("x" * 4097, 5, "nul\x00"):
         response = await http.put(path, json={"archived": False, "description": description}, headers=headers)
         assert_error(response, 400, "INVALID_FIELD", "description")
+        assert (await http.get(path, headers=headers)).json() == before
+
+
+async def test_unarchiving_a_table_with_a_bad_edit_changes_nothing(http: httpx.AsyncClient, world: World) -> None:
+    headers = world.owner.headers
+    path = world.path("/dcp_datasources/{table}")
+    assert (await http.delete(path, headers=headers)).status_code == 204
+    before = (await http.get(path, headers=headers)).json()
+    assert before["archived"] is True
+    edits: list[tuple[dict[str, Any], str]] = [
+        ({"name": ""}, "name"),
+        ({"keyfield_locator_name": "has space"}, "keyfield_locator_name"),
+        ({"keyfield_locator_type": "pigeon"}, "keyfield_locator_type"),
+        ({"import_mode": "some"}, "import_mode"),
+    ]
+    for edit, field in edits:
+        response = await http.put(path, json={"archived": False, **edit}, headers=headers)
+        assert_error(response, 400, "INVALID_FIELD", field)
         assert (await http.get(path, headers=headers)).json() == before
 
 

@@ -566,6 +566,76 @@ async def test_table_delete_archives_it(http: httpx.AsyncClient, account: Accoun
     assert (await get(http, account, f"/dcp_services/{service['id']}"))["archived"] is False
 
 
+async def test_table_put_unarchives_like_an_attribute(http: httpx.AsyncClient, account: Account) -> None:
+    service = await new_service(http, account)
+    table = await new_table(http, account, service["id"])
+    attribute = await new_attribute(http, account, table["id"], "LTV", "long")
+    path = f"/dcp_datasources/{table['id']}"
+    assert (await delete(http, account, path)).status_code == 204
+    archived = await get(http, account, path)
+
+    restored = await put(http, account, path, {"archived": False, "description": "back again"})
+    assert restored.status_code == 202, restored.text
+    assert restored.json()["archived"] is False
+    assert restored.json()["description"] == "back again"
+    assert restored.json()["attributes"] == archived["attributes"]
+    assert restored.json()["last_modified"] > archived["last_modified"]
+    assert await get(http, account, path) == restored.json()
+    # Active again: it takes values and attributes as before.
+    await asyncio.sleep(1.1)  # the profiles service's copy of the registry lives a second
+    written = await http.post(
+        f"/api/customer_profile/{service['id']}/{table['id']}/c1", json={"data": {"LTV": 3}}, headers=account.headers
+    )
+    assert written.status_code == 201, written.text
+    assert (await new_attribute(http, account, table["id"], "score", "double"))["archived"] is False
+    # Unarchiving an active table is harmless, and PUT may archive too, after its other changes.
+    assert (await put(http, account, path, {"archived": False})).status_code == 202
+    again = await put(http, account, path, {"archived": True, "name": "retired"})
+    assert again.status_code == 202, again.text
+    assert (again.json()["archived"], again.json()["name"]) == (True, "retired")
+    assert (await put(http, account, path, {"archived": True})).json() == again.json()
+    assert (await get(http, account, f"/dcp_datasource_attributes/{attribute['id']}"))["archived"] is False
+
+
+async def test_lists_show_archived_tables_and_attributes_for_unarchiving(
+    http: httpx.AsyncClient, account: Account
+) -> None:
+    service = await new_service(http, account)
+    table = await new_table(http, account, service["id"])
+    kept = await new_attribute(http, account, table["id"], "kept", "long")
+    retired = await new_attribute(http, account, table["id"], "retired", "long")
+    assert (await delete(http, account, f"/dcp_datasource_attributes/{retired['id']}")).status_code == 204
+    assert (await delete(http, account, f"/dcp_datasources/{table['id']}")).status_code == 204
+
+    [optimizely, listed] = await get(http, account, f"/dcp_services/{service['id']}/dcp_datasources")
+    assert (optimizely["archived"], listed["id"], listed["archived"]) == (False, table["id"], True)
+    assert [(a["id"], a["archived"]) for a in listed["attributes"]] == [(kept["id"], False), (retired["id"], True)]
+    attributes = await get(http, account, f"/dcp_datasources/{table['id']}/dcp_datasource_attributes")
+    assert [(a["id"], a["archived"]) for a in attributes] == [(kept["id"], False), (retired["id"], True)]
+
+
+async def test_a_table_of_an_archived_service_stays_archived(http: httpx.AsyncClient, account: Account) -> None:
+    service = await new_service(http, account)
+    table = await new_table(http, account, service["id"])
+    assert (await delete(http, account, f"/dcp_services/{service['id']}")).status_code == 204
+    tables = f"/dcp_services/{service['id']}/dcp_datasources"
+    before = await get(http, account, tables)
+    for listed in before:
+        response = await put(http, account, f"/dcp_datasources/{listed['id']}", {"archived": False})
+        body = assert_error(response, 400, "RESOURCE_ARCHIVED")
+        assert f"DCP service {service['id']} is archived" in body["message"]
+    assert await get(http, account, tables) == before
+    assert before[1]["id"] == table["id"]
+
+
+async def test_the_optimizely_table_cannot_be_archived_by_put(http: httpx.AsyncClient, account: Account) -> None:
+    service = await new_service(http, account)
+    [optimizely] = await get(http, account, f"/dcp_services/{service['id']}/dcp_datasources")
+    response = await put(http, account, f"/dcp_datasources/{optimizely['id']}", {"archived": True, "name": "x"})
+    assert_error(response, 400, "OPTIMIZELY_TABLE_IMMUTABLE")
+    assert await get(http, account, f"/dcp_datasources/{optimizely['id']}") == optimizely
+
+
 async def test_archived_table_refuses_changes(http: httpx.AsyncClient, account: Account) -> None:
     service = await new_service(http, account)
     table = await new_table(http, account, service["id"])

@@ -65,6 +65,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", V1 + "/dcp_services/{service}/dcp_datasources", {"name": "x", "keyfield_locator_type": "uid"}),
     ("GET", V1 + "/dcp_datasources/{table}", None),
     ("PUT", V1 + "/dcp_datasources/{table}", {"name": "stolen"}),
+    ("PUT", V1 + "/dcp_datasources/{table}", {"archived": True}),
     ("DELETE", V1 + "/dcp_datasources/{table}", None),
     ("GET", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", None),
     ("POST", V1 + "/dcp_datasources/{table}/dcp_datasource_attributes", {"name": "x", "datatype": "long"}),
@@ -99,6 +100,11 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", V1 + "/dcp_datasources/{table}/exports", {"format": "csv"}),
     ("GET", V1 + "/dcp_datasources/{table}/exports/{table_export}", None),
     ("POST", "/api/audiences/evaluate/{service}/oeu1", {}),
+    ("POST", V1 + "/projects/{project}/audiences/count", {"conditions": []}),
+    ("POST", "/api/audiences/evaluate/{service}/oeu1", {"project_id": "{project}", "conditions": []}),
+    ("GET", V1 + "/dcp_services/{service}/exports", None),
+    ("GET", V1 + "/dcp_datasources/{table}/exports", None),
+    ("GET", V1 + "/audiences/{audience}/exports", None),
 ]
 
 
@@ -111,7 +117,12 @@ def _fill_body(body: dict[str, Any] | None, ids: dict[str, int]) -> dict[str, An
         return None
     filled: dict[str, Any] = {}
     for key, value in body.items():
-        filled[_fill(key, ids)] = _fill_body(value, ids) if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            filled[_fill(key, ids)] = _fill_body(value, ids)
+        elif isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+            filled[_fill(key, ids)] = ids[value[1:-1]]  # an id field of the body, e.g. "{project}"
+        else:
+            filled[_fill(key, ids)] = value
     return filled
 
 

@@ -115,7 +115,12 @@ async def test_a_valid_access_token_reads_and_writes(oauth_platform: OAuthPlatfo
         listed = await http.get("/experiment/v1/dcp_services", headers=headers)
         assert [s["name"] for s in listed.json()] == ["via oauth"]
         whoami = (await http.get("/api/whoami", headers=headers)).json()
-        assert whoami == {"accountId": str(account), "scopes": ["read", "write"], "credentialKind": "oauth"}
+        assert whoami == {
+            "accountId": str(account),
+            "accountName": "oauth",
+            "scopes": ["read", "write"],
+            "credentialKind": "oauth",
+        }
 
 
 async def test_scopes_decide_reads_and_writes(oauth_platform: OAuthPlatform, issuer: Issuer) -> None:
@@ -234,3 +239,33 @@ async def test_a_public_key_file_works_instead_of_jwks(
             assert bad.status_code == 401
     finally:
         await suite.stop(1)
+
+
+async def test_a_read_only_token_may_count_and_evaluate_an_unsaved_audience(
+    oauth_platform: OAuthPlatform, issuer: Issuer
+) -> None:
+    account = await _account(oauth_platform)
+    writer = {"Authorization": f"Bearer {issuer.token(account_id=account)}"}
+    reader = {"Authorization": f"Bearer {issuer.token(account_id=account, scope='dcp:read')}"}
+    async with httpx.AsyncClient(base_url=oauth_platform.http_url) as http:
+        service = (await http.post("/experiment/v1/dcp_services", json={"name": "s"}, headers=writer)).json()
+        project = (
+            await http.post(
+                "/experiment/v1/projects", json={"project_name": "p", "dcp_service_id": service["id"]}, headers=writer
+            )
+        ).json()
+        counted = await http.post(
+            f"/experiment/v1/projects/{project['id']}/audiences/count", json={"conditions": []}, headers=reader
+        )
+        assert (counted.status_code, counted.json()) == (200, {"count": 0})
+        evaluated = await http.post(
+            f"/api/audiences/evaluate/{service['id']}/u1",
+            json={"project_id": project["id"], "conditions": []},
+            headers=reader,
+        )
+        assert evaluated.status_code == 200, evaluated.text
+        assert [a["audienceId"] for a in evaluated.json()["audiences"]] == [None]
+        saving = await http.post(
+            f"/experiment/v1/projects/{project['id']}/audiences", json={"name": "a"}, headers=reader
+        )
+        assert saving.status_code == 403

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import boto3
@@ -189,6 +190,87 @@ async def test_a_presigned_put_from_the_platform_uploads_a_file_that_is_imported
                     assert time.monotonic() < deadline, history
                     await asyncio.sleep(0.1)
                 assert (history[0]["status"], history[0]["rows_ok"]) == ("processed", 2)
+        finally:
+            await suite.stop(1)
+
+
+async def test_a_browser_page_puts_files_through_presigned_urls(up_settings: Settings, pool: asyncpg.Pool) -> None:
+    signer = platform.identity_signer(up_settings, allow_generated=False)
+    async with platform.uploads_for_up(up_settings, pool) as uploads:
+        suite = await platform.start_suite(up_settings, pool, signer, store=uploads.store, keys=uploads.keys)
+        try:
+            account = await suite.schema.credentials.create_account("shop")
+            token = (await suite.schema.credentials.issue_token(account.id, TokenKind.CLASSIC)).secret
+            service = await suite.schema.catalog.create_service(account.id, "shop")
+            table = await suite.schema.catalog.create_table(
+                account.id, service.id, name="crm", description=None, locator_type="uid", locator_name=None
+            )
+            # What a page served by the gateway sends, as a browser's fetch() would.
+            origin = {"Origin": suite.http_url}
+            async with httpx.AsyncClient(base_url=suite.http_url, headers={"Token": token}, timeout=30) as http:
+
+                async def upload_url(name: str) -> str:
+                    answer = await http.post(
+                        f"/experiment/v1/dcp_datasources/{table.id}/uploads", json={"file_name": name}
+                    )
+                    assert answer.status_code == 201, answer.text
+                    url: str = answer.json()["url"]
+                    return url
+
+                typed, untyped = await upload_url("typed.csv"), await upload_url("untyped.csv")
+                # Only the host is signed, so the headers a browser adds do not break the signature.
+                assert parse_qs(urlsplit(typed).query)["X-Amz-SignedHeaders"] == ["host"]
+            async with httpx.AsyncClient(timeout=30) as browser:
+                preflight = await browser.options(
+                    typed,
+                    headers={
+                        **origin,
+                        "Access-Control-Request-Method": "PUT",
+                        "Access-Control-Request-Headers": "content-type",
+                    },
+                )
+                assert preflight.status_code == 200, preflight.text
+                assert preflight.headers["access-control-allow-origin"] == "*"
+                assert "PUT" in preflight.headers["access-control-allow-methods"].split(", ")
+                assert preflight.headers["access-control-allow-headers"] == "content-type"
+                assert int(preflight.headers["access-control-max-age"]) > 0
+
+                put = await browser.put(
+                    typed, content=b"customerId\nc1\n", headers={**origin, "Content-Type": "text/csv"}
+                )
+                assert put.status_code == 200, put.text
+                assert put.headers["access-control-allow-origin"] == "*"
+                assert put.headers["access-control-expose-headers"] == "ETag"
+                assert put.headers["etag"]
+                plain = await browser.put(untyped, content=b"customerId\nc2\n", headers=origin)
+                assert plain.status_code == 200, plain.text
+
+                # The preflight opens no door: a request still needs its own signature.
+                refused = await browser.put(typed.split("?")[0], content=b"customerId\nx\n", headers=origin)
+                assert refused.status_code == 403
+                assert "<Code>AccessDenied</Code>" in refused.text
+                assert refused.headers["access-control-allow-origin"] == "*"  # so the page can read why
+                elsewhere = typed.replace("typed.csv", "forged.csv")
+                forged = await browser.put(elsewhere, content=b"customerId\nx\n", headers=origin)
+                assert forged.status_code == 403
+                assert "<Code>SignatureDoesNotMatch</Code>" in forged.text
+                deleting = await browser.options(typed, headers={**origin, "Access-Control-Request-Method": "DELETE"})
+                assert deleting.status_code == 403
+                assert "access-control-allow-origin" not in deleting.headers
+            assert await uploads.store.head(f"{table.s3_path}/forged.csv") is None
+
+            async with httpx.AsyncClient(base_url=suite.http_url, headers={"Token": token}, timeout=30) as http:
+                deadline = time.monotonic() + 30
+                while True:
+                    history = (await http.get(f"/experiment/v1/dcp_datasources/{table.id}/uploads")).json()
+                    if len(history) == 2 and all(u["status"] not in ("pending", "processing") for u in history):
+                        break
+                    assert time.monotonic() < deadline, history
+                    await asyncio.sleep(0.1)
+            assert sorted((u["file_name"], u["status"], u["rows_ok"]) for u in history) == [
+                ("typed.csv", "processed", 1),
+                ("untyped.csv", "processed", 1),
+            ]
         finally:
             await suite.stop(1)
 

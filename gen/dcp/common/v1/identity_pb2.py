@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x63p/common/v1/identity.proto\x12\rdcp.common.v1\"^\n\x0e\x43\x61llerIdentity\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x17\n\x0f\x63redential_kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x63p/common/v1/identity.proto\x12\rdcp.common.v1\"t\n\x0e\x43\x61llerIdentity\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x17\n\x0f\x63redential_kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dcp.common.v1.identity_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLERIDENTITY']._serialized_start=47
-  _globals['_CALLERIDENTITY']._serialized_end=141
+  _globals['_CALLERIDENTITY']._serialized_end=163
 # @@protoc_insertion_point(module_scope)

@@ -30,12 +30,17 @@ class CallerIdentity(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     CREDENTIAL_KIND_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_NAME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.int
     """The account every query of the call is scoped to."""
     credential_kind: _builtins.str
     """How the caller authenticated: "classic" or "oauth"."""
     subject: _builtins.str
     """The classic token's id, or the OAuth subject."""
+    account_name: _builtins.str
+    """The account's name (e.g. "default"). Filled in by SchemaService.WhoAmI
+    only: signed assertions do not carry it.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Granted scopes: "read", "write"."""
@@ -47,10 +52,11 @@ class CallerIdentity(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         credential_kind: _builtins.str = ...,
         subject: _builtins.str = ...,
+        account_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "credential_kind", b"credential_kind", "scopes", b"scopes", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_name", b"account_name", "credential_kind", b"credential_kind", "scopes", b"scopes", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -489,6 +489,7 @@ class EvaluateAudiencesRequest(_message.Message):
     OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     AUDIENCE_IDS_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     optimizely_user_id: _builtins.str
     project_id: _builtins.int
@@ -497,6 +498,12 @@ class EvaluateAudiencesRequest(_message.Message):
     def audience_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Only these audiences; empty for all."""
 
+    @_builtins.property
+    def draft(self) -> Global___AudienceDraft:
+        """Instead of saved audiences, an unsaved one; project_id and audience_ids
+        must then be left unset (the draft names its project).
+        """
+
     def __init__(
         self,
         *,
@@ -504,14 +511,43 @@ class EvaluateAudiencesRequest(_message.Message):
         optimizely_user_id: _builtins.str = ...,
         project_id: _builtins.int = ...,
         audience_ids: _abc.Iterable[_builtins.int] | None = ...,
+        draft: Global___AudienceDraft | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_ids", b"audience_ids", "dcp_service_id", b"dcp_service_id", "optimizely_user_id", b"optimizely_user_id", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_ids", b"audience_ids", "dcp_service_id", b"dcp_service_id", "draft", b"draft", "optimizely_user_id", b"optimizely_user_id", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateAudiencesRequest: _TypeAlias = EvaluateAudiencesRequest  # noqa: Y015
+
+@_typing.final
+class AudienceDraft(_message.Message):
+    """An unsaved audience, run as if it were saved in a project."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    """The project it would be saved in: the tree may name the attributes of
+    the DCP service the project is linked to.
+    """
+    conditions: _builtins.str
+    """JSON text in the v1 grammar, as dcp.schema.v1.Audience.conditions."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.int = ...,
+        conditions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceDraft: _TypeAlias = AudienceDraft  # noqa: Y015
 
 @_typing.final
 class EvaluateAudiencesResponse(_message.Message):
@@ -615,17 +651,23 @@ class CountAudienceMembersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
     audience_id: _builtins.int
+    @_builtins.property
+    def draft(self) -> Global___AudienceDraft: ...
     def __init__(
         self,
         *,
         audience_id: _builtins.int = ...,
+        draft: Global___AudienceDraft | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "audience_id", b"audience_id", "draft", b"draft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "audience_id", b"audience_id", "draft", b"draft"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_audience: _TypeAlias = _typing.Literal["audience_id", "draft"]  # noqa: Y015
+    _WhichOneofArgType_audience: _TypeAlias = _typing.Literal["audience", b"audience"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_audience) -> _WhichOneofReturnType_audience | None: ...
 
 Global___CountAudienceMembersRequest: _TypeAlias = CountAudienceMembersRequest  # noqa: Y015
 
@@ -636,6 +678,7 @@ class CountAudienceMembersResponse(_message.Message):
     AUDIENCE_ID_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     audience_id: _builtins.int
+    """0 for a draft."""
     count: _builtins.int
     def __init__(
         self,
@@ -746,6 +789,63 @@ class GetExportRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetExportRequest: _TypeAlias = GetExportRequest  # noqa: Y015
+
+@_typing.final
+class ListExportsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    dcp_datasource_id: _builtins.int
+    audience_id: _builtins.int
+    page_size: _builtins.int
+    """Default 100, at most 1000."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        dcp_datasource_id: _builtins.int = ...,
+        audience_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "parent", b"parent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_parent: _TypeAlias = _typing.Literal["dcp_service_id", "dcp_datasource_id", "audience_id"]  # noqa: Y015
+    _WhichOneofArgType_parent: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_parent) -> _WhichOneofReturnType_parent | None: ...
+
+Global___ListExportsRequest: _TypeAlias = ListExportsRequest  # noqa: Y015
+
+@_typing.final
+class ListExportsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def exports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Export]: ...
+    def __init__(
+        self,
+        *,
+        exports: _abc.Iterable[Global___Export] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exports", b"exports", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExportsResponse: _TypeAlias = ListExportsResponse  # noqa: Y015
 
 @_typing.final
 class Export(_message.Message):

@@ -98,6 +98,11 @@ class ProfilesServiceStub:
                 request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.SerializeToString,
                 response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
                 _registered_method=True)
+        self.ListExports = channel.unary_unary(
+                '/dcp.profiles.v1.ProfilesService/ListExports',
+                request_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsRequest.SerializeToString,
+                response_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsResponse.FromString,
+                _registered_method=True)
 
 
 class ProfilesServiceServicer:
@@ -175,8 +180,11 @@ class ProfilesServiceServicer:
         """Which audiences one Optimizely user's consolidated profile matches, and
         per audience which conditions held. Without audience_ids: every active
         audience of the projects linked to the service (or of project_id only).
+        With draft instead: the one unsaved tree, checked as saving it in its
+        project would check it, whose outcome has audience_id 0 and no name.
         NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-        linked to this service.
+        linked to this service, and for a draft as for SchemaService.CreateAudience
+        (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,8 +192,11 @@ class ProfilesServiceServicer:
 
     def CountAudienceMembers(self, request, context):
         """How many known Optimizely users an audience matches now, counted in the
-        database. NOT_FOUND for the audience; FAILED_PRECONDITION
-        (PROJECT_NOT_LINKED) when its project has no DCP service.
+        database; or an unsaved tree (draft), checked as saving it in its project
+        would check it and stored nowhere. NOT_FOUND for the audience or the
+        draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+        has no DCP service; INVALID_ARGUMENT for a draft as for
+        SchemaService.CreateAudience.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -214,6 +225,17 @@ class ProfilesServiceServicer:
     def GetExport(self, request, context):
         """An export's status; with a presigned download URL once it is done.
         NOT_FOUND for the export, or when it is not of the named table or audience.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExports(self, request, context):
+        """Past exports, newest first, each as GetExport shows it (with a fresh
+        download URL once done): of a DCP service (its table and audience
+        exports alike), of a table, or of an audience, archived ones included.
+        NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+        page token or a request naming no parent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,6 +298,11 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.GetExport,
                     request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.FromString,
                     response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.SerializeToString,
+            ),
+            'ListExports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExports,
+                    request_deserializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsRequest.FromString,
+                    response_serializer=dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -583,6 +610,33 @@ class ProfilesService:
             '/dcp.profiles.v1.ProfilesService/GetExport',
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.GetExportRequest.SerializeToString,
             dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.Export.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.profiles.v1.ProfilesService/ListExports',
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsRequest.SerializeToString,
+            dcp_dot_profiles_dot_v1_dot_profiles__service__pb2.ListExportsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,13 +82,19 @@ class ProfilesServiceStub:
     """Which audiences one Optimizely user's consolidated profile matches, and
     per audience which conditions held. Without audience_ids: every active
     audience of the projects linked to the service (or of project_id only).
+    With draft instead: the one unsaved tree, checked as saving it in its
+    project would check it, whose outcome has audience_id 0 and no name.
     NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-    linked to this service.
+    linked to this service, and for a draft as for SchemaService.CreateAudience
+    (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
     """
     CountAudienceMembers: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.CountAudienceMembersRequest, _profiles_service_pb2.CountAudienceMembersResponse]
     """How many known Optimizely users an audience matches now, counted in the
-    database. NOT_FOUND for the audience; FAILED_PRECONDITION
-    (PROJECT_NOT_LINKED) when its project has no DCP service.
+    database; or an unsaved tree (draft), checked as saving it in its project
+    would check it and stored nowhere. NOT_FOUND for the audience or the
+    draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+    has no DCP service; INVALID_ARGUMENT for a draft as for
+    SchemaService.CreateAudience.
     """
     ListAudienceMembers: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.ListAudienceMembersRequest, _profiles_service_pb2.ListAudienceMembersResponse]
     """The Optimizely user ids an audience matches now, in ascending order.
@@ -105,6 +111,13 @@ class ProfilesServiceStub:
     GetExport: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetExportRequest, _profiles_service_pb2.Export]
     """An export's status; with a presigned download URL once it is done.
     NOT_FOUND for the export, or when it is not of the named table or audience.
+    """
+    ListExports: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.ListExportsRequest, _profiles_service_pb2.ListExportsResponse]
+    """Past exports, newest first, each as GetExport shows it (with a fresh
+    download URL once done): of a DCP service (its table and audience
+    exports alike), of a table, or of an audience, archived ones included.
+    NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+    page token or a request naming no parent.
     """
 
 @_typing.type_check_only
@@ -160,13 +173,19 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """Which audiences one Optimizely user's consolidated profile matches, and
     per audience which conditions held. Without audience_ids: every active
     audience of the projects linked to the service (or of project_id only).
+    With draft instead: the one unsaved tree, checked as saving it in its
+    project would check it, whose outcome has audience_id 0 and no name.
     NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-    linked to this service.
+    linked to this service, and for a draft as for SchemaService.CreateAudience
+    (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
     """
     CountAudienceMembers: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.CountAudienceMembersRequest, _profiles_service_pb2.CountAudienceMembersResponse]  # type: ignore[assignment]
     """How many known Optimizely users an audience matches now, counted in the
-    database. NOT_FOUND for the audience; FAILED_PRECONDITION
-    (PROJECT_NOT_LINKED) when its project has no DCP service.
+    database; or an unsaved tree (draft), checked as saving it in its project
+    would check it and stored nowhere. NOT_FOUND for the audience or the
+    draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+    has no DCP service; INVALID_ARGUMENT for a draft as for
+    SchemaService.CreateAudience.
     """
     ListAudienceMembers: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.ListAudienceMembersRequest, _profiles_service_pb2.ListAudienceMembersResponse]  # type: ignore[assignment]
     """The Optimizely user ids an audience matches now, in ascending order.
@@ -183,6 +202,13 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     GetExport: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetExportRequest, _profiles_service_pb2.Export]  # type: ignore[assignment]
     """An export's status; with a presigned download URL once it is done.
     NOT_FOUND for the export, or when it is not of the named table or audience.
+    """
+    ListExports: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.ListExportsRequest, _profiles_service_pb2.ListExportsResponse]  # type: ignore[assignment]
+    """Past exports, newest first, each as GetExport shows it (with a fresh
+    download URL once done): of a DCP service (its table and audience
+    exports alike), of a table, or of an audience, archived ones included.
+    NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+    page token or a request naming no parent.
     """
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -277,8 +303,11 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         """Which audiences one Optimizely user's consolidated profile matches, and
         per audience which conditions held. Without audience_ids: every active
         audience of the projects linked to the service (or of project_id only).
+        With draft instead: the one unsaved tree, checked as saving it in its
+        project would check it, whose outcome has audience_id 0 and no name.
         NOT_FOUND for the service or project; INVALID_ARGUMENT for a project not
-        linked to this service.
+        linked to this service, and for a draft as for SchemaService.CreateAudience
+        (with FAILED_PRECONDITION, PROJECT_NOT_LINKED).
         """
 
     @_abc_1.abstractmethod
@@ -288,8 +317,11 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_service_pb2.CountAudienceMembersResponse, _abc.Awaitable[_profiles_service_pb2.CountAudienceMembersResponse]]:
         """How many known Optimizely users an audience matches now, counted in the
-        database. NOT_FOUND for the audience; FAILED_PRECONDITION
-        (PROJECT_NOT_LINKED) when its project has no DCP service.
+        database; or an unsaved tree (draft), checked as saving it in its project
+        would check it and stored nowhere. NOT_FOUND for the audience or the
+        draft's project; FAILED_PRECONDITION (PROJECT_NOT_LINKED) when the project
+        has no DCP service; INVALID_ARGUMENT for a draft as for
+        SchemaService.CreateAudience.
         """
 
     @_abc_1.abstractmethod
@@ -324,6 +356,19 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_profiles_service_pb2.Export, _abc.Awaitable[_profiles_service_pb2.Export]]:
         """An export's status; with a presigned download URL once it is done.
         NOT_FOUND for the export, or when it is not of the named table or audience.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExports(
+        self,
+        request: _profiles_service_pb2.ListExportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_service_pb2.ListExportsResponse, _abc.Awaitable[_profiles_service_pb2.ListExportsResponse]]:
+        """Past exports, newest first, each as GetExport shows it (with a fresh
+        download URL once done): of a DCP service (its table and audience
+        exports alike), of a table, or of an audience, archived ones included.
+        NOT_FOUND for the service, table or audience; INVALID_ARGUMENT for a bad
+        page token or a request naming no parent.
         """
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -422,7 +422,7 @@ class UpdateTableRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Paths: "name", "description", "keyfield_locator_type", "keyfield_locator_name",
-        "import_mode" (IMPORT_MODE_UNSPECIFIED leaves the mode unchanged).
+        "import_mode" (IMPORT_MODE_UNSPECIFIED leaves the mode unchanged), "archived".
         """
 
     def __init__(
@@ -843,3 +843,52 @@ class ArchiveAudienceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ArchiveAudienceRequest: _TypeAlias = ArchiveAudienceRequest  # noqa: Y015
+
+@_typing.final
+class CheckAudienceConditionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.int
+    conditions: _builtins.str
+    """As Audience.conditions: JSON text in the v1 grammar."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.int = ...,
+        conditions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckAudienceConditionsRequest: _TypeAlias = CheckAudienceConditionsRequest  # noqa: Y015
+
+@_typing.final
+class CheckAudienceConditionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    dcp_service_id: _builtins.int
+    """The DCP service the project is linked to; 0 when it is not (which only
+    conditions that name no attribute, "[]", pass).
+    """
+    conditions: _builtins.str
+    """The checked conditions as JSON text, as they would be saved."""
+    def __init__(
+        self,
+        *,
+        dcp_service_id: _builtins.int = ...,
+        conditions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditions", b"conditions", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckAudienceConditionsResponse: _TypeAlias = CheckAudienceConditionsResponse  # noqa: Y015

@@ -171,6 +171,11 @@ class SchemaServiceStub:
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.SerializeToString,
                 response_deserializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
                 _registered_method=True)
+        self.CheckAudienceConditions = channel.unary_unary(
+                '/dcp.schema.v1.SchemaService/CheckAudienceConditions',
+                request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsRequest.SerializeToString,
+                response_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsResponse.FromString,
+                _registered_method=True)
         self.ArchiveAudience = channel.unary_unary(
                 '/dcp.schema.v1.SchemaService/ArchiveAudience',
                 request_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.ArchiveAudienceRequest.SerializeToString,
@@ -196,8 +201,9 @@ class SchemaServiceServicer:
     """
 
     def WhoAmI(self, request, context):
-        """Who the caller is: the account and scopes its credentials grant. Reads no
-        data, so integrations can check a token cheaply.
+        """Who the caller is: the account (with its name) and scopes its credentials
+        grant. Account names never change, so each process reads one once and
+        integrations can check a token cheaply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,9 +299,14 @@ class SchemaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTable(self, request, context):
-        """Updates name, description, locator fields and import mode named in
-        update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-        OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+        """Updates name, description, locator fields, import mode and archived named
+        in update_mask, in one transaction: "archived" false makes an archived
+        table active again (with its attributes as they were) before the other
+        changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+        INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+        table that stays archived, or unarchiving one whose DCP service is
+        archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+        Optimizely table).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -390,6 +401,16 @@ class SchemaServiceServicer:
         """Updates name, description, conditions or segmentation. NOT_FOUND;
         INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckAudienceConditions(self, request, context):
+        """Checks an unsaved condition tree exactly as CreateAudience would in the
+        project, storing nothing, and says which DCP service it runs against.
+        Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+        and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -541,6 +562,11 @@ def add_SchemaServiceServicer_to_server(servicer, server):
                     servicer.UpdateAudience,
                     request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.FromString,
                     response_serializer=dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.SerializeToString,
+            ),
+            'CheckAudienceConditions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAudienceConditions,
+                    request_deserializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsRequest.FromString,
+                    response_serializer=dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsResponse.SerializeToString,
             ),
             'ArchiveAudience': grpc.unary_unary_rpc_method_handler(
                     servicer.ArchiveAudience,
@@ -1237,6 +1263,33 @@ class SchemaService:
             '/dcp.schema.v1.SchemaService/UpdateAudience',
             dcp_dot_schema_dot_v1_dot_schema__service__pb2.UpdateAudienceRequest.SerializeToString,
             dcp_dot_schema_dot_v1_dot_resources__pb2.Audience.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAudienceConditions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcp.schema.v1.SchemaService/CheckAudienceConditions',
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsRequest.SerializeToString,
+            dcp_dot_schema_dot_v1_dot_schema__service__pb2.CheckAudienceConditionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

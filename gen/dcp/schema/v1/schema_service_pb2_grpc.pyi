@@ -46,8 +46,9 @@ class SchemaServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SchemaServiceAsyncStub: ...
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.WhoAmIRequest, _identity_pb2.CallerIdentity]
-    """Who the caller is: the account and scopes its credentials grant. Reads no
-    data, so integrations can check a token cheaply.
+    """Who the caller is: the account (with its name) and scopes its credentials
+    grant. Account names never change, so each process reads one once and
+    integrations can check a token cheaply.
     """
     ListProjects: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ListProjectsRequest, _schema_service_pb2.ListProjectsResponse]
     """Lists the caller's projects. INVALID_ARGUMENT for a bad page token."""
@@ -83,9 +84,14 @@ class SchemaServiceStub:
     name or locator; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived service.
     """
     UpdateTable: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateTableRequest, _resources_pb2.Table]
-    """Updates name, description, locator fields and import mode named in
-    update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-    OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+    """Updates name, description, locator fields, import mode and archived named
+    in update_mask, in one transaction: "archived" false makes an archived
+    table active again (with its attributes as they were) before the other
+    changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+    INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+    table that stays archived, or unarchiving one whose DCP service is
+    archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+    Optimizely table).
     """
     ArchiveTable: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveTableRequest, _empty_pb2.Empty]
     """Archives a table. Idempotent. NOT_FOUND; FAILED_PRECONDITION
@@ -135,6 +141,12 @@ class SchemaServiceStub:
     INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
     """
+    CheckAudienceConditions: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.CheckAudienceConditionsRequest, _schema_service_pb2.CheckAudienceConditionsResponse]
+    """Checks an unsaved condition tree exactly as CreateAudience would in the
+    project, storing nothing, and says which DCP service it runs against.
+    Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+    and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
+    """
     ArchiveAudience: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveAudienceRequest, _empty_pb2.Empty]
     """Archives an audience: it stays readable and stops matching. Idempotent.
     NOT_FOUND.
@@ -162,8 +174,9 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     WhoAmI: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.WhoAmIRequest, _identity_pb2.CallerIdentity]  # type: ignore[assignment]
-    """Who the caller is: the account and scopes its credentials grant. Reads no
-    data, so integrations can check a token cheaply.
+    """Who the caller is: the account (with its name) and scopes its credentials
+    grant. Account names never change, so each process reads one once and
+    integrations can check a token cheaply.
     """
     ListProjects: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ListProjectsRequest, _schema_service_pb2.ListProjectsResponse]  # type: ignore[assignment]
     """Lists the caller's projects. INVALID_ARGUMENT for a bad page token."""
@@ -199,9 +212,14 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     name or locator; FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived service.
     """
     UpdateTable: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateTableRequest, _resources_pb2.Table]  # type: ignore[assignment]
-    """Updates name, description, locator fields and import mode named in
-    update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-    OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+    """Updates name, description, locator fields, import mode and archived named
+    in update_mask, in one transaction: "archived" false makes an archived
+    table active again (with its attributes as they were) before the other
+    changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+    INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+    table that stays archived, or unarchiving one whose DCP service is
+    archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+    Optimizely table).
     """
     ArchiveTable: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveTableRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Archives a table. Idempotent. NOT_FOUND; FAILED_PRECONDITION
@@ -251,6 +269,12 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
     """
+    CheckAudienceConditions: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.CheckAudienceConditionsRequest, _schema_service_pb2.CheckAudienceConditionsResponse]  # type: ignore[assignment]
+    """Checks an unsaved condition tree exactly as CreateAudience would in the
+    project, storing nothing, and says which DCP service it runs against.
+    Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+    and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
+    """
     ArchiveAudience: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ArchiveAudienceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Archives an audience: it stays readable and stops matching. Idempotent.
     NOT_FOUND.
@@ -281,8 +305,9 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schema_service_pb2.WhoAmIRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.CallerIdentity, _abc.Awaitable[_identity_pb2.CallerIdentity]]:
-        """Who the caller is: the account and scopes its credentials grant. Reads no
-        data, so integrations can check a token cheaply.
+        """Who the caller is: the account (with its name) and scopes its credentials
+        grant. Account names never change, so each process reads one once and
+        integrations can check a token cheaply.
         """
 
     @_abc_1.abstractmethod
@@ -396,9 +421,14 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schema_service_pb2.UpdateTableRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Table, _abc.Awaitable[_resources_pb2.Table]]:
-        """Updates name, description, locator fields and import mode named in
-        update_mask. NOT_FOUND; INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED,
-        OPTIMIZELY_TABLE_IMMUTABLE for a locator change of the Optimizely table).
+        """Updates name, description, locator fields, import mode and archived named
+        in update_mask, in one transaction: "archived" false makes an archived
+        table active again (with its attributes as they were) before the other
+        changes apply, true archives it (as ArchiveTable) after them. NOT_FOUND;
+        INVALID_ARGUMENT; FAILED_PRECONDITION (RESOURCE_ARCHIVED for changes to a
+        table that stays archived, or unarchiving one whose DCP service is
+        archived; OPTIMIZELY_TABLE_IMMUTABLE for archiving or re-locating the
+        Optimizely table).
         """
 
     @_abc_1.abstractmethod
@@ -513,6 +543,18 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         """Updates name, description, conditions or segmentation. NOT_FOUND;
         INVALID_ARGUMENT and FAILED_PRECONDITION as for CreateAudience, and
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) for an archived audience.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckAudienceConditions(
+        self,
+        request: _schema_service_pb2.CheckAudienceConditionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_schema_service_pb2.CheckAudienceConditionsResponse, _abc.Awaitable[_schema_service_pb2.CheckAudienceConditionsResponse]]:
+        """Checks an unsaved condition tree exactly as CreateAudience would in the
+        project, storing nothing, and says which DCP service it runs against.
+        Needs only the read scope. NOT_FOUND for the project; INVALID_ARGUMENT
+        and FAILED_PRECONDITION (PROJECT_NOT_LINKED) as for CreateAudience.
         """
 
     @_abc_1.abstractmethod
