@@ -108,8 +108,12 @@ function updateNav(nav, serviceId) {
   );
 }
 
+let shown = 0;
+
 async function route() {
   if (!ctx) return;
+  shown += 1;
+  const generation = shown;
   if (cleanup) {
     try {
       cleanup();
@@ -123,19 +127,24 @@ async function route() {
   if (found && found.params.serviceId) sessionStorage.setItem(SERVICE_KEY, found.params.serviceId);
   const serviceId = (found && found.params.serviceId) || sessionStorage.getItem(SERVICE_KEY);
   updateNav(ctx.nav, serviceId);
-  const main = ctx.main;
   if (!found) {
     document.title = "Not found · Open DCP";
-    mount(main, h("h1", {}, "Page not found"), h("p", {}, h("a", { href: "#/" }, "Go to your DCP services")));
+    mount(ctx.main, h("h1", {}, "Page not found"), h("p", {}, h("a", { href: "#/" }, "Go to your DCP services")));
     return;
   }
   document.title = `${found.route.title || "Console"} · Open DCP`;
-  mount(main, loading());
+  // Each route draws into a view of its own: when people move on before a slow screen has
+  // loaded, its late answer lands in a view no longer on the page instead of over the next one.
+  const view = h("div", { class: "view" }, loading());
+  mount(ctx.main, view);
   try {
-    const result = await found.route.render(found.params, main, ctx);
-    if (typeof result === "function") cleanup = result;
+    const result = await found.route.render(found.params, view, ctx);
+    if (typeof result === "function") {
+      if (generation === shown) cleanup = result;
+      else result();
+    }
   } catch (error) {
-    mount(main, errorBox(error, () => route()));
+    if (generation === shown) mount(view, errorBox(error, () => route()));
   }
 }
 

@@ -743,7 +743,8 @@ async def test_other_scripts_digits_do_not_name_an_object(http: httpx.AsyncClien
         "/experiment/v2/projects",
         "/experiment/v1/",
         "/api/v1/projects",
-        "/",
+        "/nope",
+        "/console/nope",
     ],
 )
 async def test_unknown_routes_are_404(http: httpx.AsyncClient, world: World, path: str) -> None:
