@@ -222,7 +222,7 @@ async def test_a_browser_upload_is_imported_live_and_its_row_errors_are_reported
 
     await small.get_by_role("button", name="Row errors").click()
     errors = page.get_by_role("region", name="Row errors of customers.csv")
-    await expect(errors).to_contain_text("1 rows failed; every one is listed.")
+    await expect(errors).to_contain_text("1 failed row, all listed below.")
     await expect(errors.get_by_role("row").filter(has_text="ten").locator("td")).to_have_text(
         ["3", "Life-time value", "ten", re.compile("integer")]
     )

@@ -594,8 +594,9 @@ function historySection(screen) {
 // ---- Row errors of one upload ----------------------------------------------------------------
 
 function keptText(report) {
-  if (report.errors_kept >= report.rows_failed) return `${count(report.rows_failed)} rows failed; every one is listed.`;
-  return `${count(report.rows_failed)} rows failed; the first ${count(report.errors_kept)} are kept and listed (DCP_IMPORT_MAX_ERRORS).`;
+  const failed = report.rows_failed === 1 ? "1 failed row" : `${count(report.rows_failed)} failed rows`;
+  if (report.errors_kept >= report.rows_failed) return `${failed}, all listed below.`;
+  return `${failed}; the first ${count(report.errors_kept)} are kept and listed below (DCP_IMPORT_MAX_ERRORS).`;
 }
 
 function showRowErrors(screen, upload, area) {
@@ -629,7 +630,7 @@ function showRowErrors(screen, upload, area) {
   api
     .get(`${screen.base}/uploads/${upload.id}/errors`)
     .then((report) => {
-      mount(body, h("p", {}, keptText(report)), rowErrorsTable(report.errors || [], `Row errors of ${upload.file_name}`));
+      mount(body, h("p", {}, keptText(report)), rowErrorsTable(report.errors || []));
     })
     .catch((error) => mount(body, errorBox(error, () => showRowErrors(screen, upload, area))));
 }
