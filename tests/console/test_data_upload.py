@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -189,6 +190,42 @@ async def test_a_checked_file_shows_its_row_errors_and_stores_nothing(console: C
     assert scene.profile("crm-42").status_code == 404
     assert json_of(scene.rest.get(f"{V1}/dcp_datasources/{scene.table['id']}/uploads")) == []
     await expect(page.get_by_text("No upload yet")).to_be_visible()
+
+
+async def test_a_check_while_another_runs_says_to_wait_for_it(console: Console, scenes: Scenes) -> None:
+    scene = scenes("upload-check-busy")
+    validate = f"{V1}/dcp_datasources/{scene.table['id']}/validate"
+    release = threading.Event()
+
+    def slow_check() -> int:
+        # The account's check lasts as long as its body keeps coming.
+        def body() -> Iterator[bytes]:
+            yield b"customerId\nc1\n"
+            release.wait(60)
+            yield b"c2\n"
+
+        with console.platform.rest(scene.token) as client:
+            return client.post(validate, params={"file_name": "slow.csv"}, content=body(), timeout=90).status_code
+
+    running = asyncio.create_task(asyncio.to_thread(slow_check))
+    try:
+        for _ in range(300):
+            if scene.rest.post(validate, content=b"customerId\nc1\n").status_code == 429:
+                break
+            await asyncio.sleep(0.1)
+        page = await open_screen(console, scene)
+        await page.get_by_label("File to check").set_input_files(csv_file("customers.csv", ONE_BAD_ROW))
+        checker = page.get_by_role("form", name="Check a file")
+        await checker.get_by_role("button", name="Check file").click()
+        await expect(checker.locator(".form-error")).to_contain_text(
+            "Another file of this account is being checked right now; try again once it is done."
+        )
+    finally:
+        release.set()
+        assert await running == 200
+    await checker.get_by_role("button", name="Check file").click()
+    await expect(page.get_by_role("region", name="Check of customers.csv")).to_be_visible()
+    await expect(checker.locator(".form-error")).to_be_empty()
 
 
 async def test_a_browser_upload_is_imported_live_and_its_row_errors_are_reported(

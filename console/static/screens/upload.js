@@ -367,6 +367,9 @@ function uploadPanel(screen, history) {
       showProgress(file, 0, file.size);
       try {
         await putFile(target.url, file, (loaded, total) => showProgress(file, loaded, total), (xhr) => { transfer = xhr; });
+      } catch (error) {
+        progressText.textContent = `${file.name} was not uploaded.`;
+        throw error;
       } finally {
         transfer = null;
         stop.hidden = true;
@@ -404,7 +407,7 @@ function uploadRow(upload, actions) {
   const cells = {
     status: h("td", { "data-label": "Status" }),
     rows: h("td", { "data-label": "Rows", class: "rows" }),
-    finished: h("td", { "data-label": "Finished" }),
+    finished: h("td", { "data-label": "Finished", class: "moment" }),
     error: h("td", { "data-label": "Error", class: "file-error" }),
     actions: h("td", { "data-label": "Actions", class: "row-actions" }),
   };
@@ -414,7 +417,7 @@ function uploadRow(upload, actions) {
     h("td", { "data-label": "File" }, h("span", { class: "file-name" }, upload.file_name), h("br"), h("small", { class: "hint" }, `upload ${upload.id} · ${bytes(upload.size_bytes)}`)),
     cells.status,
     cells.rows,
-    h("td", { "data-label": "Received" }, when(upload.received_at)),
+    h("td", { "data-label": "Received", class: "moment" }, when(upload.received_at)),
     cells.finished,
     cells.error,
     cells.actions,
@@ -462,13 +465,13 @@ function historySection(screen) {
     const sure = await confirmAction(`Stop importing ${upload.file_name}? No row of it will be stored.`, "Stop the import");
     if (!sure) return;
     try {
-      const answer = await api.post(`${screen.base}/uploads/${upload.id}/cancel`);
-      patch([answer]);
+      patch([await api.post(`${screen.base}/uploads/${upload.id}/cancel`)]);
       notify(`The import of ${upload.file_name} is being cancelled.`);
     } catch (error) {
       notify(describe(error), "error");
     }
-    poll();
+    // One more look, whatever the answer: a running import stops within seconds of it.
+    keepPolling();
   }
 
   function renderPage(items) {
@@ -500,13 +503,16 @@ function historySection(screen) {
     }
   }
 
+  function keepPolling() {
+    if (state.polling) return;
+    state.polling = true;
+    later(screen, poll);
+  }
+
   function schedule(items) {
     const running = items.some((upload) => RUNNING.has(upload.status));
     liveNote.textContent = running ? "Live: refreshed every second while an upload is running." : "";
-    if (running && !state.polling) {
-      state.polling = true;
-      later(screen, poll);
-    }
+    if (running) keepPolling();
   }
 
   async function poll() {
