@@ -326,7 +326,7 @@ function putFile(url, file, onProgress, onStart) {
       else reject(new ApiError(xhr.status, { message: storeRefusal(xhr) }));
     };
     xhr.onerror = () =>
-      reject(new ApiError(0, { message: "The S3 store could not be reached from this browser (network down, or the store does not allow this page); try again, or use an S3 client." }));
+      reject(new ApiError(0, { message: "The S3 store could not be reached from this browser: the network failed, or the store's CORS rules do not let this page PUT files (see “Bulk upload” in the README). Try again, or use an S3 client." }));
     xhr.onabort = () => reject(new ApiError(0, { message: "The upload was stopped; nothing was stored." }));
     xhr.send(file);
     onStart(xhr);
