@@ -228,6 +228,21 @@ async def test_a_check_while_another_runs_says_to_wait_for_it(console: Console, 
     await expect(checker.locator(".form-error")).to_be_empty()
 
 
+async def test_a_file_name_the_platform_refuses_is_shown_at_the_file_input(console: Console, scenes: Scenes) -> None:
+    scene = scenes("upload-bad-name")
+    page = await open_screen(console, scene)
+    uploader = page.get_by_role("form", name="Upload a file")
+    await uploader.get_by_role("button", name="Upload", exact=True).click()
+    await expect(uploader.get_by_text("Choose a file.")).to_be_visible()
+    await page.get_by_label("File to upload").set_input_files(csv_file("c" * 252 + ".csv", ONE_BAD_ROW))
+    await uploader.get_by_role("button", name="Upload", exact=True).click()
+    file_field = uploader.locator(".field", has=page.get_by_label("File to upload"))
+    await expect(file_field.locator(".field-error")).to_have_text("must be at most 255 characters")
+    await expect(page.get_by_label("File to upload")).to_have_attribute("aria-invalid", "true")
+    await expect(page.get_by_label("Upload progress")).to_be_hidden()
+    assert json_of(scene.rest.get(f"{V1}/dcp_datasources/{scene.table['id']}/uploads")) == []
+
+
 async def test_a_browser_upload_is_imported_live_and_its_row_errors_are_reported(
     console: Console, scenes: Scenes
 ) -> None:
