@@ -409,7 +409,7 @@ function uploadRow(upload, actions) {
     rows: h("td", { "data-label": "Rows", class: "rows" }),
     finished: h("td", { "data-label": "Finished", class: "moment" }),
     error: h("td", { "data-label": "Error", class: "file-error" }),
-    actions: h("td", { "data-label": "Actions", class: "row-actions" }),
+    actions: h("td", { "data-label": "Actions", class: "upload-actions" }),
   };
   const row = h(
     "tr",
