@@ -398,8 +398,16 @@ function uploadPanel(screen, history) {
 
 // ---- 5. The upload history -------------------------------------------------------------------
 
-function rowsText(upload) {
-  return `${count(upload.rows_total)} total · ${count(upload.rows_ok)} ok · ${count(upload.rows_failed)} failed`;
+/** Total, ok and failed rows; each figure stays on one line, the three may wrap apart. */
+function rowFigures(upload) {
+  const soFar = upload.status === "processing" ? " so far" : "";
+  return [
+    h("span", { class: "figure" }, `${count(upload.rows_total)} total`),
+    " · ",
+    h("span", { class: "figure" }, `${count(upload.rows_ok)} ok`),
+    " · ",
+    h("span", { class: "figure" }, `${count(upload.rows_failed)} failed${soFar}`),
+  ];
 }
 
 /** The cells of one upload's row that change while it runs, updated in place by the poll. */
@@ -429,7 +437,7 @@ function uploadRow(upload, actions) {
     last = signature;
     row.dataset.status = next.status;
     mount(cells.status, badge(next.status));
-    cells.rows.textContent = next.status === "processing" ? `${rowsText(next)} so far` : rowsText(next);
+    mount(cells.rows, rowFigures(next));
     cells.finished.textContent = when(next.finished_at);
     cells.error.textContent = next.error || "";
     // Rebuilding the actions only when the state changes keeps a focused button focused.
