@@ -391,6 +391,27 @@ def keep_moto_lean(bodies: Path) -> None:
     models.tempfile = _BodyFiles  # type: ignore[attr-defined,assignment]
 
 
+def lock_etags() -> None:
+    """An object's ETag is computed under the lock every other read of its body takes.
+
+    moto computes it on first use by reading the body from the start, without that lock.
+    A bucket listing and the PUT's own answer asking at once interleave their reads of the
+    one body position: both get a hash of part of the file, so one version of an object is
+    listed with two ETags, and the importer, which tells objects apart by version and ETag,
+    takes the second for a new upload of the same file.
+    """
+    from moto.s3 import models  # noqa: PLC0415 - moto loads only in this process
+
+    unlocked = vars(models.FakeKey)["etag"].fget
+
+    def etag(key: Any) -> str:
+        with key.lock:
+            value: str = unlocked(key)
+            return value
+
+    models.FakeKey.etag = property(etag)  # type: ignore[assignment,method-assign]
+
+
 def serve(config: dict[str, Any], replies: IO[str]) -> None:
     """Serves until standard input ends; `replies` carries the answers to the parent."""
     from moto.moto_server.werkzeug_app import (  # noqa: PLC0415
@@ -415,6 +436,7 @@ def serve(config: dict[str, Any], replies: IO[str]) -> None:
     for directory in (bodies, spool):
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir()
+    lock_etags()
     if config.get("lean", True):
         keep_moto_lean(bodies)
     keys = Keys(*config["platform_key"])

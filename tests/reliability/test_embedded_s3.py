@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -331,6 +333,41 @@ def test_the_server_dies_with_its_parent_even_when_killed(tmp_path: Path) -> Non
         parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_an_object_listed_while_it_is_being_put_is_listed_with_its_one_etag(tmp_path: Path) -> None:
+    # The importer tells files apart by version and ETag: a second ETag for one version made
+    # it import the same file twice, the second time failing as "removed from the bucket".
+    server = EmbeddedS3(bucket=BUCKET, platform_key=("k", "s"), data_dir=tmp_path / "s3")
+    s3 = _s3(server.start(), "k", "s")
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        body = b"customerId,ltv\n" + b"".join(b"c%d,%d\n" % (n, n) for n in range(100_000))
+        expected = hashlib.md5(body).hexdigest()  # the ETag S3 gives a single-part object
+        listed: set[tuple[str, str, str]] = set()
+        finished = threading.Event()
+
+        def list_until_finished() -> None:
+            while not finished.is_set():
+                for version in s3.list_object_versions(Bucket=BUCKET, Prefix="dcp/").get("Versions", ()):
+                    listed.add((version["Key"], version["VersionId"], version["ETag"].strip('"')))
+
+        lister = threading.Thread(target=list_until_finished)
+        lister.start()
+        try:
+            answered = [
+                s3.put_object(Bucket=BUCKET, Key=f"dcp/1/2/file-{n}.csv", Body=body)["ETag"].strip('"')
+                for n in range(40)
+            ]
+        finally:
+            finished.set()
+            lister.join()
+        assert set(answered) == {expected}
+        assert {etag for _, _, etag in listed} == {expected}
+        assert len(listed) == len({(key, version) for key, version, _ in listed})
+    finally:
+        server.stop()
 
 
 def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
