@@ -10,6 +10,7 @@ import re
 from collections.abc import Awaitable
 from pathlib import Path
 
+import httpx
 from playwright.async_api import Page, expect
 
 from tests.console.harness import V1, Console, json_of
@@ -29,9 +30,13 @@ async def _downloaded(page: Page, click: Awaitable[None]) -> tuple[str, str]:
 
 
 async def test_the_qa_checklist_and_bulk_upload_guide_in_the_console(console: Console, tmp_path: Path) -> None:
+    token = console.platform.new_account("qa-checklist")
+    async with httpx.AsyncClient(base_url=console.platform.url, headers={"Token": token}, timeout=30) as rest:
+        await _walk(console, token, rest, tmp_path)
+
+
+async def _walk(console: Console, token: str, rest: httpx.AsyncClient, tmp_path: Path) -> None:
     platform = console.platform
-    token = platform.new_account("qa-checklist")
-    rest = platform.rest(token)
     page = console.page
 
     # Sign in; the home screen says to create the DCP service first.
@@ -40,7 +45,9 @@ async def test_the_qa_checklist_and_bulk_upload_guide_in_the_console(console: Co
     await expect(page.get_by_role("heading", name="Create your DCP service first")).to_be_visible()
     await page.get_by_label(label("Name")).fill("Web shop")
     await page.get_by_role("button", name="Create DCP service").click()
-    [service] = json_of(rest.get(f"{V1}/dcp_services"))
+    await expect(page.get_by_role("heading", name="Create your DCP service first")).to_have_count(0)
+    await expect(page.get_by_text("Web shop").first).to_be_visible()
+    [service] = json_of(await rest.get(f"{V1}/dcp_services"))
     sid = service["id"]
 
     # "A table has been created in the Audiences > Attributes dashboard."
@@ -57,7 +64,9 @@ async def test_the_qa_checklist_and_bulk_upload_guide_in_the_console(console: Co
         await add.get_by_label(label("Datatype")).select_option(datatype)
         await add.get_by_role("button", name="Add attribute").click()
         await expect(page.get_by_role("row", name=re.compile(f"^{name} "))).to_be_visible()
-    table = next(t for t in json_of(rest.get(f"{V1}/dcp_services/{sid}/dcp_datasources")) if not t["is_optimizely"])
+    table = next(
+        t for t in json_of(await rest.get(f"{V1}/dcp_services/{sid}/dcp_datasources")) if not t["is_optimizely"]
+    )
     tid = table["id"]
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Attributes").click()
     crm = page.get_by_role("region", name=re.compile("^CRM"))
@@ -91,20 +100,24 @@ async def test_the_qa_checklist_and_bulk_upload_guide_in_the_console(console: Co
     errors = page.get_by_role("region", name=re.compile("Row errors"))
     await expect(errors).to_contain_text("ten")
     await expect(errors).to_contain_text("must be an integer")
-    stored = json_of(rest.get(f"/api/customer_profile/{sid}/{tid}/crm-1"))
+    stored = json_of(await rest.get(f"/api/customer_profile/{sid}/{tid}/crm-1"))
     assert stored["data"] == {"ltv": 120, "category": "jeans"}
 
     # Alias two customers to Optimizely users, so an audience has members.
-    optimizely = next(t for t in json_of(rest.get(f"{V1}/dcp_services/{sid}/dcp_datasources")) if t["is_optimizely"])
+    optimizely = next(
+        t for t in json_of(await rest.get(f"{V1}/dcp_services/{sid}/dcp_datasources")) if t["is_optimizely"]
+    )
     for customer, user in (("crm-1", "oeu1"), ("crm-3", "oeu3")):
-        json_of(rest.post(f"/api/alias/{sid}/{optimizely['id']}/{user}", json={"data": {str(tid): customer}}), 201)
+        json_of(
+            await rest.post(f"/api/alias/{sid}/{optimizely['id']}/{user}", json={"data": {str(tid): customer}}), 201
+        )
 
     # "Table attributes appear in the audience builder under the list of External Attribute conditions
     # and you can create an audience based on these attributes."
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Audiences").click()
     await page.get_by_label(label("Project name")).fill("Web")
     await page.get_by_role("button", name="Create project").click()
-    await page.get_by_role("button", name=re.compile("^New audience")).click()
+    await page.get_by_role("link", name=re.compile("^New audience")).click()
     await expect(page.get_by_role("heading", name="New audience")).to_be_visible()
     await page.get_by_label(label("Name"), exact=False).first.fill("Big spenders")
     await page.get_by_role("button", name="Add condition", exact=True).click()
@@ -146,4 +159,3 @@ async def test_the_qa_checklist_and_bulk_upload_guide_in_the_console(console: Co
         ).to_be_visible()
         await expect(page.get_by_text(table["aws_access_key"])).to_have_count(0)
         await expect(page.get_by_text("CRM", exact=True)).to_have_count(0)
-    rest.close()
