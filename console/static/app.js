@@ -193,14 +193,13 @@ function signInScreen(message) {
   signIn.querySelector("input").focus();
 }
 
+// Asked for once, at load, alongside the sign-in check rather than after it.
+const configLoaded = consoleConfig().catch(() => ({ s3: {} }));
+
 async function start(account) {
   const { main, nav } = renderShell(account);
-  let config = { s3: {} };
-  try {
-    config = await consoleConfig();
-  } catch (error) {
-    // The Data Upload screen says what it cannot show; the rest works without it.
-  }
+  // Without it the Data Upload screen says what it cannot show; the rest works without it.
+  const config = await configLoaded;
   ctx = { account, config, main, nav, navigate, api };
   await route();
 }

@@ -33,6 +33,9 @@ def test_the_console_ships_under_200_kb_of_javascript_from_its_own_origin(consol
     assert total < 200 * 1024, f"{total} bytes of JavaScript"
     page = httpx.get(console_platform.url + "/console/")
     assert page.status_code == 200
+    # Every module is asked for with the page, so loading never waits on a chain of imports.
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="/console/static/([^"]+)">', page.text))
+    assert preloaded == {path.relative_to(STATIC_DIR).as_posix() for path in scripts}
     assert "script-src 'self'" in page.headers["content-security-policy"]
     # Nothing is fetched from another host: no CDN, fonts or scripts from elsewhere.
     for path in [*scripts, *STATIC_DIR.rglob("*.css"), *STATIC_DIR.rglob("*.html")]:
