@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,6 +91,10 @@ class Progress:
     merged: BatchProgress = field(default_factory=BatchProgress)
     """What the merge has checked so far."""
     all_or_nothing: bool = False
+    handing_over: Callable[[], Awaitable[None]] | None = None
+    """Awaited each time a message of rows is about to go to the merge. Reading,
+    parsing and checking rows hold the event loop from one message to the next,
+    so whoever shows this progress is given its turn here, where the figures move."""
 
     def figures(self) -> tuple[int, int, int]:
         """(rows read, rows to be stored, rows refused) so far, as the upload history shows them meanwhile."""
@@ -293,9 +297,13 @@ class FileApplier:
                 size += sum(map(len, fields)) + 4 * width
                 if size >= MESSAGE_BYTES:
                     tally.rejected_here += rejected
+                    if tally.handing_over is not None:
+                        await tally.handing_over()
                     yield BatchChunk(text_rows=TextRows(numbers, cells), rejected_by_caller=rejected)
                     numbers, cells, size, rejected = [], [], 0, 0
         tally.rejected_here += rejected
+        if tally.handing_over is not None:
+            await tally.handing_over()
         tally.reading_done = True
         if numbers or rejected:
             yield BatchChunk(text_rows=TextRows(numbers, cells), rejected_by_caller=rejected)

@@ -36,6 +36,49 @@ RETRY_SECONDS = 5.0
 PROGRESS_SECONDS = 0.5
 
 
+class ShownProgress:
+    """Writes an upload's row counts so far into its history entry, about every PROGRESS_SECONDS.
+
+    Asked from two sides. The import asks each time it hands a message of rows
+    to the merge: reading, parsing and checking rows hold the event loop from one
+    message to the next, for seconds on a loaded machine, so a timer alone would
+    wake late, and each write waits for more turns of the loop (a connection, the
+    statement's answer) and lands with figures long gone by; a short file could
+    end before its first figures showed. A timer asks too, for the stretches in
+    which the import waits and the figures still move (a remote merge catching up).
+    """
+
+    def __init__(self, repository: ImportsRepository, upload_id: int, progress: Progress) -> None:
+        self._repo = repository
+        self._upload_id = upload_id
+        self._progress = progress
+        self._shown = progress.figures()
+        self._due = time.monotonic() + PROGRESS_SECONDS
+        # One write at a time, so that the figures shown never go back.
+        self._writing = asyncio.Lock()
+
+    async def show_if_due(self) -> None:
+        async with self._writing:
+            figures = self._progress.figures()
+            if figures == self._shown or time.monotonic() < self._due:
+                return
+            # Tried again a period later whatever happens: a slow database does not hold up the import at every message.
+            self._due = time.monotonic() + PROGRESS_SECONDS
+            try:
+                await self._repo.note_progress(self._upload_id, *figures)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                # The import meets the outage itself if it lasts.
+                log.debug("could not show the progress of upload %d: %s", self._upload_id, error)
+                return
+            self._shown = figures
+
+    async def keep_showing(self) -> None:
+        """Shows the figures as they move, until cancelled."""
+        while True:
+            await asyncio.sleep(max(self._due - time.monotonic(), 0.0) or PROGRESS_SECONDS)
+            await self.show_if_due()
+
+
 class ImportWorker:
     def __init__(
         self,
@@ -179,8 +222,10 @@ class ImportWorker:
         has been handed over, the file is being committed and is let finish.
         """
         progress = Progress()
+        shown = ShownProgress(self._repo, upload.id, progress)
+        progress.handing_over = shown.show_if_due
         work = asyncio.create_task(self._importer.process(upload, progress), name=f"import-upload-{upload.id}")
-        showing = asyncio.create_task(self._show_progress(upload.id, progress), name=f"progress-upload-{upload.id}")
+        showing = asyncio.create_task(shown.keep_showing(), name=f"progress-upload-{upload.id}")
         try:
             while True:
                 done, _ = await asyncio.wait({work}, timeout=self._settings.cancel_check_seconds)
@@ -204,22 +249,6 @@ class ImportWorker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
             await asyncio.gather(showing, return_exceptions=True)
-
-    async def _show_progress(self, upload_id: int, progress: Progress) -> None:
-        """Writes the upload's row counts so far into its history entry while it is imported, until cancelled."""
-        shown = progress.figures()
-        while True:
-            await asyncio.sleep(PROGRESS_SECONDS)
-            figures = progress.figures()
-            if figures == shown:
-                continue
-            try:
-                await self._repo.note_progress(upload_id, *figures)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                # The import meets the outage itself if it lasts; the next reading is tried anyway.
-                log.debug("could not show the progress of upload %d: %s", upload_id, error)
-                continue
-            shown = figures
 
     async def _stop_reason(self, upload: Upload) -> str | None:
         try:

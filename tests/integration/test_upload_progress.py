@@ -1,4 +1,11 @@
-"""An upload being imported shows in its history, read over HTTP, how far it has come."""
+"""An upload being imported shows in its history, read over HTTP, how far it has come.
+
+Files are applied in a `dcp import-worker` process, as `dcp up` applies them, so
+the readings are answered by a server whose event loop does none of the import's
+work. Applied in the serving process (`DCP_IMPORT_WORKER_PROCESS=off`, for tests
+only), parsing and checking would hold that loop, and on a loaded machine the
+server could answer no reading until the file had been read.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,6 @@ import asyncpg
 import httpx
 import pytest
 
-from services._runtime.s3 import ObjectStore
 from services._runtime.settings import Settings
 from tests.conftest import MakeAccount
 from tests.integration.test_import_limits import Platform, _platform
@@ -59,21 +65,17 @@ async def apart(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Platfor
         yield running
 
 
-@pytest.fixture(params=["worker process", "in process"])
-async def table(
-    request: pytest.FixtureRequest,
-    apart: Platform,
-    http: httpx.AsyncClient,
-    store: ObjectStore,
-    make_account: MakeAccount,
-) -> AsyncIterator[Table]:
-    if request.param == "in process":
-        yield await make_table(http, store, await make_account())
-        return
+@pytest.fixture
+async def client(apart: Platform) -> AsyncIterator[httpx.AsyncClient]:
     await apart.store.ensure_bucket("us-east-1")
     await apart.store.keep_versions()
     async with httpx.AsyncClient(base_url=apart.http_url, timeout=30) as client:
-        yield await make_table(client, apart.store, await make_account())
+        yield client
+
+
+@pytest.fixture
+async def table(apart: Platform, client: httpx.AsyncClient, make_account: MakeAccount) -> Table:
+    return await make_table(client, apart.store, await make_account())
 
 
 async def test_rows_read_stored_and_refused_so_far_show_while_a_file_is_imported(table: Table) -> None:
@@ -98,9 +100,9 @@ async def test_rows_read_stored_and_refused_so_far_show_while_a_file_is_imported
 
 
 async def test_an_all_or_nothing_file_never_shows_rows_it_will_not_store(
-    http: httpx.AsyncClient, store: ObjectStore, make_account: MakeAccount
+    apart: Platform, client: httpx.AsyncClient, make_account: MakeAccount
 ) -> None:
-    strict = await make_table(http, store, await make_account(), import_mode="all_or_nothing")
+    strict = await make_table(client, apart.store, await make_account(), import_mode="all_or_nothing")
     # Bad rows near the end only: until then the file may yet be stored whole.
     await strict.put("big.csv", big_file(bad_from=ROWS - 10 * BAD_EVERY))
     readings = await watch(strict)
@@ -124,30 +126,26 @@ def _rows_then_blank_lines(rows: int) -> bytes:
 
 
 async def test_a_cancelled_file_keeps_no_count_of_rows_it_did_not_store(
-    apart: Platform, make_account: MakeAccount
+    table: Table, client: httpx.AsyncClient
 ) -> None:
-    await apart.store.ensure_bucket("us-east-1")
-    await apart.store.keep_versions()
-    async with httpx.AsyncClient(base_url=apart.http_url, timeout=30) as client:
-        table = await make_table(client, apart.store, await make_account())
-        await table.put("slow.csv.gz", _rows_then_blank_lines(100_000))
-        deadline = time.monotonic() + 60
-        while True:
-            uploads = await table.uploads()
-            if uploads and uploads[0]["status"] == "processing" and uploads[0]["rows_ok"] > 0:
-                break
-            assert not uploads or uploads[0]["status"] not in FINISHED, uploads
-            assert time.monotonic() < deadline, uploads
-            await asyncio.sleep(0.02)
-        upload_id = uploads[0]["id"]
-        cancel = await client.post(
-            f"{V1}/dcp_datasources/{table.id}/uploads/{upload_id}/cancel", headers=table.account.headers
-        )
-        assert cancel.status_code == 202, cancel.text
-        final = (await watch(table, upload_id))[-1]
-        assert final["status"] == "failed", final
-        assert "cancelled on request" in final["error"]
-        # Rows read stay counted, as before; none was stored or refused.
-        assert final["rows_total"] > 0
-        assert (final["rows_ok"], final["rows_failed"]) == (0, 0)
-        assert await table.profile("c0") is None
+    await table.put("slow.csv.gz", _rows_then_blank_lines(100_000))
+    deadline = time.monotonic() + 60
+    while True:
+        uploads = await table.uploads()
+        if uploads and uploads[0]["status"] == "processing" and uploads[0]["rows_ok"] > 0:
+            break
+        assert not uploads or uploads[0]["status"] not in FINISHED, uploads
+        assert time.monotonic() < deadline, uploads
+        await asyncio.sleep(0.02)
+    upload_id = uploads[0]["id"]
+    cancel = await client.post(
+        f"{V1}/dcp_datasources/{table.id}/uploads/{upload_id}/cancel", headers=table.account.headers
+    )
+    assert cancel.status_code == 202, cancel.text
+    final = (await watch(table, upload_id))[-1]
+    assert final["status"] == "failed", final
+    assert "cancelled on request" in final["error"]
+    # Rows read stay counted, as before; none was stored or refused.
+    assert final["rows_total"] > 0
+    assert (final["rows_ok"], final["rows_failed"]) == (0, 0)
+    assert await table.profile("c0") is None
