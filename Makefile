@@ -5,16 +5,25 @@ BIN := $(VENV)/bin
 
 .PHONY: install up test lint protos bench clean deploy-check browser console-screenshots
 
-$(BIN)/.installed: pyproject.toml
+# A venv with the project installed (editable) and the extras named: $(call venv_with,EXTRAS).
+define venv_with
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[$(1)]'
 	touch $@
+endef
+
+$(BIN)/.installed: pyproject.toml
+	$(call venv_with,dev)
 
 install: $(BIN)/.installed
 
-up: install
+# `dcp up` needs the platform and its embedded stores, not the development tools.
+$(BIN)/.installed-up: pyproject.toml
+	$(call venv_with,embedded)
+
+up: $(BIN)/.installed-up
 	$(BIN)/dcp up
 
 lint: install

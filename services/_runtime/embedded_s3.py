@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from services._runtime import extras
+
 START_SECONDS = 60.0
 REPLY_SECONDS = 10.0
 
@@ -40,6 +42,7 @@ class EmbeddedS3:
         lean: bool = True,
     ) -> None:
         """`lean=False` leaves moto as it is, only to measure what `keep_moto_lean` saves."""
+        extras.require_embedded("moto", part="the embedded S3 server", instead="DCP_S3_ENDPOINT_URL to use an S3 store")
         self._config = {
             "lean": lean,
             "host": host,
