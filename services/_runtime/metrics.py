@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -74,6 +75,7 @@ IMPORT_LAG = Histogram(
 # Anything else a client sends as a method would be a label value of its choosing.
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"
+_CONVERTER = re.compile(r"{(\w+):\w+}")
 
 
 def grpc_handled(grpc_type: str, method: str, code: str, seconds: float) -> None:
@@ -193,7 +195,9 @@ def _route_template(scope: Scope) -> str:
             if match == Match.PARTIAL and partial is None:
                 partial = candidate
         route = route or partial
-    return getattr(route, "path", None) or UNMATCHED_ROUTE
+    path = getattr(route, "path", None)
+    # The label is the template as documented: `{customer_id}`, not Starlette's `{customer_id:path}`.
+    return _CONVERTER.sub(r"{\1}", path) if path else UNMATCHED_ROUTE
 
 
 @contextlib.asynccontextmanager

@@ -63,6 +63,27 @@ async def test_requests_are_counted_by_route_template_never_by_raw_path(older_st
     assert "/items/a1" not in exposition
 
 
+async def _file(request: Request) -> Response:
+    return PlainTextResponse(request.path_params["name"])
+
+
+@pytest.mark.parametrize("older_starlette", [False, True], ids=["route in scope", "older starlette"])
+async def test_the_route_label_is_the_template_without_converters(older_starlette: bool) -> None:
+    # The README documents `/api/customer_profile/{service_id}/{table_id}/{customer_id}`; the route
+    # is declared with `{customer_id:path}` so that ids may hold slashes.
+    app = Starlette(
+        routes=[Route("/files/{service_id:int}/{name:path}", _file)],
+        middleware=[Middleware(metrics.ObservedHttp), *([Middleware(_ForgetsRoute)] if older_starlette else [])],
+    )
+    before = _requests("GET", "/files/{service_id}/{name}", "200")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        answer = await client.get("/files/7/a/b.csv")
+        assert answer.status_code == 200
+        assert answer.text == "a/b.csv"
+    assert _requests("GET", "/files/{service_id}/{name}", "200") == before + 1
+    assert ":path}" not in metrics.exposition().decode()
+
+
 @pytest.mark.parametrize("older_starlette", [False, True], ids=["route in scope", "older starlette"])
 async def test_unknown_paths_methods_and_crashes_get_fixed_labels(older_starlette: bool) -> None:
     unmatched = _requests("GET", metrics.UNMATCHED_ROUTE, "404")
