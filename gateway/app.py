@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import grpc
@@ -14,8 +15,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from dcp.aliases.v1 import aliases_service_pb2_grpc
 from dcp.imports.v1 import imports_service_pb2_grpc
@@ -30,6 +31,7 @@ from gateway.console_files import ConsoleStore
 from gateway.console_files import routes as console_routes
 from gateway.errors import RETRY_AFTER_SECONDS, ApiError, from_rpc_error
 from gateway.imports_api import ImportsApi
+from gateway.openapi import TEXT, DocumentedRoute, Header, Operation, Reply, record
 from gateway.profile_api import ProfileApi
 from gateway.ratelimit import Allowance, RateLimiter, account_of
 from services._runtime import metrics
@@ -105,6 +107,132 @@ async def _readiness(stub: Any) -> str:
     return "not serving (its database cannot be reached, or it is stopping)"
 
 
+def _version() -> str:
+    try:
+        return metadata.version("open-dcp")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version()
+
+_SERVICE_STATES = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "description": "Each service's state: serving, not serving, or why it could not be asked",
+}
+HEALTH = Operation(
+    "getLiveness",
+    "Liveness: this process serves HTTP",
+    "About",
+    {200: Reply("Alive", record({"status": {"const": "ok"}}))},
+    description="It asks nothing of the services, so an outage behind the gateway never gets it restarted.",
+    authenticated=False,
+)
+READY = Operation(
+    "getReadiness",
+    "Readiness: every service behind the gateway serves",
+    "About",
+    {
+        200: Reply("Ready", record({"status": {"const": "ready"}, "services": _SERVICE_STATES})),
+        503: Reply(
+            "Not ready; the message names the services that are not serving",
+            record({"status": {"const": "not ready"}, "message": TEXT, "services": _SERVICE_STATES}),
+            headers={"Retry-After": Header({"type": "integer", "minimum": 1}, "Seconds to wait", required=True)},
+        ),
+    },
+    authenticated=False,
+)
+_INDEX = record(
+    {
+        "name": {"const": "Open DCP"},
+        "version": TEXT,
+        "links": record(
+            {
+                "console": {"const": "/console/"},
+                "docs": {"const": "/docs"},
+                "openapi": {"const": "/openapi.json"},
+                "health": {"const": "/healthz"},
+                "ready": {"const": "/readyz"},
+            },
+            # A gateway started without the console serves neither it nor the docs.
+            optional=["console", "docs"],
+        ),
+    }
+)
+ROOT = Operation(
+    "getRoot",
+    "Where things are: the console, the API docs, this document",
+    "About",
+    {
+        200: Reply("Links to the console, the docs, the OpenAPI document and the health checks", _INDEX),
+        302: Reply(
+            "A browser (one that prefers text/html) is sent to the console",
+            headers={"Location": Header({"const": "/console/"}, "The console", required=True)},
+        ),
+    },
+    authenticated=False,
+)
+V1_INDEX = Operation(
+    "getConfigApiIndex",
+    "The config API's root: links to the console, the docs and this document",
+    "About",
+    {200: Reply("Links", _INDEX)},
+    authenticated=False,
+)
+API_INDEX = Operation(
+    "getProfileApiIndex",
+    "The profile API's root: links to the console, the docs and this document",
+    "About",
+    {200: Reply("Links", _INDEX)},
+    authenticated=False,
+)
+
+
+def _quality(accept: str, media_type: str) -> float:
+    """How much an Accept header wants `media_type`: the q of its most specific matching range."""
+    kind = media_type.split("/", maxsplit=1)[0]
+    best: tuple[int, float] = (-1, 0.0)
+    for part in accept.split(","):
+        pieces = [piece.strip() for piece in part.split(";")]
+        media_range = pieces[0].lower()
+        q = 1.0
+        for parameter in pieces[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        specificity = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(media_range, -1)
+        if specificity > best[0]:
+            best = (specificity, q)
+    return best[1]
+
+
+def _index_routes(*, with_console: bool) -> list[BaseRoute]:
+    links = {"openapi": "/openapi.json", "health": "/healthz", "ready": "/readyz"}
+    if with_console:
+        links = {"console": "/console/", "docs": "/docs", **links}
+    body = {"name": "Open DCP", "version": VERSION, "links": links}
+
+    async def index(request: Request) -> Response:
+        return JSONResponse(body)
+
+    async def root(request: Request) -> Response:
+        accept = request.headers.get("accept", "*/*")
+        # A browser asks for HTML first; it goes to the console. Only a client that prefers JSON gets the index.
+        if with_console and _quality(accept, "application/json") <= _quality(accept, "text/html"):
+            return RedirectResponse("/console/", status_code=302, headers={"Vary": "Accept"})
+        return JSONResponse(body, headers={"Vary": "Accept"})
+
+    return [
+        DocumentedRoute("/", root, operations={"GET": ROOT}),
+        DocumentedRoute("/experiment/v1/", index, operations={"GET": V1_INDEX}),
+        DocumentedRoute("/api/", index, operations={"GET": API_INDEX}),
+    ]
+
+
 def create_app(
     clients: GatewayClients,
     *,
@@ -175,17 +303,18 @@ def create_app(
             return ApiError(404, f"no such endpoint: {truncated(request.url.path)}", code="ROUTE_NOT_FOUND").response()
         return ApiError(exc.status_code, str(exc.detail)).response()
 
-    routes = [
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
+    routes: list[BaseRoute] = [
+        *_index_routes(with_console=console is not None),
+        DocumentedRoute("/healthz", healthz, operations={"GET": HEALTH}),
+        DocumentedRoute("/readyz", readyz, operations={"GET": READY}),
         *ConfigApi(clients.schema).routes(wrap),
         *ProfileApi(clients.schema, clients.profiles, clients.aliases).routes(wrap),
         *ImportsApi(clients.imports).routes(wrap),
         *AudiencesApi(clients.schema, clients.profiles).routes(wrap),
     ]
-    routes.append(openapi.endpoint(routes))
     if console is not None:
         routes.extend(console_routes(console))
+    routes.append(openapi.endpoint(routes, version=VERSION))
     if serve_metrics:
         # Prometheus scrapes without credentials; in `dcp up` this covers every service.
         # With a metrics port of its own, the public port does not show them.

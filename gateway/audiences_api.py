@@ -30,6 +30,28 @@ from gateway.config_api import (
 from gateway.errors import ApiError
 from gateway.imports_api import DEFAULT_PER_PAGE as HISTORY_DEFAULT_PER_PAGE
 from gateway.imports_api import MAX_PER_PAGE as HISTORY_MAX_PER_PAGE
+from gateway.imports_api import PAGE_TOKEN, PER_PAGE
+from gateway.openapi import (
+    BOOLEAN,
+    COUNT,
+    DECIMAL_ID,
+    ID,
+    LINK,
+    TEXT,
+    TIMESTAMP,
+    Body,
+    Component,
+    Link,
+    Operation,
+    Query,
+    Reply,
+    array,
+    described,
+    nullable,
+    record,
+)
+from services.profiles.exports import FORMATS as EXPORT_FORMATS
+from services.schema.rules import MAX_DESCRIPTION_LENGTH, MAX_NAME_LENGTH
 
 V1 = "/experiment/v1"
 MEMBERS_DEFAULT_PER_PAGE = 100
@@ -51,6 +73,24 @@ _EXPORT = BodySpec(writable={"format": FieldType("string")})
 _DRAFT = BodySpec(writable={"conditions": FieldType("json text or array")})
 
 
+AUDIENCE = Component(
+    "Audience",
+    record(
+        {
+            "id": ID,
+            "project_id": ID,
+            "name": TEXT,
+            "description": described(TEXT, "Empty when none was given"),
+            "conditions": described(TEXT, 'The conditions as JSON text, e.g. ["and", {...}]'),
+            "segmentation": BOOLEAN,
+            "archived": BOOLEAN,
+            "created": TIMESTAMP,
+            "last_modified": TIMESTAMP,
+        }
+    ),
+)
+
+
 def audience_json(message: resources_pb2.Audience) -> dict[str, Any]:
     # v1 carries conditions as JSON text, not as nested JSON.
     return {
@@ -64,6 +104,32 @@ def audience_json(message: resources_pb2.Audience) -> dict[str, Any]:
         "created": v1json.timestamp(message.created),
         "last_modified": v1json.timestamp(message.last_modified),
     }
+
+
+_EXPORT_FIELDS: dict[str, Any] = {
+    "id": ID,
+    "format": TEXT,
+    # The profiles service's states (profiles_service.proto, Export.status).
+    "status": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
+    "row_count": COUNT,
+    "size_bytes": COUNT,
+    "bucket": nullable(TEXT),
+    "key": described(nullable(TEXT), "The file's key in the bucket, once done"),
+    "download_url": described(nullable(TEXT), "A presigned URL of the file, valid for an hour, once done"),
+    "error": described(nullable(TEXT), "Why it failed"),
+    "created": TIMESTAMP,
+    "finished": nullable(TIMESTAMP),
+}
+# Exactly one source: the table exported, or the audience whose members were.
+EXPORT = Component(
+    "Export",
+    {
+        "oneOf": [
+            record({**_EXPORT_FIELDS, "dcp_datasource_id": ID}, description="An export of a table's profiles"),
+            record({**_EXPORT_FIELDS, "audience_id": ID}, description="An export of an audience's members"),
+        ]
+    },
+)
 
 
 def export_json(message: profiles_pb.Export) -> dict[str, Any]:
@@ -86,6 +152,35 @@ def export_json(message: profiles_pb.Export) -> dict[str, Any]:
         }
     )
     return body
+
+
+_OUTCOME = record(
+    {
+        "audienceId": described(nullable(DECIMAL_ID), "null for unsaved conditions"),
+        "name": nullable(TEXT),
+        "matched": BOOLEAN,
+        "conditions": array(
+            record(
+                {
+                    "path": described(TEXT, 'Where the condition sits, e.g. "conditions[1][2]"'),
+                    "datasourceId": DECIMAL_ID,
+                    "attributeId": DECIMAL_ID,
+                    "matchType": TEXT,
+                    "held": BOOLEAN,
+                    "usable": described(BOOLEAN, "False when its attribute or table was archived: it never holds"),
+                }
+            ),
+            description="Every leaf condition in the order written, with whether it held",
+        ),
+    }
+)
+EVALUATION = Component(
+    "Evaluation",
+    record({"optimizelyUserId": TEXT, "dcpServiceId": DECIMAL_ID, "audiences": array(_OUTCOME)}),
+)
+MEMBER = Component("Member", record({"optimizely_user_id": TEXT}))
+MEMBER_COUNT = Component("MemberCount", record({"audience_id": ID, "count": COUNT}))
+DRAFT_COUNT = Component("DraftCount", record({"count": COUNT}))
 
 
 def _conditions_text(value: Any) -> str:
@@ -149,6 +244,166 @@ def _outcome_json(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[
     }
 
 
+_AUDIENCE_LIMITS = {
+    "name": {"minLength": 1, "maxLength": MAX_NAME_LENGTH},
+    "description": {"maxLength": MAX_DESCRIPTION_LENGTH},
+}
+_AUDIENCE_LINKS = {
+    "GetAudience": Link("getAudience", {"audience_id": "$response.body#/id"}, "The audience just made"),
+    "UpdateAudience": Link("updateAudience", {"audience_id": "$response.body#/id"}),
+    "ArchiveAudience": Link("archiveAudience", {"audience_id": "$response.body#/id"}),
+    "CountMembers": Link("countAudienceMembers", {"audience_id": "$response.body#/id"}),
+    "ListMembers": Link("listAudienceMembers", {"audience_id": "$response.body#/id"}),
+    "ExportAudience": Link("exportAudience", {"audience_id": "$response.body#/id"}),
+}
+_EXPORT_BODY = Body(
+    _EXPORT.json_schema(refined={"format": {"enum": list(EXPORT_FORMATS)}}),
+    required=False,
+    description="The file's format; no body (or no format) asks for CSV",
+)
+_EXPORT_LISTING_QUERY = (PER_PAGE, PAGE_TOKEN)
+_EXPORTS_PAGE = Reply("One page of exports, newest first", array(EXPORT), headers={"Link": LINK})
+
+LIST_AUDIENCES = Operation(
+    "listAudiences", "List a project's audiences", "Audiences", {200: Reply("Every audience", array(AUDIENCE))}
+)
+CREATE_AUDIENCE = Operation(
+    "createAudience",
+    "Create an audience",
+    "Audiences",
+    {201: Reply("The audience made", AUDIENCE, links=_AUDIENCE_LINKS)},
+    description="The project must be linked to a DCP service, whose attributes the conditions name.",
+    body=Body(
+        _AUDIENCE.json_schema(required=["name"], echoed=["project_id"], refined=_AUDIENCE_LIMITS),
+        description="The new audience",
+    ),
+)
+COUNT_DRAFT = Operation(
+    "countDraftAudience",
+    "Count the members unsaved conditions would have",
+    "Audiences",
+    {200: Reply("How many profiles match", DRAFT_COUNT)},
+    body=Body(_DRAFT.json_schema(), description="The conditions being built"),
+)
+GET_AUDIENCE = Operation("getAudience", "Get an audience", "Audiences", {200: Reply("The audience", AUDIENCE)})
+UPDATE_AUDIENCE = Operation(
+    "updateAudience",
+    "Change an audience",
+    "Audiences",
+    {202: Reply("The audience as changed", AUDIENCE)},
+    body=Body(
+        _AUDIENCE.json_schema(echoed=_AUDIENCE.read_only, refined=_AUDIENCE_LIMITS),
+        description="The fields to change",
+    ),
+)
+ARCHIVE_AUDIENCE = Operation("archiveAudience", "Archive an audience", "Audiences", {204: Reply("Archived")})
+MEMBERS = Operation(
+    "listAudienceMembers",
+    "The visitors in an audience",
+    "Audiences",
+    {200: Reply("One page of members", array(MEMBER), headers={"Link": LINK})},
+    query=(
+        Query(
+            "per_page",
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MEMBERS_MAX_PER_PAGE,
+                "default": MEMBERS_DEFAULT_PER_PAGE,
+            },
+            "How many to answer with",
+        ),
+        PAGE_TOKEN,
+    ),
+)
+COUNT_MEMBERS = Operation(
+    "countAudienceMembers", "How many visitors are in an audience", "Audiences", {200: Reply("The count", MEMBER_COUNT)}
+)
+SERVICE_EXPORTS = Operation(
+    "listServiceExports",
+    "Every export of a DCP service's tables and audiences",
+    "Exports",
+    {200: _EXPORTS_PAGE},
+    query=_EXPORT_LISTING_QUERY,
+)
+AUDIENCE_EXPORTS = Operation(
+    "listAudienceExports", "An audience's exports", "Exports", {200: _EXPORTS_PAGE}, query=_EXPORT_LISTING_QUERY
+)
+EXPORT_AUDIENCE = Operation(
+    "exportAudience",
+    "Export an audience's members to a file in S3",
+    "Exports",
+    {
+        201: Reply(
+            "The export, started",
+            EXPORT,
+            links={
+                "GetExport": Link(
+                    "getAudienceExport",
+                    {"audience_id": "$request.path.audience_id", "export_id": "$response.body#/id"},
+                    "The export just started, to follow until it is done",
+                )
+            },
+        )
+    },
+    body=_EXPORT_BODY,
+)
+AUDIENCE_EXPORT = Operation(
+    "getAudienceExport", "One export of an audience", "Exports", {200: Reply("The export", EXPORT)}
+)
+TABLE_EXPORTS = Operation(
+    "listTableExports", "A table's exports", "Exports", {200: _EXPORTS_PAGE}, query=_EXPORT_LISTING_QUERY
+)
+EXPORT_TABLE = Operation(
+    "exportTable",
+    "Export a table's profiles to a file in S3",
+    "Exports",
+    {
+        201: Reply(
+            "The export, started",
+            EXPORT,
+            links={
+                "GetExport": Link(
+                    "getTableExport",
+                    {"table_id": "$request.path.table_id", "export_id": "$response.body#/id"},
+                    "The export just started, to follow until it is done",
+                )
+            },
+        )
+    },
+    body=_EXPORT_BODY,
+)
+TABLE_EXPORT = Operation("getTableExport", "One export of a table", "Exports", {200: Reply("The export", EXPORT)})
+EVALUATE = Operation(
+    "evaluateAudiences",
+    "Which audiences a visitor is in, and why",
+    "Audiences",
+    {200: Reply("Each audience evaluated, with every condition's outcome", EVALUATION)},
+    description=(
+        "With no body fields, every saved audience of the service's projects; with project_id, that project's; "
+        "with audience_ids, those. With conditions (and project_id), one unsaved audience instead."
+    ),
+    body=Body(
+        {
+            **record(
+                {
+                    "project_id": nullable(ID),
+                    "audience_ids": {
+                        "type": ["array", "null"],
+                        "items": ID,
+                        "maxItems": MAX_EVALUATE_AUDIENCES,
+                    },
+                    "conditions": _DRAFT.writable["conditions"].json_schema(),
+                },
+                optional=["project_id", "audience_ids", "conditions"],
+            ),
+            "dependentRequired": {"conditions": ["project_id"]},
+        },
+        description="Which audiences to evaluate",
+    ),
+)
+
+
 class AudiencesApi:
     def __init__(
         self,
@@ -159,23 +414,42 @@ class AudiencesApi:
         self._profiles = profiles
 
     def routes(self, wrap: Wrap) -> list[Route]:
-        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+        def route(path: str, methods: dict[str, tuple[Endpoint, Operation]]) -> Route:
             return method_route(wrap, path, methods)
 
         return [
-            route(f"{V1}/projects/{{project_id}}/audiences", {"GET": self.list_audiences, "POST": self.create}),
-            route(f"{V1}/projects/{{project_id}}/audiences/count", {"POST": self.count_draft}),
-            route(f"{V1}/audiences/{{audience_id}}", {"GET": self.get, "PUT": self.update, "DELETE": self.archive}),
-            route(f"{V1}/audiences/{{audience_id}}/members", {"GET": self.members}),
-            route(f"{V1}/audiences/{{audience_id}}/members/count", {"GET": self.count}),
-            route(f"{V1}/dcp_services/{{service_id}}/exports", {"GET": self.service_exports}),
             route(
-                f"{V1}/audiences/{{audience_id}}/exports", {"GET": self.audience_exports, "POST": self.export_audience}
+                f"{V1}/projects/{{project_id}}/audiences",
+                {"GET": (self.list_audiences, LIST_AUDIENCES), "POST": (self.create, CREATE_AUDIENCE)},
             ),
-            route(f"{V1}/audiences/{{audience_id}}/exports/{{export_id}}", {"GET": self.audience_export}),
-            route(f"{V1}/dcp_datasources/{{table_id}}/exports", {"GET": self.table_exports, "POST": self.export_table}),
-            route(f"{V1}/dcp_datasources/{{table_id}}/exports/{{export_id}}", {"GET": self.table_export}),
-            route("/api/audiences/evaluate/{service_id}/{optimizely_user_id}", {"POST": self.evaluate}),
+            route(f"{V1}/projects/{{project_id}}/audiences/count", {"POST": (self.count_draft, COUNT_DRAFT)}),
+            route(
+                f"{V1}/audiences/{{audience_id}}",
+                {
+                    "GET": (self.get, GET_AUDIENCE),
+                    "PUT": (self.update, UPDATE_AUDIENCE),
+                    "DELETE": (self.archive, ARCHIVE_AUDIENCE),
+                },
+            ),
+            route(f"{V1}/audiences/{{audience_id}}/members", {"GET": (self.members, MEMBERS)}),
+            route(f"{V1}/audiences/{{audience_id}}/members/count", {"GET": (self.count, COUNT_MEMBERS)}),
+            route(f"{V1}/dcp_services/{{service_id}}/exports", {"GET": (self.service_exports, SERVICE_EXPORTS)}),
+            route(
+                f"{V1}/audiences/{{audience_id}}/exports",
+                {"GET": (self.audience_exports, AUDIENCE_EXPORTS), "POST": (self.export_audience, EXPORT_AUDIENCE)},
+            ),
+            route(
+                f"{V1}/audiences/{{audience_id}}/exports/{{export_id}}",
+                {"GET": (self.audience_export, AUDIENCE_EXPORT)},
+            ),
+            route(
+                f"{V1}/dcp_datasources/{{table_id}}/exports",
+                {"GET": (self.table_exports, TABLE_EXPORTS), "POST": (self.export_table, EXPORT_TABLE)},
+            ),
+            route(
+                f"{V1}/dcp_datasources/{{table_id}}/exports/{{export_id}}", {"GET": (self.table_export, TABLE_EXPORT)}
+            ),
+            route("/api/audiences/evaluate/{service_id}/{optimizely_user_id}", {"POST": (self.evaluate, EVALUATE)}),
         ]
 
     # Definitions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +195,32 @@ class FieldType:
         if isinstance(value, str) and self.max_length is not None and len(value) > self.max_length:
             raise ApiError.field(name, f"must be at most {self.max_length} characters, got {len(value)}")
 
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of what `check` accepts."""
+        if self.choices:
+            schema: dict[str, Any] = {"type": "string", "enum": list(self.choices)}
+        else:
+            kinds: dict[str, dict[str, Any]] = {
+                # NUL is refused in any string the gateway takes.
+                "string": {"type": "string", "pattern": "^[^\\u0000]*$"},
+                "integer": {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX},
+                "boolean": {"type": "boolean"},
+                "string list": {"type": "array", "items": {"type": "string"}},
+                "json text or array": {
+                    "type": ["array", "string"],
+                    "pattern": "^[^\\u0000]*$",
+                    "description": "An array, or a string holding one as JSON",
+                },
+            }
+            schema = kinds[self.kind]
+            if self.max_length is not None:
+                schema["maxLength"] = self.max_length
+        if self.nullable:
+            schema["type"] = [*([schema["type"]] if isinstance(schema["type"], str) else schema["type"]), "null"]
+            if "enum" in schema:
+                schema["enum"] = [*schema["enum"], None]
+        return schema
+
     def _check_choice(self, name: str, value: Any) -> None:
         # A wrong type gets the same answer as a wrong word: what the field may be.
         if (value is None and self.nullable) or (isinstance(value, str) and value in self.choices):
@@ -224,6 +250,37 @@ class BodySpec:
 
     writable: Mapping[str, FieldType]
     read_only: frozenset[str] = field(default_factory=frozenset)
+
+    def json_schema(
+        self,
+        *,
+        required: Iterable[str] = (),
+        echoed: Iterable[str] = (),
+        refined: Mapping[str, Mapping[str, Any]] | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        """The JSON schema of the bodies `decode` takes.
+
+        `required`: writable fields the service refuses to go without; `echoed`: read-only fields a
+        request may repeat with their current value (on create, those fixed by the path); `refined`:
+        keywords added to a field's schema for limits the service checks (documented here, checked there).
+        """
+        properties: dict[str, Any] = {}
+        for name, field_type in self.writable.items():
+            properties[name] = {**field_type.json_schema(), **(refined or {}).get(name, {})}
+        for name in sorted(set(echoed)):
+            if name not in self.read_only:
+                raise ValueError(f"{name} is not a read-only field of this body")
+            properties[name] = {"readOnly": True, "description": "Read-only: accepted only with its current value"}
+        missing = [name for name in required if name not in self.writable]
+        if missing:
+            raise ValueError(f"required fields {missing} are not writable fields of this body")
+        schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
+        if required:
+            schema["required"] = list(required)
+        if description:
+            schema["description"] = description
+        return schema
 
     def decode(self, body: Any, *, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The writable fields sent, type-checked.

@@ -16,8 +16,14 @@ from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_
 from gateway import v1json
 from gateway.bodies import INT64_MAX, BodySpec, FieldType, truncated
 from gateway.errors import ApiError, from_rpc_error
-from services.profiles.profiles import customer_id_problem
-from services.schema.rules import MAX_DESCRIPTION_LENGTH
+from gateway.openapi import Body, DocumentedRoute, Link, Operation, Reply, Schema, array
+from services.profiles.profiles import MAX_CUSTOMER_ID_LENGTH, customer_id_problem
+from services.schema.rules import (
+    MAX_BLOCKED_CUSTOMER_IDS,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_USERS_PER_CUSTOMER_ID,
+)
 
 PREFIX = "/experiment/v1"
 
@@ -215,16 +221,194 @@ def no_content() -> Response:
 Wrap = Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]
 
 
-def method_route(wrap: Wrap, path: str, methods: dict[str, Endpoint]) -> Route:
-    """One path whose methods go to their endpoints, each authenticated by `wrap`."""
-    handlers = {method: wrap(endpoint) for method, endpoint in methods.items()}
+def path_parameter(name: str) -> Schema:
+    """A path parameter's schema, as `path_id` and `check_path` take it."""
+    if name in TEXT_ID_PARAMETERS:
+        return {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID_LENGTH}
+    # int64 bounds it above; anything else is a 404 (see `path_id`).
+    return {"type": "integer", "format": "int64", "minimum": 1}
+
+
+def method_route(wrap: Wrap, path: str, methods: dict[str, tuple[Endpoint, Operation]]) -> Route:
+    """One path whose methods go to their endpoints, each authenticated by `wrap` and documented by its operation."""
+    handlers = {method: wrap(endpoint) for method, (endpoint, _) in methods.items()}
 
     async def dispatch(request: Request) -> Response:
         # Starlette routes HEAD wherever GET is allowed; answer it as GET.
         method = "GET" if request.method == "HEAD" else request.method
         return await handlers[method](request)
 
-    return Route(path, dispatch, methods=list(methods))
+    operations = {method: operation for method, (_, operation) in methods.items()}
+    names = [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+    return DocumentedRoute(
+        path, dispatch, operations=operations, path_parameters={name: path_parameter(name) for name in names}
+    )
+
+
+def body_of(spec: BodySpec, description: str, **schema: Any) -> Body:
+    """A JSON request body whose schema is `spec`'s (see `BodySpec.json_schema`)."""
+    return Body(spec.json_schema(**schema), description=description)
+
+
+def _read_links(resource: str, parameter: str, *, get: str, update: str, archive: str | None = None) -> dict[str, Link]:
+    """Links from an answer holding a resource's `id` to the operations on it."""
+    links = {
+        f"Get{resource}": Link(get, {parameter: "$response.body#/id"}, f"The {resource.lower()} just made"),
+        f"Update{resource}": Link(update, {parameter: "$response.body#/id"}),
+    }
+    if archive is not None:
+        links[f"Archive{resource}"] = Link(archive, {parameter: "$response.body#/id"})
+    return links
+
+
+# Names are the schema service's rule (`services/schema/rules.py`): documented here, checked there.
+_NAME = {"minLength": 1, "maxLength": MAX_NAME_LENGTH}
+_DESCRIPTION = {"maxLength": MAX_DESCRIPTION_LENGTH}
+
+_PROJECT_LINKS = _read_links("Project", "project_id", get="getProject", update="updateProject")
+_SERVICE_LINKS = {
+    **_read_links(
+        "DcpService", "service_id", get="getDcpService", update="updateDcpService", archive="archiveDcpService"
+    ),
+    "ListTables": Link("listTables", {"service_id": "$response.body#/id"}),
+    "CreateTable": Link("createTable", {"service_id": "$response.body#/id"}),
+}
+_TABLE_LINKS = {
+    **_read_links("Table", "table_id", get="getTable", update="updateTable", archive="archiveTable"),
+    "ListAttributes": Link("listAttributes", {"table_id": "$response.body#/id"}),
+    "CreateAttribute": Link("createAttribute", {"table_id": "$response.body#/id"}),
+}
+_ATTRIBUTE_LINKS = _read_links(
+    "Attribute", "attribute_id", get="getAttribute", update="updateAttribute", archive="archiveAttribute"
+)
+_ARCHIVED = Reply("Archived: it is hidden from lists and refuses new values; its data is kept")
+
+LIST_PROJECTS = Operation(
+    "listProjects", "List the account's projects", "Projects", {200: Reply("Every project", array(v1json.PROJECT))}
+)
+CREATE_PROJECT = Operation(
+    "createProject",
+    "Create a project",
+    "Projects",
+    {201: Reply("The project made", v1json.PROJECT, links=_PROJECT_LINKS)},
+    body=body_of(_PROJECT, "The new project", required=["project_name"], refined={"project_name": _NAME}),
+    errors=frozenset({404}),
+)
+GET_PROJECT = Operation("getProject", "Get a project", "Projects", {200: Reply("The project", v1json.PROJECT)})
+UPDATE_PROJECT = Operation(
+    "updateProject",
+    "Change a project's name or the DCP service it is linked to",
+    "Projects",
+    {202: Reply("The project as changed", v1json.PROJECT)},
+    description="Only the fields sent change; read-only fields may be sent back unchanged.",
+    body=body_of(_PROJECT, "The fields to change", echoed=_PROJECT.read_only, refined={"project_name": _NAME}),
+)
+_SERVICE_LIMITS = {
+    "name": _NAME,
+    "alias_blocked_customer_ids": {"maxItems": MAX_BLOCKED_CUSTOMER_IDS, "items": {"type": "string", **_NAME}},
+    "alias_max_users_per_customer_id": {"minimum": 1, "maximum": MAX_USERS_PER_CUSTOMER_ID},
+}
+LIST_SERVICES = Operation(
+    "listDcpServices",
+    "List the account's DCP services",
+    "DCP services",
+    {200: Reply("Every DCP service of the account (at most one)", array(v1json.DCP_SERVICE))},
+)
+CREATE_SERVICE = Operation(
+    "createDcpService",
+    "Create the account's DCP service",
+    "DCP services",
+    {201: Reply("The service made, with its Optimizely table", v1json.DCP_SERVICE, links=_SERVICE_LINKS)},
+    description="An account has one DCP service; a second is refused with 400. The guards are set by an update.",
+    body=body_of(_SERVICE, "The new service", required=["name"], refined=_SERVICE_LIMITS),
+)
+GET_SERVICE = Operation(
+    "getDcpService", "Get a DCP service", "DCP services", {200: Reply("The service", v1json.DCP_SERVICE)}
+)
+UPDATE_SERVICE = Operation(
+    "updateDcpService",
+    "Rename a DCP service or change its guards",
+    "DCP services",
+    {202: Reply("The service as changed", v1json.DCP_SERVICE)},
+    body=body_of(_SERVICE, "The fields to change", echoed=_SERVICE.read_only, refined=_SERVICE_LIMITS),
+)
+ARCHIVE_SERVICE = Operation("archiveDcpService", "Archive a DCP service", "DCP services", {204: _ARCHIVED})
+_TABLE_LIMITS = {
+    "name": _NAME,
+    "description": _DESCRIPTION,
+    "keyfield_locator_type": {"enum": list(v1json.LOCATOR_VALUES)},
+}
+LIST_TABLES = Operation(
+    "listTables",
+    "List a DCP service's tables",
+    "Tables",
+    {200: Reply("Every table of the service, its Optimizely table first", array(v1json.TABLE))},
+)
+CREATE_TABLE = Operation(
+    "createTable",
+    "Create a table",
+    "Tables",
+    {201: Reply("The table made", v1json.TABLE, links=_TABLE_LINKS)},
+    description="keyfield_locator_name is required unless keyfield_locator_type is 'uid', where it must be null.",
+    body=body_of(
+        _TABLE,
+        "The new table",
+        required=["name", "keyfield_locator_type"],
+        echoed=["dcp_service_id"],
+        refined=_TABLE_LIMITS,
+    ),
+)
+GET_TABLE = Operation("getTable", "Get a table", "Tables", {200: Reply("The table", v1json.TABLE)})
+UPDATE_TABLE = Operation(
+    "updateTable",
+    "Change a table, or archive or unarchive it",
+    "Tables",
+    {202: Reply("The table as changed", v1json.TABLE)},
+    body=body_of(_TABLE_UPDATE, "The fields to change", echoed=_TABLE_UPDATE.read_only, refined=_TABLE_LIMITS),
+)
+ARCHIVE_TABLE = Operation("archiveTable", "Archive a table", "Tables", {204: _ARCHIVED})
+LIST_ATTRIBUTES = Operation(
+    "listAttributes",
+    "List a table's attributes",
+    "Attributes",
+    {200: Reply("Every attribute of the table, archived ones included", array(v1json.ATTRIBUTE))},
+)
+CREATE_ATTRIBUTE = Operation(
+    "createAttribute",
+    "Register an attribute",
+    "Attributes",
+    {201: Reply("The attribute registered; it is writable at once", v1json.ATTRIBUTE, links=_ATTRIBUTE_LINKS)},
+    description="format is required for datatype 'datetime' and must be null for the others.",
+    body=body_of(
+        _ATTRIBUTE_CREATE,
+        "The new attribute",
+        required=["name", "datatype"],
+        echoed=["dcp_datasource_id"],
+        refined={
+            "name": _NAME,
+            "description": _DESCRIPTION,
+            "datatype": {"enum": list(v1json.DATATYPE_VALUES)},
+            "format": {"enum": [*v1json.FORMAT_VALUES, None]},
+        },
+    ),
+)
+GET_ATTRIBUTE = Operation(
+    "getAttribute", "Get an attribute", "Attributes", {200: Reply("The attribute", v1json.ATTRIBUTE)}
+)
+UPDATE_ATTRIBUTE = Operation(
+    "updateAttribute",
+    "Change an attribute's description or visibility, or archive or unarchive it",
+    "Attributes",
+    {202: Reply("The attribute as changed", v1json.ATTRIBUTE)},
+    description="Name, datatype and format never change; they may be sent back unchanged.",
+    body=body_of(_ATTRIBUTE_UPDATE, "The fields to change", echoed=_ATTRIBUTE_UPDATE.read_only),
+)
+ARCHIVE_ATTRIBUTE = Operation(
+    "archiveAttribute",
+    "Archive an attribute",
+    "Attributes",
+    {204: Reply("Archived: its values are no longer read or written; they are kept")},
+)
 
 
 class ConfigApi:
@@ -232,29 +416,52 @@ class ConfigApi:
         self._schema = schema
 
     def routes(self, wrap: Wrap) -> list[Route]:
-        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+        def route(path: str, methods: dict[str, tuple[Endpoint, Operation]]) -> Route:
             return method_route(wrap, PREFIX + path, methods)
 
         return [
-            route("/projects", {"GET": self.list_projects, "POST": self.create_project}),
-            route("/projects/{project_id}", {"GET": self.get_project, "PUT": self.update_project}),
-            route("/dcp_services", {"GET": self.list_services, "POST": self.create_service}),
+            route(
+                "/projects", {"GET": (self.list_projects, LIST_PROJECTS), "POST": (self.create_project, CREATE_PROJECT)}
+            ),
+            route(
+                "/projects/{project_id}",
+                {"GET": (self.get_project, GET_PROJECT), "PUT": (self.update_project, UPDATE_PROJECT)},
+            ),
+            route(
+                "/dcp_services",
+                {"GET": (self.list_services, LIST_SERVICES), "POST": (self.create_service, CREATE_SERVICE)},
+            ),
             route(
                 "/dcp_services/{service_id}",
-                {"GET": self.get_service, "PUT": self.update_service, "DELETE": self.archive_service},
+                {
+                    "GET": (self.get_service, GET_SERVICE),
+                    "PUT": (self.update_service, UPDATE_SERVICE),
+                    "DELETE": (self.archive_service, ARCHIVE_SERVICE),
+                },
             ),
-            route("/dcp_services/{service_id}/dcp_datasources", {"GET": self.list_tables, "POST": self.create_table}),
+            route(
+                "/dcp_services/{service_id}/dcp_datasources",
+                {"GET": (self.list_tables, LIST_TABLES), "POST": (self.create_table, CREATE_TABLE)},
+            ),
             route(
                 "/dcp_datasources/{table_id}",
-                {"GET": self.get_table, "PUT": self.update_table, "DELETE": self.archive_table},
+                {
+                    "GET": (self.get_table, GET_TABLE),
+                    "PUT": (self.update_table, UPDATE_TABLE),
+                    "DELETE": (self.archive_table, ARCHIVE_TABLE),
+                },
             ),
             route(
                 "/dcp_datasources/{table_id}/dcp_datasource_attributes",
-                {"GET": self.list_attributes, "POST": self.create_attribute},
+                {"GET": (self.list_attributes, LIST_ATTRIBUTES), "POST": (self.create_attribute, CREATE_ATTRIBUTE)},
             ),
             route(
                 "/dcp_datasource_attributes/{attribute_id}",
-                {"GET": self.get_attribute, "PUT": self.update_attribute, "DELETE": self.archive_attribute},
+                {
+                    "GET": (self.get_attribute, GET_ATTRIBUTE),
+                    "PUT": (self.update_attribute, UPDATE_ATTRIBUTE),
+                    "DELETE": (self.archive_attribute, ARCHIVE_ATTRIBUTE),
+                },
             ),
         ]
 

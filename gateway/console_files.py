@@ -1,5 +1,6 @@
-"""Serves the web console's files under /console/, and what the console must know of
-this deployment that the v1 API does not say (where the S3 store is)."""
+"""Serves the web console's files under /console/, what the console must know of this
+deployment that the v1 API does not say (where the S3 store is), and the API reference
+page at /docs, which renders /openapi.json."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from console import STATIC_DIR
+from gateway.openapi import DocumentedRoute, Operation, Reply
+
+# The reference page ships beside the console, and is not part of it (nor of its script budget).
+DOCS_DIR = STATIC_DIR.parent / "apidocs"
 
 # The console talks to this origin's API and PUTs files to the S3 store, which may live
 # elsewhere: scripts, styles and images only from here, requests wherever the store is.
@@ -67,32 +72,50 @@ def _answer(file: _File, request: Request) -> Response:
     return Response(file.body, media_type=file.media_type, headers=headers)
 
 
-def routes(store: ConsoleStore, directory: Path = STATIC_DIR) -> list[Route]:
+DOCS = Operation(
+    "getApiReference",
+    "The API reference: this document, rendered for people",
+    "About",
+    {200: Reply("The page", {"type": "string"}, media_type="text/html")},
+    authenticated=False,
+)
+
+
+def _not_found(what: str) -> Response:
+    return JSONResponse({"status": 404, "code": "ROUTE_NOT_FOUND", "message": f"no such {what}"}, status_code=404)
+
+
+def routes(store: ConsoleStore, directory: Path = STATIC_DIR, docs_directory: Path = DOCS_DIR) -> list[Route]:
     files = _load(directory)
     index = files["index.html"]
+    docs = _load(docs_directory)
     config = {"s3": {"endpoint_url": store.endpoint_url, "bucket": store.bucket, "region": store.region}}
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/console/", status_code=302)
+
+    async def reference(request: Request) -> Response:
+        return _answer(docs["index.html"], request)
+
+    async def reference_file(request: Request) -> Response:
+        file = docs.get(request.path_params["path"])
+        return _not_found("docs file") if file is None else _answer(file, request)
 
     async def page(request: Request) -> Response:
         return _answer(index, request)
 
     async def static(request: Request) -> Response:
         file = files.get(request.path_params["path"])
-        if file is None:
-            return JSONResponse(
-                {"status": 404, "code": "ROUTE_NOT_FOUND", "message": "no such console file"}, status_code=404
-            )
-        return _answer(file, request)
+        return _not_found("console file") if file is None else _answer(file, request)
 
     async def settings(request: Request) -> Response:
         return JSONResponse(config, headers={"Cache-Control": "no-cache"})
 
     return [
-        Route("/", root, methods=["GET"]),
         Route("/console", root, methods=["GET"]),
         Route("/console/", page, methods=["GET"]),
         Route("/console/config.json", settings, methods=["GET"]),
         Route("/console/static/{path:path}", static, methods=["GET"]),
+        DocumentedRoute("/docs", reference, operations={"GET": DOCS}),
+        Route("/docs/static/{path:path}", reference_file, methods=["GET"]),
     ]

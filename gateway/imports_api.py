@@ -16,6 +16,23 @@ from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
 from gateway import v1json
 from gateway.config_api import Call, Endpoint, Wrap, link_next_page, method_route, path_id, per_page
 from gateway.errors import ApiError
+from gateway.openapi import (
+    COUNT,
+    CSV_ATTACHMENT,
+    ID,
+    LINK,
+    TEXT,
+    TIMESTAMP,
+    Body,
+    Component,
+    Operation,
+    Query,
+    Reply,
+    array,
+    described,
+    nullable,
+    record,
+)
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
 DEFAULT_PER_PAGE = 25
@@ -34,6 +51,41 @@ STATUS_NAMES = {
 
 def _moment(message: pb.Upload, name: Literal["received_at", "started_at", "finished_at"]) -> str | None:
     return v1json.timestamp(getattr(message, name)) if message.HasField(name) else None
+
+
+_STATUS = {"type": "string", "enum": list(STATUS_NAMES.values())}
+UPLOAD = Component(
+    "Upload",
+    record(
+        {
+            "id": ID,
+            "dcp_datasource_id": ID,
+            "file_name": TEXT,
+            "s3_key": TEXT,
+            "size_bytes": COUNT,
+            "status": _STATUS,
+            "rows_total": described(COUNT, "Data rows read; while processing, so far"),
+            "rows_ok": described(COUNT, "Rows stored, or to be stored when the file commits"),
+            "rows_failed": described(COUNT, "Rows refused"),
+            "errors_kept": described(COUNT, "Refused rows whose error is kept (rows_failed counts them all)"),
+            "error": described(nullable(TEXT), "Why the whole file failed"),
+            "received_at": nullable(TIMESTAMP),
+            "started_at": nullable(TIMESTAMP),
+            "finished_at": nullable(TIMESTAMP),
+        }
+    ),
+)
+ROW_PROBLEM = Component(
+    "RowProblem",
+    record(
+        {
+            "row": described(COUNT, "Spreadsheet row: the header is row 1, the first data row 2"),
+            "column": described(TEXT, "The column named in the header, or empty for the whole row"),
+            "value": described(TEXT, "The cell as written, cut to 200 characters"),
+            "message": TEXT,
+        }
+    ),
+)
 
 
 def upload_json(message: pb.Upload) -> dict[str, Any]:
@@ -59,6 +111,119 @@ def problem_json(problem: pb.RowProblem) -> dict[str, Any]:
     return {"row": problem.row, "column": problem.column, "value": problem.value, "message": problem.message}
 
 
+UPLOAD_ERRORS = Component(
+    "UploadErrors",
+    record({"upload_id": ID, "rows_failed": COUNT, "errors_kept": COUNT, "errors": array(ROW_PROBLEM)}),
+)
+VALIDATION = Component(
+    "Validation",
+    record(
+        {
+            "status": described(_STATUS, "What an upload of this file would end as"),
+            "rows_total": COUNT,
+            "rows_ok": COUNT,
+            "rows_failed": COUNT,
+            "error": described(nullable(TEXT), "Why the whole file would fail"),
+            "errors": array(ROW_PROBLEM),
+        }
+    ),
+)
+UPLOAD_URL = Component(
+    "UploadUrl",
+    record(
+        {
+            "url": described(TEXT, "A presigned URL to send the file to, with `method`"),
+            "method": described(TEXT, "The HTTP method to send the file with"),
+            "bucket": TEXT,
+            "s3_key": TEXT,
+            "expires_at": TIMESTAMP,
+        }
+    ),
+)
+_CSV: dict[str, Any] = {"type": "string", "description": "CSV text, UTF-8, with a header row"}
+PER_PAGE = Query(
+    "per_page",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": DEFAULT_PER_PAGE},
+    "How many to answer with",
+)
+PAGE_TOKEN = Query("page_token", {"type": "string"}, "The next page's token, from the previous page's Link header")
+
+LIST_UPLOADS = Operation(
+    "listUploads",
+    "A table's upload history, newest first",
+    "Uploads",
+    {200: Reply("One page of uploads", array(UPLOAD), headers={"Link": LINK})},
+    query=(PER_PAGE, PAGE_TOKEN),
+)
+CREATE_UPLOAD_URL = Operation(
+    "createUploadUrl",
+    "A presigned URL to upload one CSV file to the table",
+    "Uploads",
+    {201: Reply("Where and how to send the file", UPLOAD_URL)},
+    body=Body(
+        record(
+            {
+                "file_name": {"type": "string", "description": "The file's name, ending in .csv"},
+                "expires_in_seconds": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_URL_SECONDS,
+                    "description": "How long the URL works; 0 or absent for the default",
+                },
+            },
+            optional=["expires_in_seconds"],
+        ),
+        description="The file to upload",
+    ),
+)
+GET_UPLOAD = Operation("getUpload", "One upload and its progress", "Uploads", {200: Reply("The upload", UPLOAD)})
+UPLOAD_ERRORS_OPERATION = Operation(
+    "listUploadErrors",
+    "The rows of an upload that were refused, and why",
+    "Uploads",
+    {
+        200: Reply(
+            "The refused rows kept, as JSON or (format=csv) as a CSV file",
+            UPLOAD_ERRORS,
+            headers={"Content-Disposition": CSV_ATTACHMENT},
+            alternatives={"text/csv": _CSV},
+        )
+    },
+    query=(
+        Query(
+            "format",
+            {"type": "string", "enum": ["json", "csv"], "default": "json"},
+            "json, or csv for a file with the columns row, column, value, message",
+        ),
+    ),
+)
+CANCEL_UPLOAD = Operation(
+    "cancelUpload",
+    "Cancel an upload that has not finished",
+    "Uploads",
+    {202: Reply("The upload; one being imported stops within seconds", UPLOAD)},
+)
+TEMPLATE = Operation(
+    "getUploadTemplate",
+    "A CSV template for the table: its key column and active attributes",
+    "Uploads",
+    {200: Reply("The template file", _CSV, media_type="text/csv", headers={"Content-Disposition": CSV_ATTACHMENT})},
+)
+VALIDATE = Operation(
+    "validateUpload",
+    "Check a CSV file as an upload of it would, storing nothing",
+    "Uploads",
+    {200: Reply("What an upload of the file would end as", VALIDATION)},
+    description=f"The body is the file itself (any media type), at most {MAX_VALIDATE_BYTES} bytes. "
+    "One file of an account is checked at a time; another sent meanwhile is refused with 429.",
+    body=Body(_CSV, media_type="text/csv", description="The file to check"),
+    query=(
+        Query("file_name", {"type": "string", "default": "upload.csv"}, "The file's name, as it would be uploaded"),
+    ),
+    retry_after_on_429=False,
+)
+
+
 def _per_page(request: Request) -> int:
     return per_page(request, default=DEFAULT_PER_PAGE, maximum=MAX_PER_PAGE)
 
@@ -68,16 +233,19 @@ class ImportsApi:
         self._imports = imports
 
     def routes(self, wrap: Wrap) -> list[Route]:
-        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+        def route(path: str, methods: dict[str, tuple[Endpoint, Operation]]) -> Route:
             return method_route(wrap, PREFIX + path, methods)
 
         return [
-            route("/uploads", {"GET": self.list_uploads, "POST": self.upload_url}),
-            route("/uploads/{upload_id}", {"GET": self.get_upload}),
-            route("/uploads/{upload_id}/errors", {"GET": self.upload_errors}),
-            route("/uploads/{upload_id}/cancel", {"POST": self.cancel_upload}),
-            route("/template", {"GET": self.template}),
-            route("/validate", {"POST": self.validate}),
+            route(
+                "/uploads",
+                {"GET": (self.list_uploads, LIST_UPLOADS), "POST": (self.upload_url, CREATE_UPLOAD_URL)},
+            ),
+            route("/uploads/{upload_id}", {"GET": (self.get_upload, GET_UPLOAD)}),
+            route("/uploads/{upload_id}/errors", {"GET": (self.upload_errors, UPLOAD_ERRORS_OPERATION)}),
+            route("/uploads/{upload_id}/cancel", {"POST": (self.cancel_upload, CANCEL_UPLOAD)}),
+            route("/template", {"GET": (self.template, TEMPLATE)}),
+            route("/validate", {"POST": (self.validate, VALIDATE)}),
         ]
 
     async def list_uploads(self, request: Request, call: Call) -> Response:

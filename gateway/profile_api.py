@@ -17,6 +17,8 @@ from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
 from gateway.bodies import INT64_MAX
 from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id
 from gateway.errors import ApiError
+from gateway.openapi import DECIMAL_ID, TEXT, Body, Component, Header, Link, Operation, Reply, array, described, record
+from services._runtime.identity import CredentialKind, Scope
 
 PREFIX = "/api"
 INT64_MIN = -(2**63)
@@ -45,6 +47,27 @@ def _value_from_proto(value: profiles_pb.Value) -> Any:
     return None if kind in (None, "null_value") else getattr(value, kind)
 
 
+_VALUE = {
+    "type": ["string", "number", "boolean", "null"],
+    "description": "A value of the attribute's datatype: string, long, double, bool, or a datetime as text",
+}
+PROFILE = Component(
+    "Profile",
+    record(
+        {
+            "customerId": TEXT,
+            "dcpServiceId": DECIMAL_ID,
+            "datasourceId": DECIMAL_ID,
+            "data": {
+                "type": "object",
+                "additionalProperties": _VALUE,
+                "description": "The customer's values, by attribute name; archived attributes are left out",
+            },
+        }
+    ),
+)
+
+
 def _profile(message: profiles_pb.Profile) -> dict[str, Any]:
     return {
         "customerId": message.customer_id,
@@ -52,6 +75,35 @@ def _profile(message: profiles_pb.Profile) -> dict[str, Any]:
         "datasourceId": str(message.dcp_datasource_id),
         "data": {name: _value_from_proto(value) for name, value in message.data.items()},
     }
+
+
+ALIAS_SET = Component(
+    "AliasSet",
+    record(
+        {
+            "customerId": described(TEXT, "The Optimizely visitor id"),
+            "dcpServiceId": DECIMAL_ID,
+            "datasourceId": described(DECIMAL_ID, "The service's Optimizely table"),
+            "data": {
+                "type": "object",
+                "propertyNames": {"pattern": "^[0-9]+$"},
+                "additionalProperties": TEXT,
+                "description": "The visitor's customer id in each table, by table id",
+            },
+        }
+    ),
+)
+WHOAMI = Component(
+    "WhoAmI",
+    record(
+        {
+            "accountId": DECIMAL_ID,
+            "accountName": TEXT,
+            "scopes": array({"type": "string", "enum": [scope.value for scope in Scope]}),
+            "credentialKind": {"type": "string", "enum": [kind.value for kind in CredentialKind]},
+        }
+    ),
+)
 
 
 def _alias_set(message: aliases_pb.AliasSet) -> dict[str, Any]:
@@ -89,6 +141,124 @@ def _string_map(body: Mapping[str, Any], field: str) -> dict[str, str]:
     return result
 
 
+_PROFILE_WRITE = Body(
+    record(
+        {
+            "data": {
+                "type": "object",
+                "additionalProperties": _VALUE,
+                "description": "Values by attribute name; null clears one. Attributes not named keep their values",
+            }
+        }
+    ),
+    description="The values to merge into the profile",
+)
+_ALIASES_WRITE = Body(
+    record(
+        {
+            "data": {
+                "type": "object",
+                "propertyNames": {"pattern": "^[0-9]{1,18}$"},
+                "additionalProperties": TEXT,
+                "description": "Customer ids by table id, to link to the visitor",
+            }
+        }
+    ),
+    description="The links to add",
+)
+_LOCATOR_VALUES = {
+    "type": ["object", "null"],
+    "additionalProperties": {"type": ["string", "integer"]},
+}
+_RESOLVE = Body(
+    record(
+        {
+            "cookies": described(_LOCATOR_VALUES, "The visitor's cookies, by name"),
+            "query": described(_LOCATOR_VALUES, "The page's query parameters, by name"),
+            "js": described(_LOCATOR_VALUES, "JavaScript variables, by name"),
+        },
+        optional=["cookies", "query", "js"],
+    ),
+    description="Where the visitor's customer ids may be found, as each table's keyfield locator says",
+)
+_PROFILES = array(PROFILE)
+GET_PROFILE = Operation(
+    "getProfile", "Get a customer's profile in one table", "Profiles", {200: Reply("The profile", PROFILE)}
+)
+MERGE_PROFILE = Operation(
+    "mergeProfile",
+    "Write values to a customer's profile",
+    "Profiles",
+    {
+        201: Reply(
+            "The profile after the merge",
+            PROFILE,
+            links={
+                "GetProfile": Link(
+                    "getProfile",
+                    {
+                        "service_id": "$request.path.service_id",
+                        "table_id": "$request.path.table_id",
+                        "customer_id": "$request.path.customer_id",
+                    },
+                )
+            },
+        )
+    },
+    description="Each value is checked against its attribute's datatype; a service's PII guard may refuse values.",
+    body=_PROFILE_WRITE,
+)
+DELETE_PROFILE = Operation(
+    "deleteProfile", "Delete a customer's profile in one table", "Profiles", {204: Reply("Deleted")}
+)
+CONSOLIDATED = Operation(
+    "getConsolidatedView",
+    "A visitor's profiles in every table they are linked to",
+    "Profiles",
+    {200: Reply("The visitor's profiles, the Optimizely table's first", _PROFILES)},
+)
+CONSOLIDATED_IN_TABLE = Operation(
+    "getConsolidatedViewOfTable",
+    "A visitor's profiles, naming the Optimizely table",
+    "Profiles",
+    {200: Reply("The visitor's profiles, the Optimizely table's first", _PROFILES)},
+)
+GET_ALIASES = Operation(
+    "getAliases", "Which customer of each table a visitor is", "Aliases", {200: Reply("The links", ALIAS_SET)}
+)
+MERGE_ALIASES = Operation(
+    "mergeAliases",
+    "Link customer ids to a visitor",
+    "Aliases",
+    {201: Reply("The visitor's links after the merge", ALIAS_SET)},
+    body=_ALIASES_WRITE,
+)
+DELETE_ALIAS = Operation(
+    "deleteAlias", "Unlink a visitor from one table's customer", "Aliases", {204: Reply("Unlinked")}
+)
+RESOLVE = Operation(
+    "resolveVisitor",
+    "Link a visitor by the locator values of their page, and get their consolidated view",
+    "Profiles",
+    {
+        200: Reply(
+            "The visitor's profiles after linking",
+            _PROFILES,
+            headers={
+                "X-DCP-Skipped-Tables": Header(
+                    {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+                    "Tables whose locator value was refused (e.g. a blocked placeholder id), comma-separated",
+                )
+            },
+        )
+    },
+    body=_RESOLVE,
+)
+WHOAMI_OPERATION = Operation(
+    "whoAmI", "The caller's account and what its credentials allow", "Account", {200: Reply("The caller", WHOAMI)}
+)
+
+
 class ProfileApi:
     def __init__(
         self,
@@ -101,26 +271,33 @@ class ProfileApi:
         self._aliases = aliases
 
     def routes(self, wrap: Wrap) -> list[Route]:
-        def route(path: str, methods: dict[str, Endpoint]) -> Route:
+        def route(path: str, methods: dict[str, tuple[Endpoint, Operation]]) -> Route:
             return method_route(wrap, PREFIX + path, methods)
 
         return [
             route(
                 "/customer_profile/{service_id}/{table_id}/{customer_id:path}",
-                {"GET": self.get_profile, "POST": self.merge_profile, "DELETE": self.delete_profile},
+                {
+                    "GET": (self.get_profile, GET_PROFILE),
+                    "POST": (self.merge_profile, MERGE_PROFILE),
+                    "DELETE": (self.delete_profile, DELETE_PROFILE),
+                },
             ),
-            route("/consolidatedCustomerView/{service_id}/{user_id}", {"GET": self.consolidated}),
+            route("/consolidatedCustomerView/{service_id}/{user_id}", {"GET": (self.consolidated, CONSOLIDATED)}),
             route(
                 "/consolidatedCustomerView/{service_id}/{optimizely_table_id}/{user_id:path}",
-                {"GET": self.consolidated},
+                {"GET": (self.consolidated, CONSOLIDATED_IN_TABLE)},
             ),
             route(
                 "/alias/{service_id}/{optimizely_table_id}/{user_id}",
-                {"GET": self.get_aliases, "POST": self.merge_aliases},
+                {"GET": (self.get_aliases, GET_ALIASES), "POST": (self.merge_aliases, MERGE_ALIASES)},
             ),
-            route("/alias/{service_id}/{optimizely_table_id}/{user_id}/{table_id}", {"DELETE": self.delete_alias}),
-            route("/resolve/{service_id}/{user_id}", {"POST": self.resolve}),
-            route("/whoami", {"GET": self.whoami}),
+            route(
+                "/alias/{service_id}/{optimizely_table_id}/{user_id}/{table_id}",
+                {"DELETE": (self.delete_alias, DELETE_ALIAS)},
+            ),
+            route("/resolve/{service_id}/{user_id}", {"POST": (self.resolve, RESOLVE)}),
+            route("/whoami", {"GET": (self.whoami, WHOAMI_OPERATION)}),
         ]
 
     # Customer profiles

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from dcp.schema.v1 import resources_pb2
+from gateway.openapi import BOOLEAN, COUNT, ID, TEXT, TIMESTAMP, Component, array, described, nullable, record
 
 LOCATOR_NAMES = {
     resources_pb2.LOCATOR_TYPE_COOKIE: "cookie",
@@ -49,6 +50,21 @@ def timestamp(value: timestamp_pb2.Timestamp) -> str:
     return value.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+PROJECT = Component(
+    "Project",
+    record(
+        {
+            "id": ID,
+            "account_id": ID,
+            "project_name": TEXT,
+            "dcp_service_id": described(nullable(ID), "The DCP service the project is linked to, if any"),
+            "created": TIMESTAMP,
+            "last_modified": TIMESTAMP,
+        }
+    ),
+)
+
+
 def project(message: resources_pb2.Project) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -58,6 +74,29 @@ def project(message: resources_pb2.Project) -> dict[str, Any]:
         "created": timestamp(message.created),
         "last_modified": timestamp(message.last_modified),
     }
+
+
+DCP_SERVICE = Component(
+    "DcpService",
+    record(
+        {
+            "id": ID,
+            "account_id": ID,
+            "archived": BOOLEAN,
+            "aws_access_key": described(TEXT, "The access key of the S3 credentials that upload to this service"),
+            "aws_secret_key": TEXT,
+            "created": TIMESTAMP,
+            "last_modified": TIMESTAMP,
+            "name": TEXT,
+            "s3_path": described(TEXT, "Where in the bucket this service's files go"),
+            "pii_guard": described(BOOLEAN, "Whether values that look like personal data are refused"),
+            "alias_blocked_customer_ids": array(
+                TEXT, description="Placeholder customer ids that are never linked to a visitor"
+            ),
+            "alias_max_users_per_customer_id": described(COUNT, "How many visitors one customer id may be linked to"),
+        }
+    ),
+)
 
 
 def dcp_service(message: resources_pb2.DcpService) -> dict[str, Any]:
@@ -78,6 +117,20 @@ def dcp_service(message: resources_pb2.DcpService) -> dict[str, Any]:
     }
 
 
+_ATTRIBUTE_SUMMARY_FIELDS: dict[str, Any] = {
+    "archived": BOOLEAN,
+    "datatype": nullable({"type": "string", "enum": list(DATATYPE_VALUES)}),
+    "description": nullable(TEXT),
+    "format": described(
+        nullable({"type": "string", "enum": list(FORMAT_VALUES)}), "How a datetime attribute's values are written"
+    ),
+    "id": ID,
+    "is_value_public": BOOLEAN,
+    "name": TEXT,
+}
+ATTRIBUTE_SUMMARY = Component("AttributeSummary", record(_ATTRIBUTE_SUMMARY_FIELDS))
+
+
 def attribute_summary(message: resources_pb2.Attribute) -> dict[str, Any]:
     """The shortened form v1 nests in a table's `attributes`."""
     return {
@@ -91,6 +144,12 @@ def attribute_summary(message: resources_pb2.Attribute) -> dict[str, Any]:
     }
 
 
+ATTRIBUTE = Component(
+    "Attribute",
+    record({**_ATTRIBUTE_SUMMARY_FIELDS, "created": TIMESTAMP, "dcp_datasource_id": ID, "last_modified": TIMESTAMP}),
+)
+
+
 def attribute(message: resources_pb2.Attribute) -> dict[str, Any]:
     return {
         **attribute_summary(message),
@@ -98,6 +157,33 @@ def attribute(message: resources_pb2.Attribute) -> dict[str, Any]:
         "dcp_datasource_id": message.dcp_datasource_id,
         "last_modified": timestamp(message.last_modified),
     }
+
+
+TABLE = Component(
+    "Table",
+    record(
+        {
+            "id": ID,
+            "archived": BOOLEAN,
+            "attributes": array(ATTRIBUTE_SUMMARY, description="The table's attributes, archived ones included"),
+            "aws_access_key": TEXT,
+            "aws_secret_key": TEXT,
+            "created": TIMESTAMP,
+            "dcp_service_id": ID,
+            "description": nullable(TEXT),
+            "is_optimizely": described(BOOLEAN, "The service's own table of Optimizely visitor ids"),
+            "keyfield_locator_name": nullable(TEXT),
+            "keyfield_locator_type": nullable({"type": "string", "enum": list(LOCATOR_VALUES)}),
+            "last_modified": TIMESTAMP,
+            "name": TEXT,
+            "s3_path": TEXT,
+            "import_mode": described(
+                nullable({"type": "string", "enum": list(IMPORT_MODE_VALUES)}),
+                "partial stores a file's valid rows; all_or_nothing stores none if any row is refused",
+            ),
+        }
+    ),
+)
 
 
 def table(message: resources_pb2.Table) -> dict[str, Any]:
