@@ -221,10 +221,14 @@ def no_content() -> Response:
 Wrap = Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]
 
 
-def path_parameter(name: str) -> Schema:
+def path_parameter(name: str, converter: str = "str") -> Schema:
     """A path parameter's schema, as `path_id` and `check_path` take it."""
     if name in TEXT_ID_PARAMETERS:
-        return {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID_LENGTH}
+        schema: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID_LENGTH}
+        if converter != "path":
+            # One path segment: a '/' (even escaped) would make the path another route's.
+            schema["pattern"] = "^[^/]+$"
+        return schema
     # int64 bounds it above; anything else is a 404 (see `path_id`).
     return {"type": "integer", "format": "int64", "minimum": 1}
 
@@ -239,9 +243,12 @@ def method_route(wrap: Wrap, path: str, methods: dict[str, tuple[Endpoint, Opera
         return await handlers[method](request)
 
     operations = {method: operation for method, (_, operation) in methods.items()}
-    names = [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+    parameters = [part[1:-1].partition(":") for part in path.split("/") if part.startswith("{")]
     return DocumentedRoute(
-        path, dispatch, operations=operations, path_parameters={name: path_parameter(name) for name in names}
+        path,
+        dispatch,
+        operations=operations,
+        path_parameters={name: path_parameter(name, converter or "str") for name, _, converter in parameters},
     )
 
 

@@ -33,6 +33,7 @@ from gateway.openapi import (
     nullable,
     record,
 )
+from services.imports.uploads import MAX_FILE_NAME_CHARS
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
 DEFAULT_PER_PAGE = 25
@@ -163,7 +164,12 @@ CREATE_UPLOAD_URL = Operation(
     body=Body(
         record(
             {
-                "file_name": {"type": "string", "description": "The file's name, ending in .csv"},
+                "file_name": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_FILE_NAME_CHARS,
+                    "description": "A plain file name: no '/', '\\', control characters or '..'",
+                },
                 "expires_in_seconds": {
                     "type": "integer",
                     "minimum": 0,

@@ -224,7 +224,11 @@ LINK = Header(
 CSV_ATTACHMENT = Header({"type": "string", "pattern": "^attachment; filename="}, "The file name to save the CSV as")
 
 _ERROR_RESPONSES: dict[int, tuple[str, str]] = {
-    400: ("BadRequest", "The request was refused: a field, a query parameter or a path id is not valid"),
+    400: (
+        "BadRequest",
+        "The request was refused: a field, a parameter or the path is not valid, or it breaks a rule "
+        "(e.g. the object is archived); `errors` names the fields",
+    ),
     401: ("Unauthorized", "No usable credentials: send `Token: <classic token>` or `Authorization: Bearer <token>`"),
     403: ("Forbidden", "The credentials do not allow this (a revoked token, or a scope the token lacks)"),
     404: ("NotFound", "No such object in this account (or a path id that cannot name one)"),

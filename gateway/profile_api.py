@@ -215,13 +215,13 @@ CONSOLIDATED = Operation(
     "getConsolidatedView",
     "A visitor's profiles in every table they are linked to",
     "Profiles",
-    {200: Reply("The visitor's profiles, the Optimizely table's first", _PROFILES)},
+    {200: Reply("The visitor's profile in each table they are linked to", _PROFILES)},
 )
 CONSOLIDATED_IN_TABLE = Operation(
     "getConsolidatedViewOfTable",
     "A visitor's profiles, naming the Optimizely table",
     "Profiles",
-    {200: Reply("The visitor's profiles, the Optimizely table's first", _PROFILES)},
+    {200: Reply("The visitor's profile in each table they are linked to", _PROFILES)},
 )
 GET_ALIASES = Operation(
     "getAliases", "Which customer of each table a visitor is", "Aliases", {200: Reply("The links", ALIAS_SET)}
