@@ -26,6 +26,7 @@ from gateway.config_api import (
     no_content,
     path_id,
     per_page,
+    visible_text_pattern,
 )
 from gateway.errors import ApiError
 from gateway.imports_api import DEFAULT_PER_PAGE as HISTORY_DEFAULT_PER_PAGE
@@ -45,6 +46,7 @@ from gateway.openapi import (
     Operation,
     Query,
     Reply,
+    Schema,
     array,
     described,
     nullable,
@@ -244,8 +246,8 @@ def _outcome_json(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[
     }
 
 
-_AUDIENCE_LIMITS = {
-    "name": {"minLength": 1, "maxLength": MAX_NAME_LENGTH},
+_AUDIENCE_LIMITS: dict[str, Schema] = {
+    "name": {"minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": visible_text_pattern()},
     "description": {"maxLength": MAX_DESCRIPTION_LENGTH},
 }
 _AUDIENCE_LINKS = {
@@ -397,7 +399,9 @@ EVALUATE = Operation(
                 },
                 optional=["project_id", "audience_ids", "conditions"],
             ),
+            # Conditions are evaluated on their own, in the project they would be saved in.
             "dependentRequired": {"conditions": ["project_id"]},
+            "dependentSchemas": {"conditions": {"properties": {"audience_ids": {"maxItems": 0}}}},
         },
         description="Which audiences to evaluate",
     ),

@@ -224,10 +224,14 @@ Wrap = Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]
 def path_parameter(name: str, converter: str = "str") -> Schema:
     """A path parameter's schema, as `path_id` and `check_path` take it."""
     if name in TEXT_ID_PARAMETERS:
-        schema: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID_LENGTH}
-        if converter != "path":
-            # One path segment: a '/' (even escaped) would make the path another route's.
-            schema["pattern"] = "^[^/]+$"
+        # Not blank, no control characters (the profiles service's rule for customer ids); and in one
+        # path segment no '/', which (even escaped) would make the path another route's.
+        schema: Schema = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_CUSTOMER_ID_LENGTH,
+            "pattern": visible_text_pattern(also_excluded="" if converter == "path" else "/"),
+        }
         return schema
     # int64 bounds it above; anything else is a 404 (see `path_id`).
     return {"type": "integer", "format": "int64", "minimum": 1}
@@ -252,9 +256,10 @@ def method_route(wrap: Wrap, path: str, methods: dict[str, tuple[Endpoint, Opera
     )
 
 
-def body_of(spec: BodySpec, description: str, **schema: Any) -> Body:
-    """A JSON request body whose schema is `spec`'s (see `BodySpec.json_schema`)."""
-    return Body(spec.json_schema(**schema), description=description)
+def body_of(spec: BodySpec, description: str, *, rules: Schema | None = None, **schema: Any) -> Body:
+    """A JSON request body whose schema is `spec`'s (see `BodySpec.json_schema`), with `rules`
+    between fields that the service checks (e.g. `if`/`then`) added to it."""
+    return Body({**spec.json_schema(**schema), **(rules or {})}, description=description)
 
 
 def _read_links(resource: str, parameter: str, *, get: str, update: str, archive: str | None = None) -> dict[str, Link]:
@@ -268,22 +273,39 @@ def _read_links(resource: str, parameter: str, *, get: str, update: str, archive
     return links
 
 
+def visible_text_pattern(also_excluded: str = "") -> str:
+    """Text with no control characters and at least one that is not a space."""
+    banned = "\\u0000-\\u001f\\u007f" + also_excluded
+    return f"^[^{banned}]*[^\\s{banned}][^{banned}]*$"
+
+
 # Names are the schema service's rule (`services/schema/rules.py`): documented here, checked there.
-_NAME = {"minLength": 1, "maxLength": MAX_NAME_LENGTH}
+_NAME = {"minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": visible_text_pattern()}
 _DESCRIPTION = {"maxLength": MAX_DESCRIPTION_LENGTH}
 
-_PROJECT_LINKS = _read_links("Project", "project_id", get="getProject", update="updateProject")
+_PROJECT_LINKS = {
+    **_read_links("Project", "project_id", get="getProject", update="updateProject"),
+    "ListAudiences": Link("listAudiences", {"project_id": "$response.body#/id"}),
+    "CreateAudience": Link("createAudience", {"project_id": "$response.body#/id"}),
+}
 _SERVICE_LINKS = {
     **_read_links(
         "DcpService", "service_id", get="getDcpService", update="updateDcpService", archive="archiveDcpService"
     ),
     "ListTables": Link("listTables", {"service_id": "$response.body#/id"}),
     "CreateTable": Link("createTable", {"service_id": "$response.body#/id"}),
+    "ListExports": Link("listServiceExports", {"service_id": "$response.body#/id"}),
 }
 _TABLE_LINKS = {
     **_read_links("Table", "table_id", get="getTable", update="updateTable", archive="archiveTable"),
     "ListAttributes": Link("listAttributes", {"table_id": "$response.body#/id"}),
     "CreateAttribute": Link("createAttribute", {"table_id": "$response.body#/id"}),
+    "ExportTable": Link("exportTable", {"table_id": "$response.body#/id"}),
+    "ListUploads": Link("listUploads", {"table_id": "$response.body#/id"}),
+    "CreateUploadUrl": Link("createUploadUrl", {"table_id": "$response.body#/id"}),
+    "MergeProfile": Link(
+        "mergeProfile", {"service_id": "$response.body#/dcp_service_id", "table_id": "$response.body#/id"}
+    ),
 }
 _ATTRIBUTE_LINKS = _read_links(
     "Attribute", "attribute_id", get="getAttribute", update="updateAttribute", archive="archiveAttribute"
@@ -312,7 +334,10 @@ UPDATE_PROJECT = Operation(
 )
 _SERVICE_LIMITS = {
     "name": _NAME,
-    "alias_blocked_customer_ids": {"maxItems": MAX_BLOCKED_CUSTOMER_IDS, "items": {"type": "string", **_NAME}},
+    "alias_blocked_customer_ids": {
+        "maxItems": MAX_BLOCKED_CUSTOMER_IDS,
+        "items": {"type": "string", "maxLength": MAX_NAME_LENGTH},
+    },
     "alias_max_users_per_customer_id": {"minimum": 1, "maximum": MAX_USERS_PER_CUSTOMER_ID},
 }
 LIST_SERVICES = Operation(
@@ -344,6 +369,7 @@ _TABLE_LIMITS = {
     "name": _NAME,
     "description": _DESCRIPTION,
     "keyfield_locator_type": {"enum": list(v1json.LOCATOR_VALUES)},
+    "keyfield_locator_name": {"maxLength": MAX_NAME_LENGTH, "pattern": "^([a-zA-Z_][a-zA-Z_0-9$]*)?$"},
 }
 LIST_TABLES = Operation(
     "listTables",
@@ -363,6 +389,11 @@ CREATE_TABLE = Operation(
         required=["name", "keyfield_locator_type"],
         echoed=["dcp_service_id"],
         refined=_TABLE_LIMITS,
+        rules={
+            "if": {"required": ["keyfield_locator_type"], "properties": {"keyfield_locator_type": {"const": "uid"}}},
+            "then": {"properties": {"keyfield_locator_name": {"enum": [None, ""]}}},
+            "else": {"required": ["keyfield_locator_name"], "properties": {"keyfield_locator_name": {"minLength": 1}}},
+        },
     ),
 )
 GET_TABLE = Operation("getTable", "Get a table", "Tables", {200: Reply("The table", v1json.TABLE)})
@@ -391,6 +422,11 @@ CREATE_ATTRIBUTE = Operation(
         "The new attribute",
         required=["name", "datatype"],
         echoed=["dcp_datasource_id"],
+        rules={
+            "if": {"required": ["datatype"], "properties": {"datatype": {"const": "datetime"}}},
+            "then": {"required": ["format"], "properties": {"format": {"type": "string"}}},
+            "else": {"properties": {"format": {"type": "null"}}},
+        },
         refined={
             "name": _NAME,
             "description": _DESCRIPTION,

@@ -147,7 +147,11 @@ PER_PAGE = Query(
     {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": DEFAULT_PER_PAGE},
     "How many to answer with",
 )
-PAGE_TOKEN = Query("page_token", {"type": "string"}, "The next page's token, from the previous page's Link header")
+PAGE_TOKEN = Query(
+    "page_token",
+    {"type": "string", "pattern": "^[A-Za-z0-9_=-]*$"},
+    "The next page's token, as the previous page's Link header gives it; any other is refused",
+)
 
 LIST_UPLOADS = Operation(
     "listUploads",

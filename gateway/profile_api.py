@@ -160,6 +160,7 @@ _ALIASES_WRITE = Body(
                 "type": "object",
                 "propertyNames": {"pattern": "^[0-9]{1,18}$"},
                 "additionalProperties": TEXT,
+                "minProperties": 1,
                 "description": "Customer ids by table id, to link to the visitor",
             }
         }
@@ -168,7 +169,7 @@ _ALIASES_WRITE = Body(
 )
 _LOCATOR_VALUES = {
     "type": ["object", "null"],
-    "additionalProperties": {"type": ["string", "integer"]},
+    "additionalProperties": {"type": ["string", "integer"], "minimum": INT64_MIN, "maximum": INT64_MAX},
 }
 _RESOLVE = Body(
     record(

@@ -741,7 +741,6 @@ async def test_other_scripts_digits_do_not_name_an_object(http: httpx.AsyncClien
         "/experiment/v1/projects/1/extra",
         "/experiment/v1/dcp_services/1/dcp_datasources/2",
         "/experiment/v2/projects",
-        "/experiment/v1/",
         "/api/v1/projects",
         "/nope",
         "/console/nope",
