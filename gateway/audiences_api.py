@@ -376,6 +376,13 @@ EXPORT_TABLE = Operation(
     body=_EXPORT_BODY,
 )
 TABLE_EXPORT = Operation("getTableExport", "One export of a table", "Exports", {200: Reply("The export", EXPORT)})
+GET_EXPORT = Operation(
+    "getExport",
+    "One export, of a table or an audience",
+    "Exports",
+    {200: Reply("The export", EXPORT)},
+    description="Any export of the account's DCP services by its id, as the service-wide listing shows it.",
+)
 EVALUATE = Operation(
     "evaluateAudiences",
     "Which audiences a visitor is in, and why",
@@ -438,6 +445,7 @@ class AudiencesApi:
             route(f"{V1}/audiences/{{audience_id}}/members", {"GET": (self.members, MEMBERS)}),
             route(f"{V1}/audiences/{{audience_id}}/members/count", {"GET": (self.count, COUNT_MEMBERS)}),
             route(f"{V1}/dcp_services/{{service_id}}/exports", {"GET": (self.service_exports, SERVICE_EXPORTS)}),
+            route(f"{V1}/exports/{{export_id}}", {"GET": (self.get_export, GET_EXPORT)}),
             route(
                 f"{V1}/audiences/{{audience_id}}/exports",
                 {"GET": (self.audience_exports, AUDIENCE_EXPORTS), "POST": (self.export_audience, EXPORT_AUDIENCE)},
@@ -603,6 +611,12 @@ class AudiencesApi:
         )
         if result.WhichOneof("source") != source or getattr(result, source) != source_id:
             raise ApiError(404, f"export {result.id} is not an export of this resource", code="NOT_FOUND")
+        return JSONResponse(export_json(result))
+
+    async def get_export(self, request: Request, call: Call) -> Response:
+        result = await self._profiles.GetExport(
+            profiles_pb.GetExportRequest(export_id=path_id(request, "export_id")), metadata=call.metadata
+        )
         return JSONResponse(export_json(result))
 
     async def _list_exports(self, request: Request, call: Call, listing: profiles_pb.ListExportsRequest) -> Response:

@@ -414,6 +414,12 @@ async def test_past_exports_are_listed_newest_first_per_service_table_and_audien
             assert download.status_code == 200
             assert len(download.content) == export["size_bytes"]
 
+    # Any of them by its id alone, whether of a table or of an audience.
+    for export in finished:
+        by_id = await world.call("GET", f"{V1}/exports/{export['id']}")
+        assert by_id.status_code == 200, by_id.text
+        assert _without_url(by_id.json()) == _without_url(export)
+
     crm = (await world.call("GET", f"{V1}/dcp_datasources/{world.crm}/exports")).json()
     assert [e["id"] for e in crm] == [started[3]["id"], started[0]["id"]]
     assert all(e["dcp_datasource_id"] == world.crm for e in crm)

@@ -99,6 +99,8 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", V1 + "/audiences/{audience}/exports/{audience_export}", None),
     ("POST", V1 + "/dcp_datasources/{table}/exports", {"format": "csv"}),
     ("GET", V1 + "/dcp_datasources/{table}/exports/{table_export}", None),
+    ("GET", V1 + "/exports/{table_export}", None),
+    ("GET", V1 + "/exports/{audience_export}", None),
     ("POST", "/api/audiences/evaluate/{service}/oeu1", {}),
     ("POST", V1 + "/projects/{project}/audiences/count", {"conditions": []}),
     ("POST", "/api/audiences/evaluate/{service}/oeu1", {"project_id": "{project}", "conditions": []}),
