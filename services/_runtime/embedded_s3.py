@@ -8,6 +8,8 @@ ends, however it ends, the pipe closes and the server stops too.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import select
 import subprocess
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from services._runtime import extras
+from services._runtime.ports import EMBEDDED_S3, PortUnavailable
 
 START_SECONDS = 60.0
 REPLY_SECONDS = 10.0
@@ -26,6 +29,17 @@ REPLY_SECONDS = 10.0
 
 class EmbeddedS3Error(RuntimeError):
     """The embedded S3 server could not start, or stopped answering."""
+
+
+class EmbeddedS3PortUnavailable(EmbeddedS3Error, PortUnavailable):
+    """The embedded S3 server cannot listen on its port."""
+
+    def __init__(self, *, host: str, port: int, reason: str | None, detail: str) -> None:
+        PortUnavailable.__init__(self, host=host, port=port, service=EMBEDDED_S3, reason=reason)
+        self.args = (f"the embedded S3 server could not start: {detail}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class EmbeddedS3:
@@ -52,9 +66,11 @@ class EmbeddedS3:
             "data_dir": str(data_dir),
         }
         self._host = host
+        self._asked_port = port
         self._port: int | None = None
         self._process: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
+        self._aborted = False
 
     @property
     def endpoint_url(self) -> str:
@@ -75,7 +91,11 @@ class EmbeddedS3:
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,
+            # Out of the terminal's process group: Ctrl-C reaches the parent, which stops this server itself.
+            start_new_session=True,
         )
+        if self._aborted:
+            self.abort()
         try:
             answer = self._ask(self._config, START_SECONDS)
         except EmbeddedS3Error:
@@ -83,6 +103,14 @@ class EmbeddedS3:
             raise
         if "error" in answer:
             self.stop()
+            if "listen_errno" in answer:
+                code = int(answer["listen_errno"])
+                raise EmbeddedS3PortUnavailable(
+                    host=self._host,
+                    port=self._asked_port,
+                    reason=None if code == errno.EADDRINUSE else str(answer.get("listen_reason", answer["error"])),
+                    detail=answer["error"],
+                )
             raise EmbeddedS3Error(f"the embedded S3 server could not start: {answer['error']}")
         self._port = int(answer["ready"])
         return self.endpoint_url
@@ -93,6 +121,15 @@ class EmbeddedS3:
 
     def revoke(self, access_key: str) -> None:
         self._command({"op": "revoke", "access_key": access_key})
+
+    def abort(self) -> None:
+        """Ends the server at once; callable from any thread, also while `start` waits for it,
+        which then fails instead of waiting up to its time limit."""
+        self._aborted = True
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
 
     def stop(self) -> None:
         process, self._process = self._process, None

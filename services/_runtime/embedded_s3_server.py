@@ -445,7 +445,14 @@ def serve(config: dict[str, Any], replies: IO[str]) -> None:
         # Bound here, as werkzeug would end the process on a taken port rather than raise.
         listener = socket.create_server((config["host"], config["port"]))
     except OSError as error:
-        _reply(replies, {"error": f"cannot listen on {config['host']}:{config['port']}: {error.strerror or error}"})
+        _reply(
+            replies,
+            {
+                "error": f"cannot listen on {config['host']}:{config['port']}: {error.strerror or error}",
+                "listen_errno": error.errno or 0,
+                "listen_reason": error.strerror or str(error),
+            },
+        )
         return
     server = make_server(
         config["host"], config["port"], app, threaded=True, request_handler=MotoRequestHandler, fd=listener.fileno()

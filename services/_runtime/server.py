@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from services._runtime.auth import CallerResolver
 from services._runtime.db import DcpPool
 from services._runtime.interceptors import ServerInterceptor
+from services._runtime.ports import GRPC, PortUnavailable, check_port, split_address
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +142,20 @@ def prepare_server(*, resolver: CallerResolver, address: str) -> PreparedServer:
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as error:
-        raise OSError(f"cannot listen for gRPC on {address}: {error}") from None
+        raise _grpc_unavailable(address, str(error)) from None
     if port == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
+        raise _grpc_unavailable(address, "no address could be bound")
     return PreparedServer(server=server, port=port)
+
+
+def _grpc_unavailable(address: str, detail: str) -> PortUnavailable:
+    # gRPC says only that the bind failed; a bind of our own tells a taken port from the rest.
+    host, port = split_address(address)
+    try:
+        check_port(host, port, GRPC)
+    except PortUnavailable as unavailable:
+        return unavailable
+    return PortUnavailable(host=host, port=port, service=GRPC, reason=detail)
 
 
 async def build_server(bindings: Sequence[ServiceBinding], *, resolver: CallerResolver, address: str) -> RunningServer:
