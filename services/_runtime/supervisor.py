@@ -67,9 +67,15 @@ class ChildProcess:
         """Starts the child and keeps it running; raises if the first one never gets ready."""
         self._task = asyncio.create_task(self._keep_running(), name=f"supervise-{self._name}")
         waiting = asyncio.create_task(self._ready.wait())
-        done, _ = await asyncio.wait(
-            {waiting, self._task}, timeout=self._ready_timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        try:
+            done, _ = await asyncio.wait(
+                {waiting, self._task}, timeout=self._ready_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            # Whoever waited went away (a stop during start-up): the child must not outlive the wait.
+            waiting.cancel()
+            await self.stop(1.0)
+            raise
         if waiting not in done:
             waiting.cancel()
             await self.stop(1.0)
@@ -82,12 +88,14 @@ class ChildProcess:
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), grace)
-            except TimeoutError:
+            # asyncio.wait, not a timeout: this also runs in a task being cancelled, where a timeout
+            # would take the expiry for the cancellation and skip the SIGKILL.
+            exited = asyncio.ensure_future(process.wait())
+            await asyncio.wait({exited}, timeout=grace)
+            if not exited.done():
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-                await process.wait()
+                await exited
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
