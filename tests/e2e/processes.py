@@ -55,6 +55,14 @@ class Running:
                 return match
         raise AssertionError(f"no line matching {pattern!r}; output so far:\n{''.join(self.output)}")
 
+    def finish(self, timeout: float = 60) -> str:
+        """Everything the process printed, once it has exited."""
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        while not self.lines.empty():
+            self.output.append(self.lines.get_nowait())
+        return "".join(self.output)
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=30)
@@ -100,3 +108,42 @@ def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
         yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
     finally:
         sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+MARK_VARIABLE = "OPEN_DCP_TEST_MARK"
+
+
+def marked(env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """`env` with a mark of its own: every process started with it, and every process those start, carries it."""
+    mark = secrets.token_hex(8)
+    return {**env, MARK_VARIABLE: mark}, mark
+
+
+def marked_processes(mark: str) -> list[str]:
+    """The command lines of the processes still running with `mark` in their environment.
+
+    A process's parent changes when its starter exits, but its environment stays:
+    this finds what a stopped `dcp` left behind, however deep it was started.
+    """
+    needle = f"{MARK_VARIABLE}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if needle in environ.split(b"\0") and state != "Z":
+            found.append(f"{entry.name}: {command.strip()}")
+    return found
+
+
+def left_running(mark: str) -> list[str]:
+    """`marked_processes` once those that were already exiting have had a moment to go."""
+    deadline = time.monotonic() + 2
+    while (found := marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found

@@ -1,4 +1,4 @@
-"""`dcp up` as a user runs it: embedded database, first token, CLI beside it, clean stop, restart."""
+"""`dcp up` as a user runs it: embedded database, first token, CLI beside it and after it, clean stop, restart."""
 
 from __future__ import annotations
 
@@ -69,7 +69,16 @@ def test_dcp_up_runs_on_the_embedded_database_and_keeps_its_data(data_dir: Path)
         first.kill()
 
     # Stopped means stopped: the embedded server is gone with the platform.
-    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+    postmaster = data_dir / "postgres" / "postmaster.pid"
+    assert not postmaster.exists()
+
+    # With nothing running, the CLI starts the embedded server for itself and stops it again.
+    assert _cli(data_dir, "migrate").stdout.strip() == "database is up to date"
+    assert "Acme" in _cli(data_dir, "accounts", "list").stdout
+    missing = _cli(data_dir, "tokens", "create", "--account", "999")
+    assert missing.returncode != 0
+    assert "account 999 does not exist" in missing.stderr
+    assert not postmaster.exists()
 
     again = _up(data_dir)
     try:
@@ -82,18 +91,3 @@ def test_dcp_up_runs_on_the_embedded_database_and_keeps_its_data(data_dir: Path)
         assert again.stop() == 0
     finally:
         again.kill()
-
-
-def test_cli_commands_start_and_stop_the_embedded_database_when_nothing_runs(data_dir: Path) -> None:
-    migrated = _cli(data_dir, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    assert "applied catalog/0001_catalog.sql" in migrated.stdout
-    assert _cli(data_dir, "migrate").stdout.strip() == "database is up to date"
-    created = _cli(data_dir, "accounts", "create", "Solo")
-    assert created.returncode == 0, created.stderr
-    listed = _cli(data_dir, "accounts", "list")
-    assert "Solo" in listed.stdout
-    missing = _cli(data_dir, "tokens", "create", "--account", "999")
-    assert missing.returncode != 0
-    assert "account 999 does not exist" in missing.stderr
-    assert not (data_dir / "postgres" / "postmaster.pid").exists()
