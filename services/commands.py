@@ -49,6 +49,11 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         cli.fail(cli.port_problem(name, error))
     except platform.NoDatabase as error:
         cli.fail(no_database(name, error.data_dir, options))
+    except platform.EmbeddedPostgresError as error:
+        cli.fail(
+            f"{name}: {error}; choose another data dir with --data-dir or DCP_DATA_DIR,"
+            " or a database of your own with DCP_DATABASE_URL"
+        )
     except EmbeddedS3Error as error:
         cli.fail(f"{name}: {error}")
     except DcpError as error:
@@ -84,9 +89,9 @@ async def _up(settings: Settings, stop: StopSignals) -> None:
     PostgreSQL, creating the first account, binding the servers) run to their
     end first.
     """
-    settings = platform.with_secrets_key(settings, allow_generated=True)
     async with AsyncExitStack() as stack:
         url, embedded = await stack.enter_async_context(platform.database_for_up(settings))
+        settings = platform.with_secrets_key(settings, allow_generated=True)
         pool = await stop.step(stack.enter_async_context(platform.opened_pool(url, settings)))
         await stack.enter_async_context(platform.restarting(embedded))
         await stop.step(platform.migrate_all(pool))

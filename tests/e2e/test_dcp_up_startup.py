@@ -200,3 +200,16 @@ def test_the_cli_finds_a_running_platform_through_DCP_DATA_DIR_and_ctrl_c_stops_
         up.kill()
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
     assert left_running(mark) == []
+
+
+def test_a_data_dir_the_embedded_database_cannot_use_is_told_in_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "my dcp"
+    env, mark = marked(base_env())
+    refused = _dcp(["up", "--data-dir", str(data_dir), *FREE], env)
+    assert refused.returncode != 0
+    assert refused.stderr.splitlines() == [
+        f"dcp up: the embedded PostgreSQL cannot run in a data dir whose path has a space ({data_dir});"
+        " choose another data dir with --data-dir or DCP_DATA_DIR, or a database of your own with DCP_DATABASE_URL"
+    ]
+    assert not data_dir.exists()
+    assert left_running(mark) == []
