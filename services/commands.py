@@ -141,6 +141,9 @@ def admin_line(settings: Settings, account: int) -> str:
     data_dir = settings.data_dir.absolute()
     if data_dir != default_data_dir().absolute():
         command += f" --data-dir {shlex.quote(str(data_dir))}"
+    if settings.database_url:
+        # The URL may hold a password: it is named, not shown.
+        command += "  # with DCP_DATABASE_URL set as here"
     return command
 
 
