@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from services._runtime import extras
 from services._runtime.errors import DcpError
 from services._runtime.ports import EMBEDDED_S3, GRPC, REST_GATEWAY, PortUnavailable, check_ports
 from services._runtime.settings import Settings
@@ -325,8 +326,9 @@ def _main(options: argparse.Namespace) -> int:
     try:
         settings = settings_for(options)
         if options.command == "up":
-            # Before the rest loads, so that a taken port is told at once.
+            # Before the rest loads, so that a taken port or a missing extra is told at once.
             check_ports(settings)
+            extras.require_embedded_stores(settings)
     except PortUnavailable as error:
         fail(port_problem(command_name(options), error))
         return 1

