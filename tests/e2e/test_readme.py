@@ -78,6 +78,10 @@ class Outcome:
     """The status of the last HTTP answer a `curl` of the command got, if it got one."""
 
 
+class TerminalEnded(Exception):
+    """The bash running the README stopped (a syntax error ends a shell reading its commands from a pipe)."""
+
+
 class Terminal:
     """One bash process fed command after command, as a user's terminal is; each command's output kept apart."""
 
@@ -121,7 +125,8 @@ class Terminal:
         rc_file = Path(f"{base}.rc")
         while not rc_file.exists():
             if self.process.poll() is not None:
-                raise AssertionError(f"bash ended (status {self.process.returncode}) while running:\n{command.text}")
+                said = (self.records / "bash.log").read_text(errors="replace")[-3000:]
+                raise TerminalEnded(f"bash ended (status {self.process.returncode}); it said:\n{said}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"still running after {COMMAND_SECONDS:.0f} s")
             time.sleep(0.05)
@@ -305,7 +310,7 @@ def test_every_shell_block_of_the_readme_runs_as_printed(database_url: str, tmp_
                     try:
                         outcome = terminal.run(command)
                         problems = _problems(command, outcome)
-                    except (TimeoutError, ReadmeError) as error:
+                    except (TimeoutError, ReadmeError, TerminalEnded) as error:
                         problems = [str(error)]
                     if problems:
                         report = _report(block, command, expected, outcome, problems)
