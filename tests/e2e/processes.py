@@ -27,6 +27,8 @@ class Running:
     """A `dcp` process whose output is read line by line without blocking."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        # Marked, so that whatever it leaves behind can be found (see `kill`).
+        env, self.mark = marked(env) if MARK_VARIABLE not in env else (env, env[MARK_VARIABLE])
         self.process = subprocess.Popen(
             [DCP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
@@ -68,11 +70,21 @@ class Running:
         return self.process.wait(timeout=30)
 
     def kill(self) -> None:
-        """Ends the process if it still runs, and releases its pipe."""
+        """Ends the process if it still runs, and releases its pipe.
+
+        A process it started that outlived it may still hold the pipe open; closing it
+        then would wait for that process forever, so such leftovers are killed first
+        (tests of what a killed `dcp` leaves behind look before calling this).
+        """
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
         self._reader.join(timeout=10)
+        if self._reader.is_alive():
+            for leftover in marked_processes(self.mark):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(leftover.split(":", 1)[0]), signal.SIGKILL)
+            self._reader.join(timeout=10)
         assert self.process.stdout is not None
         self.process.stdout.close()
 
