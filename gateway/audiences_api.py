@@ -321,6 +321,24 @@ MEMBERS = Operation(
 COUNT_MEMBERS = Operation(
     "countAudienceMembers", "How many visitors are in an audience", "Audiences", {200: Reply("The count", MEMBER_COUNT)}
 )
+
+
+def _start_export(operation_id: str, summary: str, follow: str, parent: str) -> Operation:
+    """POST .../exports of a table or an audience: the export, linked to the GET that follows it."""
+    started = Reply(
+        "The export, started",
+        EXPORT,
+        links={
+            "GetExport": Link(
+                follow,
+                {parent: f"$request.path.{parent}", "export_id": "$response.body#/id"},
+                "The export just started, to follow until it is done",
+            )
+        },
+    )
+    return Operation(operation_id, summary, "Exports", {201: started}, body=_EXPORT_BODY)
+
+
 SERVICE_EXPORTS = Operation(
     "listServiceExports",
     "Every export of a DCP service's tables and audiences",
@@ -331,24 +349,8 @@ SERVICE_EXPORTS = Operation(
 AUDIENCE_EXPORTS = Operation(
     "listAudienceExports", "An audience's exports", "Exports", {200: _EXPORTS_PAGE}, query=_EXPORT_LISTING_QUERY
 )
-EXPORT_AUDIENCE = Operation(
-    "exportAudience",
-    "Export an audience's members to a file in S3",
-    "Exports",
-    {
-        201: Reply(
-            "The export, started",
-            EXPORT,
-            links={
-                "GetExport": Link(
-                    "getAudienceExport",
-                    {"audience_id": "$request.path.audience_id", "export_id": "$response.body#/id"},
-                    "The export just started, to follow until it is done",
-                )
-            },
-        )
-    },
-    body=_EXPORT_BODY,
+EXPORT_AUDIENCE = _start_export(
+    "exportAudience", "Export an audience's members to a file in S3", "getAudienceExport", "audience_id"
 )
 AUDIENCE_EXPORT = Operation(
     "getAudienceExport", "One export of an audience", "Exports", {200: Reply("The export", EXPORT)}
@@ -356,25 +358,7 @@ AUDIENCE_EXPORT = Operation(
 TABLE_EXPORTS = Operation(
     "listTableExports", "A table's exports", "Exports", {200: _EXPORTS_PAGE}, query=_EXPORT_LISTING_QUERY
 )
-EXPORT_TABLE = Operation(
-    "exportTable",
-    "Export a table's profiles to a file in S3",
-    "Exports",
-    {
-        201: Reply(
-            "The export, started",
-            EXPORT,
-            links={
-                "GetExport": Link(
-                    "getTableExport",
-                    {"table_id": "$request.path.table_id", "export_id": "$response.body#/id"},
-                    "The export just started, to follow until it is done",
-                )
-            },
-        )
-    },
-    body=_EXPORT_BODY,
-)
+EXPORT_TABLE = _start_export("exportTable", "Export a table's profiles to a file in S3", "getTableExport", "table_id")
 TABLE_EXPORT = Operation("getTableExport", "One export of a table", "Exports", {200: Reply("The export", EXPORT)})
 GET_EXPORT = Operation(
     "getExport",
