@@ -96,6 +96,7 @@ def upload_json(message: pb.Upload) -> dict[str, Any]:
         "file_name": message.file_name,
         "s3_key": message.s3_key,
         "size_bytes": message.size_bytes,
+        "bytes_read": message.bytes_read,
         "status": STATUS_NAMES.get(message.status, "pending"),
         "rows_total": message.rows_total,
         "rows_ok": message.rows_ok,

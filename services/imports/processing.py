@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgument, NotFound
@@ -83,6 +83,9 @@ class Progress:
     """How far an import has come; watched by whoever may have to stop it or show it."""
 
     rows_total: int = 0
+    bytes_read: int = 0
+    """Bytes of the stored object handed to the parser so far; for a .gz file the
+    compressed bytes, which is what the object's size counts."""
     rejected_here: int = 0
     errors: list[ErrorRow] = field(default_factory=list)
     reading_done: bool = False
@@ -96,12 +99,12 @@ class Progress:
     parsing and checking rows hold the event loop from one message to the next,
     so whoever shows this progress is given its turn here, where the figures move."""
 
-    def figures(self) -> tuple[int, int, int]:
-        """(rows read, rows to be stored, rows refused) so far, as the upload history shows them meanwhile."""
+    def figures(self) -> tuple[int, int, int, int]:
+        """(rows read, rows to be stored, rows refused, bytes read) so far, as the upload history shows them."""
         failed = self.rejected_here + self.merged.rows_rejected
         # One refused row of an all-or-nothing file means none will be stored.
         ok = 0 if self.all_or_nothing and failed else self.merged.rows_valid
-        return self.rows_total, ok, failed
+        return self.rows_total, ok, failed, self.bytes_read
 
     def merge_reported(self, progress: BatchProgress) -> None:
         self.merged = progress
@@ -150,9 +153,10 @@ class Importer:
             return Outcome("failed", error=f"table {upload.datasource_id} no longer exists")
         if table.archived or service.archived:
             return Outcome("failed", error=f"table {table.id} is archived; files put in its path are not imported")
-        stream = self._applier.stream(self._store.chunks(stored_object(upload)), upload.file_name)
+        tally = progress if progress is not None else Progress()
+        stream = self._applier.stream(_counted(self._store.chunks(stored_object(upload)), tally), upload.file_name)
         try:
-            return await self._applier.run(
+            outcome = await self._applier.run(
                 stream,
                 identity,
                 upload.dcp_service_id,
@@ -160,10 +164,11 @@ class Importer:
                 all_or_nothing=table.import_mode == "all_or_nothing",
                 idempotency_key=f"import:{upload.id}",
                 validate_only=False,
-                progress=progress,
+                progress=tally,
             )
         except ObjectGone:
-            return Outcome("failed", error="the file was removed from the bucket before it could be imported")
+            outcome = Outcome("failed", error="the file was removed from the bucket before it could be imported")
+        return replace(outcome, bytes_read=tally.bytes_read)
 
     async def archived_reason(self, upload: Upload) -> str | None:
         """Why the upload's table can no longer take its file, if it cannot (asked afresh)."""
@@ -196,6 +201,13 @@ class Importer:
             idempotency_key="",
             validate_only=True,
         )
+
+
+async def _counted(chunks: AsyncIterator[bytes], tally: Progress) -> AsyncIterator[bytes]:
+    """The object's bytes, counted as the parser takes them rather than as the store sends them ahead."""
+    async for chunk in chunks:
+        tally.bytes_read += len(chunk)
+        yield chunk
 
 
 class FileApplier:

@@ -20,7 +20,8 @@ _TABLE_LOCK_SPACE = 0x1D0C
 
 _UPLOAD_COLUMNS = """
 id, account_id, dcp_service_id, datasource_id, s3_key, version_id, etag, object_modified, file_name,
-size_bytes, status, received_at, started_at, finished_at, rows_total, rows_ok, rows_failed, errors_kept, error
+size_bytes, status, received_at, started_at, finished_at, rows_total, rows_ok, rows_failed, errors_kept, error,
+bytes_read
 """
 
 
@@ -45,6 +46,7 @@ class Upload:
     rows_failed: int
     errors_kept: int
     error: str
+    bytes_read: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Outcome:
     rows_failed: int = 0
     error: str = ""
     errors: Sequence[ErrorRow] = ()
+    bytes_read: int = 0
+    """Bytes of the stored object read (compressed bytes for a .gz file); its size when it was read whole."""
 
 
 def _upload(row: asyncpg.Record) -> Upload:
@@ -239,14 +243,16 @@ class ImportsRepository:
         The try that failed rolled back, so the rows it had counted are shown no more.
         """
         await self._pool.execute(
-            "UPDATE imports.uploads SET error = $2, rows_total = 0, rows_ok = 0, rows_failed = 0"
+            "UPDATE imports.uploads SET error = $2, rows_total = 0, rows_ok = 0, rows_failed = 0, bytes_read = 0"
             " WHERE id = $1 AND status IN ('pending', 'processing')",
             upload_id,
             note,
         )
 
-    async def note_progress(self, upload_id: int, rows_total: int, rows_ok: int, rows_failed: int) -> None:
-        """Shows how far an upload being imported has come, in its history entry's row counts.
+    async def note_progress(
+        self, upload_id: int, rows_total: int, rows_ok: int, rows_failed: int, bytes_read: int
+    ) -> None:
+        """Shows how far an upload being imported has come, in its history entry's row and byte counts.
 
         An autocommitted statement of its own, apart from the file's transaction,
         that never waits: while another transaction holds the row (its outcome
@@ -254,13 +260,14 @@ class ImportsRepository:
         upload has finished its outcome's figures stay.
         """
         await self._pool.execute(
-            "UPDATE imports.uploads SET rows_total = $2, rows_ok = $3, rows_failed = $4"
+            "UPDATE imports.uploads SET rows_total = $2, rows_ok = $3, rows_failed = $4, bytes_read = $5"
             " WHERE id = (SELECT id FROM imports.uploads WHERE id = $1 AND status = 'processing'"
             " FOR UPDATE SKIP LOCKED)",
             upload_id,
             rows_total,
             rows_ok,
             rows_failed,
+            bytes_read,
         )
 
     async def mark_disposed(self, upload_id: int) -> None:
@@ -278,11 +285,11 @@ class TableQueue:
     async def next(self) -> Upload | None:
         """Claims the oldest open upload; one left `processing` by a dead importer comes first.
 
-        Its row counts start again from zero: those of a try cut short were rolled back with it.
+        Its row and byte counts start again from zero: those of a try cut short were rolled back with it.
         """
         row = await self._connection.fetchrow(
             "UPDATE imports.uploads SET status = 'processing', started_at = now(), attempts = attempts + 1,"
-            " rows_total = 0, rows_ok = 0, rows_failed = 0"
+            " rows_total = 0, rows_ok = 0, rows_failed = 0, bytes_read = 0"
             " WHERE id = (SELECT id FROM imports.uploads WHERE bucket = $2 AND datasource_id = $1"
             " AND status IN ('pending', 'processing') ORDER BY id LIMIT 1)"
             f" RETURNING {_UPLOAD_COLUMNS}",
@@ -306,7 +313,7 @@ class TableQueue:
                 )
             await self._connection.execute(
                 "UPDATE imports.uploads SET status = $2, finished_at = now(), rows_total = $3, rows_ok = $4,"
-                " rows_failed = $5, errors_kept = $6, error = $7 WHERE id = $1",
+                " rows_failed = $5, errors_kept = $6, error = $7, bytes_read = $8 WHERE id = $1",
                 upload_id,
                 outcome.status,
                 outcome.rows_total,
@@ -314,4 +321,5 @@ class TableQueue:
                 outcome.rows_failed,
                 len(outcome.errors),
                 outcome.error,
+                outcome.bytes_read,
             )

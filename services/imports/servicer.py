@@ -51,6 +51,7 @@ def upload_to_proto(upload: Upload) -> pb.Upload:
         started_at=_timestamp(upload.started_at),
         finished_at=_timestamp(upload.finished_at),
         errors_kept=upload.errors_kept,
+        bytes_read=upload.bytes_read,
     )
 
 

@@ -37,7 +37,7 @@ PROGRESS_SECONDS = 0.5
 
 
 class ShownProgress:
-    """Writes an upload's row counts so far into its history entry, about every PROGRESS_SECONDS.
+    """Writes an upload's row and byte counts so far into its history entry, about every PROGRESS_SECONDS.
 
     Asked from two sides. The import asks each time it hands a message of rows
     to the merge: reading, parsing and checking rows hold the event loop from one
@@ -240,7 +240,7 @@ class ImportWorker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
                 log.info("upload %d stopped after %d rows: %s", upload.id, progress.rows_total, reason)
-                return Outcome("failed", rows_total=progress.rows_total, error=reason)
+                return Outcome("failed", rows_total=progress.rows_total, bytes_read=progress.bytes_read, error=reason)
         finally:
             # Stopped before the outcome is written, so that no reading of the progress comes after it.
             showing.cancel()

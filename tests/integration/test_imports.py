@@ -239,10 +239,17 @@ async def test_duplicate_customers_in_one_file_apply_in_file_order(table: Table)
 
 
 async def test_tsv_gzip_bom_and_crlf(table: Table) -> None:
-    await table.put("a.tsv", "\ufeffcustomerId\tname\r\nt1\tcomma, inside\r\n")
-    await table.put("b.csv.gz", gzip.compress(b'customerId,name\ng1,"two\nlines"\n'))
+    tsv = "\ufeffcustomerId\tname\r\nt1\tcomma, inside\r\n".encode()
+    gz = gzip.compress(b'customerId,name\ng1,"two\nlines"\n')
+    await table.put("a.tsv", tsv)
+    await table.put("b.csv.gz", gz)
     uploads = await table.finished(2)
     assert {u["status"] for u in uploads} == {"processed"}
+    # Read whole, in the object's own bytes: for the gzip file the compressed ones.
+    assert {u["file_name"]: (u["size_bytes"], u["bytes_read"]) for u in uploads} == {
+        "a.tsv": (len(tsv), len(tsv)),
+        "b.csv.gz": (len(gz), len(gz)),
+    }
     assert await table.profile("t1") == {"name": "comma, inside"}
     assert await table.profile("g1") == {"name": "two\nlines"}
 

@@ -29,10 +29,18 @@ ROWS = 200_000
 BAD_EVERY = 1000
 
 
-def big_file(rows: int = ROWS, *, bad_every: int = BAD_EVERY, bad_from: int = 0) -> bytes:
-    """`rows` data rows; from row `bad_from` on, every `bad_every`-th has a value its attribute refuses."""
-    lines = ["customerId,ltv"]
-    lines += [f"c{row},{'ten' if row >= bad_from and row % bad_every == bad_every - 1 else row}" for row in range(rows)]
+def big_file(rows: int = ROWS, *, bad_every: int = BAD_EVERY, bad_from: int = 0, name_chars: int = 0) -> bytes:
+    """`rows` data rows; from row `bad_from` on, every `bad_every`-th has a value its attribute refuses.
+
+    With `name_chars`, each row has a name that long too, for a file of many more bytes than rows.
+    """
+    name = "n" * name_chars
+    lines = ["customerId,ltv" + (",name" if name else "")]
+    lines += [
+        f"c{row},{'ten' if row >= bad_from and row % bad_every == bad_every - 1 else row}"
+        + (f",{name}" if name else "")
+        for row in range(rows)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -79,7 +87,9 @@ async def table(apart: Platform, client: httpx.AsyncClient, make_account: MakeAc
 
 
 async def test_rows_read_stored_and_refused_so_far_show_while_a_file_is_imported(table: Table) -> None:
-    await table.put("big.csv", big_file())
+    # Names make the file some 16 MiB, read in many pieces, so the bytes read move in many steps too.
+    body = big_file(name_chars=60)
+    await table.put("big.csv", body)
     readings = await watch(table)
     final = readings[-1]
     bad = ROWS // BAD_EVERY
@@ -89,14 +99,24 @@ async def test_rows_read_stored_and_refused_so_far_show_while_a_file_is_imported
         ROWS - bad,
         bad,
     )
+    # Read whole: every byte of the object.
+    assert final["bytes_read"] == final["size_bytes"] == len(body)
     meanwhile = [r for r in readings if r["status"] == "processing"]
     assert any(0 < r["rows_total"] < ROWS for r in meanwhile), meanwhile[-3:]
     assert any(r["rows_ok"] > 0 and r["rows_failed"] > 0 for r in meanwhile), meanwhile[-3:]
     for reading in meanwhile:
         assert reading["rows_ok"] + reading["rows_failed"] <= reading["rows_total"] <= ROWS
+        assert reading["size_bytes"] == len(body)
+    # The bytes read grow from one reading to a later one while the file is still being read.
+    read_meanwhile = sorted({r["bytes_read"] for r in meanwhile if r["bytes_read"] > 0})
+    assert len(read_meanwhile) >= 2, [r["bytes_read"] for r in meanwhile]
+    assert read_meanwhile[-1] <= len(body)
     # Never backwards.
     for earlier, later in itertools.pairwise(readings):
-        assert all(earlier[k] <= later[k] for k in ("rows_total", "rows_ok", "rows_failed")), (earlier, later)
+        assert all(earlier[k] <= later[k] for k in ("rows_total", "rows_ok", "rows_failed", "bytes_read")), (
+            earlier,
+            later,
+        )
 
 
 async def test_an_all_or_nothing_file_never_shows_rows_it_will_not_store(
@@ -145,7 +165,9 @@ async def test_a_cancelled_file_keeps_no_count_of_rows_it_did_not_store(
     final = (await watch(table, upload_id))[-1]
     assert final["status"] == "failed", final
     assert "cancelled on request" in final["error"]
-    # Rows read stay counted, as before; none was stored or refused.
+    # Rows and bytes read stay counted, as before; none was stored or refused. The bytes are the
+    # compressed ones, as the object's size counts them: the file inflates to some 400 MiB.
     assert final["rows_total"] > 0
+    assert 0 < final["bytes_read"] <= final["size_bytes"]
     assert (final["rows_ok"], final["rows_failed"]) == (0, 0)
     assert await table.profile("c0") is None

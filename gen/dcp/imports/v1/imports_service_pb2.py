@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dcp/imports/v1/imports_service.proto\x12\x0e\x64\x63p.imports.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x03\n\x06Upload\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x0e\n\x06s3_key\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12,\n\x06status\x18\x06 \x01(\x0e\x32\x1c.dcp.imports.v1.UploadStatus\x12\x12\n\nrows_total\x18\x07 \x01(\x03\x12\x0f\n\x07rows_ok\x18\x08 \x01(\x03\x12\x13\n\x0brows_failed\x18\t \x01(\x03\x12\r\n\x05\x65rror\x18\n \x01(\t\x12/\n\x0breceived_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65rrors_kept\x18\x0e \x01(\x03\"V\n\x12ListUploadsRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x13ListUploadsResponse\x12\'\n\x07uploads\x18\x01 \x03(\x0b\x32\x16.dcp.imports.v1.Upload\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x10GetUploadRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tupload_id\x18\x02 \x01(\x03\"C\n\x13\x43\x61ncelUploadRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tupload_id\x18\x02 \x01(\x03\"I\n\nRowProblem\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"n\n\x17ListUploadErrorsRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tupload_id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x89\x01\n\x18ListUploadErrorsResponse\x12*\n\x06\x65rrors\x18\x01 \x03(\x0b\x32\x1a.dcp.imports.v1.RowProblem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0brows_failed\x18\x03 \x01(\x03\x12\x13\n\x0b\x65rrors_kept\x18\x04 \x01(\x03\"/\n\x12GetTemplateRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\"*\n\x08Template\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0b\n\x03\x63sv\x18\x02 \x01(\t\"R\n\x13ValidateFileRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\"\xb5\x01\n\x10ValidationReport\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.dcp.imports.v1.UploadStatus\x12\x12\n\nrows_total\x18\x02 \x01(\x03\x12\x0f\n\x07rows_ok\x18\x03 \x01(\x03\x12\x13\n\x0brows_failed\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12*\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x1a.dcp.imports.v1.RowProblem\"b\n\x16\x43reateUploadUrlRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x05\"x\n\tUploadUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06s3_key\x18\x03 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc4\x01\n\x0cUploadStatus\x12\x1d\n\x19UPLOAD_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15UPLOAD_STATUS_PENDING\x10\x01\x12\x1c\n\x18UPLOAD_STATUS_PROCESSING\x10\x02\x12\x1b\n\x17UPLOAD_STATUS_PROCESSED\x10\x03\x12%\n!UPLOAD_STATUS_PARTIALLY_PROCESSED\x10\x04\x12\x18\n\x14UPLOAD_STATUS_FAILED\x10\x05\x32\xb3\x08\n\x0eImportsService\x12\x9a\x01\n\x0bListUploads\x12\".dcp.imports.v1.ListUploadsRequest\x1a#.dcp.imports.v1.ListUploadsResponse\"B\x82\xd3\xe4\x93\x02<\x12:/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads\x12\x95\x01\n\tGetUpload\x12 .dcp.imports.v1.GetUploadRequest\x1a\x16.dcp.imports.v1.Upload\"N\x82\xd3\xe4\x93\x02H\x12\x46/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads/{upload_id}\x12\xa2\x01\n\x0c\x43\x61ncelUpload\x12#.dcp.imports.v1.CancelUploadRequest\x1a\x16.dcp.imports.v1.Upload\"U\x82\xd3\xe4\x93\x02O\"M/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads/{upload_id}/cancel\x12\xbc\x01\n\x10ListUploadErrors\x12\'.dcp.imports.v1.ListUploadErrorsRequest\x1a(.dcp.imports.v1.ListUploadErrorsResponse\"U\x82\xd3\xe4\x93\x02O\x12M/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads/{upload_id}/errors\x12\x90\x01\n\x0bGetTemplate\x12\".dcp.imports.v1.GetTemplateRequest\x1a\x18.dcp.imports.v1.Template\"C\x82\xd3\xe4\x93\x02=\x12;/experiment/v1/dcp_datasources/{dcp_datasource_id}/template\x12W\n\x0cValidateFile\x12#.dcp.imports.v1.ValidateFileRequest\x1a .dcp.imports.v1.ValidationReport(\x01\x12\x9b\x01\n\x0f\x43reateUploadUrl\x12&.dcp.imports.v1.CreateUploadUrlRequest\x1a\x19.dcp.imports.v1.UploadUrl\"E\x82\xd3\xe4\x93\x02?\":/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dcp/imports/v1/imports_service.proto\x12\x0e\x64\x63p.imports.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x03\n\x06Upload\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x63p_datasource_id\x18\x02 \x01(\x03\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x0e\n\x06s3_key\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12,\n\x06status\x18\x06 \x01(\x0e\x32\x1c.dcp.imports.v1.UploadStatus\x12\x12\n\nrows_total\x18\x07 \x01(\x03\x12\x0f\n\x07rows_ok\x18\x08 \x01(\x03\x12\x13\n\x0brows_failed\x18\t \x01(\x03\x12\r\n\x05\x65rror\x18\n \x01(\t\x12/\n\x0breceived_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65rrors_kept\x18\x0e \x01(\x03\x12\x12\n\nbytes_read\x18\x0f \x01(\x03\"V\n\x12ListUploadsRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x13ListUploadsResponse\x12\'\n\x07uploads\x18\x01 \x03(\x0b\x32\x16.dcp.imports.v1.Upload\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x10GetUploadRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tupload_id\x18\x02 \x01(\x03\"C\n\x13\x43\x61ncelUploadRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tupload_id\x18\x02 \x01(\x03\"I\n\nRowProblem\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"n\n\x17ListUploadErrorsRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tupload_id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x89\x01\n\x18ListUploadErrorsResponse\x12*\n\x06\x65rrors\x18\x01 \x03(\x0b\x32\x1a.dcp.imports.v1.RowProblem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0brows_failed\x18\x03 \x01(\x03\x12\x13\n\x0b\x65rrors_kept\x18\x04 \x01(\x03\"/\n\x12GetTemplateRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\"*\n\x08Template\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0b\n\x03\x63sv\x18\x02 \x01(\t\"R\n\x13ValidateFileRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\"\xb5\x01\n\x10ValidationReport\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.dcp.imports.v1.UploadStatus\x12\x12\n\nrows_total\x18\x02 \x01(\x03\x12\x0f\n\x07rows_ok\x18\x03 \x01(\x03\x12\x13\n\x0brows_failed\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12*\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x1a.dcp.imports.v1.RowProblem\"b\n\x16\x43reateUploadUrlRequest\x12\x19\n\x11\x64\x63p_datasource_id\x18\x01 \x01(\x03\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x05\"x\n\tUploadUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06s3_key\x18\x03 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc4\x01\n\x0cUploadStatus\x12\x1d\n\x19UPLOAD_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15UPLOAD_STATUS_PENDING\x10\x01\x12\x1c\n\x18UPLOAD_STATUS_PROCESSING\x10\x02\x12\x1b\n\x17UPLOAD_STATUS_PROCESSED\x10\x03\x12%\n!UPLOAD_STATUS_PARTIALLY_PROCESSED\x10\x04\x12\x18\n\x14UPLOAD_STATUS_FAILED\x10\x05\x32\xb3\x08\n\x0eImportsService\x12\x9a\x01\n\x0bListUploads\x12\".dcp.imports.v1.ListUploadsRequest\x1a#.dcp.imports.v1.ListUploadsResponse\"B\x82\xd3\xe4\x93\x02<\x12:/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads\x12\x95\x01\n\tGetUpload\x12 .dcp.imports.v1.GetUploadRequest\x1a\x16.dcp.imports.v1.Upload\"N\x82\xd3\xe4\x93\x02H\x12\x46/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads/{upload_id}\x12\xa2\x01\n\x0c\x43\x61ncelUpload\x12#.dcp.imports.v1.CancelUploadRequest\x1a\x16.dcp.imports.v1.Upload\"U\x82\xd3\xe4\x93\x02O\"M/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads/{upload_id}/cancel\x12\xbc\x01\n\x10ListUploadErrors\x12\'.dcp.imports.v1.ListUploadErrorsRequest\x1a(.dcp.imports.v1.ListUploadErrorsResponse\"U\x82\xd3\xe4\x93\x02O\x12M/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads/{upload_id}/errors\x12\x90\x01\n\x0bGetTemplate\x12\".dcp.imports.v1.GetTemplateRequest\x1a\x18.dcp.imports.v1.Template\"C\x82\xd3\xe4\x93\x02=\x12;/experiment/v1/dcp_datasources/{dcp_datasource_id}/template\x12W\n\x0cValidateFile\x12#.dcp.imports.v1.ValidateFileRequest\x1a .dcp.imports.v1.ValidationReport(\x01\x12\x9b\x01\n\x0f\x43reateUploadUrl\x12&.dcp.imports.v1.CreateUploadUrlRequest\x1a\x19.dcp.imports.v1.UploadUrl\"E\x82\xd3\xe4\x93\x02?\":/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,36 +45,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMPORTSSERVICE'].methods_by_name['GetTemplate']._serialized_options = b'\202\323\344\223\002=\022;/experiment/v1/dcp_datasources/{dcp_datasource_id}/template'
   _globals['_IMPORTSSERVICE'].methods_by_name['CreateUploadUrl']._loaded_options = None
   _globals['_IMPORTSSERVICE'].methods_by_name['CreateUploadUrl']._serialized_options = b'\202\323\344\223\002?\":/experiment/v1/dcp_datasources/{dcp_datasource_id}/uploads:\001*'
-  _globals['_UPLOADSTATUS']._serialized_start=1733
-  _globals['_UPLOADSTATUS']._serialized_end=1929
+  _globals['_UPLOADSTATUS']._serialized_start=1753
+  _globals['_UPLOADSTATUS']._serialized_end=1949
   _globals['_UPLOAD']._serialized_start=120
-  _globals['_UPLOAD']._serialized_end=508
-  _globals['_LISTUPLOADSREQUEST']._serialized_start=510
-  _globals['_LISTUPLOADSREQUEST']._serialized_end=596
-  _globals['_LISTUPLOADSRESPONSE']._serialized_start=598
-  _globals['_LISTUPLOADSRESPONSE']._serialized_end=685
-  _globals['_GETUPLOADREQUEST']._serialized_start=687
-  _globals['_GETUPLOADREQUEST']._serialized_end=751
-  _globals['_CANCELUPLOADREQUEST']._serialized_start=753
-  _globals['_CANCELUPLOADREQUEST']._serialized_end=820
-  _globals['_ROWPROBLEM']._serialized_start=822
-  _globals['_ROWPROBLEM']._serialized_end=895
-  _globals['_LISTUPLOADERRORSREQUEST']._serialized_start=897
-  _globals['_LISTUPLOADERRORSREQUEST']._serialized_end=1007
-  _globals['_LISTUPLOADERRORSRESPONSE']._serialized_start=1010
-  _globals['_LISTUPLOADERRORSRESPONSE']._serialized_end=1147
-  _globals['_GETTEMPLATEREQUEST']._serialized_start=1149
-  _globals['_GETTEMPLATEREQUEST']._serialized_end=1196
-  _globals['_TEMPLATE']._serialized_start=1198
-  _globals['_TEMPLATE']._serialized_end=1240
-  _globals['_VALIDATEFILEREQUEST']._serialized_start=1242
-  _globals['_VALIDATEFILEREQUEST']._serialized_end=1324
-  _globals['_VALIDATIONREPORT']._serialized_start=1327
-  _globals['_VALIDATIONREPORT']._serialized_end=1508
-  _globals['_CREATEUPLOADURLREQUEST']._serialized_start=1510
-  _globals['_CREATEUPLOADURLREQUEST']._serialized_end=1608
-  _globals['_UPLOADURL']._serialized_start=1610
-  _globals['_UPLOADURL']._serialized_end=1730
-  _globals['_IMPORTSSERVICE']._serialized_start=1932
-  _globals['_IMPORTSSERVICE']._serialized_end=3007
+  _globals['_UPLOAD']._serialized_end=528
+  _globals['_LISTUPLOADSREQUEST']._serialized_start=530
+  _globals['_LISTUPLOADSREQUEST']._serialized_end=616
+  _globals['_LISTUPLOADSRESPONSE']._serialized_start=618
+  _globals['_LISTUPLOADSRESPONSE']._serialized_end=705
+  _globals['_GETUPLOADREQUEST']._serialized_start=707
+  _globals['_GETUPLOADREQUEST']._serialized_end=771
+  _globals['_CANCELUPLOADREQUEST']._serialized_start=773
+  _globals['_CANCELUPLOADREQUEST']._serialized_end=840
+  _globals['_ROWPROBLEM']._serialized_start=842
+  _globals['_ROWPROBLEM']._serialized_end=915
+  _globals['_LISTUPLOADERRORSREQUEST']._serialized_start=917
+  _globals['_LISTUPLOADERRORSREQUEST']._serialized_end=1027
+  _globals['_LISTUPLOADERRORSRESPONSE']._serialized_start=1030
+  _globals['_LISTUPLOADERRORSRESPONSE']._serialized_end=1167
+  _globals['_GETTEMPLATEREQUEST']._serialized_start=1169
+  _globals['_GETTEMPLATEREQUEST']._serialized_end=1216
+  _globals['_TEMPLATE']._serialized_start=1218
+  _globals['_TEMPLATE']._serialized_end=1260
+  _globals['_VALIDATEFILEREQUEST']._serialized_start=1262
+  _globals['_VALIDATEFILEREQUEST']._serialized_end=1344
+  _globals['_VALIDATIONREPORT']._serialized_start=1347
+  _globals['_VALIDATIONREPORT']._serialized_end=1528
+  _globals['_CREATEUPLOADURLREQUEST']._serialized_start=1530
+  _globals['_CREATEUPLOADURLREQUEST']._serialized_end=1628
+  _globals['_UPLOADURL']._serialized_start=1630
+  _globals['_UPLOADURL']._serialized_end=1750
+  _globals['_IMPORTSSERVICE']._serialized_start=1952
+  _globals['_IMPORTSSERVICE']._serialized_end=3027
 # @@protoc_insertion_point(module_scope)

@@ -61,11 +61,13 @@ class Upload(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ERRORS_KEPT_FIELD_NUMBER: _builtins.int
+    BYTES_READ_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     dcp_datasource_id: _builtins.int
     file_name: _builtins.str
     s3_key: _builtins.str
     size_bytes: _builtins.int
+    """The stored object's size, as listed when the upload was recorded."""
     status: Global___UploadStatus.ValueType
     rows_total: _builtins.int
     """Data rows read (the header excluded). While PROCESSING, these three are
@@ -79,6 +81,12 @@ class Upload(_message.Message):
     """Why the whole file failed; empty otherwise."""
     errors_kept: _builtins.int
     """Error rows kept; rows_failed counts them all."""
+    bytes_read: _builtins.int
+    """Bytes of the stored object read so far (for a .gz file the compressed
+    bytes, which size_bytes counts too), written with the row counts while
+    PROCESSING; once finished, how far the file was read: size_bytes for a
+    file read whole, less for one that stopped early (0 for one never read).
+    """
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -102,10 +110,11 @@ class Upload(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         errors_kept: _builtins.int = ...,
+        bytes_read: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "received_at", b"received_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_datasource_id", b"dcp_datasource_id", "error", b"error", "errors_kept", b"errors_kept", "file_name", b"file_name", "finished_at", b"finished_at", "id", b"id", "received_at", b"received_at", "rows_failed", b"rows_failed", "rows_ok", b"rows_ok", "rows_total", b"rows_total", "s3_key", b"s3_key", "size_bytes", b"size_bytes", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_read", b"bytes_read", "dcp_datasource_id", b"dcp_datasource_id", "error", b"error", "errors_kept", b"errors_kept", "file_name", b"file_name", "finished_at", b"finished_at", "id", b"id", "received_at", b"received_at", "rows_failed", b"rows_failed", "rows_ok", b"rows_ok", "rows_total", b"rows_total", "s3_key", b"s3_key", "size_bytes", b"size_bytes", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
