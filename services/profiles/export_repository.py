@@ -111,8 +111,10 @@ class ExportsRepository:
         """The export, if unfinished and held by no other runner; the lock lasts as long as `connection`'s session."""
         if not await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", _LOCK_NAMESPACE, export_id):
             return None
+        # A run taken over starts from the beginning, and so do its figures.
         row = await connection.fetchrow(
-            f"UPDATE profiles.exports SET status = 'running', started = now(), attempts = attempts + 1"
+            "UPDATE profiles.exports SET status = 'running', started = now(), attempts = attempts + 1,"
+            " row_count = 0, size_bytes = 0"
             f" WHERE id = $1 AND status IN ('pending', 'running') RETURNING {_COLUMNS}",
             export_id,
         )
@@ -123,6 +125,20 @@ class ExportsRepository:
 
     async def release(self, connection: asyncpg.Connection, export_id: int) -> None:
         await connection.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_NAMESPACE, export_id)
+
+    async def note_progress(self, export_id: int, *, row_count: int, size_bytes: int) -> None:
+        """Shows how far a running export has come, in its record's figures.
+
+        An autocommitted statement of its own, never part of the snapshot the
+        export reads, so every reader sees the figures at once; once the export
+        has ended, its final figures stay.
+        """
+        await self._pool.execute(
+            "UPDATE profiles.exports SET row_count = $2, size_bytes = $3 WHERE id = $1 AND status = 'running'",
+            export_id,
+            row_count,
+            size_bytes,
+        )
 
     async def finish(self, export_id: int, *, row_count: int, size_bytes: int) -> None:
         await self._pool.execute(
@@ -140,6 +156,10 @@ class ExportsRepository:
             error,
         )
 
+    def copy_progress(self) -> CopyProgress:
+        """A watch on the rows a `copy_table` given it has sent so far."""
+        return CopyProgress(self._pool)
+
     async def copy_table(
         self,
         table_id: int,
@@ -148,8 +168,11 @@ class ExportsRepository:
         export_format: str,
         names: Sequence[str],
         output: Callable[[bytes], Awaitable[None]],
+        progress: CopyProgress | None = None,
     ) -> int:
         """Streams a table's profiles through COPY, one statement and so one snapshot; returns the row count.
+
+        While it runs, `progress` can tell how many rows it has sent so far.
 
         CSV: customer id then each attribute's value as text, every present
         value quoted and a missing one left empty, which is exactly what the
@@ -182,7 +205,14 @@ class ExportsRepository:
                 arguments.extend((name, key))
             options = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
         async with self._pool.acquire() as connection:
-            status: str = await connection.copy_from_query(query, *arguments, output=output, **options)
+            if progress is not None:
+                progress.backend = connection.get_server_pid()
+            try:
+                status: str = await connection.copy_from_query(query, *arguments, output=output, **options)
+            finally:
+                # Forgotten before the connection goes back to the pool, where its next COPY would be another's.
+                if progress is not None:
+                    progress.backend = None
         return int(status.rsplit(maxsplit=1)[-1])
 
     async def table_rows(
@@ -205,6 +235,36 @@ class ExportsRepository:
             )
             while batch := await cursor.fetch(batch_rows):
                 yield [(row[0], row[1]) for row in batch]
+
+
+class CopyProgress:
+    """How many rows a running `copy_table` has sent so far, asked of PostgreSQL (14 or later).
+
+    The server counts the rows as it sends them; the bytes could tell them only
+    by parsing them, as a quoted value may hold a line break.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._counted = True
+        self.backend: int | None = None
+        """The server process running the COPY, while it runs."""
+
+    async def rows(self) -> int | None:
+        """Rows sent so far, or None when no COPY runs or the server does not count them."""
+        backend = self.backend
+        if backend is None or not self._counted:
+            return None
+        try:
+            sent: int | None = await self._pool.fetchval(
+                "SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = $1", backend
+            )
+        except asyncpg.UndefinedTableError:
+            # PostgreSQL before 14: the rows show when the export ends.
+            self._counted = False
+            return None
+        # Once this COPY has ended its connection may run another's, whose count the answer could be.
+        return sent if self.backend == backend else None
 
 
 # Columns one COPY of a table may select (PostgreSQL allows 1,664); wider tables go through `table_rows`.

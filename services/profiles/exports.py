@@ -5,7 +5,8 @@ that dies mid-export leaves it unfinished, and the next runner to look (this
 process after a restart, or another replica) runs it again from the start,
 overwriting the half-written object. Each export reads one snapshot: a table
 export is one COPY statement, an audience export one repeatable-read
-transaction.
+transaction. While it runs, its record shows the rows and bytes written so
+far, updated in statements of their own outside that snapshot.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.paging import Page
 from services._runtime.s3 import ObjectStore
 from services.profiles.export_format import CsvEncoder, JsonLinesEncoder
-from services.profiles.export_repository import COPY_MAX_COLUMNS, ExportParent, ExportRecord, ExportsRepository
+from services.profiles.export_repository import (
+    COPY_MAX_COLUMNS,
+    CopyProgress,
+    ExportParent,
+    ExportRecord,
+    ExportsRepository,
+)
 from services.profiles.membership import Membership
 from services.profiles.targeting import ResolvedAudience, Targeting
 from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
@@ -38,6 +45,9 @@ DOWNLOAD_URL_SECONDS = 3600
 _PIPE_BLOCK_BYTES = 1024 * 1024
 _PIPE_BLOCKS = 8
 _AUDIENCE_BATCH_ROWS = 2000
+# How often a running export writes into its record how far it has come; readers
+# are promised figures no older than 2 s, and a busy event loop wakes a timer late.
+PROGRESS_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,20 @@ class _Pipe:
         self._pending: list[bytes] = []
         self._held = 0
         self.size = 0
+        # Rows encoded so far, for the export's progress; the final count is the producer's.
+        self.rows = 0
+        # Asked for the rows so far instead, when a COPY encodes them.
+        self.copy: CopyProgress | None = None
 
-    async def put(self, chunk: bytes) -> None:
+    async def rows_so_far(self) -> int:
+        if self.copy is not None:
+            sent = await self.copy.rows()
+            if sent is not None:
+                self.rows = max(self.rows, sent)
+        return self.rows
+
+    async def put(self, chunk: bytes, rows: int = 0) -> None:
+        self.rows += rows
         if chunk:
             self.size += len(chunk)
             self._pending.append(chunk)
@@ -262,6 +284,7 @@ class Exports:
                 await pipe.close()
 
         rows_task = asyncio.create_task(produce())
+        showing = asyncio.create_task(self._show_progress(record.id, pipe), name=f"export-progress-{record.id}")
         try:
             await self.store.upload_stream(record.key, pipe.chunks(), content_type=CONTENT_TYPES[record.format])
         except BaseException:
@@ -269,7 +292,27 @@ class Exports:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await rows_task
             raise
+        finally:
+            # Stopped before the final figures are written, so that no reading so far lands after them.
+            showing.cancel()
+            await asyncio.gather(showing, return_exceptions=True)
         return await rows_task, pipe.size
+
+    async def _show_progress(self, export_id: int, pipe: _Pipe) -> None:
+        """Writes the rows and bytes written so far into the export's record as they move, until cancelled."""
+        shown = (0, 0)
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            try:
+                figures = (await pipe.rows_so_far(), pipe.size)
+                if figures == shown:
+                    continue
+                await self._repo.note_progress(export_id, row_count=figures[0], size_bytes=figures[1])
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                # The export meets the outage itself if it lasts.
+                log.debug("could not show the progress of export %s: %s", export_id, error)
+                continue
+            shown = figures
 
     def _table_producer(
         self, record: ExportRecord, service: ServiceSnapshot, table: TableInfo
@@ -281,8 +324,9 @@ class Exports:
                 await pipe.put(CsvEncoder(names).header())
             if len(keys) > COPY_MAX_COLUMNS:
                 return await self._wide_table(record, keys, names, table.id, pipe)
+            pipe.copy = self._repo.copy_progress()
             return await self._repo.copy_table(
-                table.id, keys, export_format=record.format, names=names, output=pipe.put
+                table.id, keys, export_format=record.format, names=names, output=pipe.put, progress=pipe.copy
             )
 
         return produce
@@ -297,7 +341,9 @@ class Exports:
         async for batch in self._repo.table_rows(table_id, keys, batch_rows=_AUDIENCE_BATCH_ROWS):
             count += len(batch)
             if csv is not None:
-                await pipe.put(csv.encode((customer, [data.get(key) for key in keys]) for customer, data in batch))
+                await pipe.put(
+                    csv.encode((customer, [data.get(key) for key in keys]) for customer, data in batch), len(batch)
+                )
             else:
                 await pipe.put(
                     jsonl.encode(
@@ -306,7 +352,8 @@ class Exports:
                             "data": {n: data[k] for k, n in zip(keys, names, strict=True) if data.get(k) is not None},
                         }
                         for customer, data in batch
-                    )
+                    ),
+                    len(batch),
                 )
         return count
 
@@ -334,10 +381,11 @@ class Exports:
                     await pipe.put(
                         csv.encode(
                             (user, [(data[index] or {}).get(key) for index, key, _ in columns]) for user, data in batch
-                        )
+                        ),
+                        len(batch),
                     )
                 else:
-                    await pipe.put(jsonl.encode(_member_line(user, data, tables) for user, data in batch))
+                    await pipe.put(jsonl.encode(_member_line(user, data, tables) for user, data in batch), len(batch))
                 batch.clear()
 
             async with (

@@ -1,8 +1,10 @@
-"""Exports survive the process running them: an unfinished export is run again, by one runner only."""
+"""Exports survive the process running them: an unfinished export is run again, by one runner only; a running
+export shows how far it has come."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -94,3 +96,62 @@ async def test_an_export_held_by_a_running_replica_is_left_to_it(
     await asyncio.sleep(0.5)
     assert await pool.fetchval("SELECT attempts FROM profiles.exports WHERE id = $1", record.id) == 2
     assert (await _status(http, account, table, record.id))["status"] == "done"
+
+
+# Enough profiles that exporting them takes seconds, several times the export's progress period.
+BULK_ROWS = 600_000
+
+
+async def test_a_running_export_shows_the_rows_and_bytes_written_so_far(
+    http: httpx.AsyncClient, make_account: MakeAccount, pool: asyncpg.Pool, store: ObjectStore
+) -> None:
+    account = await make_account()
+    _, table = await _table_with_profiles(http, account)
+    for name, datatype in (("name", "string"), ("score", "double")):
+        response = await http.post(
+            f"{V1}/dcp_datasources/{table}/dcp_datasource_attributes",
+            json={"name": name, "datatype": datatype},
+            headers=account.headers,
+        )
+        assert response.status_code == 201, response.text
+    attributes = await http.get(f"{V1}/dcp_datasources/{table}/dcp_datasource_attributes", headers=account.headers)
+    ids = {a["name"]: str(a["id"]) for a in attributes.json()}
+    # Written straight to the table: as many through the API would take minutes on a small machine.
+    await pool.execute(
+        "INSERT INTO profiles.profiles (customer_id, datasource_id, data)"
+        " SELECT 'bulk-' || g, $1, jsonb_build_object($2::text, g, $3::text, 'customer ' || g, $4::text, g / 8.0)"
+        " FROM generate_series(1, $5) g",
+        table,
+        ids["ltv"],
+        ids["name"],
+        ids["score"],
+        BULK_ROWS,
+    )
+    started = await http.post(
+        f"{V1}/dcp_datasources/{table}/exports", json={"format": "jsonl"}, headers=account.headers
+    )
+    assert started.status_code == 201, started.text
+    readings = [started.json()]
+    deadline = time.monotonic() + 300
+    while readings[-1]["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, readings[-3:]
+        await asyncio.sleep(0.05)
+        readings.append(await _status(http, account, table, readings[0]["id"]))
+    final = readings[-1]
+    assert final["status"] == "done", final
+    assert final["row_count"] == BULK_ROWS + 3
+    stored = await store.head(final["key"])
+    assert stored is not None
+    assert final["size_bytes"] == stored.size
+    running = [r for r in readings if r["status"] == "running"]
+    # The rows written grow from one reading to a later one while the export runs, and so do the bytes.
+    rows_meanwhile = sorted({r["row_count"] for r in running if r["row_count"] > 0})
+    assert len(rows_meanwhile) >= 2, [(r["row_count"], r["size_bytes"]) for r in running]
+    assert rows_meanwhile[-1] <= final["row_count"]
+    bytes_meanwhile = sorted({r["size_bytes"] for r in running if r["size_bytes"] > 0})
+    assert len(bytes_meanwhile) >= 2, [(r["row_count"], r["size_bytes"]) for r in running]
+    assert bytes_meanwhile[-1] <= final["size_bytes"]
+    # Never backwards.
+    for earlier, later in itertools.pairwise(readings):
+        assert earlier["row_count"] <= later["row_count"], (earlier, later)
+        assert earlier["size_bytes"] <= later["size_bytes"], (earlier, later)

@@ -933,12 +933,18 @@ class Export(_message.Message):
     status: _builtins.str
     """"pending", "running", "done" or "failed"."""
     row_count: _builtins.int
+    """Rows written. While "running", row_count and size_bytes are the figures
+    so far (bytes encoded for the upload), refreshed about every second; once
+    "done", the object's; after "failed", how far the export came (the object
+    is not left behind).
+    """
     key: _builtins.str
     """The object's key in the bucket, once done."""
     bucket: _builtins.str
     download_url: _builtins.str
     """A presigned GET URL for the object, valid for an hour, once done."""
     size_bytes: _builtins.int
+    """Bytes written; see row_count."""
     error: _builtins.str
     """Why it failed."""
     @_builtins.property
