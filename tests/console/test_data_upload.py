@@ -23,8 +23,11 @@ ONE_BAD_ROW = (
 )
 # Long enough to import for many seconds, so the history is seen while it runs.
 LIVE_ROWS = 1_000_000
-# Fewer than half of LIVE_ROWS read so far: at least half of the import is still to come.
-EARLY_ROWS_SO_FAR = re.compile(r"^([1-9]\d{0,2}|[1-9]\d?,\d{3}|[1-4]\d{2},\d{3}) total · .* so far$")
+# Fewer than half of LIVE_ROWS read so far: at least half of the import is still to come; and below, how
+# much of the file has been read.
+EARLY_ROWS_SO_FAR = re.compile(
+    r"^([1-9]\d{0,2}|[1-9]\d?,\d{3}|[1-4]\d{2},\d{3}) total · .* so far\s*\d+\.\d of \d+\.\d MB read$"
+)
 # A minute is far longer than any file here takes; expect() returns as soon as the screen shows it.
 IMPORT_WAIT_MS = 60_000
 

@@ -398,16 +398,31 @@ function uploadPanel(screen, history) {
 
 // ---- 5. The upload history -------------------------------------------------------------------
 
-/** Total, ok and failed rows; each figure stays on one line, the three may wrap apart. */
+/** "3.2 of 14.3 MB read": both figures in the unit that suits the file's size. */
+function bytesRead(read, size) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let unit = 0;
+  while (unit < units.length - 1 && size >= 1024 ** (unit + 1)) unit += 1;
+  const shown = (n) => (unit === 0 ? String(n) : (n / 1024 ** unit).toFixed(1));
+  return `${shown(read)} of ${shown(size)} ${units[unit]} read`;
+}
+
+/** Total, ok and failed rows; each figure stays on one line, the three may wrap apart. While the
+ * file is read, how much of it has been, below them. */
 function rowFigures(upload) {
-  const soFar = upload.status === "processing" ? " so far" : "";
-  return [
+  const processing = upload.status === "processing";
+  const soFar = processing ? " so far" : "";
+  const figures = [
     h("span", { class: "figure" }, `${count(upload.rows_total)} total`),
     " · ",
     h("span", { class: "figure" }, `${count(upload.rows_ok)} ok`),
     " · ",
     h("span", { class: "figure" }, `${count(upload.rows_failed)} failed${soFar}`),
   ];
+  if (processing && typeof upload.bytes_read === "number" && upload.size_bytes > 0) {
+    figures.push(h("br"), h("small", { class: "hint bytes-read" }, bytesRead(upload.bytes_read, upload.size_bytes)));
+  }
+  return figures;
 }
 
 /** The cells of one upload's row that change while it runs, updated in place by the poll. */
@@ -432,7 +447,7 @@ function uploadRow(upload, actions) {
   );
   let last = null;
   function update(next) {
-    const signature = JSON.stringify([next.status, next.rows_total, next.rows_ok, next.rows_failed, next.finished_at, next.error]);
+    const signature = JSON.stringify([next.status, next.rows_total, next.rows_ok, next.rows_failed, next.bytes_read, next.finished_at, next.error]);
     if (signature === last) return;
     last = signature;
     row.dataset.status = next.status;
