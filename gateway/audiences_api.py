@@ -113,8 +113,8 @@ _EXPORT_FIELDS: dict[str, Any] = {
     "format": TEXT,
     # The profiles service's states (profiles_service.proto, Export.status).
     "status": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
-    "row_count": COUNT,
-    "size_bytes": COUNT,
+    "row_count": described(COUNT, "Rows written; while running, so far"),
+    "size_bytes": described(COUNT, "Bytes written; while running, so far"),
     "bucket": nullable(TEXT),
     "key": described(nullable(TEXT), "The file's key in the bucket, once done"),
     "download_url": described(nullable(TEXT), "A presigned URL of the file, valid for an hour, once done"),

@@ -63,7 +63,12 @@ UPLOAD = Component(
             "dcp_datasource_id": ID,
             "file_name": TEXT,
             "s3_key": TEXT,
-            "size_bytes": COUNT,
+            "size_bytes": described(COUNT, "The stored object's size, as listed when the upload was recorded"),
+            "bytes_read": described(
+                COUNT,
+                "Bytes of the stored object read (compressed bytes for a .gz file); while processing, so far;"
+                " once finished, size_bytes for a file read whole",
+            ),
             "status": _STATUS,
             "rows_total": described(COUNT, "Data rows read; while processing, so far"),
             "rows_ok": described(COUNT, "Rows stored, or to be stored when the file commits"),

@@ -22,6 +22,7 @@ from gateway.app import GatewayClients, create_app
 from gateway.console_files import ConsoleStore
 from gateway.openapi import template
 from gateway.ratelimit import LocalRateLimiter, RatePolicy
+from services._runtime.s3 import ObjectStore
 from services.schema.model import TokenKind
 from tests.conftest import MakeAccount, RunningPlatform
 from tests.gateway.test_audience_api import make_world
@@ -564,3 +565,25 @@ async def test_the_unauthenticated_routes_answer_as_documented(http: httpx.Async
     docs = await http.get("/docs")
     contract.check("GET", "/docs", docs)
     assert "script-src 'self'" in docs.headers["content-security-policy"]
+
+
+async def test_an_upload_in_the_history_matches_its_schema(
+    http: httpx.AsyncClient, make_account: MakeAccount, contract: Contract, store: ObjectStore
+) -> None:
+    world = await make_world(http, await make_account())
+    table = await http.get(f"{V1}/dcp_datasources/{world.crm}", headers=world.account.headers)
+    body = b"customerId,ltv\nc1,5\nc2,five\n"
+    await store.put(f"{table.json()['s3_path']}/a.csv", body)
+    listing = f"{V1}/dcp_datasources/{{table_id}}/uploads"
+    for _ in range(600):
+        answer = await http.get(f"{V1}/dcp_datasources/{world.crm}/uploads", headers=world.account.headers)
+        uploads = contract.check("GET", listing, answer)
+        if uploads and uploads[0]["status"] not in ("pending", "processing"):
+            break
+        await asyncio.sleep(0.05)
+    assert uploads[0]["status"] == "partially_processed", uploads
+    answer = await http.get(
+        f"{V1}/dcp_datasources/{world.crm}/uploads/{uploads[0]['id']}", headers=world.account.headers
+    )
+    upload = contract.check("GET", f"{listing}/{{upload_id}}", answer)
+    assert (upload["size_bytes"], upload["bytes_read"]) == (len(body), len(body))
