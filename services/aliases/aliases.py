@@ -129,7 +129,16 @@ class Aliases:
         optimizely_user_id: str,
         table_id: int,
     ) -> None:
-        await self._service(identity, service_id, optimizely_table_id)
+        service = await self._service(identity, service_id, optimizely_table_id)
+        if table_id not in service.tables:
+            service = await self._registry.fresh_service(identity, service_id)
+        # Idempotent for the service's own tables; any other id names nothing here, as another account's
+        # table or one that never existed would anywhere else in v1.
+        if table_id not in service.tables:
+            raise NotFound(
+                f"table {table_id} is not a table of DCP service {service_id}",
+                metadata={"resource": "table", "id": str(table_id)},
+            )
         await self._repo.delete(service_id, optimizely_user_id, table_id)
 
     async def resolve(

@@ -187,3 +187,27 @@ async def test_a_project_cannot_link_to_another_accounts_service(
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "dcp_service_id"
     assert "does not exist" in response.json()["errors"][0]["message"]
+
+
+async def test_unlinking_another_accounts_table_from_an_own_visitor_answers_404(
+    http: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    owner = await make_account()
+    intruder = await make_account()
+    ids = await _world(http, owner)
+    own = await _world(http, intruder)
+    before = await _snapshot(http, owner, ids)
+    base = f"/api/alias/{own['service']}/{own['optimizely']}/oeu1"
+
+    # The intruder's own service and visitor, with the owner's table (or one that never existed) at the end.
+    for table in (ids["table"], ids["table"] + 10_000):
+        response = await http.delete(f"{base}/{table}", headers=intruder.headers)
+        assert response.status_code == 404, response.text
+        assert response.json()["code"] == "NOT_FOUND"
+        assert str(table) in response.json()["message"]
+
+    assert await _snapshot(http, owner, ids) == before
+    # Its own table unlinks as before, and unlinking again is still fine.
+    for _ in range(2):
+        assert (await http.delete(f"{base}/{own['table']}", headers=intruder.headers)).status_code == 204
+    assert (await http.get(base, headers=intruder.headers)).json()["data"] == {}

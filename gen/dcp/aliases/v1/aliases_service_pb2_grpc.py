@@ -91,7 +91,7 @@ class AliasesServiceServicer:
 
     def DeleteAlias(self, request, context):
         """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
-        the service.
+        the service, or a table that is not one of its tables.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

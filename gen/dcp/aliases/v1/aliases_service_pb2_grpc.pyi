@@ -52,7 +52,7 @@ class AliasesServiceStub:
     """
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_aliases_service_pb2.DeleteAliasRequest, _empty_pb2.Empty]
     """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
-    the service.
+    the service, or a table that is not one of its tables.
     """
     ResolveVisitor: _grpc.UnaryUnaryMultiCallable[_aliases_service_pb2.ResolveVisitorRequest, _aliases_service_pb2.ResolveVisitorResponse]
     """Applies each active table's customer-id locator to a visitor's context,
@@ -83,7 +83,7 @@ class AliasesServiceAsyncStub(AliasesServiceStub):
     """
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_aliases_service_pb2.DeleteAliasRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
-    the service.
+    the service, or a table that is not one of its tables.
     """
     ResolveVisitor: _aio.UnaryUnaryMultiCallable[_aliases_service_pb2.ResolveVisitorRequest, _aliases_service_pb2.ResolveVisitorResponse]  # type: ignore[assignment]
     """Applies each active table's customer-id locator to a visitor's context,
@@ -129,7 +129,7 @@ class AliasesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Unlinks one table from one Optimizely user. Idempotent. NOT_FOUND for
-        the service.
+        the service, or a table that is not one of its tables.
         """
 
     @_abc_1.abstractmethod
