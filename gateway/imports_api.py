@@ -6,6 +6,7 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from typing import Any, Literal
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -240,6 +241,16 @@ VALIDATE = Operation(
 )
 
 
+def attachment(file_name: str) -> str:
+    """A Content-Disposition for any file name (RFC 6266). Header values are Latin-1 on the wire, so a name
+    made from a table's (any Unicode) travels percent-encoded as UTF-8 in `filename*`, beside a printable
+    ASCII stand-in in `filename` for clients that read only that."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in file_name)
+    if fallback == file_name:
+        return f'attachment; filename="{file_name}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
+
+
 def _per_page(request: Request) -> int:
     return per_page(request, default=DEFAULT_PER_PAGE, maximum=MAX_PER_PAGE)
 
@@ -326,7 +337,7 @@ class ImportsApi:
             return Response(
                 out.getvalue(),
                 media_type="text/csv; charset=utf-8",
-                headers={"content-disposition": f'attachment; filename="upload-{upload_id}-errors.csv"'},
+                headers={"content-disposition": attachment(f"upload-{upload_id}-errors.csv")},
             )
         return JSONResponse(
             {
@@ -344,7 +355,7 @@ class ImportsApi:
         return Response(
             answer.csv,
             media_type="text/csv; charset=utf-8",
-            headers={"content-disposition": f'attachment; filename="{answer.file_name}"'},
+            headers={"content-disposition": attachment(answer.file_name)},
         )
 
     async def validate(self, request: Request, call: Call) -> Response:

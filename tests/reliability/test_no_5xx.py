@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 from hypothesis import HealthCheck, given, settings
@@ -234,3 +234,22 @@ async def test_no_input_earns_a_5xx(http: httpx.AsyncClient, make_account: MakeA
             assert_no_5xx(attempt, response)
             sent += 1
     assert sent >= EXAMPLES_PER_ENDPOINT * len(endpoints) // 2
+
+
+async def test_a_table_named_beyond_latin_1_gets_its_template(
+    http: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    account = await make_account()
+    world = await make_world(http, account)
+    name = 'Kunden "VIP" 顧客 ✓'
+    renamed = await world.call("PUT", f"/experiment/v1/dcp_datasources/{world.crm}", {"name": name})
+    assert renamed.status_code == 202, renamed.text
+
+    response = await world.call("GET", f"/experiment/v1/dcp_datasources/{world.crm}/template")
+    assert response.status_code == 200, response.text
+    assert response.text.startswith("customerId,")
+    disposition = response.headers["content-disposition"]
+    # An ASCII stand-in for old clients, and the exact name for the rest.
+    assert disposition.startswith('attachment; filename="Kunden _VIP_ __ _-template.csv"; ')
+    encoded = disposition.split("filename*=UTF-8''", 1)[1]
+    assert unquote(encoded) == f"{name}-template.csv"
