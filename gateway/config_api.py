@@ -195,6 +195,29 @@ def _format_value(name: str | None) -> resources_pb2.DatetimeFormat.ValueType:
     return value
 
 
+def _service_error(error: grpc.aio.AioRpcError) -> Exception:
+    """The schema service nests a service's guards under `guards.`; v1 has them at the top of the body."""
+    if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+        return error
+    api_error = from_rpc_error(error)
+    api_error.errors = [(f.removeprefix("guards."), m) for f, m in api_error.errors]
+    api_error.message = api_error.message.removeprefix("guards.")
+    return api_error
+
+
+def _service_message(values: dict[str, Any], service_id: int = 0) -> resources_pb2.DcpService:
+    """A DCP service message holding the name and guards of a decoded body."""
+    service = resources_pb2.DcpService(id=service_id, name=values.get("name", ""))
+    if "pii_guard" in values:
+        service.guards.pii_guard = values["pii_guard"]
+    if "alias_blocked_customer_ids" in values:
+        service.guards.alias_blocked_customer_ids.extend(values["alias_blocked_customer_ids"])
+    if "alias_max_users_per_customer_id" in values:
+        # Past int32 it is out of the service's range anyway, and says so.
+        service.guards.alias_max_users_per_customer_id = min(values["alias_max_users_per_customer_id"], 2**31 - 1)
+    return service
+
+
 def _project_error(error: grpc.aio.AioRpcError) -> Exception:
     """The schema service calls a project's name `name`; v1 calls it `project_name`."""
     if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
@@ -351,7 +374,8 @@ CREATE_SERVICE = Operation(
     "Create the account's DCP service",
     "DCP services",
     {201: Reply("The service made, with its Optimizely table", v1json.DCP_SERVICE, links=_SERVICE_LINKS)},
-    description="An account has one DCP service; a second is refused with 400. The guards are set by an update.",
+    description="An account has one DCP service; a second is refused with 400. The guards sent are set with it, "
+    "the others take their defaults.",
     body=body_of(_SERVICE, "The new service", required=["name"], refined=_SERVICE_LIMITS),
 )
 GET_SERVICE = Operation(
@@ -585,12 +609,18 @@ class ConfigApi:
 
     async def create_service(self, request: Request, call: Call) -> Response:
         values = _SERVICE.decode(await call.json())
-        result = await self._schema.CreateDcpService(
-            schema_service_pb2.CreateDcpServiceRequest(
-                dcp_service=resources_pb2.DcpService(name=values.get("name", ""))
-            ),
-            metadata=call.metadata,
-        )
+        service = _service_message(values)
+        # The guards sent are set with the service; the others keep their defaults.
+        guards = [f"guards.{field}" for field in values if field != "name"]
+        try:
+            result = await self._schema.CreateDcpService(
+                schema_service_pb2.CreateDcpServiceRequest(
+                    dcp_service=service, guards_mask=field_mask_pb2.FieldMask(paths=guards)
+                ),
+                metadata=call.metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _service_error(error) from None
         return created(v1json.dcp_service(result))
 
     async def get_service(self, request: Request, call: Call) -> Response:
@@ -609,20 +639,17 @@ class ConfigApi:
         values = _SERVICE.decode(body, current=v1json.dcp_service(current))
         if not values:
             return accepted(v1json.dcp_service(current))
-        service = resources_pb2.DcpService(id=service_id, name=values.get("name", ""))
-        if "pii_guard" in values:
-            service.guards.pii_guard = values["pii_guard"]
-        if "alias_blocked_customer_ids" in values:
-            service.guards.alias_blocked_customer_ids.extend(values["alias_blocked_customer_ids"])
-        if "alias_max_users_per_customer_id" in values:
-            service.guards.alias_max_users_per_customer_id = min(values["alias_max_users_per_customer_id"], 2**31 - 1)
+        service = _service_message(values, service_id)
         paths = ["name" if field == "name" else f"guards.{field}" for field in values]
-        result = await self._schema.UpdateDcpService(
-            schema_service_pb2.UpdateDcpServiceRequest(
-                dcp_service=service, update_mask=field_mask_pb2.FieldMask(paths=paths)
-            ),
-            metadata=call.metadata,
-        )
+        try:
+            result = await self._schema.UpdateDcpService(
+                schema_service_pb2.UpdateDcpServiceRequest(
+                    dcp_service=service, update_mask=field_mask_pb2.FieldMask(paths=paths)
+                ),
+                metadata=call.metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _service_error(error) from None
         return accepted(v1json.dcp_service(result))
 
     async def archive_service(self, request: Request, call: Call) -> Response:

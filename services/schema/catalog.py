@@ -25,6 +25,28 @@ class ServiceChanges:
     alias_max_users_per_customer_id: int | None = None
 
 
+def _checked_guards(changes: ServiceChanges) -> ServiceChanges:
+    """The guards of `changes` as they are stored (blocked ids normalised), once the rules allow them."""
+    blocked = rules.blocked_customer_ids(changes.alias_blocked_customer_ids)
+    if changes.alias_max_users_per_customer_id is not None:
+        rules.max_users_per_customer_id(changes.alias_max_users_per_customer_id)
+    return replace(changes, alias_blocked_customer_ids=None if blocked is None else list(blocked))
+
+
+def _with_guards(service: DcpService, guards: ServiceChanges) -> DcpService:
+    """`service` with the guards `guards` sets; the others as they are."""
+    return replace(
+        service,
+        pii_guard=service.pii_guard if guards.pii_guard is None else guards.pii_guard,
+        alias_blocked_customer_ids=service.alias_blocked_customer_ids
+        if guards.alias_blocked_customer_ids is None
+        else tuple(guards.alias_blocked_customer_ids),
+        alias_max_users_per_customer_id=service.alias_max_users_per_customer_id
+        if guards.alias_max_users_per_customer_id is None
+        else guards.alias_max_users_per_customer_id,
+    )
+
+
 @dataclass(frozen=True)
 class TableChanges:
     """Fields of an update; None leaves a field as it is."""
@@ -123,8 +145,10 @@ class Catalog:
             raise _not_found("DCP service", service_id)
         return service
 
-    async def create_service(self, account_id: int, name: str) -> DcpService:
+    async def create_service(self, account_id: int, name: str, guards: ServiceChanges = ServiceChanges()) -> DcpService:
+        """A new service with the guards given (`guards.name` is not read), defaults for the others."""
         rules.name(name)
+        checked = _checked_guards(guards)
         access_key, secret_key = new_access_key_pair()
         async with self._repo.transaction() as repo:
             if not await repo.lock_account(account_id):
@@ -151,30 +175,21 @@ class Catalog:
                 locator_name=None,
                 is_optimizely=True,
             )
-            return service
+            guarded = _with_guards(service, checked)
+            return service if guarded == service else await repo.update_service(guarded)
 
     async def update_service(self, account_id: int, service_id: int, changes: ServiceChanges) -> DcpService:
         if changes.name is not None:
             rules.name(changes.name)
-        blocked = rules.blocked_customer_ids(changes.alias_blocked_customer_ids)
-        if changes.alias_max_users_per_customer_id is not None:
-            rules.max_users_per_customer_id(changes.alias_max_users_per_customer_id)
+        checked = _checked_guards(changes)
         async with self._repo.transaction() as repo:
             service = await repo.get_service(account_id, service_id, for_update=True)
             if service is None:
                 raise _not_found("DCP service", service_id)
             if service.archived:
                 raise _archived("DCP service", service_id)
-            updated = replace(
-                service,
-                name=service.name if changes.name is None else changes.name,
-                pii_guard=service.pii_guard if changes.pii_guard is None else changes.pii_guard,
-                alias_blocked_customer_ids=service.alias_blocked_customer_ids if blocked is None else blocked,
-                alias_max_users_per_customer_id=service.alias_max_users_per_customer_id
-                if changes.alias_max_users_per_customer_id is None
-                else changes.alias_max_users_per_customer_id,
-            )
-            return await repo.update_service(updated)
+            renamed = service if changes.name is None else replace(service, name=changes.name)
+            return await repo.update_service(_with_guards(renamed, checked))
 
     async def archive_service(self, account_id: int, service_id: int) -> None:
         async with self._repo.transaction() as repo:

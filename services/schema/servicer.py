@@ -28,7 +28,9 @@ IMPORT_TARGETS_DEFAULT_PAGE_SIZE = 1000
 IMPORT_TARGETS_MAX_PAGE_SIZE = 5000
 
 
-def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present: Iterable[str]) -> set[str]:
+def _mask_paths(
+    mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present: Iterable[str], *, field: str = "update_mask"
+) -> set[str]:
     """The fields to change: the mask's paths, or, with no mask, the fields set."""
     allowed_set = set(allowed)
     if not mask.paths:
@@ -36,9 +38,41 @@ def _mask_paths(mask: field_mask_pb2.FieldMask, allowed: Iterable[str], present:
     unknown = [p for p in mask.paths if p not in allowed_set]
     if unknown:
         raise InvalidArgument.field(
-            "update_mask", f"cannot update {', '.join(unknown)}; updatable: {', '.join(sorted(allowed_set))}"
+            field, f"cannot set {', '.join(unknown)}; settable: {', '.join(sorted(allowed_set))}"
         )
     return set(mask.paths)
+
+
+_GUARD_PATHS = (
+    "guards.pii_guard",
+    "guards.alias_blocked_customer_ids",
+    "guards.alias_max_users_per_customer_id",
+)
+
+
+def _present_guards(guards: resources_pb2.ServiceGuards) -> set[str]:
+    present = set()
+    if guards.HasField("pii_guard"):
+        present.add("guards.pii_guard")
+    if guards.alias_blocked_customer_ids:
+        present.add("guards.alias_blocked_customer_ids")
+    if guards.HasField("alias_max_users_per_customer_id"):
+        present.add("guards.alias_max_users_per_customer_id")
+    return present
+
+
+def _service_changes(service: resources_pb2.DcpService, paths: set[str]) -> ServiceChanges:
+    guards = service.guards
+    return ServiceChanges(
+        name=service.name if "name" in paths else None,
+        pii_guard=guards.pii_guard if "guards.pii_guard" in paths else None,
+        alias_blocked_customer_ids=list(guards.alias_blocked_customer_ids)
+        if "guards.alias_blocked_customer_ids" in paths
+        else None,
+        alias_max_users_per_customer_id=guards.alias_max_users_per_customer_id
+        if "guards.alias_max_users_per_customer_id" in paths
+        else None,
+    )
 
 
 class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
@@ -201,41 +235,19 @@ class SchemaServicer(schema_service_pb2_grpc.SchemaServiceServicer):
         self, request: schema_service_pb2.CreateDcpServiceRequest, context: Context
     ) -> resources_pb2.DcpService:
         account = caller(Scope.WRITE).account_id
-        return convert.service_to_proto(await self._catalog.create_service(account, request.dcp_service.name))
+        service = request.dcp_service
+        paths = _mask_paths(request.guards_mask, _GUARD_PATHS, _present_guards(service.guards), field="guards_mask")
+        guards = _service_changes(service, paths)
+        return convert.service_to_proto(await self._catalog.create_service(account, service.name, guards))
 
     async def UpdateDcpService(
         self, request: schema_service_pb2.UpdateDcpServiceRequest, context: Context
     ) -> resources_pb2.DcpService:
         account = caller(Scope.WRITE).account_id
         service = request.dcp_service
-        guards = service.guards
-        present = {"name"} if service.name else set()
-        if guards.HasField("pii_guard"):
-            present.add("guards.pii_guard")
-        if guards.alias_blocked_customer_ids:
-            present.add("guards.alias_blocked_customer_ids")
-        if guards.HasField("alias_max_users_per_customer_id"):
-            present.add("guards.alias_max_users_per_customer_id")
-        paths = _mask_paths(
-            request.update_mask,
-            (
-                "name",
-                "guards.pii_guard",
-                "guards.alias_blocked_customer_ids",
-                "guards.alias_max_users_per_customer_id",
-            ),
-            present,
-        )
-        changes = ServiceChanges(
-            name=service.name if "name" in paths else None,
-            pii_guard=guards.pii_guard if "guards.pii_guard" in paths else None,
-            alias_blocked_customer_ids=list(guards.alias_blocked_customer_ids)
-            if "guards.alias_blocked_customer_ids" in paths
-            else None,
-            alias_max_users_per_customer_id=guards.alias_max_users_per_customer_id
-            if "guards.alias_max_users_per_customer_id" in paths
-            else None,
-        )
+        present = _present_guards(service.guards) | ({"name"} if service.name else set())
+        paths = _mask_paths(request.update_mask, ("name", *_GUARD_PATHS), present)
+        changes = _service_changes(service, paths)
         return convert.service_to_proto(await self._catalog.update_service(account, service.id, changes))
 
     async def ArchiveDcpService(

@@ -258,6 +258,67 @@ async def test_service_create_get_list(http: httpx.AsyncClient, account: Account
     assert await get(http, account, "/dcp_services") == [service]
 
 
+async def test_service_create_sets_the_guards_sent_and_defaults_the_rest(
+    http: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    first = await make_account()
+    response = await post(
+        http,
+        first,
+        "/dcp_services",
+        {"name": "guarded", "pii_guard": False, "alias_blocked_customer_ids": [], "alias_max_users_per_customer_id": 7},
+    )
+    assert response.status_code == 201, response.text
+    service = response.json()
+    assert (
+        service["pii_guard"],
+        service["alias_blocked_customer_ids"],
+        service["alias_max_users_per_customer_id"],
+    ) == (
+        False,
+        [],
+        7,
+    )
+    assert service["created"] == service["last_modified"]
+    assert await get(http, first, f"/dcp_services/{service['id']}") == service
+
+    second = await make_account()
+    response = await post(http, second, "/dcp_services", {"name": "blocked", "alias_blocked_customer_ids": [" Guest "]})
+    assert response.status_code == 201, response.text
+    service = response.json()
+    assert (
+        service["pii_guard"],
+        service["alias_blocked_customer_ids"],
+        service["alias_max_users_per_customer_id"],
+    ) == (
+        True,
+        ["guest"],
+        100,
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("alias_max_users_per_customer_id", 1_000_001),
+        ("alias_max_users_per_customer_id", 0),
+        ("alias_blocked_customer_ids", ["x" * 256]),
+    ],
+)
+async def test_a_bad_guard_refuses_the_new_service_naming_its_field(
+    http: httpx.AsyncClient, account: Account, field: str, value: Any
+) -> None:
+    response = await post(http, account, "/dcp_services", {"name": "x", field: value})
+    assert_error(response, 400, "INVALID_FIELD", field)
+    assert response.json()["message"].startswith(f"{field}:")
+    assert await get(http, account, "/dcp_services") == []
+
+    service = await new_service(http, account)
+    refused = await put(http, account, f"/dcp_services/{service['id']}", {field: value})
+    assert_error(refused, 400, "INVALID_FIELD", field)
+    assert await get(http, account, f"/dcp_services/{service['id']}") == service
+
+
 async def test_service_create_provisions_the_optimizely_table(http: httpx.AsyncClient, account: Account) -> None:
     service = await new_service(http, account)
     tables = await get(http, account, f"/dcp_services/{service['id']}/dcp_datasources")

@@ -259,16 +259,26 @@ class CreateDcpServiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DCP_SERVICE_FIELD_NUMBER: _builtins.int
+    GUARDS_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def dcp_service(self) -> _resources_pb2.DcpService: ...
+    @_builtins.property
+    def guards_mask(self) -> _field_mask_pb2.FieldMask:
+        """The guards of dcp_service.guards to set: "guards.pii_guard",
+        "guards.alias_blocked_customer_ids", "guards.alias_max_users_per_customer_id";
+        the others take their defaults. With no paths, the guards that are set
+        (an empty list of blocked ids then cannot be told from none given).
+        """
+
     def __init__(
         self,
         *,
         dcp_service: _resources_pb2.DcpService | None = ...,
+        guards_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dcp_service", b"dcp_service"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dcp_service", b"dcp_service", "guards_mask", b"guards_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_service", b"dcp_service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_service", b"dcp_service", "guards_mask", b"guards_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -253,8 +253,8 @@ class SchemaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateDcpService(self, request, context):
-        """Creates a DCP service and its built-in Optimizely table.
-        INVALID_ARGUMENT for a bad name; FAILED_PRECONDITION
+        """Creates a DCP service, with the guards given, and its built-in Optimizely
+        table. INVALID_ARGUMENT for a bad name or guard; FAILED_PRECONDITION
         (SERVICE_LIMIT_REACHED) when the account has its maximum of active services.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

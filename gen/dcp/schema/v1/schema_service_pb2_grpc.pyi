@@ -65,8 +65,8 @@ class SchemaServiceStub:
     GetDcpService: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.GetDcpServiceRequest, _resources_pb2.DcpService]
     """Gets a DCP service. NOT_FOUND."""
     CreateDcpService: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.CreateDcpServiceRequest, _resources_pb2.DcpService]
-    """Creates a DCP service and its built-in Optimizely table.
-    INVALID_ARGUMENT for a bad name; FAILED_PRECONDITION
+    """Creates a DCP service, with the guards given, and its built-in Optimizely
+    table. INVALID_ARGUMENT for a bad name or guard; FAILED_PRECONDITION
     (SERVICE_LIMIT_REACHED) when the account has its maximum of active services.
     """
     UpdateDcpService: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateDcpServiceRequest, _resources_pb2.DcpService]
@@ -193,8 +193,8 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     GetDcpService: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.GetDcpServiceRequest, _resources_pb2.DcpService]  # type: ignore[assignment]
     """Gets a DCP service. NOT_FOUND."""
     CreateDcpService: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.CreateDcpServiceRequest, _resources_pb2.DcpService]  # type: ignore[assignment]
-    """Creates a DCP service and its built-in Optimizely table.
-    INVALID_ARGUMENT for a bad name; FAILED_PRECONDITION
+    """Creates a DCP service, with the guards given, and its built-in Optimizely
+    table. INVALID_ARGUMENT for a bad name or guard; FAILED_PRECONDITION
     (SERVICE_LIMIT_REACHED) when the account has its maximum of active services.
     """
     UpdateDcpService: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.UpdateDcpServiceRequest, _resources_pb2.DcpService]  # type: ignore[assignment]
@@ -366,8 +366,8 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schema_service_pb2.CreateDcpServiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.DcpService, _abc.Awaitable[_resources_pb2.DcpService]]:
-        """Creates a DCP service and its built-in Optimizely table.
-        INVALID_ARGUMENT for a bad name; FAILED_PRECONDITION
+        """Creates a DCP service, with the guards given, and its built-in Optimizely
+        table. INVALID_ARGUMENT for a bad name or guard; FAILED_PRECONDITION
         (SERVICE_LIMIT_REACHED) when the account has its maximum of active services.
         """
 
