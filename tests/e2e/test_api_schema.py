@@ -60,7 +60,14 @@ def _new_account(env: dict[str, str], data_dir: Path, name: str) -> str:
 def scene(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     data_dir = tmp_path_factory.mktemp("schema-dcp")
     with scratch_database(database_url, "dcp_schema") as url:
-        env = {**base_env(), "DCP_DATABASE_URL": url, "DCP_IMPORT_POLL_SECONDS": "0.2"}
+        env = {
+            **base_env(),
+            "DCP_DATABASE_URL": url,
+            "DCP_IMPORT_POLL_SECONDS": "0.2",
+            # Services made during the run start the create-then-read chains (tables, attributes, profiles);
+            # with the default of one per account every create after the seeded one is refused.
+            "DCP_MAX_ACTIVE_SERVICES_PER_ACCOUNT": "1000",
+        }
         running = Running(["up", "--data-dir", str(data_dir), "--http-port", "0", "--grpc-port", "0"], env)
         try:
             rest = running.wait_for(r"REST: (http://[\d.]+:\d+)/experiment/v1/").group(1)
