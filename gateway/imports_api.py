@@ -233,7 +233,8 @@ VALIDATE = Operation(
     {200: Reply("What an upload of the file would end as", VALIDATION)},
     description=f"The body is the file itself (any media type), at most {MAX_VALIDATE_BYTES} bytes. "
     "One file of an account is checked at a time; another sent meanwhile is refused with 429.",
-    body=Body(_CSV, media_type="text/csv", description="The file to check"),
+    # No body is an empty file, which an upload would fail with "the file is empty"; the report says so.
+    body=Body(_CSV, media_type="text/csv", required=False, description="The file to check"),
     query=(
         Query("file_name", {"type": "string", "default": "upload.csv"}, "The file's name, as it would be uploaded"),
     ),

@@ -455,6 +455,13 @@ async def test_profile_audience_upload_and_export_answers_match_their_schemas(
         content=b"customerId,ltv\nc1,5\nc2,five\n",
     )
     assert (report["rows_ok"], report["rows_failed"]) == (1, 1)
+    # No body is an empty file, reported as an upload of it would end; the document asks for none.
+    empty = await call(
+        "POST", f"{V1}/dcp_datasources/{{table_id}}/validate", f"{V1}/dcp_datasources/{crm}/validate", content=b""
+    )
+    assert (empty["status"], empty["error"]) == ("failed", "the file is empty")
+    validate = contract.document["paths"][f"{V1}/dcp_datasources/{{table_id}}/validate"]["post"]
+    assert validate["requestBody"]["required"] is False
 
     await call(
         "DELETE",
