@@ -359,7 +359,8 @@ _SERVICE_LIMITS = {
     "name": _NAME,
     "alias_blocked_customer_ids": {
         "maxItems": MAX_BLOCKED_CUSTOMER_IDS,
-        "items": {"type": "string", "maxLength": MAX_NAME_LENGTH},
+        # Blank is allowed: "" is how a blank customer id is blocked (it is in the defaults).
+        "items": {"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"},
     },
     "alias_max_users_per_customer_id": {"minimum": 1, "maximum": MAX_USERS_PER_CUSTOMER_ID},
 }

@@ -111,6 +111,11 @@ def blocked_customer_ids(values: list[str] | None) -> tuple[str, ...] | None:
             raise InvalidArgument.field(
                 "guards.alias_blocked_customer_ids", f"values must be at most {MAX_NAME_LENGTH} characters"
             )
+        # No customer id holds one, so such a value would block nothing; NUL cannot even be stored.
+        if _has_control_characters(value):
+            raise InvalidArgument.field(
+                "guards.alias_blocked_customer_ids", "values must not contain control characters"
+            )
     return tuple(dict.fromkeys(value.strip().lower() for value in values))
 
 

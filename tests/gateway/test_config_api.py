@@ -303,6 +303,8 @@ async def test_service_create_sets_the_guards_sent_and_defaults_the_rest(
         ("alias_max_users_per_customer_id", 1_000_001),
         ("alias_max_users_per_customer_id", 0),
         ("alias_blocked_customer_ids", ["x" * 256]),
+        ("alias_blocked_customer_ids", ["guest", "nul\x00"]),
+        ("alias_blocked_customer_ids", ["tab\there"]),
     ],
 )
 async def test_a_bad_guard_refuses_the_new_service_naming_its_field(
