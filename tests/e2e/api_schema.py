@@ -216,6 +216,8 @@ def write_config(directory: Path, owner: Seeded, peer: Seeded) -> Path:
         "enabled = false",
         "",
     ]
+    # Chains of calls along the document's links (create, then read, change, archive) are cheap and reach
+    # what single calls cannot, so stateful testing gets more scenarios than each operation gets cases.
     lines += ["[phases.stateful.generation]", f"max-examples = {STATEFUL_EXAMPLES}", ""]
     # Every check runs, except those that do not fit this API (in the file, where operations may narrow them).
     lines += ["[checks]", "enabled = true"]
@@ -239,13 +241,14 @@ class Run:
     """One schemathesis run: its command, exit code, output, and every exchange it recorded."""
 
     command: list[str]
+    config: str = field(repr=False)
     returncode: int
     output: str = field(repr=False)
     seconds: float
     exchanges: list[dict[str, Any]] = field(repr=False)
 
     def failure_text(self) -> str:
-        return f"$ {' '.join(self.command)}\nexit code {self.returncode}\n{self.output}"
+        return f"$ {' '.join(self.command)}\n{self.config}\nexit code {self.returncode}\n{self.output}"
 
 
 def run_schemathesis(
@@ -264,8 +267,10 @@ def run_schemathesis(
         str(max_examples),
         "--seed",
         str(seed_value),
+        # An answer slower than this fails the run.
         "--request-timeout",
         "10",
+        # One worker, so that the seed alone decides which requests go out in which order.
         "--workers",
         "1",
         "--generation-database",
@@ -286,7 +291,7 @@ def run_schemathesis(
     exchanges: list[dict[str, Any]] = []
     for har in sorted(report.glob("*.json")):
         exchanges.extend(json.loads(har.read_text())["log"]["entries"])
-    return Run(command, finished.returncode, finished.stdout + finished.stderr, seconds, exchanges)
+    return Run(command, config.read_text(), finished.returncode, finished.stdout + finished.stderr, seconds, exchanges)
 
 
 def _environment() -> dict[str, str]:
