@@ -159,6 +159,7 @@ def _print_running(
     print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
     print(f"  console: {suite.http_url}/console/", flush=True)
     print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
+    print(f"  API reference: {suite.http_url}/docs (OpenAPI 3.1: {suite.http_url}/openapi.json)", flush=True)
     print(f"  gRPC: {suite.grpc_address}", flush=True)
     database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
     print(f"  database: {database}", flush=True)

@@ -36,6 +36,7 @@ def test_dcp_up_runs_on_the_embedded_database_and_keeps_its_data(data_dir: Path)
     first = _up(data_dir)
     try:
         rest = first.wait_for(r"REST: (http://[\d.]+:\d+)/experiment/v1/").group(1)
+        reference = first.wait_for(r"API reference: (http://\S+/docs) \(OpenAPI 3.1: (http://\S+)\)")
         first.wait_for(r"gRPC: [\d.]+:\d+")
         first.wait_for(r"database: embedded PostgreSQL")
         token = first.wait_for(r"^\s+([0-9a-f]{64}:\d+)\s*$").group(1)
@@ -44,6 +45,8 @@ def test_dcp_up_runs_on_the_embedded_database_and_keeps_its_data(data_dir: Path)
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
         with httpx.Client(base_url=rest, timeout=30) as http:
+            assert http.get(reference.group(1)).status_code == 200
+            assert http.get(reference.group(2)).json()["openapi"] == "3.1.0"
             created = http.post("/experiment/v1/dcp_services", json={"name": "kept"}, headers={"Token": token})
             assert created.status_code == 201, created.text
 
