@@ -101,6 +101,8 @@ class AliasesServiceServicer:
         """Applies each active table's customer-id locator to a visitor's context,
         records the links found and returns the user's whole alias set. Values
         that a guardrail refuses are skipped and reported, not stored.
+        Over REST the answer is the user's consolidated view once resolved
+        (ProfilesService.GetConsolidatedView), the skipped tables in a header.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,6 +58,8 @@ class AliasesServiceStub:
     """Applies each active table's customer-id locator to a visitor's context,
     records the links found and returns the user's whole alias set. Values
     that a guardrail refuses are skipped and reported, not stored.
+    Over REST the answer is the user's consolidated view once resolved
+    (ProfilesService.GetConsolidatedView), the skipped tables in a header.
     """
 
 @_typing.type_check_only
@@ -89,6 +91,8 @@ class AliasesServiceAsyncStub(AliasesServiceStub):
     """Applies each active table's customer-id locator to a visitor's context,
     records the links found and returns the user's whole alias set. Values
     that a guardrail refuses are skipped and reported, not stored.
+    Over REST the answer is the user's consolidated view once resolved
+    (ProfilesService.GetConsolidatedView), the skipped tables in a header.
     """
 
 class AliasesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -141,6 +145,8 @@ class AliasesServiceServicer(metaclass=_abc_1.ABCMeta):
         """Applies each active table's customer-id locator to a visitor's context,
         records the links found and returns the user's whole alias set. Values
         that a guardrail refuses are skipped and reported, not stored.
+        Over REST the answer is the user's consolidated view once resolved
+        (ProfilesService.GetConsolidatedView), the skipped tables in a header.
         """
 
 def add_AliasesServiceServicer_to_server(servicer: AliasesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

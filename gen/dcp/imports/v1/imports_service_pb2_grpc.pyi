@@ -59,6 +59,8 @@ class ImportsServiceStub:
     ValidateFile: _grpc.StreamUnaryMultiCallable[_imports_service_pb2.ValidateFileRequest, _imports_service_pb2.ValidationReport]
     """Checks a file as an upload would, and stores nothing. The first message
     names the table and the file; every message carries the next bytes.
+    Over REST the file is the request body and its name the file_name query
+    parameter.
     """
     CreateUploadUrl: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.CreateUploadUrlRequest, _imports_service_pb2.UploadUrl]
     """A presigned URL that uploads one file into the table's S3 path.
@@ -96,6 +98,8 @@ class ImportsServiceAsyncStub(ImportsServiceStub):
     ValidateFile: _aio.StreamUnaryMultiCallable[_imports_service_pb2.ValidateFileRequest, _imports_service_pb2.ValidationReport]  # type: ignore[assignment]
     """Checks a file as an upload would, and stores nothing. The first message
     names the table and the file; every message carries the next bytes.
+    Over REST the file is the request body and its name the file_name query
+    parameter.
     """
     CreateUploadUrl: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.CreateUploadUrlRequest, _imports_service_pb2.UploadUrl]  # type: ignore[assignment]
     """A presigned URL that uploads one file into the table's S3 path.
@@ -166,6 +170,8 @@ class ImportsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_imports_service_pb2.ValidationReport, _abc.Awaitable[_imports_service_pb2.ValidationReport]]:
         """Checks a file as an upload would, and stores nothing. The first message
         names the table and the file; every message carries the next bytes.
+        Over REST the file is the request body and its name the file_name query
+        parameter.
         """
 
     @_abc_1.abstractmethod

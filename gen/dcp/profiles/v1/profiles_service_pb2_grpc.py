@@ -239,7 +239,9 @@ class ProfilesServiceServicer:
 
     def GetExport(self, request, context):
         """An export's status; with a presigned download URL once it is done.
-        NOT_FOUND for the export, or when it is not of the named table or audience.
+        NOT_FOUND for the export. Over REST it is also read through its table or
+        audience (GET .../exports/{export_id} under either), where the gateway
+        answers NOT_FOUND as well when the export is not of the one in the path.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

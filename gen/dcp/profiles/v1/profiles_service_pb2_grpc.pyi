@@ -116,7 +116,9 @@ class ProfilesServiceStub:
     """
     GetExport: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetExportRequest, _profiles_service_pb2.Export]
     """An export's status; with a presigned download URL once it is done.
-    NOT_FOUND for the export, or when it is not of the named table or audience.
+    NOT_FOUND for the export. Over REST it is also read through its table or
+    audience (GET .../exports/{export_id} under either), where the gateway
+    answers NOT_FOUND as well when the export is not of the one in the path.
     """
     ListExports: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.ListExportsRequest, _profiles_service_pb2.ListExportsResponse]
     """Past exports, newest first, each as GetExport shows it (with a fresh
@@ -213,7 +215,9 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """
     GetExport: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetExportRequest, _profiles_service_pb2.Export]  # type: ignore[assignment]
     """An export's status; with a presigned download URL once it is done.
-    NOT_FOUND for the export, or when it is not of the named table or audience.
+    NOT_FOUND for the export. Over REST it is also read through its table or
+    audience (GET .../exports/{export_id} under either), where the gateway
+    answers NOT_FOUND as well when the export is not of the one in the path.
     """
     ListExports: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.ListExportsRequest, _profiles_service_pb2.ListExportsResponse]  # type: ignore[assignment]
     """Past exports, newest first, each as GetExport shows it (with a fresh
@@ -379,7 +383,9 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_service_pb2.Export, _abc.Awaitable[_profiles_service_pb2.Export]]:
         """An export's status; with a presigned download URL once it is done.
-        NOT_FOUND for the export, or when it is not of the named table or audience.
+        NOT_FOUND for the export. Over REST it is also read through its table or
+        audience (GET .../exports/{export_id} under either), where the gateway
+        answers NOT_FOUND as well when the export is not of the one in the path.
         """
 
     @_abc_1.abstractmethod

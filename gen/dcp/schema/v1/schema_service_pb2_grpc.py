@@ -364,6 +364,8 @@ class SchemaServiceServicer:
         """Makes an archived attribute active again. Idempotent. NOT_FOUND;
         ALREADY_EXISTS when another active attribute of the table took its name;
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+        No REST binding of its own: over REST it is UpdateAttribute's PUT with
+        "archived": false, which the gateway sends here before any other change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

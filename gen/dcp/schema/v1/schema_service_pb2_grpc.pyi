@@ -120,6 +120,8 @@ class SchemaServiceStub:
     """Makes an archived attribute active again. Idempotent. NOT_FOUND;
     ALREADY_EXISTS when another active attribute of the table took its name;
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+    No REST binding of its own: over REST it is UpdateAttribute's PUT with
+    "archived": false, which the gateway sends here before any other change.
     """
     ListAudiences: _grpc.UnaryUnaryMultiCallable[_schema_service_pb2.ListAudiencesRequest, _schema_service_pb2.ListAudiencesResponse]
     """Lists a project's audiences, archived ones included, in id order; or,
@@ -248,6 +250,8 @@ class SchemaServiceAsyncStub(SchemaServiceStub):
     """Makes an archived attribute active again. Idempotent. NOT_FOUND;
     ALREADY_EXISTS when another active attribute of the table took its name;
     FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+    No REST binding of its own: over REST it is UpdateAttribute's PUT with
+    "archived": false, which the gateway sends here before any other change.
     """
     ListAudiences: _aio.UnaryUnaryMultiCallable[_schema_service_pb2.ListAudiencesRequest, _schema_service_pb2.ListAudiencesResponse]  # type: ignore[assignment]
     """Lists a project's audiences, archived ones included, in id order; or,
@@ -499,6 +503,8 @@ class SchemaServiceServicer(metaclass=_abc_1.ABCMeta):
         """Makes an archived attribute active again. Idempotent. NOT_FOUND;
         ALREADY_EXISTS when another active attribute of the table took its name;
         FAILED_PRECONDITION (RESOURCE_ARCHIVED) when its table is archived.
+        No REST binding of its own: over REST it is UpdateAttribute's PUT with
+        "archived": false, which the gateway sends here before any other change.
         """
 
     @_abc_1.abstractmethod
