@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	PYTHON=$(BIN)/python bash scripts/ensure_buf.sh lint protos
 
 test: lint browser
 	$(BIN)/pytest

@@ -40,7 +40,9 @@ def _include_dirs() -> list[str]:
 def generate(out: Path) -> None:
     # protoc finds the mypy plugins on PATH; they sit beside this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    # Only the project's own protos: protos/third_party holds copies for buf lint, and protoc reads the
+    # originals from the installed packages (see _include_dirs), so vendoring never changes gen/.
+    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "dcp").rglob("*.proto"))
     args = ["grpc_tools.protoc", *(f"-I{d}" for d in _include_dirs())]
     args += [f"--python_out={out}", f"--grpc_python_out={out}"]
     args += [f"--mypy_out={out}", f"--mypy_grpc_out={out}", *sources]

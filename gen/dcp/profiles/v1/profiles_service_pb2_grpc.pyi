@@ -78,6 +78,9 @@ class ProfilesServiceStub:
     message are checked, a progress update with the counts so far; last, the
     result. The same rules, guarantees and errors as MergeProfiles. The
     caller must read the updates as it writes, or the merge waits for it.
+    It reads the very messages MergeProfiles reads, so it shares their type
+    rather than keep a copy of it in step:
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     """
     GetConsolidatedView: _grpc.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]
     """The consolidated view of one Optimizely user: the Optimizely table's
@@ -177,6 +180,9 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     message are checked, a progress update with the counts so far; last, the
     result. The same rules, guarantees and errors as MergeProfiles. The
     caller must read the updates as it writes, or the merge waits for it.
+    It reads the very messages MergeProfiles reads, so it shares their type
+    rather than keep a copy of it in step:
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     """
     GetConsolidatedView: _aio.UnaryUnaryMultiCallable[_profiles_service_pb2.GetConsolidatedViewRequest, _profiles_service_pb2.ConsolidatedView]  # type: ignore[assignment]
     """The consolidated view of one Optimizely user: the Optimizely table's
@@ -309,6 +315,9 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         message are checked, a progress update with the counts so far; last, the
         result. The same rules, guarantees and errors as MergeProfiles. The
         caller must read the updates as it writes, or the merge waits for it.
+        It reads the very messages MergeProfiles reads, so it shares their type
+        rather than keep a copy of it in step:
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
