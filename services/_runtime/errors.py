@@ -11,9 +11,7 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 ERROR_DOMAIN = "dcp"
 
@@ -176,47 +174,6 @@ class ResourceExhausted(DcpError):
 class Unavailable(DcpError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UNAVAILABLE"
-
-
-_REFUSALS: dict[grpc.StatusCode, type[DcpError]] = {
-    refusal.code: refusal
-    for refusal in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, PermissionDenied, Unauthenticated)
-}
-
-
-def relayed(error: grpc.aio.AioRpcError, service: str) -> DcpError:
-    """Another service's answer as this one's caller should get it.
-
-    A refusal (bad input, not found, a broken rule) is the caller's to read, so
-    it passes on whole: code, message, reason and field violations. An
-    unavailable service stays unavailable; anything else is a fault here.
-    """
-    code = error.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(f"the {service} service is unavailable; retry later")
-    refusal = _REFUSALS.get(code)
-    if refusal is None:
-        return DcpError(f"the {service} service answered {code.name}: {error.details()}")
-    reason: str | None = None
-    violations: list[tuple[str, str]] = []
-    status: status_pb2.Status | None = None
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        for detail in status.details if status is not None else ():
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-                    reason = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                if detail.Unpack(bad_request):
-                    violations = [(v.field, v.description) for v in bad_request.field_violations]
-    except (ValueError, DecodeError):
-        # Details that do not decode are left out; the code and message still say what happened.
-        status = None
-    passed_on = refusal(error.details() or code.name.lower(), reason=reason, violations=violations)
-    passed_on.received_status = status
-    return passed_on
 
 
 _CODE_NUMBERS: dict[grpc.StatusCode, int] = {code: code.value[0] for code in grpc.StatusCode}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from services._runtime.errors import InvalidArgument
 
@@ -99,3 +101,22 @@ def next_key_token(keys: list[str], page: KeyPage, *, scope: str) -> str:
         return ""
     payload = {"k": keys[page.size - 1], "q": _fingerprint(scope)}
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+class _Paged(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+PageT = TypeVar("PageT", bound=_Paged)
+
+
+async def all_pages(fetch: Callable[[str], Awaitable[PageT]]) -> AsyncIterator[PageT]:
+    """Every page of a listing, from the first on: `fetch` asks for the page a token names ("" for the first)."""
+    token = ""
+    while True:
+        page = await fetch(token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return

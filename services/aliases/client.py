@@ -6,7 +6,7 @@ import grpc
 
 from dcp.aliases.v1 import aliases_service_pb2 as pb
 from dcp.aliases.v1 import aliases_service_pb2_grpc as pb_grpc
-from services._runtime.errors import DcpError, NotFound, Unavailable
+from services._runtime.calls import relayed
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
 
@@ -24,9 +24,5 @@ class AliasesClient:
                 metadata=metadata,
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.NOT_FOUND:
-                raise NotFound(error.details() or f"DCP service {service_id} does not exist") from None
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable("the aliases service is unavailable; retry later") from None
-            raise DcpError(f"the aliases service answered {error.code().name}: {error.details()}") from None
+            raise relayed(error, "aliases") from None
         return dict(result.customer_ids)

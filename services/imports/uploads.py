@@ -13,13 +13,14 @@ from typing import Protocol
 import grpc
 
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
-from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services._runtime.calls import relayed
+from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
 from services._runtime.paging import Page
 from services._runtime.s3 import ObjectStore
 from services.imports.repository import ErrorRow, ImportsRepository, Outcome, Upload
-from services.schema.client import TableInfo, table_info_from_proto
+from services.schema.client import TableInfo, missing_table, table_info_from_proto
 
 MAX_FILE_NAME_CHARS = 255
 DEFAULT_URL_SECONDS = 900
@@ -90,11 +91,7 @@ class TableDirectory:
                 schema_service_pb2.GetTableRequest(dcp_datasource_id=table_id), metadata=metadata
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"table {table_id} does not exist", metadata={"resource": "table", "id": str(table_id)}
-                ) from None
-            raise Unavailable(f"the schema service answered {error.code().name}; retry later") from None
+            raise relayed(error, "schema", instead={grpc.StatusCode.NOT_FOUND: missing_table(table_id)}) from None
         return OwnedTable(table.dcp_service_id, table.s3_path, table_info_from_proto(table))
 
 

@@ -10,17 +10,12 @@ import grpc
 
 from dcp.profiles.v1 import profiles_service_pb2 as pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
-from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services._runtime.calls import relayed
+from services._runtime.errors import Unavailable
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
 from services.profiles.profiles import BatchChunk, BatchHeader, BatchProgress, BatchResult, ProgressReport, RowError
 from services.profiles.servicer import value_to_proto
-
-_REFUSALS: dict[grpc.StatusCode, type[DcpError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-}
 
 
 def _message(chunk: BatchChunk) -> pb.MergeProfilesRequest:
@@ -84,10 +79,8 @@ class RemoteBatchMerger:
             await call.done_writing()
             response = await answer
         except grpc.aio.AioRpcError as error:
-            refusal = _REFUSALS.get(error.code())
-            if refusal is not None:
-                raise refusal(error.details() or error.code().name) from None
-            raise Unavailable(f"the profiles service answered {error.code().name}; retry later") from None
+            # A merge that failed for a reason of ours is tried again later, not failed for good.
+            raise relayed(error, "profiles", otherwise=Unavailable) from None
         except BaseException:
             call.cancel()
             raise

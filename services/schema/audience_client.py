@@ -12,9 +12,10 @@ import grpc
 import orjson
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services._runtime.errors import DcpError, InvalidArgument, NotFound, Unavailable, relayed
+from services._runtime.calls import relayed
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
+from services._runtime.paging import all_pages
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,6 @@ def _definition(message: resources_pb2.Audience) -> AudienceDefinition:
     )
 
 
-def _schema_error(error: grpc.aio.AioRpcError) -> DcpError:
-    if error.code() is grpc.StatusCode.NOT_FOUND:
-        return NotFound(error.details() or "not found")
-    if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(error.details() or "invalid argument")
-    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable("the schema service is unavailable; retry later")
-    return DcpError(f"the schema service answered {error.code().name}: {error.details()}")
-
-
 class AudienceDirectory:
     """Reads audience definitions; a service's active audiences are cached for `ttl_seconds`.
 
@@ -85,7 +76,7 @@ class AudienceDirectory:
                 metadata=outgoing_metadata(self._signer, identity),
             )
         except grpc.aio.AioRpcError as error:
-            raise _schema_error(error) from None
+            raise relayed(error, "schema") from None
         return _definition(message)
 
     async def check(self, identity: Identity, project_id: int, conditions: str) -> CheckedConditions:
@@ -107,7 +98,7 @@ class AudienceDirectory:
                 metadata=outgoing_metadata(self._signer, identity),
             )
         except grpc.aio.AioRpcError as error:
-            raise _schema_error(error) from None
+            raise relayed(error, "schema") from None
         return project.dcp_service_id if project.HasField("dcp_service_id") else 0
 
     async def of_service(
@@ -151,19 +142,17 @@ class AudienceDirectory:
 
     async def _fetch_service(self, identity: Identity, service_id: int) -> tuple[AudienceDefinition, ...]:
         found: list[AudienceDefinition] = []
-        token = ""
         metadata = outgoing_metadata(self._signer, identity)
         try:
-            while True:
-                page = await self._stub.ListAudiences(
+            async for page in all_pages(
+                lambda token: self._stub.ListAudiences(
                     schema_service_pb2.ListAudiencesRequest(
                         dcp_service_id=service_id, page_size=1000, page_token=token
                     ),
                     metadata=metadata,
                 )
+            ):
                 found.extend(_definition(a) for a in page.audiences)
-                token = page.next_page_token
-                if not token:
-                    return tuple(found)
         except grpc.aio.AioRpcError as error:
-            raise _schema_error(error) from None
+            raise relayed(error, "schema") from None
+        return tuple(found)

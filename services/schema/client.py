@@ -20,11 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services._runtime.errors import DcpError, NotFound, PermissionDenied, Unauthenticated, Unavailable
+from services._runtime.calls import relayed
+from services._runtime.errors import DcpError, NotFound
 from services._runtime.identity import (
     AssertionSigner,
     CredentialKind,
@@ -33,6 +32,7 @@ from services._runtime.identity import (
     internal_identity,
 )
 from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, outgoing_metadata, request_id
+from services._runtime.paging import all_pages
 from services.profiles.validation import AttributeSpec
 
 _DATATYPES = {
@@ -197,11 +197,7 @@ class RegistryClient:
                 metadata=outgoing_metadata(self._signer, identity),
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"table {table_id} does not exist", metadata={"resource": "table", "id": str(table_id)}
-                ) from None
-            raise _from_schema_error(error, 0) from None
+            raise relayed(error, "schema", instead={grpc.StatusCode.NOT_FOUND: missing_table(table_id)}) from None
         return table.dcp_service_id
 
     async def fresh_service(self, identity: Identity, service_id: int) -> ServiceSnapshot:
@@ -215,18 +211,18 @@ class RegistryClient:
                 schema_service_pb2.GetDcpServiceRequest(dcp_service_id=service_id), metadata=metadata
             )
             tables: dict[int, TableInfo] = {}
-            token = ""
-            while True:
-                page = await self._stub.ListTables(
+            async for page in all_pages(
+                lambda token: self._stub.ListTables(
                     schema_service_pb2.ListTablesRequest(dcp_service_id=service_id, page_size=1000, page_token=token),
                     metadata=metadata,
                 )
+            ):
                 tables.update((t.id, _table_info(t)) for t in page.tables)
-                token = page.next_page_token
-                if not token:
-                    break
         except grpc.aio.AioRpcError as error:
-            raise _from_schema_error(error, service_id) from None
+            missing = NotFound(
+                f"DCP service {service_id} does not exist", metadata={"resource": "DCP service", "id": str(service_id)}
+            )
+            raise relayed(error, "schema", instead={grpc.StatusCode.NOT_FOUND: missing}) from None
         optimizely = next((t.id for t in tables.values() if t.is_optimizely), 0)
         return ServiceSnapshot(
             id=service.id,
@@ -243,14 +239,9 @@ class RegistryClient:
         )
 
 
-def _from_schema_error(error: grpc.aio.AioRpcError, service_id: int) -> DcpError:
-    if error.code() is grpc.StatusCode.NOT_FOUND:
-        return NotFound(
-            f"DCP service {service_id} does not exist", metadata={"resource": "DCP service", "id": str(service_id)}
-        )
-    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable("the schema service is unavailable; retry later")
-    return DcpError(f"the schema service answered {error.code().name}: {error.details()}")
+def missing_table(table_id: int) -> NotFound:
+    """NOT_FOUND for a table id the caller sent: the schema service's own answer may name another resource."""
+    return NotFound(f"table {table_id} does not exist", metadata={"resource": "table", "id": str(table_id)})
 
 
 class RemoteAuthenticator:
@@ -266,7 +257,7 @@ class RemoteAuthenticator:
                 metadata=((REQUEST_ID_METADATA_KEY, request_id.get()),),
             )
         except grpc.aio.AioRpcError as error:
-            raise _auth_error(error) from None
+            raise relayed(error, "schema") from None
         identity = response.identity
         return Identity(
             account_id=identity.account_id,
@@ -274,29 +265,6 @@ class RemoteAuthenticator:
             credential_kind=CredentialKind(identity.credential_kind),
             subject=identity.subject,
         )
-
-
-def _auth_error(error: grpc.aio.AioRpcError) -> DcpError:
-    reason = _error_reason(error)
-    if error.code() is grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(error.details() or "the credentials are not valid")
-    if error.code() is grpc.StatusCode.PERMISSION_DENIED:
-        return PermissionDenied(error.details() or "permission denied", reason=reason)
-    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable("the schema service is unavailable; retry later")
-    return DcpError(f"the schema service answered {error.code().name}: {error.details()}")
-
-
-def _error_reason(error: grpc.aio.AioRpcError) -> str | None:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return None
 
 
 @dataclass(frozen=True)
@@ -342,21 +310,18 @@ class ImportTargetsClient:
     async def all(self) -> list[ImportTarget]:
         """Every table, archived ones included, in id order."""
         targets: list[ImportTarget] = []
-        token = ""
-        while True:
-            # Signed per page: a long listing must not outlive its assertion.
-            metadata = outgoing_metadata(self._signer, self._identity)
-            try:
-                page = await self._stub.ListImportTargets(
+        try:
+            async for page in all_pages(
+                lambda token: self._stub.ListImportTargets(
                     schema_service_pb2.ListImportTargetsRequest(page_size=self._page_size, page_token=token),
-                    metadata=metadata,
+                    # Signed per page: a long listing must not outlive its assertion.
+                    metadata=outgoing_metadata(self._signer, self._identity),
                 )
-            except grpc.aio.AioRpcError as error:
-                raise _auth_error(error) from None
-            targets.extend(_import_target(t) for t in page.targets)
-            token = page.next_page_token
-            if not token:
-                return targets
+            ):
+                targets.extend(_import_target(t) for t in page.targets)
+        except grpc.aio.AioRpcError as error:
+            raise relayed(error, "schema") from None
+        return targets
 
 
 def _import_target(message: schema_service_pb2.ImportTarget) -> ImportTarget:
