@@ -52,6 +52,7 @@ from gateway.openapi import (
     nullable,
     record,
 )
+from services._runtime.paging import all_pages
 from services.profiles.exports import FORMATS as EXPORT_FORMATS
 from services.schema.rules import MAX_DESCRIPTION_LENGTH, MAX_NAME_LENGTH
 
@@ -452,17 +453,13 @@ class AudiencesApi:
 
     async def list_audiences(self, request: Request, call: Call) -> Response:
         project_id = path_id(request, "project_id")
-        audiences: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            page = await self._schema.ListAudiences(
+        pages = all_pages(
+            lambda token: self._schema.ListAudiences(
                 schema_service_pb2.ListAudiencesRequest(project_id=project_id, page_size=1000, page_token=token),
                 metadata=call.metadata,
             )
-            audiences.extend(audience_json(a) for a in page.audiences)
-            token = page.next_page_token
-            if not token:
-                return JSONResponse(audiences)
+        )
+        return JSONResponse([audience_json(a) async for page in pages for a in page.audiences])
 
     async def create(self, request: Request, call: Call) -> Response:
         project_id = path_id(request, "project_id")

@@ -17,6 +17,7 @@ from gateway import v1json
 from gateway.bodies import INT64_MAX, BodySpec, FieldType, truncated
 from gateway.errors import ApiError, from_rpc_error
 from gateway.openapi import Body, DocumentedRoute, Link, Operation, Reply, Schema, array
+from services._runtime.paging import all_pages
 from services.profiles.profiles import MAX_CUSTOMER_ID_LENGTH, customer_id_problem
 from services.schema.rules import (
     MAX_BLOCKED_CUSTOMER_IDS,
@@ -536,16 +537,12 @@ class ConfigApi:
     # Projects
 
     async def list_projects(self, request: Request, call: Call) -> Response:
-        projects: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            page = await self._schema.ListProjects(
+        pages = all_pages(
+            lambda token: self._schema.ListProjects(
                 schema_service_pb2.ListProjectsRequest(page_size=1000, page_token=token), metadata=call.metadata
             )
-            projects.extend(v1json.project(p) for p in page.projects)
-            token = page.next_page_token
-            if not token:
-                return JSONResponse(projects)
+        )
+        return JSONResponse([v1json.project(p) async for page in pages for p in page.projects])
 
     async def create_project(self, request: Request, call: Call) -> Response:
         values = _PROJECT.decode(await call.json())
@@ -597,16 +594,12 @@ class ConfigApi:
     # DCP services
 
     async def list_services(self, request: Request, call: Call) -> Response:
-        services: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            page = await self._schema.ListDcpServices(
+        pages = all_pages(
+            lambda token: self._schema.ListDcpServices(
                 schema_service_pb2.ListDcpServicesRequest(page_size=1000, page_token=token), metadata=call.metadata
             )
-            services.extend(v1json.dcp_service(s) for s in page.dcp_services)
-            token = page.next_page_token
-            if not token:
-                return JSONResponse(services)
+        )
+        return JSONResponse([v1json.dcp_service(s) async for page in pages for s in page.dcp_services])
 
     async def create_service(self, request: Request, call: Call) -> Response:
         values = _SERVICE.decode(await call.json())
@@ -664,17 +657,13 @@ class ConfigApi:
 
     async def list_tables(self, request: Request, call: Call) -> Response:
         service_id = path_id(request, "service_id")
-        tables: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            page = await self._schema.ListTables(
+        pages = all_pages(
+            lambda token: self._schema.ListTables(
                 schema_service_pb2.ListTablesRequest(dcp_service_id=service_id, page_size=1000, page_token=token),
                 metadata=call.metadata,
             )
-            tables.extend(v1json.table(t) for t in page.tables)
-            token = page.next_page_token
-            if not token:
-                return JSONResponse(tables)
+        )
+        return JSONResponse([v1json.table(t) async for page in pages for t in page.tables])
 
     async def create_table(self, request: Request, call: Call) -> Response:
         service_id = path_id(request, "service_id")
@@ -736,17 +725,13 @@ class ConfigApi:
 
     async def list_attributes(self, request: Request, call: Call) -> Response:
         table_id = path_id(request, "table_id")
-        attributes: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            page = await self._schema.ListAttributes(
+        pages = all_pages(
+            lambda token: self._schema.ListAttributes(
                 schema_service_pb2.ListAttributesRequest(dcp_datasource_id=table_id, page_size=1000, page_token=token),
                 metadata=call.metadata,
             )
-            attributes.extend(v1json.attribute(a) for a in page.attributes)
-            token = page.next_page_token
-            if not token:
-                return JSONResponse(attributes)
+        )
+        return JSONResponse([v1json.attribute(a) async for page in pages for a in page.attributes])
 
     async def create_attribute(self, request: Request, call: Call) -> Response:
         table_id = path_id(request, "table_id")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from starlette.responses import JSONResponse
+
+from services._runtime.calls import received
 
 # google/rpc/code.proto's HTTP mapping; FAILED_PRECONDITION is 400 there, which
 # is also what v1 answers for a request that breaks a rule (e.g. a second
@@ -91,27 +90,10 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
     """
     code = error.code()
     status = HTTP_STATUS_BY_GRPC_CODE.get(code, 500)
-    message = error.details() or code.name.lower()
-    reason: str | None = None
-    violations: list[tuple[str, str]] = []
-    try:
-        rich = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except (ValueError, DecodeError):
-        rich = None
-    if rich is not None:
-        message = rich.message or message
-        for detail in rich.details:
-            try:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason = info.reason
-                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad_request = error_details_pb2.BadRequest()
-                    detail.Unpack(bad_request)
-                    violations = [(v.field, v.description) for v in bad_request.field_violations]
-            except DecodeError:
-                continue
+    answer = received(error)
+    message = (answer.status.message if answer.status is not None else "") or error.details() or code.name.lower()
+    reason = answer.reason
+    violations = answer.violations
     if code is grpc.StatusCode.UNAVAILABLE and reason is None:
         message = "a backing service is unavailable; retry later"
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and reason is None:

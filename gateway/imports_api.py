@@ -34,6 +34,7 @@ from gateway.openapi import (
     nullable,
     record,
 )
+from services._runtime.paging import all_pages
 from services.imports.uploads import MAX_FILE_NAME_CHARS
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
@@ -317,19 +318,18 @@ class ImportsApi:
             raise ApiError.field("format", "must be 'json' or 'csv'")
         table_id = path_id(request, "table_id")
         upload_id = path_id(request, "upload_id")
-        problems: list[pb.RowProblem] = []
-        token = ""
-        while True:
-            page = await self._imports.ListUploadErrors(
+        pages = all_pages(
+            lambda token: self._imports.ListUploadErrors(
                 pb.ListUploadErrorsRequest(
                     dcp_datasource_id=table_id, upload_id=upload_id, page_size=10_000, page_token=token
                 ),
                 metadata=call.metadata,
             )
+        )
+        problems: list[pb.RowProblem] = []
+        page = pb.ListUploadErrorsResponse()
+        async for page in pages:
             problems.extend(page.errors)
-            token = page.next_page_token
-            if not token:
-                break
         if output == "csv":
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\r\n")
