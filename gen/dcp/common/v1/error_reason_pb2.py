@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n dcp/common/v1/error_reason.proto\x12\rdcp.common.v1*\xdc\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_FIELD\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x03\x12\x19\n\x15SERVICE_LIMIT_REACHED\x10\x04\x12\x1e\n\x1aOPTIMIZELY_TABLE_IMMUTABLE\x10\x05\x12\x15\n\x11RESOURCE_ARCHIVED\x10\x06\x12\x13\n\x0fUNAUTHENTICATED\x10\x07\x12\x11\n\rTOKEN_REVOKED\x10\x08\x12\x1a\n\x16PERSONAL_TOKEN_REFUSED\x10\t\x12\x16\n\x12INSUFFICIENT_SCOPE\x10\n\x12\x15\n\x11PAYLOAD_TOO_LARGE\x10\x0b\x12\x15\n\x11MALFORMED_REQUEST\x10\x0c\x12\x13\n\x0fREAD_ONLY_FIELD\x10\r\x12\x12\n\x0e\x43ONFLICT_RETRY\x10\x0e\x12\x0c\n\x08INTERNAL\x10\x0f\x12\x0f\n\x0bUNAVAILABLE\x10\x10\x12\x13\n\x0fROUTE_NOT_FOUND\x10\x11\x12\x16\n\x12METHOD_NOT_ALLOWED\x10\x12\x12\x16\n\x12PROJECT_NOT_LINKED\x10\x13\x12\x10\n\x0cRATE_LIMITED\x10\x14\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n dcp/common/v1/error_reason.proto\x12\rdcp.common.v1*\xf1\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_FIELD\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x03\x12\x19\n\x15SERVICE_LIMIT_REACHED\x10\x04\x12\x1e\n\x1aOPTIMIZELY_TABLE_IMMUTABLE\x10\x05\x12\x15\n\x11RESOURCE_ARCHIVED\x10\x06\x12\x13\n\x0fUNAUTHENTICATED\x10\x07\x12\x11\n\rTOKEN_REVOKED\x10\x08\x12\x1a\n\x16PERSONAL_TOKEN_REFUSED\x10\t\x12\x16\n\x12INSUFFICIENT_SCOPE\x10\n\x12\x15\n\x11PAYLOAD_TOO_LARGE\x10\x0b\x12\x15\n\x11MALFORMED_REQUEST\x10\x0c\x12\x13\n\x0fREAD_ONLY_FIELD\x10\r\x12\x12\n\x0e\x43ONFLICT_RETRY\x10\x0e\x12\x0c\n\x08INTERNAL\x10\x0f\x12\x0f\n\x0bUNAVAILABLE\x10\x10\x12\x13\n\x0fROUTE_NOT_FOUND\x10\x11\x12\x16\n\x12METHOD_NOT_ALLOWED\x10\x12\x12\x16\n\x12PROJECT_NOT_LINKED\x10\x13\x12\x10\n\x0cRATE_LIMITED\x10\x14\x12\x17\n\x13\x46\x41ILED_PRECONDITION\x10\x15\x12\x15\n\x11PERMISSION_DENIED\x10\x16\x12\x16\n\x12RESOURCE_EXHAUSTED\x10\x17\x12\x0f\n\x0b\x42\x41\x44_GATEWAY\x10\x18\x12\x11\n\rDUPLICATE_KEY\x10\x19\x12\x13\n\x0fUPLOAD_FINISHED\x10\x1a\x12\x15\n\x11\x43HECK_IN_PROGRESS\x10\x1b\x12\x12\n\x0e\x43HECK_TOO_LONG\x10\x1c\x12\x17\n\x13\x45XTRA_NOT_INSTALLED\x10\x1d\x12\x17\n\x13SECRETS_KEY_UNKNOWN\x10\x1e\x12\x15\n\x11SECRET_UNREADABLE\x10\x1f\x12\x1e\n\x1aSECRETS_KEY_NOT_CONFIGURED\x10 b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dcp.common.v1.error_reason_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=52
-  _globals['_ERRORREASON']._serialized_end=528
+  _globals['_ERRORREASON']._serialized_end=805
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,30 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The account made more requests than its rate limit allows; retry after the
     seconds the Retry-After header names.
     """
+    FAILED_PRECONDITION: _ErrorReason.ValueType  # 21
+    """The request breaks a rule about the resource's state that no more specific reason names."""
+    PERMISSION_DENIED: _ErrorReason.ValueType  # 22
+    """The caller may not do this to the resource, for a reason other than a missing scope."""
+    RESOURCE_EXHAUSTED: _ErrorReason.ValueType  # 23
+    """A limit other than the request rate was reached; the message names it."""
+    BAD_GATEWAY: _ErrorReason.ValueType  # 24
+    """A backing service's answer could not be passed on (e.g. it outgrew gRPC's metadata limit)."""
+    DUPLICATE_KEY: _ErrorReason.ValueType  # 25
+    """A JSON object in the request body repeats a key."""
+    UPLOAD_FINISHED: _ErrorReason.ValueType  # 26
+    """The upload has already finished, so it cannot be cancelled."""
+    CHECK_IN_PROGRESS: _ErrorReason.ValueType  # 27
+    """A file of the account is already being checked; send the next one when it is done."""
+    CHECK_TOO_LONG: _ErrorReason.ValueType  # 28
+    """The file could not be checked in the time allowed; upload it instead."""
+    EXTRA_NOT_INSTALLED: _ErrorReason.ValueType  # 29
+    """The part asked for needs an optional extra that is not installed; the message names the install command."""
+    SECRETS_KEY_UNKNOWN: _ErrorReason.ValueType  # 30
+    """A stored S3 secret names a key that no configured secrets key matches."""
+    SECRET_UNREADABLE: _ErrorReason.ValueType  # 31
+    """A stored S3 secret does not authenticate under its key: altered, or copied from another row."""
+    SECRETS_KEY_NOT_CONFIGURED: _ErrorReason.ValueType  # 32
+    """No secrets key is configured, so stored S3 secrets cannot be read or written."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (domain "dcp").
@@ -113,4 +137,28 @@ RATE_LIMITED: ErrorReason.ValueType  # 20
 """The account made more requests than its rate limit allows; retry after the
 seconds the Retry-After header names.
 """
+FAILED_PRECONDITION: ErrorReason.ValueType  # 21
+"""The request breaks a rule about the resource's state that no more specific reason names."""
+PERMISSION_DENIED: ErrorReason.ValueType  # 22
+"""The caller may not do this to the resource, for a reason other than a missing scope."""
+RESOURCE_EXHAUSTED: ErrorReason.ValueType  # 23
+"""A limit other than the request rate was reached; the message names it."""
+BAD_GATEWAY: ErrorReason.ValueType  # 24
+"""A backing service's answer could not be passed on (e.g. it outgrew gRPC's metadata limit)."""
+DUPLICATE_KEY: ErrorReason.ValueType  # 25
+"""A JSON object in the request body repeats a key."""
+UPLOAD_FINISHED: ErrorReason.ValueType  # 26
+"""The upload has already finished, so it cannot be cancelled."""
+CHECK_IN_PROGRESS: ErrorReason.ValueType  # 27
+"""A file of the account is already being checked; send the next one when it is done."""
+CHECK_TOO_LONG: ErrorReason.ValueType  # 28
+"""The file could not be checked in the time allowed; upload it instead."""
+EXTRA_NOT_INSTALLED: ErrorReason.ValueType  # 29
+"""The part asked for needs an optional extra that is not installed; the message names the install command."""
+SECRETS_KEY_UNKNOWN: ErrorReason.ValueType  # 30
+"""A stored S3 secret names a key that no configured secrets key matches."""
+SECRET_UNREADABLE: ErrorReason.ValueType  # 31
+"""A stored S3 secret does not authenticate under its key: altered, or copied from another row."""
+SECRETS_KEY_NOT_CONFIGURED: ErrorReason.ValueType  # 32
+"""No secrets key is configured, so stored S3 secrets cannot be read or written."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
