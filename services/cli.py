@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+# Read by gRPC when it loads, so set before the imports below. Its fork handlers serve a child
+# that goes on using gRPC after fork(); no process of ours does (children are exec'd or spawned),
+# and with them on, every fork (stopping the embedded PostgreSQL, say) may log a line of its own.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from services._runtime import extras
 from services._runtime.errors import DcpError

@@ -195,7 +195,10 @@ def test_the_cli_finds_a_running_platform_through_DCP_DATA_DIR_and_ctrl_c_stops_
         up.process.send_signal(signal.SIGINT)
         assert up.process.wait(timeout=60) == 0
         up.wait_for(r"^stopping\.\.\.$")
-        _no_traceback(up.finish())
+        output = up.finish()
+        _no_traceback(output)
+        # Stopping says nothing more: no library's log line about stopping the embedded database.
+        assert output.rsplit("stopping...\n", 1)[1] == "", output
     finally:
         up.kill()
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
