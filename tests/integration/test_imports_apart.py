@@ -13,7 +13,7 @@ import pytest
 
 from dcp.imports.v1 import imports_service_pb2 as pb
 from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
-from services import platform
+from services import import_worker, platform
 from services._runtime.s3 import ObjectStore
 from services._runtime.settings import Settings
 from tests.conftest import MakeAccount, RunningPlatform
@@ -33,6 +33,7 @@ async def apart(
 ) -> AsyncIterator[Apart]:
     s3 = dataclasses.replace(settings.s3, bucket=f"apart-{secrets.token_hex(4)}")
     alone = dataclasses.replace(settings, s3=s3, grpc_port=0)
+    assert settings.database_url is not None
     async with platform.upload_store(s3) as bucket:
         imports = await platform.start_imports_server(
             alone,
@@ -41,6 +42,20 @@ async def apart(
             bucket,
             schema_channel=running.channel,
             profiles_channel=running.channel,
+            import_worker=False,
+        )
+        # Uploads are applied in a worker process of its own, as `dcp serve imports` applies them,
+        # so that the readings of an upload's progress are answered by a loop that does none of it.
+        worker = await import_worker.start_import_worker_process(
+            alone,
+            {
+                "DCP_DATABASE_URL": settings.database_url,
+                "DCP_SCHEMA_ADDRESS": running.grpc_address,
+                "DCP_PROFILES_ADDRESS": running.grpc_address,
+                "DCP_IMPORT_POLL_SECONDS": "0.2",
+                "DCP_LOG_LEVEL": "WARNING",
+                **import_worker.store_wiring(s3),
+            },
         )
         await imports.server.mark_serving()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{imports.server.port}")
@@ -48,6 +63,7 @@ async def apart(
             yield Apart(pb_grpc.ImportsServiceStub(channel), bucket)
         finally:
             await channel.close(grace=None)
+            await worker.stop(5)
             await imports.stop(0)
 
 
