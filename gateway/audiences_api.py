@@ -53,8 +53,7 @@ from gateway.openapi import (
     record,
 )
 from services._runtime.paging import all_pages
-from services.profiles.exports import FORMATS as EXPORT_FORMATS
-from services.schema.rules import MAX_DESCRIPTION_LENGTH, MAX_NAME_LENGTH
+from services.domain.limits import EXPORT_FORMATS, MAX_DESCRIPTION_LENGTH, MAX_NAME_LENGTH
 
 V1 = "/experiment/v1"
 MEMBERS_DEFAULT_PER_PAGE = 100

@@ -18,8 +18,8 @@ from gateway.bodies import INT64_MAX, BodySpec, FieldType, truncated
 from gateway.errors import ApiError, from_rpc_error
 from gateway.openapi import Body, DocumentedRoute, Link, Operation, Reply, Schema, array
 from services._runtime.paging import all_pages
-from services.profiles.profiles import MAX_CUSTOMER_ID_LENGTH, customer_id_problem
-from services.schema.rules import (
+from services.domain.customer_ids import MAX_CUSTOMER_ID_LENGTH, customer_id_problem
+from services.domain.limits import (
     MAX_BLOCKED_CUSTOMER_IDS,
     MAX_DESCRIPTION_LENGTH,
     MAX_NAME_LENGTH,

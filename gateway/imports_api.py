@@ -35,7 +35,7 @@ from gateway.openapi import (
     record,
 )
 from services._runtime.paging import all_pages
-from services.imports.uploads import MAX_FILE_NAME_CHARS
+from services.domain.limits import MAX_FILE_NAME_CHARS
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
 DEFAULT_PER_PAGE = 25

@@ -19,6 +19,7 @@ from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id
 from gateway.errors import ApiError
 from gateway.openapi import DECIMAL_ID, TEXT, Body, Component, Header, Link, Operation, Reply, array, described, record
 from services._runtime.identity import CredentialKind, Scope
+from services.profiles.client import value_from_proto
 
 PREFIX = "/api"
 INT64_MIN = -(2**63)
@@ -40,11 +41,6 @@ def _value_to_proto(name: str, value: Any) -> profiles_pb.Value:
         return profiles_pb.Value(string_value=value)
     kind = "an array" if isinstance(value, list) else "an object"
     raise ApiError.field(f"data.{name}", f"must be a string, number, boolean or null, got {kind}")
-
-
-def _value_from_proto(value: profiles_pb.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    return None if kind in (None, "null_value") else getattr(value, kind)
 
 
 _VALUE = {
@@ -73,7 +69,7 @@ def _profile(message: profiles_pb.Profile) -> dict[str, Any]:
         "customerId": message.customer_id,
         "dcpServiceId": str(message.dcp_service_id),
         "datasourceId": str(message.dcp_datasource_id),
-        "data": {name: _value_from_proto(value) for name, value in message.data.items()},
+        "data": {name: value_from_proto(value) for name, value in message.data.items()},
     }
 
 

@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from dcp.schema.v1 import resources_pb2
 from gateway.openapi import BOOLEAN, COUNT, ID, TEXT, TIMESTAMP, Component, array, described, nullable, record
+from services.schema.client import DATATYPE_FROM_PROTO, FORMAT_FROM_PROTO
 
 LOCATOR_NAMES = {
     resources_pb2.LOCATOR_TYPE_COOKIE: "cookie",
@@ -17,19 +18,9 @@ LOCATOR_NAMES = {
     resources_pb2.LOCATOR_TYPE_UID: "uid",
 }
 LOCATOR_VALUES = {v: k for k, v in LOCATOR_NAMES.items()}
-DATATYPE_NAMES = {
-    resources_pb2.DATATYPE_STRING: "string",
-    resources_pb2.DATATYPE_BOOL: "bool",
-    resources_pb2.DATATYPE_LONG: "long",
-    resources_pb2.DATATYPE_DOUBLE: "double",
-    resources_pb2.DATATYPE_DATETIME: "datetime",
-}
+DATATYPE_NAMES = {number: str(kind) for number, kind in DATATYPE_FROM_PROTO.items()}
 DATATYPE_VALUES = {v: k for k, v in DATATYPE_NAMES.items()}
-FORMAT_NAMES = {
-    resources_pb2.DATETIME_FORMAT_DATE: "yyyy-mm-dd",
-    resources_pb2.DATETIME_FORMAT_DATETIME: "yyyy-mm-ddThh:mm:ssZ",
-    resources_pb2.DATETIME_FORMAT_EPOCH: "epoch",
-}
+FORMAT_NAMES = {number: str(kind) for number, kind in FORMAT_FROM_PROTO.items()}
 FORMAT_VALUES = {v: k for k, v in FORMAT_NAMES.items()}
 IMPORT_MODE_NAMES = {
     resources_pb2.IMPORT_MODE_PARTIAL: "partial",

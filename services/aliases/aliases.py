@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from services._runtime.errors import InvalidArgument, NotFound
 from services._runtime.identity import Identity
 from services.aliases.repository import AliasesRepository
-from services.profiles.profiles import customer_id_problem
-from services.schema.client import RegistryClient, ServiceSnapshot
+from services.domain.catalog import ServiceSnapshot
+from services.domain.customer_ids import customer_id_problem
+from services.schema.client import RegistryClient
 
 
 @dataclass(frozen=True)

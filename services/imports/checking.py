@@ -24,10 +24,11 @@ from services._runtime.errors import FailedPrecondition, ResourceExhausted, Unav
 from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.settings import ImportSettings
 from services._runtime.supervisor import run_in_background, stop_with_parent
+from services.domain.batches import BatchChunk, BatchHeader, BatchResult, ProgressReport, check_batch
+from services.domain.catalog import ServiceSnapshot, TableInfo
 from services.imports.processing import FileApplier, Progress
 from services.imports.repository import Outcome
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchResult, ProgressReport, check_batch
-from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
+from services.schema.client import RegistryClient
 
 _READ_BYTES = 1024 * 1024
 

@@ -10,7 +10,6 @@ its idempotency key, so a file retried after a crash is never applied twice.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -20,15 +19,24 @@ from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgume
 from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.s3 import ObjectGone, ObjectStore, StoredObject
 from services._runtime.settings import ImportSettings
+from services.domain.batches import (
+    BatchChunk,
+    BatchHeader,
+    BatchProgress,
+    BatchResult,
+    ProgressReport,
+    RowError,
+    TextRows,
+    column_problems,
+)
+from services.domain.catalog import TableInfo
 from services.imports.parsing import CsvStream, FileProblem
-from services.imports.repository import ErrorRow, Outcome, Upload
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchProgress, BatchResult, ProgressReport, TextRows
-from services.schema.client import RegistryClient, TableInfo
+from services.imports.repository import Outcome, Upload
+from services.schema.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
 CUSTOMER_ID_COLUMN = "customerid"
-ERROR_VALUE_CHARS = 200
 # Rows travel in messages of about this many bytes: far below gRPC's 4 MiB
 # default, large enough that per-message costs vanish.
 MESSAGE_BYTES = 512 * 1024
@@ -60,10 +68,9 @@ def read_header(fields: list[str], table: TableInfo) -> Columns:
     if len(customer) > 1:
         problems.append("duplicate customerId columns: " + ", ".join(repr(fields[i]) for i in customer))
     others = [name for i, name in enumerate(fields) if i not in customer]
-    duplicates = sorted(name for name, count in collections.Counter(others).items() if count > 1)
+    unknown, duplicates = column_problems(table, others)
     if duplicates:
         problems.append("duplicate columns: " + ", ".join(repr(n) for n in duplicates))
-    unknown = [name for name in dict.fromkeys(others) if name not in table.by_name]
     if unknown:
         problems.append(
             "columns that are not active attributes of this table (names are case-sensitive): "
@@ -72,10 +79,6 @@ def read_header(fields: list[str], table: TableInfo) -> Columns:
     if problems:
         raise FileProblem("; ".join(problems) + "; the file was not imported")
     return Columns(customer[0], others)
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= ERROR_VALUE_CHARS else text[: ERROR_VALUE_CHARS - 1] + "…"
 
 
 @dataclass
@@ -87,7 +90,7 @@ class Progress:
     """Bytes of the stored object handed to the parser so far; for a .gz file the
     compressed bytes, which is what the object's size counts."""
     rejected_here: int = 0
-    errors: list[ErrorRow] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
     reading_done: bool = False
     """Every row has been handed to the merge: from here on the file is being
     committed, and stopping could no longer say for sure what was stored."""
@@ -293,11 +296,11 @@ class FileApplier:
                     rejected += 1
                     if len(tally.errors) < max_errors:
                         tally.errors.append(
-                            ErrorRow(
+                            RowError.about(
                                 record.row,
                                 "",
-                                _cut(",".join(fields)),
                                 f"has {len(fields)} fields; the header has {width}",
+                                ",".join(fields),
                             )
                         )
                     continue
@@ -325,9 +328,9 @@ class FileApplier:
         errors = sorted(
             [
                 *tally.errors,
-                *(ErrorRow(e.row_number, e.field, e.value, e.message) for e in response.errors),
+                *response.errors,
             ],
-            key=lambda e: e.row,
+            key=lambda e: e.row_number,
         )[: self._settings.max_errors]
         if tally.rows_total == 0:
             return Outcome("failed", error="the file has a header but no data rows")

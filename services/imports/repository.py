@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from services._runtime.db import MigrationSet, release_session_lock
+from services.domain.batches import RowError
 
 SCHEMA = "imports"
 MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migrations")
@@ -64,14 +65,6 @@ class NewUpload:
 
 
 @dataclass(frozen=True)
-class ErrorRow:
-    row: int
-    column: str
-    value: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Outcome:
     """How an upload ended."""
 
@@ -80,7 +73,7 @@ class Outcome:
     rows_ok: int = 0
     rows_failed: int = 0
     error: str = ""
-    errors: Sequence[ErrorRow] = ()
+    errors: Sequence[RowError] = ()
     bytes_read: int = 0
     """Bytes of the stored object read (compressed bytes for a .gz file); its size when it was read whole."""
 
@@ -182,7 +175,7 @@ class ImportsRepository:
         )
         return [_upload(r) for r in rows]
 
-    async def errors(self, upload_id: int, *, after_seq: int, limit: int) -> list[tuple[int, ErrorRow]]:
+    async def errors(self, upload_id: int, *, after_seq: int, limit: int) -> list[tuple[int, RowError]]:
         rows = await self._pool.fetch(
             "SELECT seq, row_number, column_name, value, message FROM imports.upload_errors"
             " WHERE upload_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -190,7 +183,7 @@ class ImportsRepository:
             after_seq,
             limit,
         )
-        return [(r["seq"], ErrorRow(r["row_number"], r["column_name"], r["value"], r["message"])) for r in rows]
+        return [(r["seq"], RowError(r["row_number"], r["column_name"], r["message"], r["value"])) for r in rows]
 
     async def request_cancel(self, account_id: int, table_id: int, upload_id: int, reason: str) -> Upload | None:
         """Stops an upload: a pending one ends at once, a processing one is stopped by its importer.
@@ -307,7 +300,7 @@ class TableQueue:
                     schema_name="imports",
                     columns=("upload_id", "seq", "row_number", "column_name", "value", "message"),
                     records=[
-                        (upload_id, seq, e.row, e.column, e.value, e.message)
+                        (upload_id, seq, e.row_number, e.field, e.value, e.message)
                         for seq, e in enumerate(outcome.errors, start=1)
                     ],
                 )

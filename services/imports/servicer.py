@@ -14,7 +14,8 @@ from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Scope, caller
 from services._runtime.paging import next_token, read_page
 from services._runtime.server import ServiceBinding
-from services.imports.repository import ErrorRow, Outcome, Upload
+from services.domain.batches import RowError
+from services.imports.repository import Outcome, Upload
 from services.imports.uploads import UploadHistory
 
 STATUS = {
@@ -55,8 +56,8 @@ def upload_to_proto(upload: Upload) -> pb.Upload:
     )
 
 
-def problem_to_proto(error: ErrorRow) -> pb.RowProblem:
-    return pb.RowProblem(row=error.row, column=error.column, value=error.value, message=error.message)
+def problem_to_proto(error: RowError) -> pb.RowProblem:
+    return pb.RowProblem(row=error.row_number, column=error.field, value=error.value, message=error.message)
 
 
 def report_to_proto(outcome: Outcome) -> pb.ValidationReport:

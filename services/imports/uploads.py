@@ -19,10 +19,12 @@ from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
 from services._runtime.paging import Page
 from services._runtime.s3 import ObjectStore
-from services.imports.repository import ErrorRow, ImportsRepository, Outcome, Upload
-from services.schema.client import TableInfo, missing_table, table_info_from_proto
+from services.domain.batches import RowError
+from services.domain.catalog import TableInfo
+from services.domain.limits import MAX_FILE_NAME_CHARS
+from services.imports.repository import ImportsRepository, Outcome, Upload
+from services.schema.client import missing_table, table_info_from_proto
 
-MAX_FILE_NAME_CHARS = 255
 DEFAULT_URL_SECONDS = 900
 MAX_URL_SECONDS = 7 * 24 * 3600
 CANCELLED_ON_REQUEST = "cancelled on request; no row of the file was stored"
@@ -126,7 +128,7 @@ class UploadHistory:
 
     async def errors(
         self, identity: Identity, table_id: int, upload_id: int, page: Page
-    ) -> tuple[Upload, list[tuple[int, ErrorRow]]]:
+    ) -> tuple[Upload, list[tuple[int, RowError]]]:
         upload = await self.get(identity, table_id, upload_id)
         return upload, await self._repo.errors(upload.id, after_seq=page.after_id, limit=page.size + 1)
 

@@ -1,9 +1,9 @@
-"""The profiles batch merge as other processes call it over gRPC."""
+"""The profiles service as other processes call it over gRPC, and its values on the wire."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import grpc
@@ -14,8 +14,28 @@ from services._runtime.calls import relayed
 from services._runtime.errors import Unavailable
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
-from services.profiles.profiles import BatchChunk, BatchHeader, BatchProgress, BatchResult, ProgressReport, RowError
-from services.profiles.servicer import value_to_proto
+from services.domain.batches import BatchChunk, BatchHeader, BatchProgress, BatchResult, ProgressReport, RowError
+
+
+def value_from_proto(value: pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
+
+
+def value_to_proto(value: Any) -> pb.Value:
+    if isinstance(value, bool):
+        return pb.Value(bool_value=value)
+    if isinstance(value, int):
+        return pb.Value(long_value=value)
+    if isinstance(value, float):
+        return pb.Value(double_value=value)
+    return pb.Value(string_value=str(value))
+
+
+def data_from_proto(data: Mapping[str, pb.Value]) -> dict[str, Any]:
+    return {name: value_from_proto(value) for name, value in data.items()}
 
 
 def _message(chunk: BatchChunk) -> pb.MergeProfilesRequest:

@@ -4,7 +4,7 @@ Both encoders turn one batch of rows into bytes and keep nothing between
 batches, so an export's memory follows its batch size, not its length.
 
 CSV follows the importer's reading rules (`services.imports.parsing`,
-`services.profiles.validation`) exactly: a header `customerId,<columns>`,
+`services.domain.values`) exactly: a header `customerId,<columns>`,
 then one line per profile, lines ending in LF, UTF-8 without a byte order
 mark. A value is written in the spelling the importer turns back into the
 same canonical value:

@@ -23,6 +23,8 @@ from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFou
 from services._runtime.identity import CredentialKind, Identity, Scope
 from services._runtime.paging import Page
 from services._runtime.s3 import ObjectStore
+from services.domain.catalog import ServiceSnapshot, TableInfo
+from services.domain.limits import EXPORT_FORMATS
 from services.profiles.export_format import CsvEncoder, JsonLinesEncoder
 from services.profiles.export_repository import (
     COPY_MAX_COLUMNS,
@@ -33,11 +35,10 @@ from services.profiles.export_repository import (
 )
 from services.profiles.membership import Membership
 from services.profiles.targeting import ResolvedAudience, Targeting
-from services.schema.client import RegistryClient, ServiceSnapshot, TableInfo
+from services.schema.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "jsonl")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 DOWNLOAD_URL_SECONDS = 3600
 # Bytes between PostgreSQL and the upload, bounded so a slow store slows the
@@ -422,9 +423,9 @@ def _member_line(user: str, data: list[dict[str, object] | None], tables: list[T
 
 
 def _check_format(export_format: str) -> None:
-    if export_format not in FORMATS:
+    if export_format not in EXPORT_FORMATS:
         shown = export_format if len(export_format) <= 40 else export_format[:40] + "…"
-        raise InvalidArgument.field("format", f"must be one of {', '.join(map(repr, FORMATS))}, got {shown!r}")
+        raise InvalidArgument.field("format", f"must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {shown!r}")
 
 
 def _reason(error: Exception) -> str:

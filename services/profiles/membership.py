@@ -1,7 +1,7 @@
 """Audience membership in SQL: who of a DCP service's users meets a condition tree.
 
 The one place with SQL for audiences. A tree compiles into one statement whose
-predicate states the rules of services/conditions/evaluate.py for stored rows:
+predicate states the rules of services/domain/conditions/evaluate.py for stored rows:
 each leaf is strictly true or false (a CASE on the value's JSON type, or a
 type-strict jsonb equality, so a missing or wrongly typed value is false, never
 NULL), strings order under COLLATE "C" (code point order), substring is strpos
@@ -28,19 +28,20 @@ from typing import Any
 
 import asyncpg
 
-from services.conditions.evaluate import holds, window
-from services.conditions.model import Group, Leaf, Node
+from services.domain.conditions.evaluate import holds, window
+from services.domain.conditions.model import Group, Leaf, Node
+from services.domain.datatypes import Datatype, DatetimeFormat
 
 _PROFILES = "profiles.profiles"
 _LINKS = "aliases.published_links"
 
 # How each datatype's stored value is typed and read for ordering: JSON type, parameter type, extraction.
 _STRING_READ = ("string", "text", '({data} ->> {key}) COLLATE "C"')
-_READS: dict[str, tuple[str, str, str]] = {
-    "string": _STRING_READ,
-    "bool": ("boolean", "", ""),
-    "long": ("number", "numeric", "({data} -> {key})::numeric"),
-    "double": ("number", "float8", "({data} -> {key})::float8"),
+_READS: dict[Datatype, tuple[str, str, str]] = {
+    Datatype.STRING: _STRING_READ,
+    Datatype.BOOL: ("boolean", "", ""),
+    Datatype.LONG: ("number", "numeric", "({data} -> {key})::numeric"),
+    Datatype.DOUBLE: ("number", "float8", "({data} -> {key})::float8"),
 }
 _OPERATORS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "before": "<", "after": ">"}
 
@@ -270,10 +271,12 @@ def _leaf(leaf: Leaf, data: dict[int, str], params: _Params, now: datetime) -> s
         return "false"
     values = data[ref.datasource_id]
     key = params.add(ref.key, "text")
-    if ref.datatype == "datetime":
-        json_type, cast, read = _READS["long"] if ref.format == "epoch" else _STRING_READ
-    else:
+    if ref.datatype is Datatype.DATETIME:
+        json_type, cast, read = _READS[Datatype.LONG] if ref.format is DatetimeFormat.EPOCH else _STRING_READ
+    elif ref.datatype is not None:
         json_type, cast, read = _READS[ref.datatype]
+    else:
+        return "false"
     guard = f"jsonb_typeof({values} -> {key}) = '{json_type}'"
     stored = read.format(data=values, key=key)
     match_type, value = leaf.match_type, leaf.value

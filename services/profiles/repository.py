@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from services._runtime.db import MigrationSet
+from services.domain.batches import Values
 
 SCHEMA = "profiles"
 MIGRATIONS = MigrationSet(schema=SCHEMA, directory=Path(__file__).parent / "migrations")
@@ -65,8 +65,6 @@ WHERE l.optimizely_user_id = $1 AND l.dcp_service_id = $2
 UNION ALL
 SELECT datasource_id, customer_id, data, false FROM profiles.profiles WHERE customer_id = $1 AND datasource_id = $3
 """
-
-Values = dict[str, Any]
 
 
 class ProfilesRepository:

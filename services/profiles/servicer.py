@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 from google.protobuf import empty_pb2
 
@@ -15,43 +14,15 @@ from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Identity, Scope, caller
 from services._runtime.paging import next_key_token, next_token, read_key_page, read_page
 from services._runtime.server import ServiceBinding
+from services.domain.batches import BatchChunk, BatchHeader, BatchProgress, BatchResult, BatchRow, TextRows
+from services.profiles.client import data_from_proto
 from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
-from services.profiles.profiles import (
-    BatchChunk,
-    BatchHeader,
-    BatchProgress,
-    BatchResult,
-    BatchRow,
-    Profiles,
-    ProfileView,
-    TextRows,
-)
+from services.profiles.profiles import Profiles, ProfileView
 from services.profiles.targeting import Targeting
 
 MEMBERS_DEFAULT_PAGE_SIZE = 100
 MEMBERS_MAX_PAGE_SIZE = 10_000
-
-
-def value_from_proto(value: pb.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind is None or kind == "null_value":
-        return None
-    return getattr(value, kind)
-
-
-def value_to_proto(value: Any) -> pb.Value:
-    if isinstance(value, bool):
-        return pb.Value(bool_value=value)
-    if isinstance(value, int):
-        return pb.Value(long_value=value)
-    if isinstance(value, float):
-        return pb.Value(double_value=value)
-    return pb.Value(string_value=str(value))
-
-
-def data_from_proto(data: Mapping[str, pb.Value]) -> dict[str, Any]:
-    return {name: value_from_proto(value) for name, value in data.items()}
 
 
 def profile_to_proto(view: ProfileView) -> pb.Profile:

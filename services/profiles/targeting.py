@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import Identity
-from services.conditions.evaluate import Outcome, evaluate
-from services.conditions.grammar import AttributeLookup, parse_conditions
-from services.conditions.model import AttributeRef, Node
+from services.domain.catalog import ServiceSnapshot
+from services.domain.conditions.evaluate import Outcome, evaluate
+from services.domain.conditions.grammar import AttributeLookup, parse_conditions
+from services.domain.conditions.model import AttributeRef, Node
 from services.profiles.membership import Membership
 from services.profiles.profiles import Profiles
 from services.schema.audience_client import AudienceDefinition, AudienceDirectory
-from services.schema.client import RegistryClient, ServiceSnapshot
+from services.schema.client import RegistryClient
 
 Clock = Callable[[], datetime]
 _PARSED_CACHE_LIMIT = 10_000

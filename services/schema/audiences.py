@@ -8,8 +8,8 @@ from typing import Any
 
 from services._runtime.errors import FailedPrecondition, NotFound
 from services._runtime.paging import Page
-from services.conditions.grammar import AttributeLookup, decode_text, parse_conditions
-from services.conditions.model import AttributeRef
+from services.domain.conditions.grammar import AttributeLookup, decode_text, parse_conditions
+from services.domain.conditions.model import AttributeRef
 from services.schema import rules
 from services.schema.model import Audience, Project, Table
 from services.schema.repository import SchemaRepository
@@ -61,8 +61,8 @@ def registry_lookup(service_id: int, tables: Sequence[Table]) -> AttributeLookup
         return AttributeRef(
             datasource_id=datasource_id,
             attribute_id=attribute_id,
-            datatype=attribute.datatype.value,
-            format=attribute.format.value if attribute.format else None,
+            datatype=attribute.datatype,
+            format=attribute.format,
         )
 
     return lookup

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -33,20 +32,16 @@ from services._runtime.identity import (
 )
 from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, outgoing_metadata, request_id
 from services._runtime.paging import all_pages
-from services.profiles.validation import AttributeSpec
+from services.domain.catalog import DEFAULT_BLOCKED_CUSTOMER_IDS, ActiveAttribute, ServiceSnapshot, TableInfo
+from services.domain.datatypes import AttributeSpec, Datatype, DatetimeFormat
 
-_DATATYPES = {
-    resources_pb2.DATATYPE_STRING: "string",
-    resources_pb2.DATATYPE_BOOL: "bool",
-    resources_pb2.DATATYPE_LONG: "long",
-    resources_pb2.DATATYPE_DOUBLE: "double",
-    resources_pb2.DATATYPE_DATETIME: "datetime",
+DATATYPE_FROM_PROTO = {resources_pb2.Datatype.Value(f"DATATYPE_{kind.name}"): kind for kind in Datatype}
+"""The wire's datatype enum and the domain's, paired by name, so a new datatype needs no mapping of its own."""
+DATATYPE_TO_PROTO = {kind: number for number, kind in DATATYPE_FROM_PROTO.items()}
+FORMAT_FROM_PROTO = {
+    resources_pb2.DatetimeFormat.Value(f"DATETIME_FORMAT_{kind.name}"): kind for kind in DatetimeFormat
 }
-_FORMATS = {
-    resources_pb2.DATETIME_FORMAT_DATE: "yyyy-mm-dd",
-    resources_pb2.DATETIME_FORMAT_DATETIME: "yyyy-mm-ddThh:mm:ssZ",
-    resources_pb2.DATETIME_FORMAT_EPOCH: "epoch",
-}
+FORMAT_TO_PROTO = {kind: number for number, kind in FORMAT_FROM_PROTO.items()}
 _LOCATORS = {
     resources_pb2.LOCATOR_TYPE_COOKIE: "cookie",
     resources_pb2.LOCATOR_TYPE_QUERY_PARAMETER: "query parameter",
@@ -55,70 +50,13 @@ _LOCATORS = {
 }
 
 
-DEFAULT_BLOCKED_CUSTOMER_IDS = frozenset({"", "null", "undefined", "0", "anonymous"})
-
-
-@dataclass(frozen=True)
-class ActiveAttribute:
-    id: int
-    spec: AttributeSpec
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    """A table as profiles and aliases see it: its locator and active attributes."""
-
-    id: int
-    name: str
-    archived: bool
-    is_optimizely: bool
-    locator_type: str
-    locator_name: str | None
-    by_name: Mapping[str, ActiveAttribute]
-    by_id: Mapping[int, ActiveAttribute]
-    known_keys: frozenset[str] = frozenset()
-    """Every attribute id of the table as stored profiles key it, archived ones included."""
-    import_mode: str = "partial"
-    """How an uploaded file with bad rows is applied: "partial" or "all_or_nothing"."""
-
-    def knows_all(self, stored_keys: Iterable[str]) -> bool:
-        """Whether every stored attribute key was registered before this snapshot."""
-        return self.known_keys.issuperset(stored_keys)
-
-
-@dataclass(frozen=True)
-class ServiceSnapshot:
-    """One DCP service's tables, as of `fetched_at` (monotonic seconds)."""
-
-    id: int
-    account_id: int
-    archived: bool
-    tables: Mapping[int, TableInfo]
-    fetched_at: float
-    optimizely_table_id: int = field(default=0)
-    pii_guard: bool = True
-    """Refuse values that look like personal data."""
-    alias_blocked_customer_ids: frozenset[str] = DEFAULT_BLOCKED_CUSTOMER_IDS
-    """Lower-cased placeholder values that are never linked."""
-    alias_max_users_per_customer_id: int = 100
-    """How many Optimizely users one customer id may link to."""
-
-    def table(self, table_id: int) -> TableInfo:
-        """The table, or NOT_FOUND when it is not one of this service's."""
-        info = self.tables.get(table_id)
-        if info is None:
-            raise NotFound(
-                f"table {table_id} does not exist in DCP service {self.id}",
-                metadata={"resource": "table", "id": str(table_id)},
-            )
-        return info
-
-
 def _table_info(table: resources_pb2.Table) -> TableInfo:
     active = [
         ActiveAttribute(
             id=a.id,
-            spec=AttributeSpec(name=a.name, datatype=_DATATYPES[a.datatype], format=_FORMATS.get(a.format)),
+            spec=AttributeSpec(
+                name=a.name, datatype=DATATYPE_FROM_PROTO[a.datatype], format=FORMAT_FROM_PROTO.get(a.format)
+            ),
         )
         for a in table.attributes
         if not a.archived
@@ -234,7 +172,7 @@ class RegistryClient:
             pii_guard=service.guards.pii_guard if service.guards.HasField("pii_guard") else True,
             alias_blocked_customer_ids=frozenset(service.guards.alias_blocked_customer_ids)
             if service.HasField("guards")
-            else DEFAULT_BLOCKED_CUSTOMER_IDS,
+            else frozenset(DEFAULT_BLOCKED_CUSTOMER_IDS),
             alias_max_users_per_customer_id=service.guards.alias_max_users_per_customer_id or 100,
         )
 

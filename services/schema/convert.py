@@ -11,11 +11,10 @@ from dcp.common.v1 import identity_pb2
 from dcp.schema.v1 import resources_pb2, schema_service_pb2
 from services._runtime.errors import InvalidArgument
 from services._runtime.identity import Identity
+from services.schema.client import DATATYPE_FROM_PROTO, DATATYPE_TO_PROTO, FORMAT_FROM_PROTO, FORMAT_TO_PROTO
 from services.schema.model import (
     Attribute,
     Audience,
-    Datatype,
-    DatetimeFormat,
     DcpService,
     ImportMode,
     ImportTarget,
@@ -31,20 +30,6 @@ LOCATOR_TO_PROTO = {
     LocatorType.UID: resources_pb2.LOCATOR_TYPE_UID,
 }
 LOCATOR_FROM_PROTO = {v: k for k, v in LOCATOR_TO_PROTO.items()}
-DATATYPE_TO_PROTO = {
-    Datatype.STRING: resources_pb2.DATATYPE_STRING,
-    Datatype.BOOL: resources_pb2.DATATYPE_BOOL,
-    Datatype.LONG: resources_pb2.DATATYPE_LONG,
-    Datatype.DOUBLE: resources_pb2.DATATYPE_DOUBLE,
-    Datatype.DATETIME: resources_pb2.DATATYPE_DATETIME,
-}
-DATATYPE_FROM_PROTO = {v: k for k, v in DATATYPE_TO_PROTO.items()}
-FORMAT_TO_PROTO = {
-    DatetimeFormat.DATE: resources_pb2.DATETIME_FORMAT_DATE,
-    DatetimeFormat.DATETIME: resources_pb2.DATETIME_FORMAT_DATETIME,
-    DatetimeFormat.EPOCH: resources_pb2.DATETIME_FORMAT_EPOCH,
-}
-FORMAT_FROM_PROTO = {v: k for k, v in FORMAT_TO_PROTO.items()}
 IMPORT_MODE_TO_PROTO = {
     ImportMode.PARTIAL: resources_pb2.IMPORT_MODE_PARTIAL,
     ImportMode.ALL_OR_NOTHING: resources_pb2.IMPORT_MODE_ALL_OR_NOTHING,

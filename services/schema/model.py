@@ -7,7 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-DEFAULT_BLOCKED_CUSTOMER_IDS = ("", "null", "undefined", "0", "anonymous")
+from services.domain.catalog import DEFAULT_BLOCKED_CUSTOMER_IDS
+from services.domain.datatypes import Datatype, DatetimeFormat
 
 
 class LocatorType(StrEnum):
@@ -15,20 +16,6 @@ class LocatorType(StrEnum):
     QUERY_PARAMETER = "query parameter"
     JS_VARIABLE = "js_variable"
     UID = "uid"
-
-
-class Datatype(StrEnum):
-    STRING = "string"
-    BOOL = "bool"
-    LONG = "long"
-    DOUBLE = "double"
-    DATETIME = "datetime"
-
-
-class DatetimeFormat(StrEnum):
-    DATE = "yyyy-mm-dd"
-    DATETIME = "yyyy-mm-ddThh:mm:ssZ"
-    EPOCH = "epoch"
 
 
 class ImportMode(StrEnum):

@@ -11,12 +11,11 @@ import asyncpg
 
 from services._runtime.db import MigrationSet
 from services._runtime.paging import Page
+from services.domain.datatypes import Datatype, DatetimeFormat
 from services.schema.model import (
     Account,
     Attribute,
     Audience,
-    Datatype,
-    DatetimeFormat,
     DcpService,
     ImportMode,
     ImportTarget,

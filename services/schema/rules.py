@@ -5,10 +5,15 @@ from __future__ import annotations
 import re
 
 from services._runtime.errors import InvalidArgument
-from services.schema.model import Datatype, DatetimeFormat, ImportMode, LocatorType
+from services.domain.datatypes import Datatype, DatetimeFormat
+from services.domain.limits import (
+    MAX_BLOCKED_CUSTOMER_IDS,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_USERS_PER_CUSTOMER_ID,
+)
+from services.schema.model import ImportMode, LocatorType
 
-MAX_NAME_LENGTH = 255
-MAX_DESCRIPTION_LENGTH = 4096
 _LOCATOR_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z_0-9$]*$")
 
 
@@ -92,10 +97,6 @@ def datetime_format(kind: Datatype, value: str | None) -> DatetimeFormat | None:
     except ValueError:
         choices = ", ".join(repr(f.value) for f in DatetimeFormat)
         raise InvalidArgument.field("format", f"must be one of {choices}, got {value!r}") from None
-
-
-MAX_BLOCKED_CUSTOMER_IDS = 100
-MAX_USERS_PER_CUSTOMER_ID = 1_000_000
 
 
 def blocked_customer_ids(values: list[str] | None) -> tuple[str, ...] | None:

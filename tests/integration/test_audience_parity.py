@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from services.aliases.repository import AliasesRepository
-from services.conditions.evaluate import evaluate, holds
-from services.conditions.grammar import MATCH_TYPES_BY_DATATYPE, parse_conditions
-from services.conditions.model import AttributeRef
+from services.domain.conditions.evaluate import evaluate, holds
+from services.domain.conditions.grammar import MATCH_TYPES_BY_DATATYPE, parse_conditions
+from services.domain.conditions.model import AttributeRef
+from services.domain.datatypes import Datatype, DatetimeFormat
 from services.profiles.membership import Membership, compile_count
 from services.profiles.repository import ProfilesRepository
 
@@ -27,14 +28,14 @@ NOW = datetime(2024, 2, 1, 12, 0, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp()) * 1000
 DAY_MS = 86_400_000
 
-KINDS = (
-    ("string", None),
-    ("bool", None),
-    ("long", None),
-    ("double", None),
-    ("datetime", "yyyy-mm-dd"),
-    ("datetime", "yyyy-mm-ddThh:mm:ssZ"),
-    ("datetime", "epoch"),
+KINDS: tuple[tuple[Datatype, DatetimeFormat | None], ...] = (
+    (Datatype.STRING, None),
+    (Datatype.BOOL, None),
+    (Datatype.LONG, None),
+    (Datatype.DOUBLE, None),
+    (Datatype.DATETIME, DatetimeFormat.DATE),
+    (Datatype.DATETIME, DatetimeFormat.DATETIME),
+    (Datatype.DATETIME, DatetimeFormat.EPOCH),
 )
 # Attribute ids 101..107 belong to table 10, 111..117 to table 11 and so on; n8 is archived, n9 never existed.
 REFS = {
@@ -45,9 +46,14 @@ REFS = {
 ARCHIVED = {table * 10 + 8 for table in TABLES}
 
 
+def match_types(ref: AttributeRef) -> tuple[str, ...]:
+    assert ref.datatype is not None, ref
+    return MATCH_TYPES_BY_DATATYPE[ref.datatype]
+
+
 def lookup(datasource_id: int, attribute_id: int) -> AttributeRef | str:
     if attribute_id in ARCHIVED and attribute_id // 10 == datasource_id:
-        return AttributeRef(datasource_id, attribute_id, "long", usable=False)
+        return AttributeRef(datasource_id, attribute_id, Datatype.LONG, usable=False)
     ref = REFS.get(attribute_id)
     if ref is None or ref.datasource_id != datasource_id:
         return f"is not an attribute of table {datasource_id} of this DCP service"
@@ -55,20 +61,34 @@ def lookup(datasource_id: int, attribute_id: int) -> AttributeRef | str:
 
 
 # Small domains, so conditions often hit and often miss, boundaries included.
-DOMAINS: dict[tuple[str, str | None], list[Any]] = {
-    ("string", None): ["", "a", "ab", "b", "ba", "B", "é", "zé"],
-    ("bool", None): [True, False],
-    ("long", None): [-3, 0, 1, 2, 5, 2**62],
-    ("double", None): [-1.5, 0.0, 0.1, 1.0, 2.5, 1e20],
-    ("datetime", "yyyy-mm-dd"): ["2023-12-31", "2024-01-01", "2024-01-15", "2024-01-31", "2024-02-01", "2024-02-02"],
-    ("datetime", "yyyy-mm-ddThh:mm:ssZ"): [
+DOMAINS: dict[tuple[Datatype | None, DatetimeFormat | None], list[Any]] = {
+    (Datatype.STRING, None): ["", "a", "ab", "b", "ba", "B", "é", "zé"],
+    (Datatype.BOOL, None): [True, False],
+    (Datatype.LONG, None): [-3, 0, 1, 2, 5, 2**62],
+    (Datatype.DOUBLE, None): [-1.5, 0.0, 0.1, 1.0, 2.5, 1e20],
+    (Datatype.DATETIME, DatetimeFormat.DATE): [
+        "2023-12-31",
+        "2024-01-01",
+        "2024-01-15",
+        "2024-01-31",
+        "2024-02-01",
+        "2024-02-02",
+    ],
+    (Datatype.DATETIME, DatetimeFormat.DATETIME): [
         "2024-01-01T00:00:00Z",
         "2024-01-31T11:59:59Z",
         "2024-01-31T12:00:00Z",
         "2024-02-01T12:00:00Z",
         "2024-02-01T12:00:01Z",
     ],
-    ("datetime", "epoch"): [0, NOW_MS - DAY_MS - 1, NOW_MS - DAY_MS, NOW_MS - 1, NOW_MS, NOW_MS + 1],
+    (Datatype.DATETIME, DatetimeFormat.EPOCH): [
+        0,
+        NOW_MS - DAY_MS - 1,
+        NOW_MS - DAY_MS,
+        NOW_MS - 1,
+        NOW_MS,
+        NOW_MS + 1,
+    ],
 }
 # Values of another JSON type than an attribute's, or numbers of the other kind (a double stored as an integer).
 ODD_VALUES: list[Any] = ["5", "2024-01-31", 5, 2, 1.5, True, False, [1], {"a": 1}]
@@ -159,7 +179,7 @@ def leaves(draw: st.DrawFn, tables: Sequence[int]) -> dict[str, Any]:
     if ref is None:
         match_type, value = draw(st.sampled_from([("exists", None), ("exact", 1), ("gt", 0)]))
     else:
-        match_type = draw(st.sampled_from(MATCH_TYPES_BY_DATATYPE[ref.datatype]))
+        match_type = draw(st.sampled_from(match_types(ref)))
         value = draw(condition_value(ref, match_type))
     leaf: dict[str, Any] = {
         "type": "dcp",
@@ -323,7 +343,7 @@ def every_condition_value(ref: AttributeRef, match_type: str) -> list[Any]:
 
 @pytest.mark.parametrize("kind", KINDS, ids=[f"{datatype}-{fmt}" for datatype, fmt in KINDS])
 async def test_every_leaf_agrees_on_every_stored_value(
-    pool: asyncpg.Pool, membership: Membership, loader: Loader, kind: tuple[str, str | None]
+    pool: asyncpg.Pool, membership: Membership, loader: Loader, kind: tuple[Datatype, DatetimeFormat | None]
 ) -> None:
     """Each match type over each value, against a user per stored value (wrong types and absence included)."""
     attribute = OPTIMIZELY * 10 + KINDS.index(kind) + 1
@@ -337,7 +357,7 @@ async def test_every_leaf_agrees_on_every_stored_value(
     )
     await loader.load(dataset)
     checked = 0
-    for match_type in MATCH_TYPES_BY_DATATYPE[ref.datatype]:
+    for match_type in match_types(ref):
         for value in every_condition_value(ref, match_type):
             leaf: dict[str, Any] = {
                 "type": "dcp",
@@ -353,7 +373,7 @@ async def test_every_leaf_agrees_on_every_stored_value(
                 got = await membership.members(SERVICE, OPTIMIZELY, node, now=NOW, after=None, limit=100)
                 assert got == expected, raw
                 checked += 1
-    assert checked >= 2 * len(MATCH_TYPES_BY_DATATYPE[ref.datatype])
+    assert checked >= 2 * len(match_types(ref))
 
 
 async def test_members_of_a_hand_made_audience(pool: asyncpg.Pool, membership: Membership) -> None:

@@ -9,21 +9,22 @@ from typing import Any
 import pytest
 
 from services._runtime.errors import InvalidArgument
-from services.conditions.evaluate import LeafOutcome, evaluate, holds, window
-from services.conditions.grammar import parse_conditions
-from services.conditions.model import MAX_DEPTH, MAX_IN_VALUES, MAX_LEAVES, AttributeRef, Group, Leaf, Node
+from services.domain.conditions.evaluate import LeafOutcome, evaluate, holds, window
+from services.domain.conditions.grammar import parse_conditions
+from services.domain.conditions.model import MAX_DEPTH, MAX_IN_VALUES, MAX_LEAVES, AttributeRef, Group, Leaf, Node
+from services.domain.datatypes import Datatype, DatetimeFormat
 
 TABLE = 7
 STRING, BOOL, LONG, DOUBLE, DATE, DATETIME, EPOCH, ARCHIVED = range(1, 9)
 REFS = {
-    STRING: AttributeRef(TABLE, STRING, "string"),
-    BOOL: AttributeRef(TABLE, BOOL, "bool"),
-    LONG: AttributeRef(TABLE, LONG, "long"),
-    DOUBLE: AttributeRef(TABLE, DOUBLE, "double"),
-    DATE: AttributeRef(TABLE, DATE, "datetime", "yyyy-mm-dd"),
-    DATETIME: AttributeRef(TABLE, DATETIME, "datetime", "yyyy-mm-ddThh:mm:ssZ"),
-    EPOCH: AttributeRef(TABLE, EPOCH, "datetime", "epoch"),
-    ARCHIVED: AttributeRef(TABLE, ARCHIVED, "long", usable=False),
+    STRING: AttributeRef(TABLE, STRING, Datatype.STRING),
+    BOOL: AttributeRef(TABLE, BOOL, Datatype.BOOL),
+    LONG: AttributeRef(TABLE, LONG, Datatype.LONG),
+    DOUBLE: AttributeRef(TABLE, DOUBLE, Datatype.DOUBLE),
+    DATE: AttributeRef(TABLE, DATE, Datatype.DATETIME, DatetimeFormat.DATE),
+    DATETIME: AttributeRef(TABLE, DATETIME, Datatype.DATETIME, DatetimeFormat.DATETIME),
+    EPOCH: AttributeRef(TABLE, EPOCH, Datatype.DATETIME, DatetimeFormat.EPOCH),
+    ARCHIVED: AttributeRef(TABLE, ARCHIVED, Datatype.LONG, usable=False),
 }
 NOW = datetime(2024, 2, 1, 12, 0, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -466,8 +467,8 @@ def test_an_archived_or_unknown_attribute_never_holds_when_using_a_saved_audienc
     node = parse(["or", leaf(ARCHIVED, "exact", 1), leaf(99, "exists")], strict=False)
     assert isinstance(node, Group)
     assert node.operands == (
-        Leaf("conditions[1]", AttributeRef(TABLE, ARCHIVED, datatype="", usable=False), "exact", None),
-        Leaf("conditions[2]", AttributeRef(TABLE, 99, datatype="", usable=False), "exists", None),
+        Leaf("conditions[1]", AttributeRef(TABLE, ARCHIVED, datatype=None, usable=False), "exact", None),
+        Leaf("conditions[2]", AttributeRef(TABLE, 99, datatype=None, usable=False), "exists", None),
     )
     everything = {TABLE: {str(ARCHIVED): 1, "99": 1}}
     assert not holds(node, everything, now=NOW)

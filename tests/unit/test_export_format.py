@@ -13,19 +13,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.imports.parsing import CsvStream, Record
-from services.profiles.export_format import CsvEncoder, JsonLinesEncoder
-from services.profiles.validation import (
+from services.domain.datatypes import AttributeSpec, Datatype, DatetimeFormat
+from services.domain.values import (
     EPOCH_MS_MAX,
     EPOCH_MS_MIN,
     LONG_MAX,
     LONG_MIN,
     MAX_STRING_LENGTH,
     SKIP,
-    AttributeSpec,
     check_json_value,
     column_parser,
 )
+from services.imports.parsing import CsvStream, Record
+from services.profiles.export_format import CsvEncoder, JsonLinesEncoder
 
 Row = tuple[str, list[Any]]
 
@@ -64,17 +64,17 @@ _DOUBLE = (
 )
 
 SPECS_AND_VALUES: dict[str, tuple[AttributeSpec, st.SearchStrategy[Any]]] = {
-    "string": (AttributeSpec("s", "string"), _STRING),
-    "bool": (AttributeSpec("b", "bool"), st.booleans()),
+    "string": (AttributeSpec("s", Datatype.STRING), _STRING),
+    "bool": (AttributeSpec("b", Datatype.BOOL), st.booleans()),
     "long": (
-        AttributeSpec("l", "long"),
+        AttributeSpec("l", Datatype.LONG),
         st.integers(LONG_MIN, LONG_MAX) | st.sampled_from([LONG_MIN, LONG_MAX, 0, -1]),
     ),
-    "double": (AttributeSpec("d", "double"), _DOUBLE),
-    "date": (AttributeSpec("day", "datetime", "yyyy-mm-dd"), st.dates().map(datetime.date.isoformat)),
-    "datetime": (AttributeSpec("at", "datetime", "yyyy-mm-ddThh:mm:ssZ"), st.datetimes().map(_utc)),
+    "double": (AttributeSpec("d", Datatype.DOUBLE), _DOUBLE),
+    "date": (AttributeSpec("day", Datatype.DATETIME, DatetimeFormat.DATE), st.dates().map(datetime.date.isoformat)),
+    "datetime": (AttributeSpec("at", Datatype.DATETIME, DatetimeFormat.DATETIME), st.datetimes().map(_utc)),
     "epoch": (
-        AttributeSpec("ms", "datetime", "epoch"),
+        AttributeSpec("ms", Datatype.DATETIME, DatetimeFormat.EPOCH),
         st.integers(EPOCH_MS_MIN, EPOCH_MS_MAX) | st.sampled_from([EPOCH_MS_MIN, EPOCH_MS_MAX]),
     ),
 }
@@ -184,7 +184,7 @@ async def test_an_empty_string_is_written_as_an_empty_cell_that_leaves_the_value
     data = CsvEncoder(["note"]).encode([("c1", [""]), ("c2", [None])])
     assert data == b"c1,\nc2,\n"
     records = await _import_read(b"customerId,note\n" + data, 4096)
-    parsed, _ = column_parser(AttributeSpec("note", "string"))([r.fields[1] for r in records[1:]])
+    parsed, _ = column_parser(AttributeSpec("note", Datatype.STRING))([r.fields[1] for r in records[1:]])
     assert parsed == [SKIP, SKIP]
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.profiles import pii
+from services.domain import pii
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services._runtime.errors import InvalidArgument
+from services.domain.datatypes import Datatype, DatetimeFormat
 from services.schema import rules
-from services.schema.model import Datatype, DatetimeFormat, LocatorType
+from services.schema.model import LocatorType
 
 _LOCATOR_FIRST = string.ascii_letters + "_"
 _LOCATOR_REST = string.ascii_letters + string.digits + "_$"

@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services._runtime.errors import InvalidArgument
-from services.profiles.validation import (
+from services.domain.datatypes import AttributeSpec, Datatype, DatetimeFormat
+from services.domain.values import (
     LONG_MAX,
     LONG_MIN,
     SKIP,
-    AttributeSpec,
     ValueProblem,
     check_json_value,
     column_parser,
@@ -23,13 +23,13 @@ from services.profiles.validation import (
     validate_update,
 )
 
-STRING = AttributeSpec("name", "string")
-BOOL = AttributeSpec("flag", "bool")
-LONG = AttributeSpec("ltv", "long")
-DOUBLE = AttributeSpec("score", "double")
-DATE = AttributeSpec("day", "datetime", "yyyy-mm-dd")
-DATETIME = AttributeSpec("at", "datetime", "yyyy-mm-ddThh:mm:ssZ")
-EPOCH = AttributeSpec("ms", "datetime", "epoch")
+STRING = AttributeSpec("name", Datatype.STRING)
+BOOL = AttributeSpec("flag", Datatype.BOOL)
+LONG = AttributeSpec("ltv", Datatype.LONG)
+DOUBLE = AttributeSpec("score", Datatype.DOUBLE)
+DATE = AttributeSpec("day", Datatype.DATETIME, DatetimeFormat.DATE)
+DATETIME = AttributeSpec("at", Datatype.DATETIME, DatetimeFormat.DATETIME)
+EPOCH = AttributeSpec("ms", Datatype.DATETIME, DatetimeFormat.EPOCH)
 
 
 @pytest.mark.parametrize(

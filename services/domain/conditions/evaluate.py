@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.conditions.model import Leaf, Node
+from services.domain.conditions.model import Leaf, Node
+from services.domain.datatypes import Datatype, DatetimeFormat
 
 Profiles = Mapping[int, Mapping[str, Any]]
 """Table id → that table's attribute values (keyed by attribute id as a string) for one Optimizely user."""
@@ -148,12 +149,12 @@ def window(leaf: Leaf, now: datetime) -> tuple[Any, Any]:
     now = _utc(now)
     days = int(leaf.value)
     fmt = leaf.attribute.format
-    if fmt == "epoch":
+    if fmt is DatetimeFormat.EPOCH:
         micros = (now - _EPOCH) // timedelta(microseconds=1)
         low_micros = micros - days * 86_400_000_000
         return -(-low_micros // 1000), micros // 1000
     start = now - timedelta(days=days)
-    if fmt == "yyyy-mm-dd":
+    if fmt is DatetimeFormat.DATE:
         return _date_text(start), _date_text(now)
     if start.microsecond:
         start = start.replace(microsecond=0) + timedelta(seconds=1)
@@ -224,7 +225,7 @@ def _leaf_predicate(leaf: Leaf) -> Predicate:
     table, key, match_type, value = ref.datasource_id, ref.key, leaf.match_type, leaf.value
     kinds = _kinds(ref.datatype, ref.format)
     # Doubles compare as doubles whatever the stored JSON number decodes to.
-    double = ref.datatype == "double"
+    double = ref.datatype is Datatype.DOUBLE
 
     if match_type == "exists":
 
@@ -275,13 +276,13 @@ def _check(match_type: str, value: Any) -> Callable[[Any], bool]:
     raise ValueError(f"unknown match type {match_type!r}")
 
 
-def _kinds(datatype: str, fmt: str | None) -> frozenset[type]:
-    if datatype == "string":
+def _kinds(datatype: Datatype | None, fmt: DatetimeFormat | None) -> frozenset[type]:
+    if datatype is Datatype.STRING:
         return _STRING
-    if datatype == "bool":
+    if datatype is Datatype.BOOL:
         return _BOOL
-    if datatype in ("long", "double"):
+    if datatype in (Datatype.LONG, Datatype.DOUBLE):
         return _NUMBER
-    if datatype == "datetime":
-        return _NUMBER if fmt == "epoch" else _STRING
+    if datatype is Datatype.DATETIME:
+        return _NUMBER if fmt is DatetimeFormat.EPOCH else _STRING
     raise ValueError(f"unknown datatype {datatype!r}")

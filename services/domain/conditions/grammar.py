@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from services._runtime.errors import InvalidArgument
-from services.conditions.model import (
+from services.domain.conditions.model import (
     MATCH_TYPES,
     MAX_DEPTH,
     MAX_IN_VALUES,
@@ -25,7 +25,8 @@ from services.conditions.model import (
     Leaf,
     Node,
 )
-from services.profiles.validation import LONG_MAX, LONG_MIN, AttributeSpec, ValueProblem, check_json_value, describe
+from services.domain.datatypes import AttributeSpec, Datatype
+from services.domain.values import LONG_MAX, LONG_MIN, ValueProblem, check_json_value, describe
 
 AttributeLookup = Callable[[int, int], AttributeRef | str]
 """(datasource id, attribute id) → the attribute, or why it cannot be used in this DCP service's conditions."""
@@ -34,13 +35,13 @@ MAX_VIOLATIONS = 100
 ROOT = "conditions"
 
 _LEAF_FIELDS = ("type", "dcp_datasource_id", "dcp_attribute_id", "match_type", "value", "name")
-_ORDERED = ("long", "double", "datetime")
-MATCH_TYPES_BY_DATATYPE: dict[str, tuple[str, ...]] = {
-    "string": ("exists", "exact", "substring", "in"),
-    "bool": ("exists", "exact"),
-    "long": ("exists", "exact", "in", "gt", "ge", "lt", "le", "between"),
-    "double": ("exists", "exact", "in", "gt", "ge", "lt", "le", "between"),
-    "datetime": (
+_ORDERED = (Datatype.LONG, Datatype.DOUBLE, Datatype.DATETIME)
+MATCH_TYPES_BY_DATATYPE: dict[Datatype, tuple[str, ...]] = {
+    Datatype.STRING: ("exists", "exact", "substring", "in"),
+    Datatype.BOOL: ("exists", "exact"),
+    Datatype.LONG: ("exists", "exact", "in", "gt", "ge", "lt", "le", "between"),
+    Datatype.DOUBLE: ("exists", "exact", "in", "gt", "ge", "lt", "le", "between"),
+    Datatype.DATETIME: (
         "exists",
         "exact",
         "in",
@@ -236,7 +237,7 @@ class _Parser:
                 add(path, reason)
                 return None
             # The audience was checked when saved; what it named has been archived since.
-            unusable = AttributeRef(datasource_id, attribute_id, datatype="", usable=False)
+            unusable = AttributeRef(datasource_id, attribute_id, datatype=None, usable=False)
             return Leaf(path=path, attribute=unusable, match_type=match_type, value=None)
         checked = self._value(found, match_type, value, path)
         if checked is _INVALID:
@@ -259,9 +260,9 @@ class _Parser:
     def _value(self, ref: AttributeRef, match_type: str, leaf: dict[str, Any], path: str) -> Any:
         add = self._violations.add
         datatype = ref.datatype
-        allowed = MATCH_TYPES_BY_DATATYPE.get(datatype)
-        if allowed is None:
-            add(path, f"attribute {ref.attribute_id} has an unknown datatype {_quote(datatype)}")
+        allowed = MATCH_TYPES_BY_DATATYPE.get(datatype) if datatype is not None else None
+        if datatype is None or allowed is None:
+            add(path, f"attribute {ref.attribute_id} has an unknown datatype {_quote(str(datatype))}")
             return _INVALID
         if match_type not in allowed:
             add(

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from services.domain.datatypes import Datatype, DatetimeFormat
+
 MAX_DEPTH = 10
 MAX_LEAVES = 100
 MAX_IN_VALUES = 1000
@@ -40,8 +42,9 @@ class AttributeRef:
 
     datasource_id: int
     attribute_id: int
-    datatype: str  # string | bool | long | double | datetime
-    format: str | None = None  # for datetime: yyyy-mm-dd | yyyy-mm-ddThh:mm:ssZ | epoch
+    datatype: Datatype | None
+    """None when the attribute cannot be read (see `usable`)."""
+    format: DatetimeFormat | None = None
     usable: bool = True
     """False when the attribute or its table was archived after the audience was saved: the leaf never holds."""
 
