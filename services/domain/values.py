@@ -14,6 +14,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from services._runtime.errors import InvalidArgument
@@ -48,8 +49,30 @@ class _Skip:
 SKIP: Any = _Skip()
 
 
+class Stored(StrEnum):
+    """How a canonical value is held in a profile's JSON, which decides how it compares."""
+
+    TEXT = "text"
+    """A JSON string, compared by code point."""
+    BOOLEAN = "boolean"
+    INTEGER = "integer"
+    """A JSON number compared exactly, however large."""
+    FLOAT = "float"
+    """A JSON number compared as an IEEE double."""
+
+
 class ValueRule(ABC):
-    """What one datatype accepts, applied to each way a value arrives."""
+    """What one datatype accepts, applied to each way a value arrives, and how its values are held."""
+
+    @property
+    @abstractmethod
+    def stored(self) -> Stored:
+        """How the canonical values are held."""
+
+    @property
+    def temporal(self) -> bool:
+        """Whether values name instants, so that conditions may ask how long ago."""
+        return False
 
     @abstractmethod
     def json(self, value: Any) -> Any:
@@ -72,6 +95,10 @@ class ValueRule(ABC):
 class _Text(ValueRule):
     max_length: int
     pii_guard: bool
+
+    @property
+    def stored(self) -> Stored:
+        return Stored.TEXT
 
     def json(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -102,6 +129,10 @@ class _Text(ValueRule):
 
 @dataclass(frozen=True)
 class _Booleans(ValueRule):
+    @property
+    def stored(self) -> Stored:
+        return Stored.BOOLEAN
+
     def json(self, value: Any) -> bool:
         if not isinstance(value, bool):
             raise ValueProblem(f"must be true or false, got {describe(value)}")
@@ -128,7 +159,10 @@ class _Numbers(ValueRule):
         low: float,
         high: float,
         out_of_range: str,
+        temporal: bool = False,
     ) -> None:
+        self._stored = Stored.INTEGER if kind is int else Stored.FLOAT
+        self._temporal = temporal
         self.expected = expected
         self.kind = kind
         self.low = low
@@ -139,6 +173,14 @@ class _Numbers(ValueRule):
         # The same spelling, one cell per line, each with blanks around it or empty.
         one = rf"(?:[ \t]*(?:{spelling})[ \t]*)?"
         self._column_spelling = re.compile(rf"{one}(?:\n{one})*", re.ASCII)
+
+    @property
+    def stored(self) -> Stored:
+        return self._stored
+
+    @property
+    def temporal(self) -> bool:
+        return self._temporal
 
     def json(self, value: Any) -> int | float:
         if isinstance(value, bool) or not isinstance(value, self._json_kinds):
@@ -177,6 +219,14 @@ class _Numbers(ValueRule):
 class _Calendar(ValueRule):
     format: DatetimeFormat
     problem: Callable[[str], str | None]
+
+    @property
+    def stored(self) -> Stored:
+        return Stored.TEXT
+
+    @property
+    def temporal(self) -> bool:
+        return True
 
     def json(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -275,6 +325,7 @@ def _rules(*, pii_guard: bool) -> dict[_RuleKey, ValueRule]:
             low=EPOCH_MS_MIN,
             high=EPOCH_MS_MAX,
             out_of_range="must be epoch milliseconds between years 1 and 9999",
+            temporal=True,
         ),
     }
 
@@ -284,10 +335,14 @@ _RULES = {True: _rules(pii_guard=True), False: _rules(pii_guard=False)}
 
 def rule_for(spec: AttributeSpec, *, pii_guard: bool = True) -> ValueRule:
     """The rule of an attribute's values; `pii_guard` refuses text that looks like personal data."""
-    key = (spec.datatype, spec.format if spec.datatype == Datatype.DATETIME else None)
-    rule = _RULES[pii_guard].get(key)
+    return rule_of(spec.datatype, spec.format, pii_guard=pii_guard)
+
+
+def rule_of(datatype: Datatype, format: DatetimeFormat | None, *, pii_guard: bool = True) -> ValueRule:
+    """The rule of a datatype (and its format, for datetime); ValueProblem for one this platform does not know."""
+    rule = _RULES[pii_guard].get((datatype, format if datatype == Datatype.DATETIME else None))
     if rule is None:
-        raise ValueProblem(f"has an unknown datatype {spec.datatype!r}")
+        raise ValueProblem(f"has an unknown datatype {datatype!r}")
     return rule
 
 

@@ -30,18 +30,17 @@ import asyncpg
 
 from services.domain.conditions.evaluate import holds, window
 from services.domain.conditions.model import Group, Leaf, Node
-from services.domain.datatypes import Datatype, DatetimeFormat
+from services.domain.values import Stored, rule_of
 
 _PROFILES = "profiles.profiles"
 _LINKS = "aliases.published_links"
 
 # How each datatype's stored value is typed and read for ordering: JSON type, parameter type, extraction.
-_STRING_READ = ("string", "text", '({data} ->> {key}) COLLATE "C"')
-_READS: dict[Datatype, tuple[str, str, str]] = {
-    Datatype.STRING: _STRING_READ,
-    Datatype.BOOL: ("boolean", "", ""),
-    Datatype.LONG: ("number", "numeric", "({data} -> {key})::numeric"),
-    Datatype.DOUBLE: ("number", "float8", "({data} -> {key})::float8"),
+_READS: dict[Stored, tuple[str, str, str]] = {
+    Stored.TEXT: ("string", "text", '({data} ->> {key}) COLLATE "C"'),
+    Stored.BOOLEAN: ("boolean", "", ""),
+    Stored.INTEGER: ("number", "numeric", "({data} -> {key})::numeric"),
+    Stored.FLOAT: ("number", "float8", "({data} -> {key})::float8"),
 }
 _OPERATORS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "before": "<", "after": ">"}
 
@@ -271,12 +270,9 @@ def _leaf(leaf: Leaf, data: dict[int, str], params: _Params, now: datetime) -> s
         return "false"
     values = data[ref.datasource_id]
     key = params.add(ref.key, "text")
-    if ref.datatype is Datatype.DATETIME:
-        json_type, cast, read = _READS[Datatype.LONG] if ref.format is DatetimeFormat.EPOCH else _STRING_READ
-    elif ref.datatype is not None:
-        json_type, cast, read = _READS[ref.datatype]
-    else:
+    if ref.datatype is None:
         return "false"
+    json_type, cast, read = _READS[rule_of(ref.datatype, ref.format).stored]
     guard = f"jsonb_typeof({values} -> {key}) = '{json_type}'"
     stored = read.format(data=values, key=key)
     match_type, value = leaf.match_type, leaf.value

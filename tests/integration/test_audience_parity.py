@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from services.aliases.repository import AliasesRepository
 from services.domain.conditions.evaluate import evaluate, holds
-from services.domain.conditions.grammar import MATCH_TYPES_BY_DATATYPE, parse_conditions
+from services.domain.conditions.grammar import match_types, parse_conditions
 from services.domain.conditions.model import AttributeRef
 from services.domain.datatypes import Datatype, DatetimeFormat
 from services.profiles.membership import Membership, compile_count
@@ -46,9 +46,9 @@ REFS = {
 ARCHIVED = {table * 10 + 8 for table in TABLES}
 
 
-def match_types(ref: AttributeRef) -> tuple[str, ...]:
+def match_types_of(ref: AttributeRef) -> tuple[str, ...]:
     assert ref.datatype is not None, ref
-    return MATCH_TYPES_BY_DATATYPE[ref.datatype]
+    return match_types(ref.datatype, ref.format)
 
 
 def lookup(datasource_id: int, attribute_id: int) -> AttributeRef | str:
@@ -179,7 +179,7 @@ def leaves(draw: st.DrawFn, tables: Sequence[int]) -> dict[str, Any]:
     if ref is None:
         match_type, value = draw(st.sampled_from([("exists", None), ("exact", 1), ("gt", 0)]))
     else:
-        match_type = draw(st.sampled_from(match_types(ref)))
+        match_type = draw(st.sampled_from(match_types_of(ref)))
         value = draw(condition_value(ref, match_type))
     leaf: dict[str, Any] = {
         "type": "dcp",
@@ -357,7 +357,7 @@ async def test_every_leaf_agrees_on_every_stored_value(
     )
     await loader.load(dataset)
     checked = 0
-    for match_type in match_types(ref):
+    for match_type in match_types_of(ref):
         for value in every_condition_value(ref, match_type):
             leaf: dict[str, Any] = {
                 "type": "dcp",
@@ -373,7 +373,7 @@ async def test_every_leaf_agrees_on_every_stored_value(
                 got = await membership.members(SERVICE, OPTIMIZELY, node, now=NOW, after=None, limit=100)
                 assert got == expected, raw
                 checked += 1
-    assert checked >= 2 * len(match_types(ref))
+    assert checked >= 2 * len(match_types_of(ref))
 
 
 async def test_members_of_a_hand_made_audience(pool: asyncpg.Pool, membership: Membership) -> None:

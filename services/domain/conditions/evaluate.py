@@ -24,7 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.domain.conditions.model import Leaf, Node
-from services.domain.datatypes import Datatype, DatetimeFormat
+from services.domain.datatypes import DatetimeFormat
+from services.domain.values import Stored, rule_of
 
 Profiles = Mapping[int, Mapping[str, Any]]
 """Table id → that table's attribute values (keyed by attribute id as a string) for one Optimizely user."""
@@ -223,9 +224,12 @@ def _leaf_predicate(leaf: Leaf) -> Predicate:
     if not ref.usable:
         return _NEVER
     table, key, match_type, value = ref.datasource_id, ref.key, leaf.match_type, leaf.value
-    kinds = _kinds(ref.datatype, ref.format)
+    if ref.datatype is None:
+        return _NEVER
+    stored = rule_of(ref.datatype, ref.format).stored
+    kinds = _kinds(stored)
     # Doubles compare as doubles whatever the stored JSON number decodes to.
-    double = ref.datatype is Datatype.DOUBLE
+    double = stored is Stored.FLOAT
 
     if match_type == "exists":
 
@@ -276,13 +280,9 @@ def _check(match_type: str, value: Any) -> Callable[[Any], bool]:
     raise ValueError(f"unknown match type {match_type!r}")
 
 
-def _kinds(datatype: Datatype | None, fmt: DatetimeFormat | None) -> frozenset[type]:
-    if datatype is Datatype.STRING:
+def _kinds(stored: Stored) -> frozenset[type]:
+    if stored is Stored.TEXT:
         return _STRING
-    if datatype is Datatype.BOOL:
+    if stored is Stored.BOOLEAN:
         return _BOOL
-    if datatype in (Datatype.LONG, Datatype.DOUBLE):
-        return _NUMBER
-    if datatype is Datatype.DATETIME:
-        return _NUMBER if fmt is DatetimeFormat.EPOCH else _STRING
-    raise ValueError(f"unknown datatype {datatype!r}")
+    return _NUMBER

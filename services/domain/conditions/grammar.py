@@ -25,8 +25,8 @@ from services.domain.conditions.model import (
     Leaf,
     Node,
 )
-from services.domain.datatypes import AttributeSpec, Datatype
-from services.domain.values import LONG_MAX, LONG_MIN, ValueProblem, check_json_value, describe
+from services.domain.datatypes import AttributeSpec, Datatype, DatetimeFormat
+from services.domain.values import LONG_MAX, LONG_MIN, Stored, ValueProblem, check_json_value, describe, rule_of
 
 AttributeLookup = Callable[[int, int], AttributeRef | str]
 """(datasource id, attribute id) → the attribute, or why it cannot be used in this DCP service's conditions."""
@@ -35,26 +35,21 @@ MAX_VIOLATIONS = 100
 ROOT = "conditions"
 
 _LEAF_FIELDS = ("type", "dcp_datasource_id", "dcp_attribute_id", "match_type", "value", "name")
-_ORDERED = (Datatype.LONG, Datatype.DOUBLE, Datatype.DATETIME)
-MATCH_TYPES_BY_DATATYPE: dict[Datatype, tuple[str, ...]] = {
-    Datatype.STRING: ("exists", "exact", "substring", "in"),
-    Datatype.BOOL: ("exists", "exact"),
-    Datatype.LONG: ("exists", "exact", "in", "gt", "ge", "lt", "le", "between"),
-    Datatype.DOUBLE: ("exists", "exact", "in", "gt", "ge", "lt", "le", "between"),
-    Datatype.DATETIME: (
-        "exists",
-        "exact",
-        "in",
-        "gt",
-        "ge",
-        "lt",
-        "le",
-        "between",
-        "before",
-        "after",
-        "within_last",
-    ),
-}
+_ORDERED = ("exists", "exact", "in", "gt", "ge", "lt", "le", "between")
+
+
+def match_types(datatype: Datatype, format: DatetimeFormat | None) -> tuple[str, ...]:
+    """The match types a leaf may use on an attribute, from how its values are held and compare."""
+    rule = rule_of(datatype, format)
+    if rule.stored is Stored.BOOLEAN:
+        return ("exists", "exact")
+    if rule.temporal:
+        return (*_ORDERED, "before", "after", "within_last")
+    if rule.stored is Stored.TEXT:
+        return ("exists", "exact", "substring", "in")
+    return _ORDERED
+
+
 # What a user who means a pattern is likely to type; literal text rarely looks like this.
 _REGEX_HINTS = (".*", ".+", "\\", "(?")
 
@@ -260,8 +255,11 @@ class _Parser:
     def _value(self, ref: AttributeRef, match_type: str, leaf: dict[str, Any], path: str) -> Any:
         add = self._violations.add
         datatype = ref.datatype
-        allowed = MATCH_TYPES_BY_DATATYPE.get(datatype) if datatype is not None else None
-        if datatype is None or allowed is None:
+        try:
+            if datatype is None:
+                raise ValueProblem("has no datatype")
+            allowed = match_types(datatype, ref.format)
+        except ValueProblem:
             add(path, f"attribute {ref.attribute_id} has an unknown datatype {_quote(str(datatype))}")
             return _INVALID
         if match_type not in allowed:
