@@ -18,7 +18,7 @@ from services._runtime.errors import FailedPrecondition, InvalidArgument
 from services.domain.catalog import ServiceSnapshot, TableInfo
 from services.domain.customer_ids import customer_id_problem, customer_id_problems
 from services.domain.datatypes import AttributeSpec
-from services.domain.values import SKIP, ValueProblem, check_json_value, column_parser
+from services.domain.values import SKIP, ValueProblem, column_parser, rule_for
 
 Values = dict[str, Any]
 """Stored values of one profile, keyed by attribute id."""
@@ -180,6 +180,8 @@ class RowChecker:
         self._keys = [key for key, _ in columns]
         self._names = [spec.name for _, spec in columns]
         self._column_parsers = [column_parser(spec, pii_guard=pii_guard) for _, spec in columns]
+        # Typed rows check each value by its attribute's rule, looked up once per attribute.
+        self._json_rules = {name: rule_for(a.spec, pii_guard=pii_guard).json for name, a in table.by_name.items()}
         self._pii_guard = pii_guard
         self._max_errors = max_errors
         self._hint = table_key_hint(table)
@@ -222,7 +224,7 @@ class RowChecker:
                         changes[str(attribute.id)] = None
                         self.cleared = True
                     else:
-                        changes[str(attribute.id)] = check_json_value(attribute.spec, value, pii_guard=self._pii_guard)
+                        changes[str(attribute.id)] = self._json_rules[name](value)
                 except ValueProblem as problem:
                     self._error(row.row_number, name, str(problem), value)
                     good = False

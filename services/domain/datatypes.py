@@ -7,6 +7,10 @@ from enum import StrEnum
 
 
 class Datatype(StrEnum):
+    # Hashed as the text it equals, in C: Enum's own hash is Python code, paid
+    # for every value checked when rules are looked up by datatype.
+    __hash__ = str.__hash__
+
     STRING = "string"
     BOOL = "bool"
     LONG = "long"
@@ -15,6 +19,8 @@ class Datatype(StrEnum):
 
 
 class DatetimeFormat(StrEnum):
+    __hash__ = str.__hash__
+
     DATE = "yyyy-mm-dd"
     DATETIME = "yyyy-mm-ddThh:mm:ssZ"
     EPOCH = "epoch"
