@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
 import orjson
 from google.protobuf import timestamp_pb2
@@ -43,42 +46,31 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return message
 
 
-def locator_from_proto(value: int) -> str | None:
-    """The v1 spelling, or None when unset, so the domain names the field."""
-    if value == resources_pb2.LOCATOR_TYPE_UNSPECIFIED:
+def _word_from_proto(value: int, words: Mapping[Any, StrEnum], field: str) -> str | None:
+    """The v1 spelling of a wire enum value, or None when unset (0), so the domain names the field."""
+    if value == 0:
         return None
-    kind = LOCATOR_FROM_PROTO.get(value)  # type: ignore[call-overload]
-    if kind is None:
-        raise InvalidArgument.field("keyfield_locator_type", f"unknown value {value}")
-    return str(kind.value)
+    word = words.get(value)
+    if word is None:
+        raise InvalidArgument.field(field, f"unknown value {value}")
+    return str(word.value)
+
+
+def locator_from_proto(value: int) -> str | None:
+    return _word_from_proto(value, LOCATOR_FROM_PROTO, "keyfield_locator_type")
 
 
 def datatype_from_proto(value: int) -> str | None:
-    if value == resources_pb2.DATATYPE_UNSPECIFIED:
-        return None
-    kind = DATATYPE_FROM_PROTO.get(value)  # type: ignore[call-overload]
-    if kind is None:
-        raise InvalidArgument.field("datatype", f"unknown value {value}")
-    return str(kind.value)
+    return _word_from_proto(value, DATATYPE_FROM_PROTO, "datatype")
 
 
 def format_from_proto(value: int) -> str | None:
-    if value == resources_pb2.DATETIME_FORMAT_UNSPECIFIED:
-        return None
-    kind = FORMAT_FROM_PROTO.get(value)  # type: ignore[call-overload]
-    if kind is None:
-        raise InvalidArgument.field("format", f"unknown value {value}")
-    return str(kind.value)
+    return _word_from_proto(value, FORMAT_FROM_PROTO, "format")
 
 
 def import_mode_from_proto(value: int) -> str | None:
-    """The v1 spelling, or None when unset: the default on create, no change on update."""
-    if value == resources_pb2.IMPORT_MODE_UNSPECIFIED:
-        return None
-    mode = IMPORT_MODE_FROM_PROTO.get(value)  # type: ignore[call-overload]
-    if mode is None:
-        raise InvalidArgument.field("import_mode", f"unknown value {value}")
-    return str(mode.value)
+    """None when unset: the default on create, no change on update."""
+    return _word_from_proto(value, IMPORT_MODE_FROM_PROTO, "import_mode")
 
 
 def project_to_proto(project: Project) -> resources_pb2.Project:
