@@ -17,7 +17,7 @@ from pathlib import Path
 from grpc import aio
 
 from gateway.app import GatewayClients
-from services import cli, import_worker, platform
+from services import cli, import_worker
 from services._runtime import logs, metrics, tracing
 from services._runtime.embedded_s3 import EmbeddedS3Error
 from services._runtime.errors import DcpError
@@ -31,6 +31,21 @@ from services.schema.credentials import parse_token_kind
 from services.schema.keyfile import read_keys, replace_keys
 from services.schema.keys import key_issuer
 from services.schema.sealing import SecretsKey, new_key
+from services.wiring import embedded_postgres
+from services.wiring.connections import grpc_channel, migrate_all, opened_pool
+from services.wiring.embedded_postgres import (
+    EmbeddedPostgresError,
+    NoDatabase,
+    database_for_up,
+    holds_database,
+    restarting,
+)
+from services.wiring.gateway import start_gateway
+from services.wiring.keys import SECRETS_KEY_FILE, ensure_first_account, identity_signer, with_secrets_key
+from services.wiring.parts import SchemaParts, schema_parts
+from services.wiring.separate import start_imports_server, start_remote_server, start_schema_server
+from services.wiring.stores import Uploads, upload_store, uploads_for_up
+from services.wiring.suite import Suite, start_suite
 
 # Exit status of a command stopped by a signal before it was done, as shells report one killed by it.
 SIGNALLED = 128
@@ -47,9 +62,9 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         return SIGNALLED + signal.SIGINT
     except PortUnavailable as error:
         cli.fail(cli.port_problem(name, error))
-    except platform.NoDatabase as error:
+    except NoDatabase as error:
         cli.fail(no_database(name, error.data_dir, options))
-    except platform.EmbeddedPostgresError as error:
+    except EmbeddedPostgresError as error:
         cli.fail(
             f"{name}: {error}; choose another data dir with --data-dir or DCP_DATA_DIR,"
             " or a database of your own with DCP_DATABASE_URL"
@@ -90,23 +105,23 @@ async def _up(settings: Settings, stop: StopSignals) -> None:
     end first.
     """
     async with AsyncExitStack() as stack:
-        url, embedded = await stack.enter_async_context(platform.database_for_up(settings))
-        settings = platform.with_secrets_key(settings, allow_generated=True)
-        pool = await stop.step(stack.enter_async_context(platform.opened_pool(url, settings)))
-        await stack.enter_async_context(platform.restarting(embedded))
-        await stop.step(platform.migrate_all(pool))
-        parts = platform.schema_parts(settings, pool)
-        first_token = await platform.ensure_first_account(parts.credentials, settings.data_dir)
+        url, embedded = await stack.enter_async_context(database_for_up(settings))
+        settings = with_secrets_key(settings, allow_generated=True)
+        pool = await stop.step(stack.enter_async_context(opened_pool(url, settings)))
+        await stack.enter_async_context(restarting(embedded))
+        await stop.step(migrate_all(pool))
+        parts = schema_parts(settings, pool)
+        first_token = await ensure_first_account(parts.credentials, settings.data_dir)
         first_account = (await parts.credentials.list_accounts())[0].id
         if settings.identity_key is None:
             # The import worker process verifies and signs with the same key as this one.
             settings = settings.with_overrides(identity_key=secrets.token_urlsafe(48))
-        signer = platform.identity_signer(settings, allow_generated=False)
+        signer = identity_signer(settings, allow_generated=False)
         in_child = settings.imports.worker_processes
-        uploads = await stop.step(stack.enter_async_context(platform.uploads_for_up(settings, pool)))
+        uploads = await stop.step(stack.enter_async_context(uploads_for_up(settings, pool)))
         queue = await stop.step(stack.enter_async_context(open_queue(uploads.settings, settings.imports.queue_url)))
         stop.raise_if_requested()
-        suite = await platform.start_suite(
+        suite = await start_suite(
             settings,
             pool,
             signer,
@@ -149,8 +164,8 @@ def admin_line(settings: Settings, account: int) -> str:
 
 def _print_running(
     settings: Settings,
-    suite: platform.Suite,
-    uploads: platform.Uploads,
+    suite: Suite,
+    uploads: Uploads,
     *,
     first_token: str | None,
     first_account: int,
@@ -182,7 +197,7 @@ def _print_running(
             print(f"    the platform's key: DCP_S3_ACCESS_KEY_ID ({s3.access_key_id})", flush=True)
     else:
         print(f"  S3: {s3.endpoint_url} bucket {s3.bucket}", flush=True)
-    key_file = settings.data_dir / platform.SECRETS_KEY_FILE
+    key_file = settings.data_dir / SECRETS_KEY_FILE
     sealing = "DCP_SECRETS_KEY" if settings.secrets_key not in read_keys(key_file) else f"{key_file}; back it up"
     print(f"  S3 secret keys sealed at rest with the key from {sealing}", flush=True)
     if worker is not None:
@@ -203,7 +218,7 @@ async def _serve(settings: Settings, service: str) -> None:
         schema_address = _require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service)
         async with AsyncExitStack() as stack:
             channels = [
-                await stack.enter_async_context(platform.grpc_channel(address))
+                await stack.enter_async_context(grpc_channel(address))
                 for address in (
                     schema_address,
                     settings.profiles_address or schema_address,
@@ -211,32 +226,32 @@ async def _serve(settings: Settings, service: str) -> None:
                     settings.imports_address or schema_address,
                 )
             ]
-            gateway = await platform.start_gateway(settings, GatewayClients.over(*channels))
+            gateway = await start_gateway(settings, GatewayClients.over(*channels))
             print(f"gateway serving REST on http://{settings.http_host}:{gateway.port}", flush=True)
             await wait_for_stop_signal()
             await gateway.stop()
         return
     database_url = _require(settings.database_url, "DCP_DATABASE_URL", service)
-    signer = platform.identity_signer(settings, allow_generated=False)
+    signer = identity_signer(settings, allow_generated=False)
     if service == "schema":
-        settings = platform.with_secrets_key(settings, allow_generated=False)
-    async with platform.opened_pool(database_url, settings) as pool, AsyncExitStack() as stack:
-        await platform.migrate_all(pool)
+        settings = with_secrets_key(settings, allow_generated=False)
+    async with opened_pool(database_url, settings) as pool, AsyncExitStack() as stack:
+        await migrate_all(pool)
         stop: Callable[[float], Awaitable[None]] | None = None
         if service == "schema":
             keys = await stack.enter_async_context(key_issuer(settings.s3))
-            server = await platform.start_schema_server(settings, pool, signer, keys)
+            server = await start_schema_server(settings, pool, signer, keys)
         elif service == "imports":
             schema = await stack.enter_async_context(
-                platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
+                grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
             )
             profiles = await stack.enter_async_context(
-                platform.grpc_channel(_require(settings.profiles_address, "DCP_PROFILES_ADDRESS", service))
+                grpc_channel(_require(settings.profiles_address, "DCP_PROFILES_ADDRESS", service))
             )
-            store = await stack.enter_async_context(platform.upload_store(settings.s3))
+            store = await stack.enter_async_context(upload_store(settings.s3))
             queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
             in_child = settings.imports.worker_processes
-            imports = await platform.start_imports_server(
+            imports = await start_imports_server(
                 settings,
                 pool,
                 signer,
@@ -254,17 +269,17 @@ async def _serve(settings: Settings, service: str) -> None:
                 stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
         else:
             schema = await stack.enter_async_context(
-                platform.grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
+                grpc_channel(_require(settings.schema_address, "DCP_SCHEMA_ADDRESS", service))
             )
             aliases: aio.Channel | None = None
             export_store: ObjectStore | None = None
             if service == "profiles":
                 aliases = await stack.enter_async_context(
-                    platform.grpc_channel(_require(settings.aliases_address, "DCP_ALIASES_ADDRESS", service))
+                    grpc_channel(_require(settings.aliases_address, "DCP_ALIASES_ADDRESS", service))
                 )
                 # Exports are written to the upload bucket.
-                export_store = await stack.enter_async_context(platform.upload_store(settings.s3))
-            server = await platform.start_remote_server(
+                export_store = await stack.enter_async_context(upload_store(settings.s3))
+            server = await start_remote_server(
                 settings, pool, signer, service, schema_channel=schema, aliases_channel=aliases, store=export_store
             )
         await server.mark_serving()
@@ -280,17 +295,17 @@ def _admin_settings(settings: Settings) -> Settings:
     return settings.with_overrides(db_pool_min_size=0, db_pool_max_size=2)
 
 
-async def _with_credentials(settings: Settings, action: Callable[[platform.SchemaParts], Awaitable[None]]) -> None:
-    with platform.database_url(settings, create=False) as url:
-        async with platform.opened_pool(url, _admin_settings(settings)) as pool:
-            await platform.migrate_all(pool)
-            await action(platform.schema_parts(settings, pool))
+async def _with_credentials(settings: Settings, action: Callable[[SchemaParts], Awaitable[None]]) -> None:
+    with embedded_postgres.database_url(settings, create=False) as url:
+        async with opened_pool(url, _admin_settings(settings)) as pool:
+            await migrate_all(pool)
+            await action(schema_parts(settings, pool))
 
 
 async def _migrate(settings: Settings) -> None:
-    with platform.database_url(settings, create=False) as url:
-        async with platform.opened_pool(url, _admin_settings(settings)) as pool:
-            applied = await platform.migrate_all(pool)
+    with embedded_postgres.database_url(settings, create=False) as url:
+        async with opened_pool(url, _admin_settings(settings)) as pool:
+            applied = await migrate_all(pool)
     print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
 
 
@@ -307,22 +322,22 @@ def _read_new_key(key_file: str | None) -> str:
 
 
 async def _rotate_secrets(settings: Settings, key_file: str | None, batch_size: int) -> None:
-    if not settings.database_url and not platform.holds_database(settings.data_dir):
+    if not settings.database_url and not holds_database(settings.data_dir):
         # Before asking for keys: the likelier mistake is the directory.
-        raise platform.NoDatabase(settings.data_dir)
+        raise NoDatabase(settings.data_dir)
     from_data_dir = settings.secrets_key is None
-    settings = platform.with_secrets_key(settings, allow_generated=True, create=False)
-    path = settings.data_dir / platform.SECRETS_KEY_FILE
+    settings = with_secrets_key(settings, allow_generated=True, create=False)
+    path = settings.data_dir / SECRETS_KEY_FILE
     if settings.secrets_key is None:
         raise SystemExit(
             f"dcp secrets rotate needs the current key: set DCP_SECRETS_KEY (`dcp up` keeps its own in {path})"
         )
     new_text = _read_new_key(key_file)
     new = SecretsKey.parse(new_text, source="the new key")
-    with platform.database_url(settings, create=False) as url:
-        async with platform.opened_pool(url, _admin_settings(settings)) as pool:
-            await platform.migrate_all(pool)
-            rotation = await platform.schema_parts(settings, pool).secrets.rotate(new, batch_size=batch_size)
+    with embedded_postgres.database_url(settings, create=False) as url:
+        async with opened_pool(url, _admin_settings(settings)) as pool:
+            await migrate_all(pool)
+            rotation = await schema_parts(settings, pool).secrets.rotate(new, batch_size=batch_size)
     print(
         f"re-encrypted {rotation.reencrypted} of {rotation.rows} stored S3 secret key(s);"
         f" every one is now sealed with key id {rotation.key_id}"
@@ -366,7 +381,7 @@ async def _run(options: argparse.Namespace, settings: Settings) -> None:
         await _migrate(settings)
     elif options.command == "accounts":
 
-        async def accounts_action(parts: platform.SchemaParts) -> None:
+        async def accounts_action(parts: SchemaParts) -> None:
             if options.action == "create":
                 account = await parts.credentials.create_account(options.name)
                 print(f"account {account.id} created: {account.name}")
@@ -377,7 +392,7 @@ async def _run(options: argparse.Namespace, settings: Settings) -> None:
         await _with_credentials(settings, accounts_action)
     elif options.command == "tokens":
 
-        async def tokens_action(parts: platform.SchemaParts) -> None:
+        async def tokens_action(parts: SchemaParts) -> None:
             if options.action == "create":
                 issued = await parts.credentials.issue_token(
                     options.account, parse_token_kind(options.kind), options.label

@@ -18,19 +18,23 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from grpc import aio
-
 from dcp.schema.v1 import schema_service_pb2_grpc
 from services._runtime import metrics, supervisor
+from services._runtime.auth import CallerResolver
 from services._runtime.s3 import open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services._runtime.supervisor import ChildProcess
+from services.imports.processing import BatchMerger
 from services.imports.worker import ImportWorker
-from services.platform import grpc_channel, identity_signer, import_parts, opened_pool, upload_store
 from services.profiles import repository as profiles_repository
+from services.profiles.links import PublishedLinks
 from services.profiles.profiles import Profiles
-from services.schema.client import RegistryClient
+from services.schema.client import RegistryClient, RemoteAuthenticator
+from services.wiring.connections import grpc_channel, opened_pool
+from services.wiring.keys import identity_signer
+from services.wiring.parts import colocated_merger, import_parts, remote_merger
+from services.wiring.stores import upload_store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ def store_wiring(s3: S3Settings) -> dict[str, str]:
     return wiring
 
 
-def _worker_finished(event: dict[str, Any]) -> None:
+def _worker_event(event: dict[str, Any]) -> None:
     if event.get("event") == "import_finished":
         metrics.import_finished(
             str(event["status"]),
@@ -56,6 +60,8 @@ def _worker_finished(event: dict[str, Any]) -> None:
             rows_rejected=int(event["rows_rejected"]),
             lag_seconds=float(event["lag_seconds"]),
         )
+    elif event.get("event") == "grpc_handled":
+        metrics.grpc_handled(str(event["type"]), str(event["method"]), str(event["code"]), float(event["seconds"]))
 
 
 async def start_import_worker_process(settings: Settings, wiring: Mapping[str, str]) -> ChildProcess:
@@ -63,7 +69,7 @@ async def start_import_worker_process(settings: Settings, wiring: Mapping[str, s
     env = {**os.environ, **wiring}
     if settings.identity_key:
         env["DCP_IDENTITY_KEY"] = settings.identity_key
-    child = ChildProcess("import worker", IMPORT_WORKER_ARGV, env, on_event=_worker_finished)
+    child = ChildProcess("import worker", IMPORT_WORKER_ARGV, env, on_event=_worker_event)
     await child.start()
     return child
 
@@ -79,11 +85,17 @@ def _report_finished(status: str, *, rows_imported: int, rows_rejected: int, lag
     supervisor.release_memory()
 
 
+def _report_handled(grpc_type: str, method: str, code: str, seconds: float) -> None:
+    # The parent serves the metrics: the calls this process handles for its server are counted there.
+    supervisor.report("grpc_handled", type=grpc_type, method=method, code=code, seconds=seconds)
+
+
 async def run_import_worker(settings: Settings) -> None:
     """The child process: applies uploads until its parent stops it or goes away.
 
     It merges rows through the profiles service when DCP_PROFILES_ADDRESS is set,
-    else directly into the shared database (as `dcp up` does in one process).
+    else through the profiles domain here, on the shared database, each batch
+    handled as a call to its parent's server would be.
     """
     supervisor.stop_with_parent()
     supervisor.run_in_background()
@@ -95,25 +107,27 @@ async def run_import_worker(settings: Settings) -> None:
         schema_channel = await stack.enter_async_context(grpc_channel(settings.schema_address))
         store = await stack.enter_async_context(upload_store(settings.s3))
         queue = await stack.enter_async_context(open_queue(settings.s3, settings.imports.queue_url))
-        profiles: Profiles | None = None
-        profiles_channel: aio.Channel | None = None
+        merger: BatchMerger
         if settings.profiles_address:
-            profiles_channel = await stack.enter_async_context(grpc_channel(settings.profiles_address))
+            merger = remote_merger(await stack.enter_async_context(grpc_channel(settings.profiles_address)), signer)
         else:
-            registry = RegistryClient(
-                schema_service_pb2_grpc.SchemaServiceStub(schema_channel),
-                signer,
-                ttl_seconds=settings.registry_cache_seconds,
+            schema_stub = schema_service_pb2_grpc.SchemaServiceStub(schema_channel)
+            registry = RegistryClient(schema_stub, signer, ttl_seconds=settings.registry_cache_seconds)
+            repository = profiles_repository.ProfilesRepository(pool)
+            # The calls are the parent server's, so they are checked and counted as its own.
+            resolver = CallerResolver(
+                signer, RemoteAuthenticator(schema_service_pb2_grpc.AuthServiceStub(schema_channel))
             )
-            profiles = Profiles(profiles_repository.ProfilesRepository(pool), registry, None)
+            merger = colocated_merger(
+                Profiles(repository, registry, PublishedLinks(repository)), resolver, signer, on_handled=_report_handled
+            )
         parts = import_parts(
             settings.with_overrides(imports=replace(settings.imports, worker_processes=False)),
             pool,
             signer,
             store,
             schema_channel=schema_channel,
-            profiles_channel=profiles_channel,
-            profiles=profiles,
+            merger=merger,
             queue=queue,
             on_finished=_report_finished,
         )

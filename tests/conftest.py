@@ -16,12 +16,16 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from services import platform
 from services._runtime.db import create_pool
 from services._runtime.s3 import ObjectStore, open_store
 from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
 from services.schema.sealing import new_key
+from services.wiring.connections import migrate_all
+from services.wiring.embedded_postgres import EmbeddedPostgres
+from services.wiring.keys import identity_signer
+from services.wiring.parts import SchemaParts
+from services.wiring.suite import start_suite
 
 # One secrets key for every platform a test starts on the shared database: start-up opens every stored secret.
 TEST_SECRETS_KEY = new_key()
@@ -58,9 +62,9 @@ def _with_database(url: str, database: str) -> str:
 async def database_url() -> AsyncIterator[str]:
     """A fresh database for this test session, dropped at the end."""
     server_url = _server_url()
-    embedded: platform.EmbeddedPostgres | None = None
+    embedded: EmbeddedPostgres | None = None
     if server_url is None or not await _reachable(server_url):
-        embedded = platform.EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="dcp-test-pg-")))
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="dcp-test-pg-")))
         server_url = embedded.url
     name = f"dcp_test_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(server_url)
@@ -83,7 +87,7 @@ async def database_url() -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     created = await create_pool(database_url, min_size=1, max_size=10)
-    await platform.migrate_all(created)
+    await migrate_all(created)
     try:
         yield created
     finally:
@@ -158,7 +162,7 @@ class RunningPlatform:
     """The services and the gateway, started for real on free ports."""
 
     settings: Settings
-    parts: platform.SchemaParts
+    parts: SchemaParts
     grpc_address: str
     http_url: str
     channel: grpc.aio.Channel
@@ -166,8 +170,8 @@ class RunningPlatform:
 
 @pytest.fixture(scope="session")
 async def running(settings: Settings, pool: asyncpg.Pool, session_store: ObjectStore) -> AsyncIterator[RunningPlatform]:
-    signer = platform.identity_signer(settings, allow_generated=False)
-    suite = await platform.start_suite(settings, pool, signer, store=session_store)
+    signer = identity_signer(settings, allow_generated=False)
+    suite = await start_suite(settings, pool, signer, store=session_store)
     try:
         yield RunningPlatform(
             settings=settings,

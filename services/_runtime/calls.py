@@ -7,7 +7,7 @@ violations; the status received is passed on unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -25,6 +25,7 @@ from services._runtime.errors import (
     PermissionDenied,
     Unauthenticated,
     Unavailable,
+    status_code,
 )
 
 # Codes that refuse the request itself: the caller's to read, so they pass on whole.
@@ -60,6 +61,10 @@ def received(error: grpc.aio.AioRpcError) -> Received:
         return Received(status=None)
     if status is None:
         return Received(status=None)
+    return _read(status)
+
+
+def _read(status: status_pb2.Status) -> Received:
     info: error_details_pb2.ErrorInfo | None = None
     violations: list[tuple[str, str]] = []
     for detail in status.details:
@@ -97,7 +102,43 @@ def relayed(
     of an id the caller sent). Any other code is a fault here, raised as
     `otherwise` (Unavailable where retrying later is the right answer).
     """
-    code = error.code()
+    return _passed_on(
+        error.code(),
+        error.details(),
+        lambda: received(error),
+        service=service,
+        instead=instead,
+        otherwise=otherwise,
+    )
+
+
+def relayed_status(
+    status: status_pb2.Status,
+    service: str,
+    *,
+    instead: Mapping[grpc.StatusCode, DcpError] | None = None,
+    otherwise: type[DcpError] = DcpError,
+) -> DcpError:
+    """A status that a service in this process answered with, as `relayed` hands a remote one on."""
+    return _passed_on(
+        status_code(status),
+        status.message,
+        lambda: _read(status),
+        service=service,
+        instead=instead,
+        otherwise=otherwise,
+    )
+
+
+def _passed_on(
+    code: grpc.StatusCode,
+    details: str | None,
+    answer_of: Callable[[], Received],
+    *,
+    service: str,
+    instead: Mapping[grpc.StatusCode, DcpError] | None,
+    otherwise: type[DcpError],
+) -> DcpError:
     if instead and code in instead:
         return instead[code]
     if code in UNREACHABLE:
@@ -105,11 +146,11 @@ def relayed(
     refusal = _REFUSALS.get(code)
     if refusal is None:
         hint = "; retry later" if issubclass(otherwise, Unavailable) else ""
-        return otherwise(f"the {service} service answered {code.name}: {error.details()}{hint}")
-    answer = received(error)
+        return otherwise(f"the {service} service answered {code.name}: {details}{hint}")
+    answer = answer_of()
     ours = answer.domain == ERROR_DOMAIN
     passed_on = refusal(
-        error.details() or code.name.lower(),
+        details or code.name.lower(),
         reason=answer.reason if ours else None,
         violations=answer.violations,
         metadata=answer.metadata if ours else None,

@@ -50,6 +50,14 @@ class DcpError(Exception):
         return fitted_status(self.code, self.message, self.reason, self.violations, self.metadata)
 
 
+def status_code(status: status_pb2.Status) -> grpc.StatusCode:
+    """The gRPC code of a google.rpc.Status."""
+    return _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 # A status travels twice in trailing metadata: its message percent-encoded in
 # grpc-message (up to 3 bytes a byte) and the whole Status base64-encoded in
 # grpc-status-details-bin (4 bytes per 3). gRPC refuses trailers over 8 KiB by

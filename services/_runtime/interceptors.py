@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -56,19 +56,33 @@ _INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _ANONYMOUS_PREFIXES = ("/dcp.schema.v1.AuthService/",)
 
 
-class _CallScope:
-    """Enters a call (request id, caller, trace), turns its failures into status, and counts it."""
+HandledReport = Callable[[str, str, str, float], None]
+"""Told (grpc type, method path, status code name, seconds) of each finished call."""
 
-    def __init__(self, resolver: CallerResolver, method: str, grpc_type: str, *, needs_identity: bool) -> None:
+
+class CallScope:
+    """One call's handling on the serving side, whether it came over gRPC or from this process:
+    request id, caller, trace, the status its failure maps to, and its metrics."""
+
+    def __init__(
+        self,
+        resolver: CallerResolver,
+        method: str,
+        grpc_type: str,
+        *,
+        needs_identity: bool,
+        on_handled: HandledReport | None = None,
+    ) -> None:
         self._resolver = resolver
         self._method = method
         self._grpc_type = grpc_type
         self._needs_identity = needs_identity
+        self._on_handled = on_handled or metrics.grpc_handled
         self._started = time.perf_counter()
         self._span: tracing.GrpcServerSpan | None = None
 
-    async def enter(self, context: Context) -> list[contextvars.Token[Any]]:
-        metadata = tuple(context.invocation_metadata() or ())
+    async def enter(self, metadata: Sequence[tuple[str, str | bytes]]) -> list[contextvars.Token[Any]]:
+        """Binds the call's request id, span and verified caller; the tokens undo it (see `leave`)."""
         rid = safe_request_id(next((v for k, v in metadata if k == REQUEST_ID_METADATA_KEY), None))
         tokens: list[contextvars.Token[Any]] = [request_id.set(rid)]
         self._span = tracing.grpc_server_span(self._method, metadata, rid)
@@ -78,29 +92,23 @@ class _CallScope:
             try:
                 tokens.append(identity_context.bind(await self._resolver.resolve(metadata)))
             except BaseException:
-                _reset(tokens)
+                leave(tokens)
                 raise
         return tokens
 
-    async def fail(self, context: Context, error: Exception) -> None:
-        dcp_error = _as_dcp_error(error, self._method)
-        if dcp_error is None:
-            raise error
-        await context.abort_with_status(rpc_status.to_status(dcp_error.to_status()))  # type: ignore[attr-defined]
+    def mapped(self, error: Exception) -> DcpError | None:
+        """The typed error a failure reaches the caller as (logging the unexpected), or None for an abort."""
+        return _as_dcp_error(error, self._method)
 
-    def finish(self, context: Context, failure: BaseException | None) -> None:
+    def finish(self, code: grpc.StatusCode) -> None:
         """Records the call under the status its caller receives."""
-        code = _final_code(context, failure)
-        metrics.grpc_handled(self._grpc_type, self._method, code.name, time.perf_counter() - self._started)
+        self._on_handled(self._grpc_type, self._method, code.name, time.perf_counter() - self._started)
         if self._span is not None:
             self._span.finish(code)
 
 
-def _final_code(context: Context, failure: BaseException | None) -> grpc.StatusCode:
-    # An abort (every mapped error ends in one) leaves its code on the context.
-    code: grpc.StatusCode | None = context.code()
-    if code is not None:
-        return code
+def ended_code(failure: BaseException | None) -> grpc.StatusCode:
+    """The code of a call that ended with `failure` (None: success) without a mapped status."""
     if failure is None:
         return grpc.StatusCode.OK
     if isinstance(failure, (asyncio.CancelledError, GeneratorExit)):
@@ -109,44 +117,57 @@ def _final_code(context: Context, failure: BaseException | None) -> grpc.StatusC
     return grpc.StatusCode.UNKNOWN
 
 
-def _unary_response(scope: _CallScope, inner: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Any]:
+async def _fail(scope: CallScope, context: Context, error: Exception) -> None:
+    dcp_error = scope.mapped(error)
+    if dcp_error is None:
+        raise error
+    await context.abort_with_status(rpc_status.to_status(dcp_error.to_status()))  # type: ignore[attr-defined]
+
+
+def _final_code(context: Context, failure: BaseException | None) -> grpc.StatusCode:
+    # An abort (every mapped error ends in one) leaves its code on the context.
+    code: grpc.StatusCode | None = context.code()
+    return code if code is not None else ended_code(failure)
+
+
+def _unary_response(scope: CallScope, inner: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Any]:
     async def call(request: Any, context: Context) -> Any:
         tokens: list[contextvars.Token[Any]] = []
         failure: BaseException | None = None
         try:
-            tokens = await scope.enter(context)
+            tokens = await scope.enter(tuple(context.invocation_metadata() or ()))
             return await inner(request, context)
-        except Exception as error:  # noqa: BLE001 - fail() maps by type and re-raises the rest
+        except Exception as error:  # noqa: BLE001 - _fail() maps by type and re-raises the rest
             failure = error
-            await scope.fail(context, error)
+            await _fail(scope, context, error)
             return None
         except BaseException as error:
             failure = error
             raise
         finally:
-            _reset(tokens)
-            scope.finish(context, failure)
+            leave(tokens)
+            scope.finish(_final_code(context, failure))
 
     return call
 
 
-def _stream_response(scope: _CallScope, inner: Callable[[Any, Context], AsyncIterator[Any]]) -> Callable[..., Any]:
+def _stream_response(scope: CallScope, inner: Callable[[Any, Context], AsyncIterator[Any]]) -> Callable[..., Any]:
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
         tokens: list[contextvars.Token[Any]] = []
         failure: BaseException | None = None
         try:
-            tokens = await scope.enter(context)
+            tokens = await scope.enter(tuple(context.invocation_metadata() or ()))
             async for item in inner(request, context):
                 yield item
         except Exception as error:  # noqa: BLE001
             failure = error
-            await scope.fail(context, error)
+            await _fail(scope, context, error)
         except BaseException as error:
             failure = error
             raise
         finally:
-            _reset(tokens)
-            scope.finish(context, failure)
+            leave(tokens)
+            scope.finish(_final_code(context, failure))
 
     return call
 
@@ -171,27 +192,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         needs_identity = not method.startswith(_ANONYMOUS_PREFIXES)
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary is not None:
-            scope = _CallScope(self._resolver, method, "unary", needs_identity=needs_identity)
+            scope = CallScope(self._resolver, method, "unary", needs_identity=needs_identity)
             return grpc.unary_unary_rpc_method_handler(
                 _unary_response(scope, handler.unary_unary), deserialize, serialize
             )
         if handler.stream_unary is not None:
-            scope = _CallScope(self._resolver, method, "client_stream", needs_identity=needs_identity)
+            scope = CallScope(self._resolver, method, "client_stream", needs_identity=needs_identity)
             return grpc.stream_unary_rpc_method_handler(
                 _unary_response(scope, handler.stream_unary), deserialize, serialize
             )
         if handler.unary_stream is not None:
-            scope = _CallScope(self._resolver, method, "server_stream", needs_identity=needs_identity)
+            scope = CallScope(self._resolver, method, "server_stream", needs_identity=needs_identity)
             return grpc.unary_stream_rpc_method_handler(
                 _stream_response(scope, handler.unary_stream), deserialize, serialize
             )
-        scope = _CallScope(self._resolver, method, "bidi_stream", needs_identity=needs_identity)
+        scope = CallScope(self._resolver, method, "bidi_stream", needs_identity=needs_identity)
         return grpc.stream_stream_rpc_method_handler(
             _stream_response(scope, handler.stream_stream), deserialize, serialize
         )
 
 
-def _reset(tokens: list[contextvars.Token[Any]]) -> None:
+def leave(tokens: list[contextvars.Token[Any]]) -> None:
+    """Undoes what `CallScope.enter` bound, last first."""
     for token in reversed(tokens):
         token.var.reset(token)
 

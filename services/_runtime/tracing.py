@@ -302,6 +302,15 @@ def client_interceptors() -> list[aio.ClientInterceptor]:
     return [] if _active is None else [cast("aio.ClientInterceptor", _ClientTracing())]
 
 
+def carried() -> tuple[tuple[str, str], ...]:
+    """The current trace context as call metadata, for a call that does not pass through a channel."""
+    if _active is None:
+        return ()
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return tuple(carrier.items())
+
+
 def _carrying(details: aio.ClientCallDetails) -> aio.ClientCallDetails:
     """The call's details with the current trace context added to its metadata."""
     carrier: dict[str, str] = {}

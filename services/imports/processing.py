@@ -2,9 +2,9 @@
 
 The importer reads the object as a stream, checks the header against the
 table's attributes, and hands the rows as text cells to the profiles batch
-merge (the domain itself when both run in one process, its gRPC service
-otherwise), which parses each cell with the same validator as a single write
-and stores the file in one transaction. The batch carries the upload's id as
+merge (in this process or another: the wiring decides, and the call is
+handled alike either way), which parses each cell with the same validator as
+a single write and stores the file in one transaction. The batch carries the upload's id as
 its idempotency key, so a file retried after a crash is never applied twice.
 """
 
@@ -114,7 +114,7 @@ class Progress:
 
 
 class BatchMerger(Protocol):
-    """The profiles batch merge: the domain itself in one process, its gRPC client across processes."""
+    """The profiles batch merge, wherever the profiles service runs (see `services.profiles.client`)."""
 
     async def merge_stream(
         self,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from services._runtime.errors import InvalidArgument, NotFound
 from services._runtime.identity import Identity
@@ -41,8 +41,23 @@ class ProfileView:
     data: dict[str, Any]
 
 
-# Looks up an Optimizely user's links: table id -> customer id.
-AliasLookup = Callable[[Identity, int, str], Awaitable[Mapping[int, str]]]
+@dataclass(frozen=True)
+class LinkedValues:
+    """An Optimizely user's links and the stored values of the profiles they name."""
+
+    links: Mapping[int, str]
+    """Table id -> the customer id linked to the user in that table."""
+    stored: Mapping[tuple[int, str], Values]
+    """Values by (table id, customer id) of the user's Optimizely-table profile and of
+    every linked profile that has any; pairs of tables the view leaves out may be there too."""
+
+
+class LinkedProfiles(Protocol):
+    """Where the consolidated view finds a user's links (the aliases service's) and their profiles."""
+
+    async def linked(
+        self, identity: Identity, service_id: int, optimizely_table_id: int, optimizely_user_id: str
+    ) -> LinkedValues: ...
 
 
 def _readable(table: TableInfo, stored: Values) -> dict[str, Any]:
@@ -56,13 +71,10 @@ def _readable(table: TableInfo, stored: Values) -> dict[str, Any]:
 
 
 class Profiles:
-    def __init__(
-        self, repository: ProfilesRepository, registry: RegistryClient, aliases: AliasLookup | None = None
-    ) -> None:
-        """Without `aliases`, links are read from the aliases service's published view in the shared database."""
+    def __init__(self, repository: ProfilesRepository, registry: RegistryClient, linked: LinkedProfiles) -> None:
         self._repo = repository
         self._registry = registry
-        self._aliases = aliases
+        self._linked = linked
 
     async def _table(self, identity: Identity, service_id: int, table_id: int) -> tuple[ServiceSnapshot, TableInfo]:
         service = await self._registry.service(identity, service_id)
@@ -212,11 +224,8 @@ class Profiles:
                 f"table {optimizely_table_id} is not the Optimizely table of DCP service {service_id}",
                 metadata={"resource": "table", "id": str(optimizely_table_id)},
             )
-        if self._aliases is None:
-            links, stored = await self._repo.consolidated(service_id, service.optimizely_table_id, optimizely_user_id)
-        else:
-            links = dict(await self._aliases(identity, service_id, optimizely_user_id))
-            stored = {}
+        found = await self._linked.linked(identity, service_id, service.optimizely_table_id, optimizely_user_id)
+        links, stored = found.links, found.stored
         if any(table_id not in service.tables for table_id in links):
             service = await self._registry.fresh_service(identity, service_id)
         keys: list[tuple[int, str]] = []
@@ -226,8 +235,6 @@ class Profiles:
             info = service.tables.get(table_id)
             if info is not None and not info.archived and not info.is_optimizely:
                 keys.append((table_id, links[table_id]))
-        if self._aliases is not None:
-            stored = await self._repo.get_many(keys)
         service = await self._reading(identity, service, [(t, values) for (t, _), values in stored.items()])
         by_table = {
             table_id: stored[(table_id, customer_id)]

@@ -14,10 +14,12 @@ import grpc
 import pytest
 
 from gateway.app import GatewayClients
-from services import cli, platform
+from services import cli
 from services._runtime.ports import PortUnavailable
 from services._runtime.server import prepare_server
 from services._runtime.settings import Settings
+from services.wiring.embedded_postgres import holds_database
+from services.wiring.gateway import start_gateway
 from tests.e2e.processes import DCP, Running, base_env, left_running, marked
 
 FREE = ["--http-port", "0", "--grpc-port", "0", "--s3-port", "0"]
@@ -130,7 +132,7 @@ async def test_a_server_that_loses_the_race_for_its_port_names_the_port(taken_po
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{taken_port}") as channel:
         with pytest.raises(PortUnavailable) as http_refused:
-            await platform.start_gateway(Settings(http_port=taken_port), GatewayClients.over(channel))
+            await start_gateway(Settings(http_port=taken_port), GatewayClients.over(channel))
     assert cli.port_problem("dcp up", http_refused.value) == (
         f"dcp up: port {taken_port} (REST gateway) is in use by another program;"
         " choose another with --http-port or DCP_HTTP_PORT (0 picks a free one)"
@@ -169,7 +171,7 @@ def test_ctrl_c_while_the_embedded_database_starts_stops_dcp_up_and_leaves_nothi
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
     assert left_running(mark) == []
     # The new database was made whole, not left half initialised: the next start can use it.
-    assert platform.holds_database(data_dir)
+    assert holds_database(data_dir)
 
 
 def test_the_cli_finds_a_running_platform_through_DCP_DATA_DIR_and_ctrl_c_stops_it(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ import asyncpg
 import httpx
 import pytest
 
-from services import platform
 from services._runtime.s3 import open_store
 from services._runtime.settings import Settings
 from services.schema.model import TokenKind
+from services.wiring.parts import schema_parts
 from tests.e2e.processes import Running, base_env
 
 V1 = "/experiment/v1"
@@ -100,7 +100,7 @@ async def test_two_replicas_of_each_service_serve_one_consistent_platform(
     replicas: tuple[Replicas, str], pool: asyncpg.Pool, settings: Settings, s3_server: str
 ) -> None:
     suite, bucket = replicas
-    credentials = platform.schema_parts(settings, pool).credentials
+    credentials = schema_parts(settings, pool).credentials
     account = await credentials.create_account("replicated")
     token = (await credentials.issue_token(account.id, TokenKind.CLASSIC)).secret
     one, two = (httpx.AsyncClient(base_url=url, headers={"Token": token}, timeout=30) for url in suite.gateways)

@@ -21,7 +21,7 @@ from gateway.ratelimit import (
     RedisRateLimiter,
     open_redis,
 )
-from services import platform
+from services.wiring.gateway import start_gateway
 from tests.conftest import MakeAccount, RunningPlatform
 
 SERVICES = "/experiment/v1/dcp_services"
@@ -240,7 +240,7 @@ async def test_the_platform_gateway_limits_as_its_settings_say(
     running: RunningPlatform, make_account: MakeAccount, http: httpx.AsyncClient
 ) -> None:
     settings = running.settings.with_overrides(rate_limit_per_second=0.2, rate_limit_burst=2)
-    gateway = await platform.start_gateway(settings, GatewayClients.over(running.channel))
+    gateway = await start_gateway(settings, GatewayClients.over(running.channel))
     try:
         account = await make_account()
         async with httpx.AsyncClient(base_url=f"http://{gateway.host}:{gateway.port}", timeout=30) as client:
@@ -259,7 +259,7 @@ async def test_the_platform_gateway_counts_in_redis_when_one_is_configured(
     running: RunningPlatform, make_account: MakeAccount, redis_url: str, redis_clients: Callable[[], Redis]
 ) -> None:
     settings = running.settings.with_overrides(rate_limit_per_second=1, rate_limit_burst=5, redis_url=redis_url)
-    gateway = await platform.start_gateway(settings, GatewayClients.over(running.channel))
+    gateway = await start_gateway(settings, GatewayClients.over(running.channel))
     try:
         account = await make_account()
         async with httpx.AsyncClient(base_url=f"http://{gateway.host}:{gateway.port}", timeout=30) as client:

@@ -13,8 +13,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services import platform
 from services._runtime.identity import IDENTITY_METADATA_KEY, AssertionSigner, CredentialKind, Identity, Scope
+from services.wiring.connections import migrate_all
 from tests.conftest import MakeAccount, RunningPlatform
 
 
@@ -149,7 +149,7 @@ async def test_lists_are_paginated_without_gaps_or_repeats(running: RunningPlatf
 
 
 async def test_migrations_apply_once(pool: asyncpg.Pool) -> None:
-    assert await platform.migrate_all(pool) == []
+    assert await migrate_all(pool) == []
     versions = await pool.fetch("SELECT version FROM catalog.schema_migrations ORDER BY version")
     assert [v["version"] for v in versions] == [
         "0001_catalog.sql",

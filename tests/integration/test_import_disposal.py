@@ -11,9 +11,11 @@ import asyncpg
 import httpx
 import pytest
 
-from services import platform
 from services._runtime.s3 import ObjectStore
 from services._runtime.settings import Settings
+from services.wiring.keys import identity_signer
+from services.wiring.parts import import_parts, remote_merger
+from services.wiring.stores import upload_store
 from tests.conftest import MakeAccount, RunningPlatform
 from tests.integration.test_imports import make_table
 
@@ -30,14 +32,14 @@ async def test_processed_files_are_deleted_or_kept_as_configured(
 ) -> None:
     s3 = dataclasses.replace(settings.s3, bucket=f"after-{after}-{secrets.token_hex(4)}")
     configured = dataclasses.replace(settings, s3=s3, imports=dataclasses.replace(settings.imports, after=after))
-    async with platform.upload_store(s3) as bucket:
-        parts = platform.import_parts(
+    async with upload_store(s3) as bucket:
+        parts = import_parts(
             configured,
             pool,
-            platform.identity_signer(settings, allow_generated=False),
+            identity_signer(settings, allow_generated=False),
             bucket,
             schema_channel=running.channel,
-            profiles_channel=running.channel,
+            merger=remote_merger(running.channel, identity_signer(settings, allow_generated=False)),
         )
         worker = asyncio.create_task(parts.worker.run())
         try:

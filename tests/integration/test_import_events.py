@@ -13,10 +13,11 @@ import asyncpg
 import httpx
 import pytest
 
-from services import platform
 from services._runtime.s3 import ObjectStore, open_queue, open_store
 from services._runtime.settings import Settings
 from services.imports.intake import event_objects
+from services.wiring.keys import identity_signer
+from services.wiring.parts import import_parts, remote_merger
 from tests.conftest import MakeAccount, RunningPlatform
 from tests.integration.test_imports import Table, make_table
 
@@ -48,13 +49,13 @@ async def evented(
         hourly = dataclasses.replace(
             settings, s3=s3, imports=dataclasses.replace(settings.imports, poll_seconds=3600, queue_url=queue_url)
         )
-        parts = platform.import_parts(
+        parts = import_parts(
             hourly,
             pool,
-            platform.identity_signer(settings, allow_generated=False),
+            identity_signer(settings, allow_generated=False),
             bucket,
             schema_channel=running.channel,
-            profiles_channel=running.channel,
+            merger=remote_merger(running.channel, identity_signer(settings, allow_generated=False)),
             queue=queue,
         )
         worker = asyncio.create_task(parts.worker.run())

@@ -14,10 +14,12 @@ import asyncpg
 import httpx
 import pytest
 
-from services import import_worker, platform
+from services import import_worker
 from services._runtime.s3 import ObjectStore, open_store
 from services._runtime.settings import Settings
 from services._runtime.supervisor import ChildProcess
+from services.wiring.keys import identity_signer
+from services.wiring.suite import start_suite
 from tests.conftest import MakeAccount, empty_tables
 from tests.integration.test_imports import V1, Table, make_table
 
@@ -52,13 +54,13 @@ async def _platform(
     changed = settings.with_overrides(
         s3=replace(settings.s3, bucket=bucket), imports=replace(settings.imports, **(checks or {}))
     )
-    signer = platform.identity_signer(changed, allow_generated=False)
+    signer = identity_signer(changed, allow_generated=False)
     assert changed.database_url is not None
     # Starting seals stored secrets, so rows another module left behind must not be there.
     await empty_tables(pool)
     async with open_store(changed.s3) as store:
         await store.ensure_bucket("us-east-1")
-        suite = await platform.start_suite(changed, pool, signer, store=store, import_worker=False)
+        suite = await start_suite(changed, pool, signer, store=store, import_worker=False)
         worker = None
         try:
             worker = await import_worker.start_import_worker_process(

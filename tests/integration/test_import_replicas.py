@@ -11,9 +11,10 @@ import asyncpg
 import httpx
 import pytest
 
-from services import platform
 from services._runtime.s3 import ObjectStore
 from services._runtime.settings import Settings
+from services.wiring.keys import identity_signer
+from services.wiring.parts import import_parts, remote_merger
 from tests.conftest import MakeAccount, RunningPlatform
 from tests.integration.test_imports import Table, make_table
 
@@ -24,16 +25,16 @@ async def more_importers(
 ) -> AsyncIterator[None]:
     """Two more importer replicas beside the suite's own, each taking two tables at a time."""
     replica_settings = dataclasses.replace(settings, imports=dataclasses.replace(settings.imports, concurrency=2))
-    signer = platform.identity_signer(settings, allow_generated=False)
+    signer = identity_signer(settings, allow_generated=False)
     workers = [
         asyncio.create_task(
-            platform.import_parts(
+            import_parts(
                 replica_settings,
                 pool,
                 signer,
                 store,
                 schema_channel=running.channel,
-                profiles_channel=running.channel,
+                merger=remote_merger(running.channel, signer),
             ).worker.run()
         )
         for _ in range(2)

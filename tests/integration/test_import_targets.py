@@ -14,7 +14,6 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services import platform
 from services._runtime.errors import Unauthenticated
 from services._runtime.identity import (
     IDENTITY_METADATA_KEY,
@@ -25,6 +24,7 @@ from services._runtime.identity import (
     internal_identity,
 )
 from services.schema.client import ImportTarget, ImportTargetsClient
+from services.wiring.keys import identity_signer
 from tests.conftest import MakeAccount, RunningPlatform
 from tests.conftest import TestAccount as Account
 
@@ -33,7 +33,7 @@ V1 = "/experiment/v1"
 
 @pytest.fixture
 def signer(running: RunningPlatform) -> AssertionSigner:
-    return platform.identity_signer(running.settings, allow_generated=False)
+    return identity_signer(running.settings, allow_generated=False)
 
 
 @pytest.fixture

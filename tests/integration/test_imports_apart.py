@@ -13,9 +13,12 @@ import pytest
 
 from dcp.imports.v1 import imports_service_pb2 as pb
 from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
-from services import import_worker, platform
+from services import import_worker
 from services._runtime.s3 import ObjectStore
 from services._runtime.settings import Settings
+from services.wiring.keys import identity_signer
+from services.wiring.separate import start_imports_server
+from services.wiring.stores import upload_store
 from tests.conftest import MakeAccount, RunningPlatform
 from tests.integration.test_imports import make_table
 from tests.integration.test_upload_progress import ROWS, big_file, watch
@@ -34,11 +37,11 @@ async def apart(
     s3 = dataclasses.replace(settings.s3, bucket=f"apart-{secrets.token_hex(4)}")
     alone = dataclasses.replace(settings, s3=s3, grpc_port=0)
     assert settings.database_url is not None
-    async with platform.upload_store(s3) as bucket:
-        imports = await platform.start_imports_server(
+    async with upload_store(s3) as bucket:
+        imports = await start_imports_server(
             alone,
             pool,
-            platform.identity_signer(settings, allow_generated=False),
+            identity_signer(settings, allow_generated=False),
             bucket,
             schema_channel=running.channel,
             profiles_channel=running.channel,

@@ -20,9 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
-from services import platform
 from services._runtime.settings import OAuthSettings, Settings
 from services.schema.credentials import Credentials
+from services.wiring.keys import identity_signer
+from services.wiring.suite import start_suite
 
 ISSUER = "https://idp.example.test/"
 AUDIENCE = "open-dcp"
@@ -94,7 +95,7 @@ class OAuthPlatform:
 @pytest.fixture(scope="module")
 async def oauth_platform(settings: Settings, pool: asyncpg.Pool, jwks_url: str) -> AsyncIterator[OAuthPlatform]:
     configured = settings.with_overrides(oauth=OAuthSettings(issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks_url))
-    suite = await platform.start_suite(configured, pool, platform.identity_signer(configured, allow_generated=False))
+    suite = await start_suite(configured, pool, identity_signer(configured, allow_generated=False))
     try:
         yield OAuthPlatform(suite.http_url, suite.channel, suite.schema.credentials)
     finally:
@@ -226,7 +227,7 @@ async def test_a_public_key_file_works_instead_of_jwks(
     configured = settings.with_overrides(
         oauth=OAuthSettings(issuer=ISSUER, audience=AUDIENCE, public_key_file=key_file)
     )
-    suite = await platform.start_suite(configured, pool, platform.identity_signer(configured, allow_generated=False))
+    suite = await start_suite(configured, pool, identity_signer(configured, allow_generated=False))
     try:
         account = (await suite.schema.credentials.create_account("pem")).id
         async with httpx.AsyncClient(base_url=suite.http_url) as http:

@@ -26,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
 from gateway.app import GatewayClients
-from services import platform
 from services._runtime import logs, tracing
 from services._runtime.db import create_pool
 from services._runtime.interceptors import request_id
@@ -34,6 +33,9 @@ from services._runtime.s3 import ObjectStore, open_store
 from services._runtime.settings import Settings
 from services.schema.credentials import Credentials
 from services.schema.model import TokenKind
+from services.wiring.gateway import start_gateway
+from services.wiring.keys import identity_signer
+from services.wiring.suite import start_suite
 from tests.conftest import MakeAccount, RunningPlatform, TestAccount
 from tests.e2e.processes import Running, base_env
 from tests.integration.test_imports import make_table
@@ -397,9 +399,7 @@ async def traced(
     async with tracing.traced(configured, "dcp"), open_store(configured.s3) as store:
         await store.ensure_bucket(configured.s3.region)
         await store.keep_versions()
-        suite = await platform.start_suite(
-            configured, pool, platform.identity_signer(configured, allow_generated=False), store=store
-        )
+        suite = await start_suite(configured, pool, identity_signer(configured, allow_generated=False), store=store)
         try:
             yield TracedPlatform(kept, suite.http_url, store, suite.schema.credentials)
         finally:
@@ -500,9 +500,7 @@ async def test_background_polling_starts_no_traces(traced: TracedPlatform) -> No
 
 
 async def test_a_gateway_with_a_metrics_port_keeps_metrics_off_its_public_port(running: RunningPlatform) -> None:
-    gateway = await platform.start_gateway(
-        replace(running.settings, metrics_port=0), GatewayClients.over(running.channel)
-    )
+    gateway = await start_gateway(replace(running.settings, metrics_port=0), GatewayClients.over(running.channel))
     try:
         async with httpx.AsyncClient(base_url=f"http://{gateway.host}:{gateway.port}") as public:
             assert (await public.get("/healthz")).status_code == 200

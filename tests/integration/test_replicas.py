@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from dcp.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
-from services import platform
+from services.wiring.keys import identity_signer
+from services.wiring.separate import start_remote_server
 from tests.conftest import MakeAccount, RunningPlatform, TestAccount
 
 V1 = "/experiment/v1"
@@ -23,8 +24,8 @@ async def replica(
 ) -> AsyncIterator[profiles_service_pb2_grpc.ProfilesServiceAsyncStub]:
     """A second profiles server whose registry snapshots live a minute."""
     settings = dataclasses.replace(running.settings, grpc_port=0, registry_cache_seconds=60.0)
-    signer = platform.identity_signer(settings, allow_generated=False)
-    server = await platform.start_remote_server(
+    signer = identity_signer(settings, allow_generated=False)
+    server = await start_remote_server(
         settings, pool, signer, "profiles", schema_channel=running.channel, aliases_channel=running.channel
     )
     await server.mark_serving()

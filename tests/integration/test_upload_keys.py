@@ -16,10 +16,10 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from services import platform
 from services._runtime.s3 import open_store
 from services._runtime.settings import S3Settings, Settings
 from services.schema.keys import key_issuer
+from services.wiring.parts import schema_parts
 
 BUCKET = "optimizely-import"
 
@@ -95,7 +95,7 @@ async def test_a_service_key_reaches_only_its_own_prefix_and_dies_with_the_servi
     )
     async with open_store(s3_settings) as store, key_issuer(s3_settings) as keys:
         await store.ensure_bucket(s3_settings.region)
-        parts = platform.schema_parts(settings, pool, keys)
+        parts = schema_parts(settings, pool, keys)
         first_account = await parts.credentials.create_account("first")
         second_account = await parts.credentials.create_account("second")
         first = await parts.catalog.create_service(first_account.id, "first")

@@ -23,10 +23,13 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from services import platform
 from services._runtime.embedded_s3 import EmbeddedS3, EmbeddedS3Error
 from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import DcpService, TokenKind
+from services.wiring.keys import identity_signer
+from services.wiring.parts import schema_parts
+from services.wiring.stores import Uploads, uploads_for_up
+from services.wiring.suite import start_suite
 
 BUCKET = "optimizely-import"
 
@@ -42,10 +45,10 @@ def up_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def _uploads(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[tuple[platform.Uploads, Any]]:
+async def _uploads(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[tuple[Uploads, Any]]:
     """The upload store as `dcp up` starts it, and the catalog issuing keys for it."""
-    async with platform.uploads_for_up(settings, pool) as uploads:
-        yield uploads, platform.schema_parts(settings, pool, uploads.keys)
+    async with uploads_for_up(settings, pool) as uploads:
+        yield uploads, schema_parts(settings, pool, uploads.keys)
 
 
 def _s3(endpoint: str, access_key: str, secret_key: str) -> Any:
@@ -167,9 +170,9 @@ async def test_a_body_other_than_the_signed_one_is_refused(up_settings: Settings
 async def test_a_presigned_put_from_the_platform_uploads_a_file_that_is_imported(
     up_settings: Settings, pool: asyncpg.Pool
 ) -> None:
-    signer = platform.identity_signer(up_settings, allow_generated=False)
-    async with platform.uploads_for_up(up_settings, pool) as uploads:
-        suite = await platform.start_suite(up_settings, pool, signer, store=uploads.store, keys=uploads.keys)
+    signer = identity_signer(up_settings, allow_generated=False)
+    async with uploads_for_up(up_settings, pool) as uploads:
+        suite = await start_suite(up_settings, pool, signer, store=uploads.store, keys=uploads.keys)
         try:
             account = await suite.schema.credentials.create_account("shop")
             token = (await suite.schema.credentials.issue_token(account.id, TokenKind.CLASSIC)).secret
@@ -197,9 +200,9 @@ async def test_a_presigned_put_from_the_platform_uploads_a_file_that_is_imported
 
 
 async def test_a_browser_page_puts_files_through_presigned_urls(up_settings: Settings, pool: asyncpg.Pool) -> None:
-    signer = platform.identity_signer(up_settings, allow_generated=False)
-    async with platform.uploads_for_up(up_settings, pool) as uploads:
-        suite = await platform.start_suite(up_settings, pool, signer, store=uploads.store, keys=uploads.keys)
+    signer = identity_signer(up_settings, allow_generated=False)
+    async with uploads_for_up(up_settings, pool) as uploads:
+        suite = await start_suite(up_settings, pool, signer, store=uploads.store, keys=uploads.keys)
         try:
             account = await suite.schema.credentials.create_account("shop")
             token = (await suite.schema.credentials.issue_token(account.id, TokenKind.CLASSIC)).secret

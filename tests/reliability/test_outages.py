@@ -27,10 +27,13 @@ import httpx
 import pytest
 
 from gateway.app import GatewayClients
-from services import platform
 from services._runtime.s3 import open_store
 from services._runtime.settings import ImportSettings, S3Settings, Settings
 from services.schema.model import TokenKind
+from services.wiring.connections import grpc_channel, migrate_all, opened_pool
+from services.wiring.gateway import start_gateway
+from services.wiring.keys import identity_signer
+from services.wiring.suite import Suite, start_suite
 from tests.conftest import TEST_SECRETS_KEY
 from tests.e2e.processes import Running, base_env
 from tests.reliability.pgcluster import PgCluster, S3Process, free_port
@@ -74,7 +77,7 @@ def _short_database_timeouts(database_url: str) -> Settings:
 
 @dataclass
 class Platform:
-    suite: platform.Suite
+    suite: Suite
     http: httpx.AsyncClient
     headers: dict[str, str]
 
@@ -106,10 +109,10 @@ class Platform:
 async def running_platform(settings: Settings, store: Any = None) -> AsyncIterator[Platform]:
     """The services and the gateway in this process, as `dcp up` runs them, on `settings`' database."""
     assert settings.database_url is not None
-    async with platform.opened_pool(settings.database_url, settings) as pool:
-        await platform.migrate_all(pool)
-        signer = platform.identity_signer(settings, allow_generated=False)
-        suite = await platform.start_suite(settings, pool, signer, store=store)
+    async with opened_pool(settings.database_url, settings) as pool:
+        await migrate_all(pool)
+        signer = identity_signer(settings, allow_generated=False)
+        suite = await start_suite(settings, pool, signer, store=store)
         try:
             account = await suite.schema.credentials.create_account("outages")
             issued = await suite.schema.credentials.issue_token(account.id, TokenKind.CLASSIC)
@@ -465,8 +468,8 @@ def test_dcp_up_restarts_its_embedded_postgresql_when_it_dies(tmp_path: Path) ->
 
 async def test_a_service_the_gateway_cannot_reach_is_503_unavailable_with_retry_after() -> None:
     nobody = f"127.0.0.1:{free_port()}"
-    async with platform.grpc_channel(nobody) as channel:
-        gateway = await platform.start_gateway(Settings(http_port=0), GatewayClients.over(channel))
+    async with grpc_channel(nobody) as channel:
+        gateway = await start_gateway(Settings(http_port=0), GatewayClients.over(channel))
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30) as http:
                 sent = time.monotonic()

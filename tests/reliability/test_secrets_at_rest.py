@@ -21,10 +21,11 @@ import asyncpg
 import httpx
 import pytest
 
-from services import platform
 from services._runtime.settings import Settings
 from services.schema.keyfile import read_keys
 from services.schema.sealing import Keyring, SecretKeyUnknown, SecretsKey, SecretUnreadable, new_key, sealed_key_id
+from services.wiring.keys import SECRETS_KEY_FILE, identity_signer, with_secrets_key
+from services.wiring.suite import start_suite
 from tests.conftest import MakeAccount, TestAccount, empty_tables
 from tests.e2e.processes import DCP, base_env
 
@@ -67,7 +68,7 @@ def _key_id(key: str) -> str:
 @contextlib.asynccontextmanager
 async def _platform(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     """The services and gateway started anew on the same database: a restart, as far as the rows can tell."""
-    suite = await platform.start_suite(settings, pool, platform.identity_signer(settings, allow_generated=False))
+    suite = await start_suite(settings, pool, identity_signer(settings, allow_generated=False))
     try:
         async with httpx.AsyncClient(base_url=suite.http_url, timeout=30) as client:
             yield client
@@ -223,17 +224,17 @@ async def test_separate_processes_need_the_key_and_new_key_makes_one(database_ur
 
 def test_dcp_up_keeps_the_key_it_made_owner_only_and_reuses_it(tmp_path: Path) -> None:
     data_dir = tmp_path / "dcp"
-    first = platform.with_secrets_key(Settings(data_dir=data_dir), allow_generated=True)
-    path = data_dir / platform.SECRETS_KEY_FILE
+    first = with_secrets_key(Settings(data_dir=data_dir), allow_generated=True)
+    path = data_dir / SECRETS_KEY_FILE
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert read_keys(path) == [first.secrets_key]
-    assert platform.with_secrets_key(Settings(data_dir=data_dir), allow_generated=True) == first
+    assert with_secrets_key(Settings(data_dir=data_dir), allow_generated=True) == first
     # A configured key wins, and no file is made for it.
     configured = new_key()
     other_dir = tmp_path / "configured"
-    chosen = platform.with_secrets_key(Settings(data_dir=other_dir, secrets_key=configured), allow_generated=True)
+    chosen = with_secrets_key(Settings(data_dir=other_dir, secrets_key=configured), allow_generated=True)
     assert chosen.secrets_key == configured
-    assert not (other_dir / platform.SECRETS_KEY_FILE).exists()
+    assert not (other_dir / SECRETS_KEY_FILE).exists()
 
 
 async def test_rotating_the_data_dirs_key_keeps_the_old_one_behind_the_new(
@@ -246,7 +247,7 @@ async def test_rotating_the_data_dirs_key_keeps_the_old_one_behind_the_new(
 ) -> None:
     account = await make_account()
     service = await _new_service(http, account)
-    key_file = tmp_path / platform.SECRETS_KEY_FILE
+    key_file = tmp_path / SECRETS_KEY_FILE
     key_file.write_text((settings.secrets_key or "") + "\n")
     new = new_key()
     rotated = await asyncio.to_thread(
@@ -261,7 +262,7 @@ async def test_rotating_the_data_dirs_key_keeps_the_old_one_behind_the_new(
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
     assert sealed_key_id(await _stored(pool, service["id"])) == _key_id(new)
     # What `dcp up` reads at its next start opens the rows.
-    restarted = platform.with_secrets_key(replace(settings, secrets_key=None, data_dir=tmp_path), allow_generated=True)
+    restarted = with_secrets_key(replace(settings, secrets_key=None, data_dir=tmp_path), allow_generated=True)
     assert restarted.secrets_key == new
     assert restarted.secrets_previous_keys == (settings.secrets_key,)
     async with _platform(restarted, pool) as client:
