@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import grpc
@@ -90,22 +91,15 @@ class RemoteBatchMerger:
             # Updates are read while rows are written: a merge whose updates go unread would wait for them.
             answer = asyncio.create_task(_result(call, on_progress))
         try:
-            await call.write(
-                pb.MergeProfilesRequest(
-                    dcp_service_id=header.service_id,
-                    dcp_datasource_id=header.table_id,
-                    all_or_nothing=header.all_or_nothing,
-                    idempotency_key=header.idempotency_key,
-                    columns=header.columns,
-                    validate_only=header.validate_only,
-                )
-            )
+            await call.write(_header(header))
             async for chunk in chunks:
                 await call.write(_message(chunk))
             await call.done_writing()
             response = await answer
         except grpc.aio.AioRpcError as error:
             # A merge that failed for a reason of ours is tried again later, not failed for good.
+            if _lost_in_core(error):
+                error = await self._refusal(metadata, header) or error
             raise relayed(error, "profiles", otherwise=Unavailable) from None
         except BaseException:
             call.cancel()
@@ -122,6 +116,38 @@ class RemoteBatchMerger:
             errors=[RowError(e.row_number, e.field, e.message, e.value) for e in response.errors],
             already_applied=response.already_applied,
         )
+
+    async def _refusal(self, metadata: Any, header: BatchHeader) -> grpc.aio.AioRpcError | None:
+        """The service's refusal of this batch, asked again with its header alone and nothing to store.
+
+        A service that refuses a merge before reading all of it (no valid
+        identity, a column that is no attribute) ends the call while rows are
+        still on their way; gRPC's core then fails the next write with INTERNAL
+        and the refusal is lost. The same header, checked only, meets the same
+        refusal without racing any rows; None when it is accepted, so the first
+        failure was the transport's.
+        """
+        probe = replace(header, validate_only=True, all_or_nothing=False, idempotency_key="")
+        try:
+            await self._stub.MergeProfiles(iter([_header(probe)]), metadata=metadata)
+        except grpc.aio.AioRpcError as refusal:
+            return None if _lost_in_core(refusal) else refusal
+        return None
+
+
+def _header(header: BatchHeader) -> pb.MergeProfilesRequest:
+    return pb.MergeProfilesRequest(
+        dcp_service_id=header.service_id,
+        dcp_datasource_id=header.table_id,
+        all_or_nothing=header.all_or_nothing,
+        idempotency_key=header.idempotency_key,
+        columns=header.columns,
+        validate_only=header.validate_only,
+    )
+
+
+def _lost_in_core(error: grpc.aio.AioRpcError) -> bool:
+    return error.code() is grpc.StatusCode.INTERNAL and error.details() == "Internal error from Core"
 
 
 async def _result(call: Any, on_progress: ProgressReport) -> pb.MergeProfilesResponse:
