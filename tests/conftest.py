@@ -14,7 +14,6 @@ import asyncpg
 import grpc
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from services._runtime.db import create_pool
 from services._runtime.s3 import ObjectStore, open_store
@@ -26,6 +25,7 @@ from services.wiring.embedded_postgres import EmbeddedPostgres
 from services.wiring.keys import identity_signer
 from services.wiring.parts import SchemaParts
 from services.wiring.suite import start_suite
+from tests.servers import S3Process
 
 # One secrets key for every platform a test starts on the shared database: start-up opens every stored secret.
 TEST_SECRETS_KEY = new_key()
@@ -114,12 +114,15 @@ async def empty_tables(db: asyncpg.Pool) -> None:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """An S3 protocol server (moto's, accepting any key) on a free port, for the whole session."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    """An S3 protocol server (moto's, accepting any key) on a free port, for the whole session.
+
+    In a process of its own, as the platform meets S3: moto's own objects are
+    then never collected, and warned about, in the middle of another test.
+    """
+    server = S3Process()
     server.start()
-    host, port = server.get_host_and_port()
     try:
-        yield f"http://{host}:{port}"
+        yield server.url
     finally:
         server.stop()
 

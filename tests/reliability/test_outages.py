@@ -36,7 +36,8 @@ from services.wiring.keys import identity_signer
 from services.wiring.suite import Suite, start_suite
 from tests.conftest import TEST_SECRETS_KEY
 from tests.e2e.processes import Running, base_env
-from tests.reliability.pgcluster import PgCluster, S3Process, free_port
+from tests.reliability.pgcluster import PgCluster
+from tests.servers import S3Process, free_port
 
 V1 = "/experiment/v1"
 
