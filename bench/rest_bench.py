@@ -54,7 +54,7 @@ from bench.profiles_bench import (
     start_platform,
 )
 from bench.rest_floor import PATH as FLOOR_PATH
-from bench.rest_floor import server_flavour, start_rest_floor
+from bench.rest_floor import http_parser, server_flavour, start_rest_floor
 from bench.wrk import WrkReport, ensure_wrk, lua_quote, lua_script, run_wrk
 from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
@@ -415,7 +415,8 @@ async def main() -> None:
         f" process, {options.connections} calls in flight"
     )
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    print(f"REST floor: uvicorn with {server_flavour()}")
+    # dcp up runs the gateway on the standard asyncio loop, and uvicorn picks its parser.
+    print(f"REST floor: uvicorn on {server_flavour()}; gateway (dcp up): uvicorn on asyncio + {http_parser()}")
     print_table(list(figures.values()), checks(figures))
 
 

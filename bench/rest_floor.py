@@ -45,11 +45,14 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def http_parser() -> str:
+    """The parser uvicorn picks by itself (http="auto"), as the gateway's does."""
+    return "httptools" if has_module("httptools") else "h11"
+
+
 def server_flavour() -> str:
-    """How uvicorn serves here: the event loop and the HTTP parser."""
-    loop = "uvloop" if has_module("uvloop") else "asyncio"
-    http = "httptools" if has_module("httptools") else "h11"
-    return f"{loop} + {http}"
+    """How the floor is served: the event loop and the HTTP parser."""
+    return f"{'uvloop' if has_module('uvloop') else 'asyncio'} + {http_parser()}"
 
 
 def create_app(grpc_address: str, token: str) -> Starlette:
@@ -89,7 +92,7 @@ async def serve(grpc_address: str, token: str) -> None:
         create_app(grpc_address, token),
         log_level="warning",
         access_log=False,
-        http="httptools" if has_module("httptools") else "h11",
+        http=http_parser(),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
