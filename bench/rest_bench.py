@@ -175,10 +175,10 @@ def checks(figures: dict[str, Measured]) -> list[Check]:
 
 
 def print_table(measured: Sequence[Measured], found: Sequence[Check]) -> None:
-    print(f"\n{'endpoint':<52} {'client':<12} {'req/s':>9} {'p50':>9} {'p99':>9}  problems")
+    print(f"\n{'endpoint':<52} {'client':<14} {'req/s':>9} {'p50':>9} {'p99':>9}  problems")
     for m in measured:
         print(
-            f"{m.name:<52} {m.client:<12} {m.rate:>9,.0f} {m.p50_ms:>6.1f} ms {m.p99_ms:>6.1f} ms  {m.problems or '-'}"
+            f"{m.name:<52} {m.client:<14} {m.rate:>9,.0f} {m.p50_ms:>6.1f} ms {m.p99_ms:>6.1f} ms  {m.problems or '-'}"
         )
     print(f"\n{'check':<46} {'figure':>13}  {'baseline (same run)':<26} {'ratio':>6}  {'target':<15} verdict")
     for check in found:
