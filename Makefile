@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+comma := ,
 
 .PHONY: install up test lint protos bench clean deploy-check browser console-screenshots
 
@@ -44,10 +45,15 @@ browser:
 console-screenshots: install browser
 	DCP_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest tests/console -q -p no:cacheprovider
 
-bench: install
+$(BIN)/.installed-bench: pyproject.toml
+	$(call venv_with,dev$(comma)bench)
+
+# The REST bench drives the gateway with wrk, installed from the distribution when missing.
+bench: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.profiles_bench
 	$(BIN)/python -m bench.import_bench
 	$(BIN)/python -m bench.audience_bench
+	$(BIN)/python -m bench.rest_bench
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py

@@ -27,11 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -155,7 +156,18 @@ def start_platform(
     if not (rest and grpc_address and token):
         process.kill()
         raise SystemExit("dcp up did not start")
+    pass_on_output(process.stdout, "dcp up")
     return process, rest, grpc_address, token
+
+
+def pass_on_output(stream: IO[str], prefix: str) -> None:
+    """Echoes what a started process says from now on, so a full pipe never stalls it."""
+
+    def echo() -> None:
+        for line in stream:
+            print(f"{prefix}: {line.rstrip()}", flush=True)
+
+    threading.Thread(target=echo, daemon=True).start()
 
 
 async def build_schema(http: httpx.AsyncClient) -> tuple[int, list[int], dict[int, list[int]]]:
