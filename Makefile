@@ -44,10 +44,15 @@ browser:
 console-screenshots: install browser
 	DCP_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest tests/console -q -p no:cacheprovider
 
-bench: install
+comma := ,
+$(BIN)/.installed-bench: pyproject.toml
+	$(call venv_with,dev$(comma)bench)
+
+bench: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.profiles_bench
 	$(BIN)/python -m bench.import_bench
 	$(BIN)/python -m bench.audience_bench
+	$(BIN)/python -m bench.engine_bench
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
