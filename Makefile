@@ -53,6 +53,7 @@ bench: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.profiles_bench
 	$(BIN)/python -m bench.import_bench
 	$(BIN)/python -m bench.audience_bench
+	$(BIN)/python -m bench.engine_bench
 	$(BIN)/python -m bench.rest_bench
 
 protos: install

@@ -676,3 +676,42 @@ def test_now_may_be_given_in_any_zone_but_must_be_aware() -> None:
     assert holds(node, profiles, now=NOW.astimezone(timezone(timedelta(hours=-5))))
     with pytest.raises(ValueError, match="timezone-aware"):
         holds(node, profiles, now=NOW.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a' or True or '", 'b" or True or "', "x)\nreturn True\n(", "{held[0]}", "\\'", "ǅ", "__import__('os')"],
+)
+def test_condition_values_are_compared_as_data_whatever_they_spell(value: str) -> None:
+    assert check(leaf(STRING, "exact", value), stored(STRING, value)) is True
+    assert check(leaf(STRING, "exact", value), stored(STRING, value + " ")) is False
+    assert check(leaf(STRING, "in", [value, "other"]), stored(STRING, value)) is True
+    assert check(leaf(STRING, "substring", "or True"), stored(STRING, value)) is ("or True" in value)
+
+
+def test_the_largest_allowed_tree_is_evaluated() -> None:
+    # MAX_DEPTH levels cycling through and / or / not, the conditions spread over the and / or levels.
+    operators = [("and", "or", "not")[level % 3] for level in range(MAX_DEPTH)]
+    takers = [level for level, operator in enumerate(operators) if operator != "not"]
+    thresholds = iter(range(MAX_LEAVES))
+    tree: list[Any] | None = None
+    for level in reversed(range(MAX_DEPTH)):
+        if operators[level] == "not":
+            tree = ["not", tree]
+            continue
+        count = MAX_LEAVES // len(takers) + (level == takers[0]) * (MAX_LEAVES % len(takers))
+        conditions = [leaf(LONG, "ge", next(thresholds) % 21) for _ in range(count)]
+        tree = [operators[level], *conditions, *([tree] if tree else [])]
+    assert tree is not None
+    node = parse(tree)
+
+    def expected(document: list[Any], value: int) -> bool:
+        operator, *operands = document
+        results = [expected(o, value) if isinstance(o, list) else value >= o["value"] for o in operands]
+        return (not results[0]) if operator == "not" else all(results) if operator == "and" else any(results)
+
+    for value in range(22):
+        profiles = stored(LONG, value)
+        outcome = evaluate(node, profiles, now=NOW)
+        assert outcome.matched is holds(node, profiles, now=NOW) is expected(tree, value), value
+        assert len(outcome.leaves) == MAX_LEAVES
