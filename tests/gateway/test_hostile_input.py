@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 import time
 from typing import Any
 
@@ -270,3 +271,26 @@ async def test_a_table_wider_than_postgresqls_1664_columns_exports(world: World,
     )
     lines = (await _export(world, table, "jsonl")).splitlines()
     assert [orjson.loads(line) for line in lines] == [{"customerId": "c1", "data": data}]
+
+
+# Callers that go away
+
+
+async def test_a_caller_gone_before_its_body_arrived_is_no_error_of_the_gateway(
+    world: World, running: RunningPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = httpx.URL(running.http_url)
+    token = world.account.headers["Token"]
+    for _ in range(3):
+        _, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(
+            f"POST {V1}/projects HTTP/1.1\r\nHost: {url.host}\r\nToken: {token}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"project_name": '.encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.sleep(0.3)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+    assert (await world.call("GET", "/api/whoami")).status_code == 200
