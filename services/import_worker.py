@@ -25,7 +25,7 @@ from services._runtime.s3 import open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import S3Settings, Settings
 from services._runtime.supervisor import ChildProcess
-from services.imports.processing import BatchMerger
+from services.domain.batches import BatchMerger
 from services.imports.worker import ImportWorker
 from services.profiles import repository as profiles_repository
 from services.profiles.links import PublishedLinks

@@ -12,9 +12,10 @@ import collections
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from services._runtime.errors import FailedPrecondition, InvalidArgument
+from services._runtime.identity import Identity
 from services.domain.catalog import ServiceSnapshot, TableInfo
 from services.domain.customer_ids import customer_id_problem, customer_id_problems
 from services.domain.datatypes import AttributeSpec
@@ -147,6 +148,19 @@ def refuse_archived(service: ServiceSnapshot, table: TableInfo) -> None:
         raise FailedPrecondition(
             f"table {table.id} is archived; its profiles can no longer be written", reason="RESOURCE_ARCHIVED"
         )
+
+
+class BatchMerger(Protocol):
+    """A batch merge of the profiles service, whether reached over gRPC, in this process, or only checked."""
+
+    async def merge_stream(
+        self,
+        identity: Identity,
+        header: BatchHeader,
+        chunks: AsyncIterator[BatchChunk],
+        *,
+        on_progress: ProgressReport | None = None,
+    ) -> BatchResult: ...
 
 
 def column_problems(table: TableInfo, names: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from services._runtime.errors import DcpError, FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import CredentialKind, Identity, Scope
@@ -22,9 +21,9 @@ from services._runtime.settings import ImportSettings
 from services.domain.batches import (
     BatchChunk,
     BatchHeader,
+    BatchMerger,
     BatchProgress,
     BatchResult,
-    ProgressReport,
     RowError,
     TextRows,
     column_problems,
@@ -111,19 +110,6 @@ class Progress:
 
     def merge_reported(self, progress: BatchProgress) -> None:
         self.merged = progress
-
-
-class BatchMerger(Protocol):
-    """The profiles batch merge, wherever the profiles service runs (see `services.profiles.client`)."""
-
-    async def merge_stream(
-        self,
-        identity: Identity,
-        header: BatchHeader,
-        chunks: AsyncIterator[BatchChunk],
-        *,
-        on_progress: ProgressReport | None = None,
-    ) -> BatchResult: ...
 
 
 class Importer:

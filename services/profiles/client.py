@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
@@ -16,7 +16,15 @@ from services._runtime.errors import Unavailable
 from services._runtime.identity import AssertionSigner, Identity, Scope, caller
 from services._runtime.interceptors import outgoing_metadata
 from services._runtime.local_calls import LocalCalls, Sent
-from services.domain.batches import BatchChunk, BatchHeader, BatchProgress, BatchResult, ProgressReport, RowError
+from services.domain.batches import (
+    BatchChunk,
+    BatchHeader,
+    BatchMerger,
+    BatchProgress,
+    BatchResult,
+    ProgressReport,
+    RowError,
+)
 
 
 def value_from_proto(value: pb.Value) -> Any:
@@ -161,19 +169,6 @@ async def _result(call: Any, on_progress: ProgressReport) -> pb.MergeProfilesRes
     raise Unavailable("the profiles service ended a merge without its result; retry later")
 
 
-class BatchMerge(Protocol):
-    """The profiles domain's batch merge, as the profiles service runs it for a verified caller."""
-
-    async def merge_stream(
-        self,
-        identity: Identity,
-        header: BatchHeader,
-        chunks: AsyncIterator[BatchChunk],
-        *,
-        on_progress: ProgressReport | None = None,
-    ) -> BatchResult: ...
-
-
 class LocalBatchMerger:
     """The batch merge of the profiles service in this process.
 
@@ -182,7 +177,7 @@ class LocalBatchMerger:
     logs, trace and errors.
     """
 
-    def __init__(self, profiles: BatchMerge, calls: LocalCalls) -> None:
+    def __init__(self, profiles: BatchMerger, calls: LocalCalls) -> None:
         self._profiles = profiles
         self._calls = calls
 

@@ -19,10 +19,11 @@ from services._runtime.local_calls import LocalCalls
 from services._runtime.s3 import ObjectStore
 from services._runtime.server import ServiceBinding
 from services._runtime.settings import Settings
+from services.domain.batches import BatchMerger
 from services.imports import repository as imports_repository
 from services.imports.checking import FileChecker
 from services.imports.intake import Intake
-from services.imports.processing import BatchMerger, Importer
+from services.imports.processing import Importer
 from services.imports.uploads import TableDirectory, UploadHistory
 from services.imports.worker import ImportWorker
 from services.profiles import repository as profiles_repository

@@ -20,8 +20,7 @@ from services._runtime.auth import CallerResolver
 from services._runtime.errors import DcpError, InvalidArgument, PermissionDenied, Unauthenticated
 from services._runtime.identity import AssertionSigner, CredentialKind, Identity, Scope
 from services._runtime.settings import Settings
-from services.domain.batches import BatchChunk, BatchHeader, BatchProgress, BatchResult, TextRows
-from services.imports.processing import BatchMerger
+from services.domain.batches import BatchChunk, BatchHeader, BatchMerger, BatchProgress, BatchResult, TextRows
 from services.profiles.links import PublishedLinks
 from services.profiles.profiles import Profiles
 from services.profiles.repository import ProfilesRepository
