@@ -24,7 +24,7 @@ from dcp.profiles.v1 import profiles_service_pb2_grpc
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway import openapi
 from gateway.audiences_api import AudiencesApi
-from gateway.auth import Metadata, authenticate, request_id_of
+from gateway.auth import Authenticator, Metadata, request_id_of
 from gateway.bodies import read_json, truncated
 from gateway.config_api import ConfigApi, Endpoint, check_path
 from gateway.console_files import ConsoleStore
@@ -33,7 +33,7 @@ from gateway.errors import RETRY_AFTER_SECONDS, ApiError, from_rpc_error
 from gateway.imports_api import ImportsApi
 from gateway.openapi import TEXT, DocumentedRoute, Header, Operation, Reply, record
 from gateway.profile_api import ProfileApi
-from gateway.ratelimit import Allowance, RateLimiter, account_of
+from gateway.ratelimit import Allowance, RateLimiter
 from services._runtime import metrics
 from services._runtime.interceptors import request_id
 
@@ -243,19 +243,21 @@ def create_app(
     serve_metrics: bool = True,
     console: ConsoleStore | None = None,
 ) -> Starlette:
+    authenticator = Authenticator(clients.auth)
+
     def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             rid = request_id_of(request)
             token = request_id.set(rid)
             allowance: Allowance | None = None
             try:
-                metadata = await authenticate(request, clients.auth, rid)
+                caller = await authenticator.caller(request, rid)
                 if limiter is not None:
-                    allowance = await limiter.take(account_of(metadata))
+                    allowance = await limiter.take(caller.account_id)
                     if allowance is not None and not allowance.allowed:
                         raise allowance.refusal()
                 check_path(request)
-                response = await endpoint(request, _Call(request, metadata, max_body_bytes))
+                response = await endpoint(request, _Call(request, caller.metadata, max_body_bytes))
             except ApiError as error:
                 response = error.response()
             except ClientDisconnect:

@@ -1,6 +1,21 @@
-"""Authenticating a REST request once, at the edge."""
+"""Authenticating a REST request once, at the edge.
+
+A token verified by the AuthService is reused by this gateway process for at
+most `REUSE_SECONDS`, so that a client's steady stream of requests costs one
+verification a second instead of one each. That bound is the promise about
+revocation: a revoked token stops working on every gateway within it. The
+reuse never outlasts what the AuthService says the answer is good for (an
+OAuth 2.0 access token's expiry, the assertion's own), and refusals are never
+reused: a token issued a moment ago works at once.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -13,31 +28,109 @@ from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, safe_request
 
 Metadata = tuple[tuple[str, str], ...]
 
+REUSE_SECONDS = 1.0
+"""How long a verified token is reused: a revoked token stops working on every gateway within this."""
+_REUSED_TOKENS_LIMIT = 10_000
+
 
 def request_id_of(request: Request) -> str:
     """The caller's X-Request-Id when it is safe to pass on (see `safe_request_id`), else a fresh one."""
     return safe_request_id(request.headers.get("x-request-id"))
 
 
-async def authenticate(
-    request: Request, auth: schema_service_pb2_grpc.AuthServiceAsyncStub, request_id: str
-) -> Metadata:
-    """gRPC metadata carrying the caller's signed identity and the request id.
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated request's caller: its account, and the metadata every RPC made for it carries."""
 
-    Raises ApiError 401 without usable credentials; the AuthService's own
-    errors (revoked, personal token) travel as RPC errors.
-    """
-    try:
-        token = token_from_headers(list(request.headers.items()))
-    except Unauthenticated as error:
-        raise ApiError(401, error.message, code="UNAUTHENTICATED") from None
-    if token is None:
-        raise ApiError(
-            401,
-            "no credentials: send 'Token: <classic token>' or 'Authorization: Bearer <token>'",
-            code="UNAUTHENTICATED",
+    account_id: int
+    metadata: Metadata
+
+
+@dataclass(frozen=True)
+class _Verified:
+    account_id: int
+    assertion: str
+    reusable_until: float
+    """On the monotonic clock."""
+
+
+class Authenticator:
+    """Turns a request's credentials into a `Caller`, asking the AuthService at most once a second per token."""
+
+    def __init__(
+        self,
+        auth: schema_service_pb2_grpc.AuthServiceAsyncStub,
+        *,
+        reuse_seconds: float = REUSE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._auth = auth
+        self._reuse_seconds = reuse_seconds
+        self._clock = clock
+        # Keyed by the token's digest, so that this process's memory holds no usable token.
+        self._verified: dict[bytes, _Verified] = {}
+        self._asking: dict[bytes, asyncio.Future[_Verified]] = {}
+
+    async def caller(self, request: Request, request_id: str) -> Caller:
+        """Raises ApiError 401 without usable credentials; the AuthService's own
+        errors (unknown, revoked, personal token) travel as RPC errors."""
+        try:
+            token = token_from_headers(request.headers.items())
+        except Unauthenticated as error:
+            raise ApiError(401, error.message, code="UNAUTHENTICATED") from None
+        if token is None:
+            raise ApiError(
+                401,
+                "no credentials: send 'Token: <classic token>' or 'Authorization: Bearer <token>'",
+                code="UNAUTHENTICATED",
+            )
+        verified = await self._verify(token, request_id)
+        return Caller(
+            verified.account_id,
+            ((IDENTITY_METADATA_KEY, verified.assertion), (REQUEST_ID_METADATA_KEY, request_id)),
         )
-    response = await auth.Authenticate(
-        schema_service_pb2.AuthenticateRequest(token=token), metadata=((REQUEST_ID_METADATA_KEY, request_id),)
-    )
-    return ((IDENTITY_METADATA_KEY, response.assertion), (REQUEST_ID_METADATA_KEY, request_id))
+
+    async def _verify(self, token: str, request_id: str) -> _Verified:
+        key = hashlib.sha256(token.encode()).digest()
+        verified = self._verified.get(key)
+        if verified is not None and verified.reusable_until > self._clock():
+            return verified
+        asking = self._asking.get(key)
+        if asking is None:
+            # Requests of one token that arrive together share one question.
+            asking = asyncio.ensure_future(self._ask(key, token, request_id))
+            self._asking[key] = asking
+            asking.add_done_callback(lambda done: self._asked(key, done))
+        return await asyncio.shield(asking)
+
+    def _asked(self, key: bytes, done: asyncio.Future[_Verified]) -> None:
+        self._asking.pop(key, None)
+        if not done.cancelled():
+            # Retrieved here, so that a refusal nobody waits for any more (its callers left) is not logged as lost.
+            done.exception()
+
+    async def _ask(self, key: bytes, token: str, request_id: str) -> _Verified:
+        asked_at = self._clock()
+        response = await self._auth.Authenticate(
+            schema_service_pb2.AuthenticateRequest(token=token), metadata=((REQUEST_ID_METADATA_KEY, request_id),)
+        )
+        # Counted from before the question: the answer may already be that old.
+        valid_for = response.valid_for.ToTimedelta().total_seconds()
+        verified = _Verified(
+            account_id=response.identity.account_id,
+            assertion=response.assertion,
+            reusable_until=asked_at + min(self._reuse_seconds, valid_for),
+        )
+        if len(self._verified) >= _REUSED_TOKENS_LIMIT:
+            self._drop_stale()
+        self._verified[key] = verified
+        return verified
+
+    def _drop_stale(self) -> None:
+        now = self._clock()
+        for key in [key for key, verified in self._verified.items() if verified.reusable_until <= now]:
+            del self._verified[key]
+        if len(self._verified) >= _REUSED_TOKENS_LIMIT:
+            # More live tokens than the limit: the oldest half is verified again when next seen.
+            for key in list(self._verified)[: _REUSED_TOKENS_LIMIT // 2]:
+                del self._verified[key]

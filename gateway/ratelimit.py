@@ -16,15 +16,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-import jwt
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.auth import Metadata
 from gateway.errors import ApiError
-from services._runtime.identity import IDENTITY_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +108,6 @@ def _gcra(tat: int, now: int, interval: int, capacity: int) -> tuple[Allowance, 
 class RateLimiter(Protocol):
     async def take(self, account_id: int) -> Allowance | None:
         """Counts one request of the account; None when the limit cannot be told (the request is served)."""
-
-
-def account_of(metadata: Metadata) -> int:
-    """The account of an authenticated request, read from its identity assertion.
-
-    The assertion came from the AuthService over the gateway's own channel, and
-    every service verifies its signature, so the gateway (which does not hold
-    the identity key) reads it without verifying.
-    """
-    assertion = dict(metadata)[IDENTITY_METADATA_KEY]
-    claims = jwt.decode(assertion, options={"verify_signature": False})
-    return int(claims["acc"])
 
 
 class LocalRateLimiter:

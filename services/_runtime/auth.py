@@ -9,7 +9,8 @@ raw credentials of an internal caller.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
@@ -39,7 +40,7 @@ def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and token.startswith("eyJ")
 
 
-def token_from_headers(headers: Sequence[tuple[str, str]]) -> str | None:
+def token_from_headers(headers: Iterable[tuple[str, str]]) -> str | None:
     """The credential of `Token: ...` or `Authorization: Bearer ...`, if any."""
     for key, value in headers:
         name = key.lower()
@@ -51,6 +52,16 @@ def token_from_headers(headers: Sequence[tuple[str, str]]) -> str | None:
                 return credential.strip()
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
     return None
+
+
+@dataclass(frozen=True)
+class VerifiedAccessToken:
+    """What a valid OAuth 2.0 access token says, and until when (its "exp", seconds since the epoch)."""
+
+    account_id: int
+    scopes: frozenset[Scope]
+    subject: str
+    expires_at: float
 
 
 class OAuthVerifier:
@@ -71,7 +82,7 @@ class OAuthVerifier:
             return (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
         return self._public_key
 
-    async def verify(self, token: str) -> tuple[int, frozenset[Scope], str]:
+    async def verify(self, token: str) -> VerifiedAccessToken:
         if not self._settings.enabled:
             raise Unauthenticated("OAuth 2.0 access tokens are not configured on this server")
         try:
@@ -105,7 +116,12 @@ class OAuthVerifier:
                 f"nor {self._settings.write_scope!r}",
                 reason="INSUFFICIENT_SCOPE",
             )
-        return account_id, frozenset(scopes), str(claims.get("sub", ""))
+        return VerifiedAccessToken(
+            account_id=account_id,
+            scopes=frozenset(scopes),
+            subject=str(claims.get("sub", "")),
+            expires_at=float(claims["exp"]),
+        )
 
 
 ACCOUNT_ID_MAX = 2**63 - 1
@@ -157,6 +173,7 @@ __all__ = [
     "CredentialKind",
     "Identity",
     "OAuthVerifier",
+    "VerifiedAccessToken",
     "looks_like_jwt",
     "token_from_headers",
 ]

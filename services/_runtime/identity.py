@@ -66,6 +66,13 @@ def internal_identity(subject: str) -> Identity:
     )
 
 
+@dataclass(frozen=True)
+class SignedAssertion:
+    assertion: str
+    expires_at: float
+    """Seconds since the epoch."""
+
+
 class AssertionSigner:
     """Signs and verifies identity assertions with a key shared by the services."""
 
@@ -77,7 +84,7 @@ class AssertionSigner:
         # A caller repeats its assertion on every call until it expires; checking
         # the signature once per assertion takes HMAC work off the hot path.
         self._verified: dict[str, tuple[Identity, float]] = {}
-        self._signed: dict[Identity, tuple[str, float]] = {}
+        self._signed: dict[Identity, tuple[SignedAssertion, float]] = {}
 
     def sign(self, identity: Identity) -> str:
         now = int(time.time())
@@ -95,15 +102,19 @@ class AssertionSigner:
 
     def sign_cached(self, identity: Identity) -> str:
         """An assertion for `identity`, reused while it has most of its life left."""
+        return self.signed_cached(identity).assertion
+
+    def signed_cached(self, identity: Identity) -> SignedAssertion:
+        """`sign_cached` with the moment its assertion expires."""
         cached = self._signed.get(identity)
         now = time.time()
         if cached is not None and cached[1] > now:
             return cached[0]
         if len(self._signed) >= _CACHE_LIMIT:
             self._signed.clear()
-        assertion = self.sign(identity)
-        self._signed[identity] = (assertion, now + self._ttl / 2)
-        return assertion
+        signed = SignedAssertion(self.sign(identity), expires_at=int(now) + self._ttl)
+        self._signed[identity] = (signed, now + self._ttl / 2)
+        return signed
 
     def verify(self, assertion: str) -> Identity:
         cached = self._verified.get(assertion)

@@ -30,6 +30,14 @@ class IssuedToken:
     secret: str
 
 
+@dataclass(frozen=True)
+class VerifiedCredential:
+    identity: Identity
+    expires_at: float | None
+    """When the credential stops holding by itself (an OAuth token's "exp", seconds since the epoch);
+    None for a classic token, which holds until it is revoked."""
+
+
 class Credentials:
     def __init__(self, repository: SchemaRepository, oauth: OAuthVerifier) -> None:
         self._repo = repository
@@ -77,10 +85,14 @@ class Credentials:
 
     async def authenticate(self, presented: str) -> Identity:
         """Verifies a classic token or an OAuth 2.0 access token."""
+        return (await self.verify(presented)).identity
+
+    async def verify(self, presented: str) -> VerifiedCredential:
+        """`authenticate`, and until when the credential itself holds."""
         if not presented:
             raise Unauthenticated("no token was sent")
         if looks_like_jwt(presented):
-            return await self._authenticate_oauth(presented)
+            return await self._verify_oauth(presented)
         secret, _, token_id = presented.rpartition(":")
         if not secret or not token_id.isdigit():
             raise Unauthenticated("the token is not valid")
@@ -91,20 +103,25 @@ class Credentials:
             raise PermissionDenied("the token was revoked", reason="TOKEN_REVOKED")
         if token.kind is TokenKind.PERSONAL:
             raise PermissionDenied(PERSONAL_TOKEN_MESSAGE, reason="PERSONAL_TOKEN_REFUSED")
-        return Identity(
+        identity = Identity(
             account_id=token.account_id,
             scopes=frozenset({Scope.READ, Scope.WRITE}),
             credential_kind=CredentialKind.CLASSIC,
             subject=f"token:{token.id}",
         )
+        return VerifiedCredential(identity, expires_at=None)
 
-    async def _authenticate_oauth(self, presented: str) -> Identity:
-        account_id, scopes, subject = await self._oauth.verify(presented)
-        if await self._repo.get_account(account_id) is None:
+    async def _verify_oauth(self, presented: str) -> VerifiedCredential:
+        claims = await self._oauth.verify(presented)
+        if await self._repo.get_account(claims.account_id) is None:
             raise Unauthenticated("the OAuth access token names an account that does not exist")
-        return Identity(
-            account_id=account_id, scopes=scopes, credential_kind=CredentialKind.OAUTH, subject=f"oauth:{subject}"
+        identity = Identity(
+            account_id=claims.account_id,
+            scopes=claims.scopes,
+            credential_kind=CredentialKind.OAUTH,
+            subject=f"oauth:{claims.subject}",
         )
+        return VerifiedCredential(identity, expires_at=claims.expires_at)
 
 
 def parse_token_kind(value: str) -> TokenKind:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable
+from datetime import timedelta
 
 import orjson
-from google.protobuf import empty_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, empty_pb2, field_mask_pb2
 
 from dcp.common.v1 import identity_pb2
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
@@ -426,9 +428,14 @@ class AuthServicer(schema_service_pb2_grpc.AuthServiceServicer):
     async def Authenticate(
         self, request: schema_service_pb2.AuthenticateRequest, context: Context
     ) -> schema_service_pb2.AuthenticateResponse:
-        identity = await self._credentials.authenticate(request.token)
+        verified = await self._credentials.verify(request.token)
+        # Reusing a recent assertion lets each service's verification cache answer for it.
+        signed = self._signer.signed_cached(verified.identity)
+        expires_at = min(signed.expires_at, verified.expires_at or signed.expires_at)
+        valid_for = duration_pb2.Duration()
+        valid_for.FromTimedelta(timedelta(seconds=max(0.0, expires_at - time.time())))
         return schema_service_pb2.AuthenticateResponse(
-            identity=convert.identity_to_proto(identity), assertion=self._signer.sign(identity)
+            identity=convert.identity_to_proto(verified.identity), assertion=signed.assertion, valid_for=valid_for
         )
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from gateway.auth import REUSE_SECONDS
 from tests.e2e.processes import DCP, Running, base_env
 
 
@@ -57,6 +59,8 @@ def test_dcp_up_runs_on_the_embedded_database_and_keeps_its_data(data_dir: Path)
             assert http.get("/experiment/v1/dcp_services", headers={"Token": second_token}).status_code == 200
             revoked = _cli(data_dir, "tokens", "revoke", second_token.rsplit(":", 1)[1])
             assert revoked.returncode == 0, revoked.stderr
+            # The gateway may reuse its answer about the token for this long, and no longer.
+            time.sleep(REUSE_SECONDS)
             refused = http.get("/experiment/v1/dcp_services", headers={"Token": second_token})
             assert refused.status_code == 403
             assert refused.json()["code"] == "TOKEN_REVOKED"

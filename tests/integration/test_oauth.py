@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -270,3 +271,27 @@ async def test_a_read_only_token_may_count_and_evaluate_an_unsaved_audience(
             f"/experiment/v1/projects/{project['id']}/audiences", json={"name": "a"}, headers=reader
         )
         assert saving.status_code == 403
+
+
+async def test_an_access_token_stops_working_when_it_expires_though_the_gateway_just_reused_it(
+    settings: Settings, pool: asyncpg.Pool, issuer: Issuer, jwks_url: str
+) -> None:
+    configured = settings.with_overrides(
+        oauth=OAuthSettings(issuer=ISSUER, audience=AUDIENCE, jwks_url=jwks_url, leeway_seconds=0)
+    )
+    suite = await start_suite(configured, pool, identity_signer(configured, allow_generated=False))
+    try:
+        account = (await suite.schema.credentials.create_account("expiring")).id
+        expires_at = int(time.time()) + 2
+        headers = {"Authorization": f"Bearer {issuer.token(account_id=account, exp=expires_at)}"}
+        async with httpx.AsyncClient(base_url=suite.http_url, headers=headers) as http:
+            # Requests right up to the expiry: a gateway reusing its answer for a full second
+            # after the last of them would still be serving the token after it expired.
+            while time.time() < expires_at - 0.2:
+                assert (await http.get("/api/whoami")).status_code == 200
+            await asyncio.sleep(expires_at - time.time() + 0.05)
+            expired = await http.get("/api/whoami")
+        assert expired.status_code == 401, expired.text
+        assert "expired" in expired.json()["message"]
+    finally:
+        await suite.stop(1)

@@ -125,8 +125,8 @@ async def test_oauth_tokens_never_grant_the_internal_scope(
     expected: set[Scope],
 ) -> None:
     verifier = _verifier(issuer_key, tmp_path, **settings)
-    account_id, scopes, _ = await verifier.verify(_access_token(issuer_key, **claims))
-    assert (account_id, scopes) == (4, frozenset(expected))
+    verified = await verifier.verify(_access_token(issuer_key, **claims))
+    assert (verified.account_id, verified.scopes) == (4, frozenset(expected))
 
 
 async def test_an_oauth_token_asking_only_for_internal_is_refused(

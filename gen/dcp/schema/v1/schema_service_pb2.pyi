@@ -7,6 +7,7 @@ from collections import abc as _abc
 from dcp.common.v1 import identity_pb2 as _identity_pb2
 from dcp.schema.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -62,19 +63,29 @@ class AuthenticateResponse(_message.Message):
 
     IDENTITY_FIELD_NUMBER: _builtins.int
     ASSERTION_FIELD_NUMBER: _builtins.int
+    VALID_FOR_FIELD_NUMBER: _builtins.int
     assertion: _builtins.str
     """Signed assertion of the identity; valid for a short time."""
     @_builtins.property
     def identity(self) -> _identity_pb2.CallerIdentity: ...
+    @_builtins.property
+    def valid_for(self) -> _duration_pb2.Duration:
+        """How much longer both the credential and the assertion hold: the time to
+        the assertion's expiry or, for an OAuth 2.0 access token, to its "exp"
+        claim, whichever comes first. A caller that reuses the answer (the REST
+        gateway, for at most a second) never reuses it beyond this.
+        """
+
     def __init__(
         self,
         *,
         identity: _identity_pb2.CallerIdentity | None = ...,
         assertion: _builtins.str = ...,
+        valid_for: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "valid_for", b"valid_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assertion", b"assertion", "identity", b"identity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assertion", b"assertion", "identity", b"identity", "valid_for", b"valid_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
