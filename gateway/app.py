@@ -241,6 +241,7 @@ def create_app(
     max_body_bytes: int = 1024 * 1024,
     limiter: RateLimiter | None = None,
     serve_metrics: bool = True,
+    metrics_endpoint: Callable[[Request], Awaitable[Response]] | None = None,
     console: ConsoleStore | None = None,
 ) -> Starlette:
     authenticator = Authenticator(clients.auth)
@@ -325,7 +326,8 @@ def create_app(
     if serve_metrics:
         # Prometheus scrapes without credentials; in `dcp up` this covers every service.
         # With a metrics port of its own, the public port does not show them.
-        routes.append(Route("/metrics", metrics.endpoint))
+        # `metrics_endpoint`, when given, shows the counts of every serving process of the platform.
+        routes.append(Route("/metrics", metrics_endpoint or metrics.endpoint))
     return Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error},

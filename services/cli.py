@@ -22,7 +22,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from services._runtime import extras
 from services._runtime.errors import DcpError
 from services._runtime.ports import EMBEDDED_S3, GRPC, REST_GATEWAY, PortUnavailable, check_ports
-from services._runtime.settings import Settings
+from services._runtime.settings import DEFAULT_MAX_PROCESSES, MAX_PROCESSES, Settings
 
 DISTRIBUTION = "open-dcp"
 # What `dcp serve` runs, one per process (Kubernetes).
@@ -56,6 +56,16 @@ def _batch_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _processes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_PROCESSES}, got {value}")
     return value
 
 
@@ -111,12 +121,13 @@ def parser() -> argparse.ArgumentParser:
     up = _command(
         commands,
         "up",
-        "run every service and the gateway in one process",
-        "Runs the whole platform in one process: every service, the REST gateway and the\n"
-        "console, with an embedded PostgreSQL in the data dir (unless DCP_DATABASE_URL is\n"
-        "set) and an embedded S3 server (unless DCP_S3_ENDPOINT_URL is set). The first start\n"
-        "makes the data dir, an account 'default' and its first token. A port of 0 picks a free\n"
-        "one; the start-up lines say which. Ctrl-C or SIGTERM stops it.",
+        "run every service and the gateway with one command",
+        "Runs the whole platform: every service, the REST gateway and the console, with an\n"
+        "embedded PostgreSQL in the data dir (unless DCP_DATABASE_URL is set) and an embedded\n"
+        "S3 server (unless DCP_S3_ENDPOINT_URL is set). Each serving process runs all of them,\n"
+        "one per core by default, sharing the same ports. The first start makes the data dir,\n"
+        "an account 'default' and its first token. A port of 0 picks a free one; the start-up\n"
+        "lines say which. Ctrl-C or SIGTERM stops it.",
         "  dcp up --data-dir /srv/dcp --http-port 8080",
     )
     _with_data_dir(up, admin=False)
@@ -132,6 +143,13 @@ def parser() -> argparse.ArgumentParser:
         type=_port,
         metavar="PORT",
         help="embedded S3 server port (default: DCP_S3_EMBEDDED_PORT, or 9000); unused with DCP_S3_ENDPOINT_URL",
+    )
+    up.add_argument(
+        "--processes",
+        type=_processes,
+        metavar="N",
+        help="serving processes sharing the ports (default: DCP_PROCESSES, else one per usable core,"
+        f" at most {DEFAULT_MAX_PROCESSES}); 1 serves everything in this process",
     )
 
     serve = _command(
@@ -153,6 +171,17 @@ def parser() -> argparse.ArgumentParser:
         "process and stop it with them; it is not meant to be run by hand.",
         "  dcp import-worker   # as `dcp up` starts it, with the settings it passes down",
     )
+
+    replica = _command(
+        commands,
+        "replica",
+        "serve beside `dcp up` on its ports; started by `dcp up` as its child process",
+        "Serves every service and the REST gateway on the ports of the `dcp up` that\n"
+        "started it, one more process answering requests. `dcp up` starts one per core\n"
+        "beyond its own and stops them with it; it is not meant to be run by hand.",
+        "  dcp replica --primary /tmp/dcp-xyz/primary.sock   # as `dcp up` starts it",
+    )
+    replica.add_argument("--primary", metavar="SOCKET", required=True, help="where the starting `dcp up` answers")
 
     migrate = _command(
         commands,
@@ -312,6 +341,8 @@ def settings_for(options: argparse.Namespace) -> Settings:
         overrides["http_port"] = options.http_port
     if getattr(options, "grpc_port", None) is not None:
         overrides["grpc_port"] = options.grpc_port
+    if getattr(options, "processes", None) is not None:
+        overrides["processes"] = options.processes
     if getattr(options, "s3_port", None) is not None:
         overrides["s3"] = replace(settings.s3, embedded_port=options.s3_port)
     return settings.with_overrides(**overrides)

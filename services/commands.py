@@ -17,16 +17,16 @@ from pathlib import Path
 from grpc import aio
 
 from gateway.app import GatewayClients
-from services import cli, import_worker
+from services import cli, import_worker, replicas
 from services._runtime import logs, metrics, tracing
 from services._runtime.embedded_s3 import EmbeddedS3Error
 from services._runtime.errors import DcpError
-from services._runtime.ports import PortUnavailable
+from services._runtime.ports import PortSharing, PortUnavailable
 from services._runtime.s3 import ObjectStore, open_queue
 from services._runtime.server import wait_for_stop_signal
 from services._runtime.settings import Settings, default_data_dir
 from services._runtime.stopping import Stopped, StopSignals
-from services._runtime.supervisor import ChildProcess
+from services._runtime.supervisor import ChildFailed, ChildProcess
 from services.schema.credentials import parse_token_kind
 from services.schema.keyfile import read_keys, replace_keys
 from services.schema.keys import key_issuer
@@ -71,6 +71,8 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         )
     except EmbeddedS3Error as error:
         cli.fail(f"{name}: {error}")
+    except ChildFailed as error:
+        cli.fail(str(error))
     except DcpError as error:
         cli.fail(cli.dcp_error(error))
     else:
@@ -121,6 +123,8 @@ async def _up(settings: Settings, stop: StopSignals) -> None:
         uploads = await stop.step(stack.enter_async_context(uploads_for_up(settings, pool)))
         queue = await stop.step(stack.enter_async_context(open_queue(uploads.settings, settings.imports.queue_url)))
         stop.raise_if_requested()
+        processes = replicas.plan(settings)
+        counts = metrics.PlatformCounts() if processes.count > 1 else None
         suite = await start_suite(
             settings,
             pool,
@@ -130,6 +134,8 @@ async def _up(settings: Settings, stop: StopSignals) -> None:
             keys=uploads.keys,
             import_worker=not in_child,
             store_for_console=uploads.settings,
+            sharing=PortSharing.FIRST if counts is not None else PortSharing.ALONE,
+            metrics_endpoint=None if counts is None else metrics.endpoint_of(counts.text),
         )
         stack.push_async_callback(suite.stop, settings.shutdown_grace_seconds)
         worker: ChildProcess | None = None
@@ -145,8 +151,32 @@ async def _up(settings: Settings, stop: StopSignals) -> None:
                 )
             )
             stack.push_async_callback(worker.stop, settings.shutdown_grace_seconds)
+        serving: list[ChildProcess] = []
+        if counts is not None:
+            assert suite.gateway is not None
+            link = await stack.enter_async_context(replicas.primary_link(counts, uploads.keys))
+            wiring = {
+                **replicas.replica_wiring(
+                    settings, database_url=url, http_port=suite.gateway.port, grpc_port=suite.grpc.port
+                ),
+                **import_worker.store_wiring(uploads.settings),
+            }
+            serving = await stop.step(
+                replicas.start_replicas(settings, processes.count - 1, wiring, link=link, counts=counts)
+            )
+            # Stopped first, within the grace, before the primary's own parts.
+            stack.push_async_callback(replicas.stop_replicas, serving, settings.shutdown_grace_seconds)
         stop.raise_if_requested()
-        _print_running(settings, suite, uploads, first_token=first_token, first_account=first_account, worker=worker)
+        _print_running(
+            settings,
+            suite,
+            uploads,
+            first_token=first_token,
+            first_account=first_account,
+            worker=worker,
+            serving=[os.getpid(), *(replica.pid for replica in serving if replica.pid is not None)],
+            processes_note=processes.note,
+        )
         await stop.wait()
 
 
@@ -170,12 +200,18 @@ def _print_running(
     first_token: str | None,
     first_account: int,
     worker: ChildProcess | None,
+    serving: list[int],
+    processes_note: str | None,
 ) -> None:
     print(f"Open DCP is running (data dir {settings.data_dir})", flush=True)
     print(f"  console: {suite.http_url}/console/", flush=True)
     print(f"  REST: {suite.http_url}/experiment/v1/ and {suite.http_url}/api/", flush=True)
     print(f"  API reference: {suite.http_url}/docs (OpenAPI 3.1: {suite.http_url}/openapi.json)", flush=True)
     print(f"  gRPC: {suite.grpc_address}", flush=True)
+    pids = ", ".join(str(pid) for pid in serving)
+    print(f"  processes: {len(serving)} serving (pid{'s' if len(serving) > 1 else ''} {pids})", flush=True)
+    if processes_note is not None:
+        print(f"    {processes_note}", flush=True)
     database = "DCP_DATABASE_URL" if settings.database_url else "embedded PostgreSQL"
     print(f"  database: {database}", flush=True)
     print(f"  admin: {admin_line(settings, first_account)}", flush=True)
@@ -358,7 +394,7 @@ async def _rotate_secrets(settings: Settings, key_file: str | None, batch_size: 
 
 
 async def _run(options: argparse.Namespace, settings: Settings) -> None:
-    if options.command in ("up", "serve", "import-worker"):
+    if options.command in ("up", "serve", "import-worker", "replica"):
         logs.configure(log_format=settings.log_format, level=settings.log_level)
     if options.command == "up":
         with StopSignals(_on_stop_signal).installed() as stop:
@@ -374,6 +410,9 @@ async def _run(options: argparse.Namespace, settings: Settings) -> None:
             if metrics_port is not None:
                 print(f"{options.service} metrics on http://{host}:{metrics_port}/metrics", flush=True)
             await _serve(settings, options.service)
+    elif options.command == "replica":
+        async with tracing.traced(settings, "dcp"):
+            await replicas.run_replica(settings, Path(options.primary))
     elif options.command == "import-worker":
         async with tracing.traced(settings, "dcp-import-worker"):
             await import_worker.run_import_worker(settings)

@@ -1,8 +1,17 @@
 """Prometheus metrics: what each process counts, and where `/metrics` is served.
 
-Every metric lives in the process-wide registry, so `dcp up` (every service in
-one process) exposes them all on the gateway's port, and a process started by
-`dcp serve` exposes its own on `DCP_METRICS_PORT`.
+Every metric lives in the process-wide registry, so a `dcp up` process (every
+service in one process) counts them all, and a process started by `dcp serve`
+exposes its own on `DCP_METRICS_PORT`.
+
+`dcp up` on several cores runs several serving processes on the same ports, and
+a scrape of the gateway's `/metrics` lands on any of them; each answers with the
+whole platform's counts. The other processes send their samples (`samples`) to
+the first one about every second, which adds them to its own (`PlatformCounts`);
+they answer a scrape with its sums. So what a scrape shows of another process's
+counts is up to about a second old. Counters and histograms of a process that
+was restarted keep counting from where it stopped, minus at most that second.
+The `process_*` and `python_*` series describe the first process alone.
 """
 
 from __future__ import annotations
@@ -12,7 +21,8 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import asyncpg
 from prometheus_client import (
@@ -24,7 +34,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
@@ -112,7 +123,11 @@ class _PoolCollector(Collector):
             pools = list(self._pools)
         size = sum(p.get_size() for p in pools)
         idle = sum(p.get_idle_size() for p in pools)
-        yield GaugeMetricFamily("dcp_db_pool_size", "Open connections of this process's database pool.", size)
+        yield GaugeMetricFamily(
+            "dcp_db_pool_size",
+            "Open connections of the database pool (in `dcp up`, of all its serving processes).",
+            size,
+        )
         yield GaugeMetricFamily("dcp_db_pool_in_use", "Connections handed out to a request or a job.", size - idle)
         yield GaugeMetricFamily("dcp_db_pool_idle", "Open connections waiting in the pool.", idle)
         yield GaugeMetricFamily(
@@ -137,6 +152,125 @@ def exposition() -> bytes:
 async def endpoint(request: Request) -> Response:
     """`GET /metrics` for Starlette; Prometheus scrapes it without credentials."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def endpoint_of(text: Callable[[], Awaitable[bytes]]) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /metrics` answered with `text()`; 503 when it cannot be had."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            body = await text()
+        except MetricsUnavailable as error:
+            return Response(f"{error}\n", status_code=503, media_type="text/plain")
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return answer
+
+
+class MetricsUnavailable(Exception):
+    """The platform's counts cannot be gathered now (the process holding them does not answer)."""
+
+
+# What one process sends of its registry: by family name, its type and its samples (name, labels, value).
+Families = dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]
+
+# Series about the process that answers (its memory, its start time): a sum over processes means nothing.
+_OWN_PROCESS_PREFIXES = ("process_", "python_")
+# Types that only grow while a process lives, so a stopped process's last counts are kept.
+_MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary"})
+
+
+def samples() -> Families:
+    """This process's counts, for the process that answers scrapes for the platform."""
+    return {
+        family.name: (family.type, [(sample.name, sample.labels, sample.value) for sample in family.samples])
+        for family in REGISTRY.collect()
+        if not family.name.startswith(_OWN_PROCESS_PREFIXES)
+    }
+
+
+def families_from(data: Any) -> Families:
+    """`samples()` as it arrives in JSON; raises ValueError (or TypeError, KeyError) if it is something else."""
+    return {
+        str(name): (
+            str(kind),
+            [(str(n), {str(k): str(v) for k, v in labels.items()}, float(value)) for n, labels, value in rows],
+        )
+        for name, (kind, rows) in data.items()
+    }
+
+
+class PlatformCounts(Collector):
+    """This process's registry plus the latest samples of the platform's other serving processes, summed."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[int, Families]] = {}
+        # The last counts of processes that were replaced, so the sums never go back.
+        self._retired: Families = {}
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+
+    def update(self, process: str, pid: int, families: Families) -> None:
+        """The latest samples of `process` (a name that outlives restarts), now running as `pid`."""
+        previous = self._latest.get(process)
+        if previous is not None and previous[0] != pid:
+            self._retire(previous[1])
+        self._latest[process] = (pid, families)
+
+    def _retire(self, families: Families) -> None:
+        kept = {name: family for name, family in families.items() if family[0] in _MONOTONIC_TYPES}
+        self._retired = _summed(self._retired, kept)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self._registry)
+
+    async def text(self) -> bytes:
+        return self.exposition()
+
+    def collect(self) -> Iterable[Metric]:
+        others: Families = self._retired
+        for _, families in self._latest.values():
+            others = _summed(others, families)
+        for family in REGISTRY.collect():
+            extra = others.pop(family.name, None)
+            if extra is not None:
+                family.samples = _merged_samples(family.samples, extra[1])
+            yield family
+        for name, (kind, rows) in others.items():
+            # A family this process has not registered (none today: every process runs the same code).
+            family = Metric(name, "", "untyped" if kind not in _MONOTONIC_TYPES | {"gauge"} else kind)
+            family.samples = [Sample(n, labels, value) for n, labels, value in rows]
+            yield family
+
+
+def _key(name: str, labels: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name, tuple(sorted(labels.items()))
+
+
+def _summed(first: Families, second: Families) -> Families:
+    total: Families = {}
+    for families in (first, second):
+        for name, (kind, rows) in families.items():
+            _, so_far = total.get(name, (kind, []))
+            total[name] = (kind, _merged_rows(so_far, rows))
+    return total
+
+
+def _merged_rows(
+    first: list[tuple[str, dict[str, str], float]], second: list[tuple[str, dict[str, str], float]]
+) -> list[tuple[str, dict[str, str], float]]:
+    # In the order first seen, so a histogram's buckets stay together and in order.
+    merged: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, dict[str, str], float]] = {}
+    for name, labels, value in (*first, *second):
+        key = _key(name, labels)
+        previous = merged.get(key)
+        merged[key] = (name, labels, value + (previous[2] if previous is not None else 0.0))
+    return list(merged.values())
+
+
+def _merged_samples(own: list[Sample], extra: list[tuple[str, dict[str, str], float]]) -> list[Sample]:
+    rows = _merged_rows([(sample.name, sample.labels, sample.value) for sample in own], extra)
+    return [Sample(name, labels, value) for name, labels, value in rows]
 
 
 class ObservedHttp:

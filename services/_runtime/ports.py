@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import socket
 
@@ -39,6 +40,26 @@ class PortUnavailable(Exception):
         if error.errno == errno.EADDRINUSE:
             return cls(host=host, port=port, service=service)
         return cls(host=host, port=port, service=service, reason=error.strerror or str(error))
+
+
+class PortSharing(enum.Enum):
+    """Whether a listener shares its port with the platform's other serving processes (SO_REUSEPORT)."""
+
+    ALONE = "alone"
+    """The only process on the port."""
+    FIRST = "first"
+    """The first of several: the port must be free of other programs, which SO_REUSEPORT would not tell."""
+    JOINING = "joining"
+    """Another of the platform's serving processes listens on the port already."""
+
+    @property
+    def reuse_port(self) -> bool:
+        return self is not PortSharing.ALONE
+
+    def check_free(self, host: str, port: int, service: str) -> None:
+        """Before the first bind: a port another program listens on is told as the lone bind tells it."""
+        if self is PortSharing.FIRST:
+            check_port(host, port, service)
 
 
 def check_port(host: str, port: int, service: str) -> None:

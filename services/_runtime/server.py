@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from services._runtime.auth import CallerResolver
 from services._runtime.db import DcpPool
 from services._runtime.interceptors import ServerInterceptor
-from services._runtime.ports import GRPC, PortUnavailable, check_port, split_address
+from services._runtime.ports import GRPC, PortSharing, PortUnavailable, check_port, split_address
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +125,25 @@ class PreparedServer:
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
-def prepare_server(*, resolver: CallerResolver, address: str) -> PreparedServer:
-    """A server listening on `address` ("host:0" picks a free port) once started."""
+def prepare_server(
+    *,
+    resolver: CallerResolver,
+    address: str,
+    sharing: PortSharing = PortSharing.ALONE,
+    private_address: str | None = None,
+) -> PreparedServer:
+    """A server listening on `address` ("host:0" picks a free port) once started.
+
+    `sharing` says whether other serving processes of the platform listen on the
+    same port; `private_address` (such as "unix:/path") is a second listener that
+    reaches this process alone.
+    """
+    host, port = split_address(address)
+    sharing.check_free(host, port, GRPC)
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(resolver)],
         options=[
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if sharing.reuse_port else 0),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             # Callers reconnect, and so look the service's pods up again, at least
             # this often: replicas added by an autoscaler get calls within minutes.
@@ -145,6 +158,8 @@ def prepare_server(*, resolver: CallerResolver, address: str) -> PreparedServer:
         raise _grpc_unavailable(address, str(error)) from None
     if port == 0:
         raise _grpc_unavailable(address, "no address could be bound")
+    if private_address is not None and not server.add_insecure_port(private_address):
+        raise RuntimeError(f"the gRPC server could not listen on {private_address}")
     return PreparedServer(server=server, port=port)
 
 

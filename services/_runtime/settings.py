@@ -16,6 +16,12 @@ def default_data_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".local" / "share" / "open-dcp"
 
 
+# Serving processes of `dcp up`: without a choice, one per usable core up to the first figure;
+# a choice may go up to the second.
+DEFAULT_MAX_PROCESSES = 8
+MAX_PROCESSES = 64
+
+
 @dataclass(frozen=True)
 class OAuthSettings:
     """Where OAuth 2.0 access tokens come from and how they map to accounts."""
@@ -195,6 +201,10 @@ class Settings:
     """How long that check may take before the database counts as unreachable."""
     shutdown_grace_seconds: float = 10.0
     """Time in-flight calls get on SIGTERM; keep it below Kubernetes' grace period."""
+    processes: int | None = None
+    """Serving processes `dcp up` runs, sharing its ports (`dcp up --processes` overrides it);
+    unset, one per usable core, at most `DEFAULT_MAX_PROCESSES`. One process when rate
+    limits are on without `redis_url`, since each process would keep limits of its own."""
     max_body_bytes: int = 1024 * 1024
     """Largest REST request body accepted (413 beyond)."""
     registry_cache_seconds: float = 1.0
@@ -267,6 +277,7 @@ class Settings:
             db_health_interval_seconds=reader.number("DCP_DB_HEALTH_INTERVAL_SECONDS", 2.0, minimum=0.1),
             db_health_timeout_seconds=reader.number("DCP_DB_HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1),
             shutdown_grace_seconds=reader.number("DCP_SHUTDOWN_GRACE_SECONDS", 10.0),
+            processes=_optional_count(reader, "DCP_PROCESSES", maximum=MAX_PROCESSES),
             max_body_bytes=reader.integer("DCP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             registry_cache_seconds=reader.number("DCP_REGISTRY_CACHE_SECONDS", 1.0),
             export_poll_seconds=reader.number("DCP_EXPORT_POLL_SECONDS", 5.0),
@@ -375,6 +386,12 @@ class _EnvReader:
     def raise_if_invalid(self) -> None:
         if self._problems:
             raise InvalidArgument("invalid configuration", violations=self._problems)
+
+
+def _optional_count(reader: _EnvReader, name: str, *, maximum: int) -> int | None:
+    if reader.text(name) is None:
+        return None
+    return reader.integer(name, 1, minimum=1, maximum=maximum)
 
 
 def _optional_port(reader: _EnvReader, name: str) -> int | None:

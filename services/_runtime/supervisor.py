@@ -32,6 +32,14 @@ HEALTHY_RUN_SECONDS = 60.0
 READY_EVENT = "ready"
 # The child is done and asks to be replaced by a fresh one (it has grown too large).
 RENEW_EVENT = "renew"
+# The child cannot start, and says why (`message`); one that never got ready is then not started again.
+FAILED_EVENT = "failed"
+# Longest event line read from a child (a serving process's metrics samples are the largest).
+EVENT_LINE_LIMIT = 64 * 1024 * 1024
+
+
+class ChildFailed(RuntimeError):
+    """A child process could not start; the message is the child's own."""
 
 
 class ChildProcess:
@@ -56,6 +64,7 @@ class ChildProcess:
         self._stopping = False
         self._renewing = False
         self._task: asyncio.Task[None] | None = None
+        self._failure: str | None = None
         self.restarts = 0
         self.renewals = 0
 
@@ -79,6 +88,8 @@ class ChildProcess:
         if waiting not in done:
             waiting.cancel()
             await self.stop(1.0)
+            if self._failure is not None:
+                raise ChildFailed(self._failure)
             raise RuntimeError(f"the {self._name} process did not start within {self._ready_timeout:.0f} s")
 
     async def stop(self, grace: float) -> None:
@@ -109,6 +120,9 @@ class ChildProcess:
             code = await self._run_once()
             if self._stopping:
                 return
+            if self._failure is not None and not self._ready.is_set():
+                # It said why it cannot start: trying again would only say it again.
+                return
             if self._renewing and code == 0:
                 self._renewing = False
                 self.renewals += 1
@@ -132,6 +146,7 @@ class ChildProcess:
             # Out of the terminal's process group: Ctrl-C reaches the parent,
             # which stops the child itself, in order.
             start_new_session=True,
+            limit=EVENT_LINE_LIMIT,
         )
         assert process.stdout is not None
         try:
@@ -157,6 +172,9 @@ class ChildProcess:
             return
         if event.get("event") == RENEW_EVENT:
             self._renewing = True
+            return
+        if event.get("event") == FAILED_EVENT:
+            self._failure = str(event.get("message") or f"the {self._name} process could not start")
             return
         try:
             self._on_event(event)

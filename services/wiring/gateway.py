@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
 import uvicorn
 from redis.asyncio import Redis
+from starlette.requests import Request
+from starlette.responses import Response
 
 from gateway.app import GatewayClients, create_app
 from gateway.console_files import ConsoleStore
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
-from services._runtime.ports import REST_GATEWAY, PortUnavailable
+from services._runtime.ports import REST_GATEWAY, PortSharing, PortUnavailable
 from services._runtime.settings import S3Settings, Settings
 
 
@@ -43,8 +45,16 @@ def console_store(s3: S3Settings) -> ConsoleStore:
 
 
 async def start_gateway(
-    settings: Settings, clients: GatewayClients, *, store_for_console: S3Settings | None = None
+    settings: Settings,
+    clients: GatewayClients,
+    *,
+    store_for_console: S3Settings | None = None,
+    sharing: PortSharing = PortSharing.ALONE,
+    metrics_endpoint: Callable[[Request], Awaitable[Response]] | None = None,
 ) -> RunningGateway:
+    """`sharing` says whether other serving processes listen on the same port;
+    `metrics_endpoint` answers `/metrics` instead of this process's own registry."""
+    sharing.check_free(settings.http_host, settings.http_port, REST_GATEWAY)
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only
     # when their proto says TCP, and without it Nagle holds each response body
     # back until the client's delayed ACK (~40 ms per request).
@@ -52,6 +62,8 @@ async def start_gateway(
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sharing.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((settings.http_host, settings.http_port))
     except OSError as error:
         sock.close()
@@ -74,6 +86,7 @@ async def start_gateway(
         max_body_bytes=settings.max_body_bytes,
         limiter=limiter,
         serve_metrics=settings.metrics_port is None,
+        metrics_endpoint=metrics_endpoint,
         console=console_store(store_for_console or settings.s3),
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")

@@ -1,21 +1,28 @@
-"""What `dcp up` runs in one process: every service on one gRPC server, and the gateway."""
+"""What each serving process of `dcp up` runs: every service on one gRPC server, and the gateway."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 from grpc import aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from dcp.schema.v1 import schema_service_pb2_grpc
 from gateway.app import GatewayClients
 from services._runtime import tracing
 from services._runtime.auth import CallerResolver
 from services._runtime.identity import AssertionSigner
+from services._runtime.ports import PortSharing
 from services._runtime.s3 import ObjectStore
 from services._runtime.server import RunningServer, prepare_server
 from services._runtime.settings import S3Settings, Settings
@@ -58,6 +65,8 @@ class Suite:
     worker: asyncio.Task[None] | None = None
     export_runner: asyncio.Task[None] | None = None
     imports: ImportParts | None = None
+    private_dir: Path | None = None
+    """Holds the socket of the server's private listener, when its port is shared."""
 
     @property
     def http_url(self) -> str:
@@ -83,6 +92,8 @@ class Suite:
         if self.imports is not None:
             self.imports.close()
         await self.channel.close(grace=None)
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
 def _dial_address(host: str, port: int) -> str:
@@ -103,18 +114,39 @@ async def start_suite(
     keys: KeyIssuer | None = None,
     import_worker: bool = True,
     store_for_console: S3Settings | None = None,
+    sharing: PortSharing = PortSharing.ALONE,
+    once_only: bool = True,
+    metrics_endpoint: Callable[[Request], Awaitable[Response]] | None = None,
 ) -> Suite:
     """Starts every service on one server, wired to each other through it.
 
     Without a store the imports service is left out: nothing else needs S3.
     Without `import_worker` no upload is applied here: a worker process does it.
+    With `sharing`, other serving processes listen on the same ports; the
+    services here and the gateway then call this process's own server through a
+    private listener, never a sibling through the shared port. `once_only` work
+    (sealing stored secrets, taking over unfinished exports) is for one process
+    of the platform.
     """
     parts = schema_parts(settings, pool, keys)
-    await parts.secrets.seal_at_start()
+    if once_only:
+        await parts.secrets.seal_at_start()
     resolver = CallerResolver(signer, parts.credentials)
-    prepared = prepare_server(resolver=resolver, address=f"{settings.grpc_host}:{settings.grpc_port}")
+    private_dir = Path(tempfile.mkdtemp(prefix="dcp-")) if sharing.reuse_port else None
+    try:
+        prepared = prepare_server(
+            resolver=resolver,
+            address=f"{settings.grpc_host}:{settings.grpc_port}",
+            sharing=sharing,
+            private_address=None if private_dir is None else f"unix:{private_dir / 'grpc.sock'}",
+        )
+    except BaseException:
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        raise
     address = _dial_address(settings.grpc_host, prepared.port)
-    channel = grpc.aio.insecure_channel(address, interceptors=tracing.client_interceptors())
+    own_address = address if private_dir is None else f"unix:{private_dir / 'grpc.sock'}"
+    channel = grpc.aio.insecure_channel(own_address, interceptors=tracing.client_interceptors())
     try:
         schema_stub = schema_service_pb2_grpc.SchemaServiceStub(channel)
         registry = RegistryClient(schema_stub, signer, ttl_seconds=settings.registry_cache_seconds)
@@ -147,13 +179,21 @@ async def start_suite(
             ]
         )
         gateway = (
-            await start_gateway(settings, GatewayClients.over(channel), store_for_console=store_for_console)
+            await start_gateway(
+                settings,
+                GatewayClients.over(channel),
+                store_for_console=store_for_console,
+                sharing=sharing,
+                metrics_endpoint=metrics_endpoint,
+            )
             if with_gateway
             else None
         )
     except BaseException:
         await prepared.server.stop(None)
         await channel.close(grace=None)
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
         raise
     await server.mark_serving()
     server.watch_database(
@@ -169,7 +209,7 @@ async def start_suite(
         worker=worker,
         targeting=profile_parts.targeting,
         exports=profile_parts.exports,
-        export_runner=asyncio.create_task(profile_parts.exports.run(), name="export-runner"),
+        export_runner=asyncio.create_task(profile_parts.exports.run(), name="export-runner") if once_only else None,
         grpc=server,
         grpc_address=address,
         channel=channel,
@@ -177,4 +217,5 @@ async def start_suite(
         profiles=profile_parts.profiles,
         aliases=aliases,
         gateway=gateway,
+        private_dir=private_dir,
     )
