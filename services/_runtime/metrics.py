@@ -215,7 +215,7 @@ class PlatformCounts(Collector):
         previous = self._latest.get(process)
         if previous is not None and previous[0] != pid:
             self._retire(previous[1])
-        self._latest[process] = (pid, families)
+        self._latest[process] = (pid, {n: f for n, f in families.items() if not n.startswith(_OWN_PROCESS_PREFIXES)})
 
     def _retire(self, families: Families) -> None:
         kept = {name: family for name, family in families.items() if family[0] in _MONOTONIC_TYPES}
