@@ -54,7 +54,7 @@ from bench.profiles_bench import (
     start_platform,
 )
 from bench.rest_floor import PATH as FLOOR_PATH
-from bench.rest_floor import http_parser, server_flavour, start_rest_floor
+from bench.rest_floor import server_flavour, start_rest_floor
 from bench.wrk import WrkReport, ensure_wrk, lua_quote, lua_script, run_wrk
 from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
@@ -416,7 +416,7 @@ async def main() -> None:
     )
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     # dcp up runs the gateway on the standard asyncio loop, and uvicorn picks its parser.
-    print(f"REST floor: uvicorn on {server_flavour()}; gateway (dcp up): uvicorn on asyncio + {http_parser()}")
+    print(f"REST floor and gateway (dcp up): uvicorn on {server_flavour()}")
     print_table(list(figures.values()), checks(figures))
 
 

@@ -51,11 +51,21 @@ from services.wiring.suite import Suite, start_suite
 SIGNALLED = 128
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (every platform but Windows): the standard loop otherwise."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional on platforms without it
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run(options: argparse.Namespace, settings: Settings) -> int:
     """Runs the parsed command; returns the exit status, after saying on stderr why it is not 0."""
     name = cli.command_name(options)
     try:
-        asyncio.run(_run(options, settings))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_run(options, settings))
     except Stopped as stopped:
         return SIGNALLED + stopped.signum
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from gateway.app import GatewayClients, create_app
 from gateway.console_files import ConsoleStore
+from gateway.protocol import GatewayHttpProtocol
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RatePolicy, RedisRateLimiter, open_redis
 from services._runtime.ports import REST_GATEWAY, PortSharing, PortUnavailable
 from services._runtime.settings import S3Settings, Settings
@@ -89,7 +90,7 @@ async def start_gateway(
         metrics_endpoint=metrics_endpoint,
         console=console_store(store_for_console or settings.s3),
     )
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=GatewayHttpProtocol)
     server = _QuietUvicorn(config)
 
     async def serve() -> None:
