@@ -415,7 +415,6 @@ async def main() -> None:
         f" process, {options.connections} calls in flight"
     )
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    # dcp up runs the gateway on the standard asyncio loop, and uvicorn picks its parser.
     print(f"REST floor and gateway (dcp up): uvicorn on {server_flavour()}")
     print_table(list(figures.values()), checks(figures))
 
