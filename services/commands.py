@@ -23,7 +23,7 @@ from services._runtime.embedded_s3 import EmbeddedS3Error
 from services._runtime.errors import DcpError
 from services._runtime.ports import PortSharing, PortUnavailable
 from services._runtime.s3 import ObjectStore, open_queue
-from services._runtime.server import wait_for_stop_signal
+from services._runtime.server import started_for_good, wait_for_stop_signal
 from services._runtime.settings import Settings, default_data_dir
 from services._runtime.stopping import Stopped, StopSignals
 from services._runtime.supervisor import ChildFailed, ChildProcess
@@ -187,6 +187,7 @@ async def _up(settings: Settings, stop: StopSignals) -> None:
             serving=[os.getpid(), *(replica.pid for replica in serving if replica.pid is not None)],
             processes_note=processes.note,
         )
+        started_for_good()
         await stop.wait()
 
 
@@ -274,6 +275,7 @@ async def _serve(settings: Settings, service: str) -> None:
             ]
             gateway = await start_gateway(settings, GatewayClients.over(*channels))
             print(f"gateway serving REST on http://{settings.http_host}:{gateway.port}", flush=True)
+            started_for_good()
             await wait_for_stop_signal()
             await gateway.stop()
         return
@@ -333,6 +335,7 @@ async def _serve(settings: Settings, service: str) -> None:
             pool, interval=settings.db_health_interval_seconds, timeout=settings.db_health_timeout_seconds
         )
         print(f"{service} service serving gRPC on {settings.grpc_host}:{server.port}", flush=True)
+        started_for_good()
         await wait_for_stop_signal()
         await (stop or server.stop)(settings.shutdown_grace_seconds)
 

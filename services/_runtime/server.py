@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -176,6 +177,17 @@ def _grpc_unavailable(address: str, detail: str) -> PortUnavailable:
 async def build_server(bindings: Sequence[ServiceBinding], *, resolver: CallerResolver, address: str) -> RunningServer:
     """Builds and starts a server on `address` ("host:0" picks a free port)."""
     return await prepare_server(resolver=resolver, address=address).start(bindings)
+
+
+def started_for_good() -> None:
+    """Told once a serving process has started everything it serves with.
+
+    What exists now (modules, servers, pools, caches' scaffolding) lives until
+    the process stops: moved out of the collector's sight, it is no longer
+    walked by every full collection, whose pauses otherwise show in the
+    slowest requests' latency.
+    """
+    gc.freeze()
 
 
 async def wait_for_stop_signal() -> None:
