@@ -34,7 +34,7 @@ from services._runtime import metrics, supervisor
 from services._runtime.errors import DcpError, Unavailable
 from services._runtime.metrics import MetricsUnavailable, PlatformCounts
 from services._runtime.ports import PortSharing, PortUnavailable
-from services._runtime.server import wait_for_stop_signal
+from services._runtime.server import started_for_good, wait_for_stop_signal
 from services._runtime.settings import DEFAULT_MAX_PROCESSES, Settings
 from services._runtime.supervisor import ChildProcess
 from services.schema.keys import KeyIssuer
@@ -287,6 +287,7 @@ async def _until_stopped(*work: Callable[[], Coroutine[Any, Any, None]]) -> None
     tasks = [stop, gone, *(asyncio.create_task(job()) for job in work)]
     # The signal handlers are in place before the parent may send a signal.
     await asyncio.sleep(0)
+    started_for_good()
     supervisor.report(supervisor.READY_EVENT)
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
