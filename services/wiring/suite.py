@@ -22,6 +22,8 @@ from gateway.app import GatewayClients
 from services._runtime import tracing
 from services._runtime.auth import CallerResolver
 from services._runtime.identity import AssertionSigner
+from services._runtime.in_process import InProcessChannel
+from services._runtime.interceptors import ServerInterceptor
 from services._runtime.ports import PortSharing
 from services._runtime.s3 import ObjectStore
 from services._runtime.server import RunningServer, prepare_server
@@ -147,8 +149,10 @@ async def start_suite(
     address = _dial_address(settings.grpc_host, prepared.port)
     own_address = address if private_dir is None else f"unix:{private_dir / 'grpc.sock'}"
     channel = grpc.aio.insecure_channel(own_address, interceptors=tracing.client_interceptors())
+    # The gateway and the services call each other here without the wire, handled as the server handles calls.
+    in_process = InProcessChannel(channel, ServerInterceptor(resolver))
     try:
-        schema_stub = schema_service_pb2_grpc.SchemaServiceStub(channel)
+        schema_stub = schema_service_pb2_grpc.SchemaServiceStub(in_process)
         registry = RegistryClient(schema_stub, signer, ttl_seconds=settings.registry_cache_seconds)
         aliases = Aliases(aliases_repository.AliasesRepository(pool), registry)
         # On one database the consolidated view reads links and profiles in one query.
@@ -170,18 +174,19 @@ async def start_suite(
             if store is not None
             else None
         )
-        server = await prepared.start(
-            [
-                *schema_bindings(parts, signer),
-                *profile_parts.bindings(),
-                *aliases_servicer.bindings(aliases),
-                *(imports_servicer.bindings(imports.history) if imports is not None else []),
-            ]
-        )
+        bindings = [
+            *schema_bindings(parts, signer),
+            *profile_parts.bindings(),
+            *aliases_servicer.bindings(aliases),
+            *(imports_servicer.bindings(imports.history) if imports is not None else []),
+        ]
+        server = await prepared.start(bindings)
+        for binding in bindings:
+            in_process.serve(binding.register)
         gateway = (
             await start_gateway(
                 settings,
-                GatewayClients.over(channel),
+                GatewayClients.over(in_process),
                 store_for_console=store_for_console,
                 sharing=sharing,
                 metrics_endpoint=metrics_endpoint,
