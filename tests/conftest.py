@@ -169,6 +169,8 @@ class RunningPlatform:
     grpc_address: str
     http_url: str
     channel: grpc.aio.Channel
+    in_process: grpc.aio.Channel
+    """What the gateway calls the services through: the same server's handlers, without the wire."""
 
 
 @pytest.fixture(scope="session")
@@ -182,6 +184,7 @@ async def running(settings: Settings, pool: asyncpg.Pool, session_store: ObjectS
             grpc_address=suite.grpc_address,
             http_url=suite.http_url,
             channel=suite.channel,
+            in_process=suite.in_process,
         )
     finally:
         await suite.stop(1)

@@ -58,6 +58,8 @@ class Suite:
     grpc: RunningServer
     grpc_address: str
     channel: aio.Channel
+    in_process: InProcessChannel
+    """What the gateway and the services here call each other through, without the wire."""
     schema: SchemaParts
     profiles: Profiles
     aliases: Aliases
@@ -222,5 +224,6 @@ async def start_suite(
         profiles=profile_parts.profiles,
         aliases=aliases,
         gateway=gateway,
+        in_process=in_process,
         private_dir=private_dir,
     )
