@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dcp.aliases.v1 import aliases_service_pb2_grpc
@@ -34,6 +34,7 @@ from gateway.imports_api import ImportsApi
 from gateway.openapi import TEXT, DocumentedRoute, Header, Operation, Reply, record
 from gateway.profile_api import ProfileApi
 from gateway.ratelimit import Allowance, RateLimiter
+from gateway.responses import JSONResponse
 from services._runtime import metrics
 from services._runtime.interceptors import request_id
 

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from google.protobuf import field_mask_pb2
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
@@ -52,6 +52,7 @@ from gateway.openapi import (
     nullable,
     record,
 )
+from gateway.responses import JSONResponse
 from services._runtime.paging import all_pages
 from services.domain.limits import EXPORT_FORMATS, MAX_DESCRIPTION_LENGTH, MAX_NAME_LENGTH
 

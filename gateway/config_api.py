@@ -9,7 +9,7 @@ from urllib.parse import unquote_to_bytes, urlencode
 import grpc
 from google.protobuf import field_mask_pb2
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
@@ -17,6 +17,7 @@ from gateway import v1json
 from gateway.bodies import INT64_MAX, BodySpec, FieldType, truncated
 from gateway.errors import ApiError, from_rpc_error
 from gateway.openapi import Body, DocumentedRoute, Link, Operation, Reply, Schema, array
+from gateway.responses import JSONResponse
 from services._runtime.paging import all_pages
 from services.domain.customer_ids import MAX_CUSTOMER_ID_LENGTH, customer_id_problem
 from services.domain.limits import (

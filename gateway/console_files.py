@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from console import STATIC_DIR
 from gateway.openapi import DocumentedRoute, Operation, Reply
+from gateway.responses import JSONResponse
 
 # The reference page ships beside the console, and is not part of it (nor of its script budget).
 DOCS_DIR = STATIC_DIR.parent / "apidocs"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from starlette.responses import JSONResponse
 
+from gateway.responses import JSONResponse
 from services._runtime.calls import received
 
 # google/rpc/code.proto's HTTP mapping; FAILED_PRECONDITION is 400 there, which

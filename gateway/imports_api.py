@@ -9,7 +9,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dcp.imports.v1 import imports_service_pb2 as pb
@@ -34,6 +34,7 @@ from gateway.openapi import (
     nullable,
     record,
 )
+from gateway.responses import JSONResponse
 from services._runtime.paging import all_pages
 from services.domain.limits import MAX_FILE_NAME_CHARS
 

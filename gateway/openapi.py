@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+
+from gateway.responses import JSONResponse
 
 Schema = dict[str, Any]
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dcp.aliases.v1 import aliases_service_pb2 as aliases_pb
@@ -18,6 +18,7 @@ from gateway.bodies import INT64_MAX
 from gateway.config_api import Call, Endpoint, Wrap, method_route, path_id
 from gateway.errors import ApiError
 from gateway.openapi import DECIMAL_ID, TEXT, Body, Component, Header, Link, Operation, Reply, array, described, record
+from gateway.responses import JSONResponse
 from services._runtime.identity import CredentialKind, Scope
 from services.profiles.client import value_from_proto
 
