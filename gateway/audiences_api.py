@@ -227,7 +227,22 @@ def _evaluate_request(service_id: int, user_id: str, body: Any) -> profiles_pb.E
     return request
 
 
+_OUTCOMES_CACHED = 10_000
+_outcome_documents: dict[tuple[bytes, bool], dict[str, Any]] = {}
+
+
 def _outcome_json(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[str, Any]:
+    # An audience's outcomes follow few patterns, each answered many times: its document is built once.
+    key = (outcome.SerializeToString(), saved)
+    document = _outcome_documents.get(key)
+    if document is None:
+        if len(_outcome_documents) >= _OUTCOMES_CACHED:
+            _outcome_documents.clear()
+        document = _outcome_documents[key] = _outcome_document(outcome, saved=saved)
+    return document
+
+
+def _outcome_document(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[str, Any]:
     return {
         # An unsaved audience has neither id nor name yet.
         "audienceId": str(outcome.audience_id) if saved else None,

@@ -148,8 +148,8 @@ def parser() -> argparse.ArgumentParser:
         "--processes",
         type=_processes,
         metavar="N",
-        help="serving processes sharing the ports (default: DCP_PROCESSES, else one per usable core,"
-        f" at most {DEFAULT_MAX_PROCESSES}); 1 serves everything in this process",
+        help="serving processes sharing the ports (default: DCP_PROCESSES, else one per usable core but one,"
+        f" from 1 to {DEFAULT_MAX_PROCESSES}); 1 serves everything in this process",
     )
 
     serve = _command(

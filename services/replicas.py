@@ -1,7 +1,7 @@
 """The serving processes of `dcp up` beyond its own: how it starts them, and what each runs.
 
 One Python process answers requests on one core. `dcp up` therefore serves
-from several processes (one per usable core by default) that all listen on the
+from several processes (one per usable core but one, by default) that all listen on the
 same gRPC and HTTP ports (SO_REUSEPORT), so the kernel spreads connections
 over them. The process `dcp up` starts in, the primary, does every once-only
 task (the embedded stores, migrations, the first account, the import worker,
@@ -68,9 +68,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_processes() -> int:
+    """One serving process per usable core but one, at most `DEFAULT_MAX_PROCESSES`.
+
+    The core left over is PostgreSQL's, the import worker's and the embedded
+    store's: with every core serving, each statement waits for a core behind
+    the serving processes, and on two cores the slowest requests took twice as
+    long at full load (bench/rest_bench.py) for a third more requests served.
+    """
+    return max(1, min(usable_cores() - 1, DEFAULT_MAX_PROCESSES))
+
+
 def plan(settings: Settings) -> ProcessPlan:
     """How many serving processes `dcp up` runs with these settings."""
-    wanted = settings.processes or min(usable_cores(), DEFAULT_MAX_PROCESSES)
+    wanted = settings.processes or default_processes()
     if wanted > 1 and settings.rate_limit_per_second > 0 and not settings.redis_url:
         return ProcessPlan(
             1,

@@ -16,7 +16,7 @@ def default_data_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".local" / "share" / "open-dcp"
 
 
-# Serving processes of `dcp up`: without a choice, one per usable core up to the first figure;
+# Serving processes of `dcp up`: without a choice, one per usable core but one, up to the first figure;
 # a choice may go up to the second.
 DEFAULT_MAX_PROCESSES = 8
 MAX_PROCESSES = 64
@@ -203,7 +203,7 @@ class Settings:
     """Time in-flight calls get on SIGTERM; keep it below Kubernetes' grace period."""
     processes: int | None = None
     """Serving processes `dcp up` runs, sharing its ports (`dcp up --processes` overrides it);
-    unset, one per usable core, at most `DEFAULT_MAX_PROCESSES`. One process when rate
+    unset, one per usable core but one, at most `DEFAULT_MAX_PROCESSES`. One process when rate
     limits are on without `redis_url`, since each process would keep limits of its own."""
     max_body_bytes: int = 1024 * 1024
     """Largest REST request body accepted (413 beyond)."""

@@ -19,7 +19,7 @@ from services.profiles.client import data_from_proto
 from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
 from services.profiles.profiles import Profiles, ProfileView
-from services.profiles.targeting import Targeting
+from services.profiles.targeting import AudienceResult, Targeting
 
 MEMBERS_DEFAULT_PAGE_SIZE = 100
 MEMBERS_MAX_PAGE_SIZE = 10_000
@@ -56,11 +56,54 @@ def batch_result_to_proto(result: BatchResult) -> pb.MergeProfilesResponse:
     )
 
 
+_OUTCOME_MESSAGES_CACHED = 10_000
+
+
+class _OutcomeMessages:
+    """Each audience outcome's message, built once.
+
+    Evaluation hands out one immutable outcome per pattern of leaf results (see
+    `conditions.evaluate`), and an audience has few patterns in practice; building
+    the message of 5 conditions costs more than the whole evaluation.
+    """
+
+    def __init__(self) -> None:
+        # Keyed by the outcome's id; the outcome is held in the value, so no other object can take that id.
+        self._built: dict[tuple[int, str, int], tuple[AudienceResult, pb.AudienceOutcome]] = {}
+
+    def message(self, result: AudienceResult) -> pb.AudienceOutcome:
+        key = (result.audience_id, result.name, id(result.outcome))
+        cached = self._built.get(key)
+        if cached is not None:
+            return cached[1]
+        message = pb.AudienceOutcome(
+            audience_id=result.audience_id,
+            name=result.name,
+            matched=result.outcome.matched,
+            conditions=[
+                pb.ConditionOutcome(
+                    path=leaf.path,
+                    dcp_datasource_id=leaf.datasource_id,
+                    dcp_attribute_id=leaf.attribute_id,
+                    match_type=leaf.match_type,
+                    held=leaf.held,
+                    usable=leaf.usable,
+                )
+                for leaf in result.outcome.leaves
+            ],
+        )
+        if len(self._built) >= _OUTCOME_MESSAGES_CACHED:
+            self._built.clear()
+        self._built[key] = (result, message)
+        return message
+
+
 class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
     def __init__(self, profiles: Profiles, targeting: Targeting, exports: Exports) -> None:
         self._profiles = profiles
         self._targeting = targeting
         self._exports = exports
+        self._outcomes = _OutcomeMessages()
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.Profile:
         view = await self._profiles.get(
@@ -170,25 +213,7 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         return pb.EvaluateAudiencesResponse(
             dcp_service_id=request.dcp_service_id,
             optimizely_user_id=request.optimizely_user_id,
-            audiences=[
-                pb.AudienceOutcome(
-                    audience_id=result.audience_id,
-                    name=result.name,
-                    matched=result.outcome.matched,
-                    conditions=[
-                        pb.ConditionOutcome(
-                            path=leaf.path,
-                            dcp_datasource_id=leaf.datasource_id,
-                            dcp_attribute_id=leaf.attribute_id,
-                            match_type=leaf.match_type,
-                            held=leaf.held,
-                            usable=leaf.usable,
-                        )
-                        for leaf in result.outcome.leaves
-                    ],
-                )
-                for result in results
-            ],
+            audiences=[self._outcomes.message(result) for result in results],
         )
 
     async def CountAudienceMembers(

@@ -9,8 +9,8 @@ from services._runtime.errors import InvalidArgument
 from services._runtime.settings import DEFAULT_MAX_PROCESSES, Settings
 
 
-def test_without_a_choice_every_usable_core_serves_up_to_the_default_most() -> None:
-    assert replicas.plan(Settings()).count == min(replicas.usable_cores(), DEFAULT_MAX_PROCESSES)
+def test_without_a_choice_every_usable_core_but_one_serves_up_to_the_default_most() -> None:
+    assert replicas.plan(Settings()).count == max(1, min(replicas.usable_cores() - 1, DEFAULT_MAX_PROCESSES))
     assert replicas.plan(Settings(processes=3)) == replicas.ProcessPlan(3)
 
 
