@@ -228,18 +228,23 @@ def _evaluate_request(service_id: int, user_id: str, body: Any) -> profiles_pb.E
 
 
 _OUTCOMES_CACHED = 10_000
-_outcome_documents: dict[tuple[bytes, bool], dict[str, Any]] = {}
+_encoded_outcomes: dict[tuple[bytes, bool], bytes] = {}
 
 
-def _outcome_json(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[str, Any]:
-    # An audience's outcomes follow few patterns, each answered many times: its document is built once.
+def _encoded_outcome(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> bytes:
+    """The outcome's JSON document, encoded.
+
+    An audience's outcomes follow few patterns, each answered many times, so each
+    is encoded once: building and encoding 25 audiences' documents anew cost
+    a fifth of an evaluation.
+    """
     key = (outcome.SerializeToString(), saved)
-    document = _outcome_documents.get(key)
-    if document is None:
-        if len(_outcome_documents) >= _OUTCOMES_CACHED:
-            _outcome_documents.clear()
-        document = _outcome_documents[key] = _outcome_document(outcome, saved=saved)
-    return document
+    encoded = _encoded_outcomes.get(key)
+    if encoded is None:
+        if len(_encoded_outcomes) >= _OUTCOMES_CACHED:
+            _encoded_outcomes.clear()
+        encoded = _encoded_outcomes[key] = orjson.dumps(_outcome_document(outcome, saved=saved))
+    return encoded
 
 
 def _outcome_document(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[str, Any]:
@@ -571,13 +576,10 @@ class AudiencesApi:
         evaluation = _evaluate_request(service_id, request.path_params["optimizely_user_id"], await call.json())
         answer = await self._profiles.EvaluateAudiences(evaluation, metadata=call.metadata)
         saved = not evaluation.HasField("draft")
-        return JSONResponse(
-            {
-                "optimizelyUserId": answer.optimizely_user_id,
-                "dcpServiceId": str(answer.dcp_service_id),
-                "audiences": [_outcome_json(outcome, saved=saved) for outcome in answer.audiences],
-            }
-        )
+        head = orjson.dumps({"optimizelyUserId": answer.optimizely_user_id, "dcpServiceId": str(answer.dcp_service_id)})
+        audiences = b",".join(_encoded_outcome(outcome, saved=saved) for outcome in answer.audiences)
+        # The head's closing brace gives way to the audiences: one document, as if encoded whole.
+        return Response(head[:-1] + b',"audiences":[' + audiences + b"]}", media_type="application/json")
 
     # Exports
 
