@@ -1,9 +1,10 @@
 """Authenticating a REST request once, at the edge.
 
 A token verified by the AuthService is reused by this gateway process for at
-most `REUSE_SECONDS`, so that a client's steady stream of requests costs one
-verification a second instead of one each. That bound is the promise about
-revocation: a revoked token stops working on every gateway within it. The
+most `REUSE_SECONDS`, so that a client's steady stream of requests costs about
+one verification a second instead of one each (asked again shortly before the
+answer runs out, so that no request waits for it). That bound is the promise
+about revocation: a revoked token stops working on every gateway within it. The
 reuse never outlasts what the AuthService says the answer is good for (an
 OAuth 2.0 access token's expiry, the assertion's own), and refusals are never
 reused: a token issued a moment ago works at once.
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
 from starlette.requests import Request
 
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
@@ -30,6 +32,8 @@ Metadata = tuple[tuple[str, str], ...]
 
 REUSE_SECONDS = 1.0
 """How long a verified token is reused: a revoked token stops working on every gateway within this."""
+ASK_AGAIN_AFTER = 0.75
+"""Past this fraction of its reuse, an answer still serves while the token is asked about again."""
 _REUSED_TOKENS_LIMIT = 10_000
 
 
@@ -51,7 +55,8 @@ class _Verified:
     account_id: int
     assertion: str
     reusable_until: float
-    """On the monotonic clock."""
+    """On the monotonic clock, as is `ask_again_after`."""
+    ask_again_after: float
 
 
 class Authenticator:
@@ -93,15 +98,22 @@ class Authenticator:
     async def _verify(self, token: str, request_id: str) -> _Verified:
         key = hashlib.sha256(token.encode()).digest()
         verified = self._verified.get(key)
-        if verified is not None and verified.reusable_until > self._clock():
+        now = self._clock()
+        if verified is not None and verified.reusable_until > now:
+            if verified.ask_again_after <= now and key not in self._asking:
+                # Asked again while the answer still serves, so a steady client never waits for it,
+                # and a revoked token is dropped as soon as that answer comes.
+                self._start_asking(key, token, request_id)
             return verified
-        asking = self._asking.get(key)
-        if asking is None:
-            # Requests of one token that arrive together share one question.
-            asking = asyncio.ensure_future(self._ask(key, token, request_id))
-            self._asking[key] = asking
-            asking.add_done_callback(lambda done: self._asked(key, done))
+        # Requests of one token that arrive together share one question.
+        asking = self._asking.get(key) or self._start_asking(key, token, request_id)
         return await asyncio.shield(asking)
+
+    def _start_asking(self, key: bytes, token: str, request_id: str) -> asyncio.Future[_Verified]:
+        asking = asyncio.ensure_future(self._ask(key, token, request_id))
+        self._asking[key] = asking
+        asking.add_done_callback(lambda done: self._asked(key, done))
+        return asking
 
     def _asked(self, key: bytes, done: asyncio.Future[_Verified]) -> None:
         self._asking.pop(key, None)
@@ -111,15 +123,21 @@ class Authenticator:
 
     async def _ask(self, key: bytes, token: str, request_id: str) -> _Verified:
         asked_at = self._clock()
-        response = await self._auth.Authenticate(
-            schema_service_pb2.AuthenticateRequest(token=token), metadata=((REQUEST_ID_METADATA_KEY, request_id),)
-        )
+        try:
+            response = await self._auth.Authenticate(
+                schema_service_pb2.AuthenticateRequest(token=token), metadata=((REQUEST_ID_METADATA_KEY, request_id),)
+            )
+        except grpc.aio.AioRpcError:
+            # Refused now (revoked, say): no earlier answer is reused any more.
+            self._verified.pop(key, None)
+            raise
         # Counted from before the question: the answer may already be that old.
-        valid_for = response.valid_for.ToTimedelta().total_seconds()
+        reusable_for = min(self._reuse_seconds, response.valid_for.ToTimedelta().total_seconds())
         verified = _Verified(
             account_id=response.identity.account_id,
             assertion=response.assertion,
-            reusable_until=asked_at + min(self._reuse_seconds, valid_for),
+            reusable_until=asked_at + reusable_for,
+            ask_again_after=asked_at + reusable_for * ASK_AGAIN_AFTER,
         )
         if len(self._verified) >= _REUSED_TOKENS_LIMIT:
             self._drop_stale()

@@ -12,6 +12,7 @@ import grpc
 import orjson
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
+from services._runtime.caching import REFRESH_AHEAD
 from services._runtime.calls import relayed
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
@@ -67,7 +68,7 @@ class AudienceDirectory:
         self._signer = signer
         self._ttl = ttl_seconds
         self._of_service: dict[tuple[int, int], tuple[float, tuple[AudienceDefinition, ...]]] = {}
-        self._fetching: dict[tuple[int, int], asyncio.Future[tuple[AudienceDefinition, ...]]] = {}
+        self._fetching: dict[tuple[int, int], asyncio.Task[tuple[AudienceDefinition, ...]]] = {}
 
     async def get(self, identity: Identity, audience_id: int) -> AudienceDefinition:
         try:
@@ -107,38 +108,48 @@ class AudienceDirectory:
         """Active audiences of every project linked to the service, in id order."""
         key = (identity.account_id, service_id)
         cached = self._of_service.get(key)
-        if cached is not None and time.monotonic() - cached[0] <= self._ttl:
+        age = time.monotonic() - cached[0] if cached is not None else self._ttl + 1
+        if cached is not None and age <= self._ttl:
+            if age > self._ttl * REFRESH_AHEAD and key not in self._fetching:
+                # Fetched again while this copy still serves: steady traffic never waits for one.
+                self._fetch_in_background(key, identity, service_id)
             found = cached[1]
         else:
-            found = await self._refresh(key, identity, service_id)
+            # One fetch per service at a time: every request waiting when the copy
+            # expires would otherwise ask the schema service at once.
+            pending = self._fetching.get(key) or self._fetch_in_background(key, identity, service_id)
+            found = await asyncio.shield(pending)
         if not audience_ids:
             return found
         wanted = set(audience_ids)
         return tuple(a for a in found if a.id in wanted)
 
-    async def _refresh(
+    def _fetch_in_background(
+        self, key: tuple[int, int], identity: Identity, service_id: int
+    ) -> asyncio.Task[tuple[AudienceDefinition, ...]]:
+        task = asyncio.ensure_future(self._fetch_and_keep(key, identity, service_id))
+        self._fetching[key] = task
+        task.add_done_callback(lambda done: self._fetched(key, done))
+        return task
+
+    async def _fetch_and_keep(
         self, key: tuple[int, int], identity: Identity, service_id: int
     ) -> tuple[AudienceDefinition, ...]:
-        # One fetch per service at a time: every request waiting when the copy
-        # expires would otherwise ask the schema service at once.
-        pending = self._fetching.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[tuple[AudienceDefinition, ...]] = asyncio.get_running_loop().create_future()
-        self._fetching[key] = future
         started = time.monotonic()
-        try:
-            found = await self._fetch_service(identity, service_id)
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved here, so an unawaited future never warns
-            raise
-        else:
-            future.set_result(found)
-            self._of_service[key] = (started, found)
-            return found
-        finally:
+        found = await self._fetch_service(identity, service_id)
+        previous = self._of_service.get(key)
+        if previous is not None and previous[1] == found:
+            # Unchanged definitions stay the same objects, so what was worked out from them
+            # (their compiled conditions) is known to still hold without comparing them again.
+            found = previous[1]
+        self._of_service[key] = (started, found)
+        return found
+
+    def _fetched(self, key: tuple[int, int], done: asyncio.Task[tuple[AudienceDefinition, ...]]) -> None:
+        if self._fetching.get(key) is done:
             del self._fetching[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a refresh nobody waited for never warns
 
     async def _fetch_service(self, identity: Identity, service_id: int) -> tuple[AudienceDefinition, ...]:
         found: list[AudienceDefinition] = []
