@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import Identity
-from services.domain.catalog import ServiceSnapshot
+from services.domain.catalog import ServiceSnapshot, TableInfo
 from services.domain.conditions.evaluate import Outcome, evaluate
 from services.domain.conditions.grammar import AttributeLookup, parse_conditions
 from services.domain.conditions.model import AttributeRef, Node
@@ -79,16 +79,17 @@ class Targeting:
         self._membership = membership
         self._clock = clock
         # Parsing 25 audiences for every page view would cost more than evaluating them.
-        self._parsed: dict[int, tuple[AudienceDefinition, float, Node | None]] = {}
+        self._parsed: dict[int, tuple[AudienceDefinition, Mapping[int, TableInfo], int, Node | None]] = {}
 
     def _node(self, definition: AudienceDefinition, service: ServiceSnapshot) -> Node | None:
+        # Both stay the same objects while they do not change (see the registry and audience clients).
         cached = self._parsed.get(definition.id)
-        if cached is not None and cached[0] is definition and cached[1] == service.fetched_at:
-            return cached[2]
+        if cached is not None and cached[0] is definition and cached[1] is service.tables and cached[2] == service.id:
+            return cached[3]
         node = parse_conditions(definition.conditions, usable_lookup(service), strict=False)
         if len(self._parsed) >= _PARSED_CACHE_LIMIT:
             self._parsed.clear()
-        self._parsed[definition.id] = (definition, service.fetched_at, node)
+        self._parsed[definition.id] = (definition, service.tables, service.id, node)
         return node
 
     async def evaluate(
