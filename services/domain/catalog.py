@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +39,11 @@ class TableInfo:
     def knows_all(self, stored_keys: Iterable[str]) -> bool:
         """Whether every stored attribute key was registered before this snapshot."""
         return self.known_keys.issuperset(stored_keys)
+
+    @functools.cached_property
+    def shown(self) -> tuple[tuple[str, str], ...]:
+        """(stored key, name) of each active attribute, in registration order: how a profile is shown."""
+        return tuple((str(attribute_id), attribute.spec.name) for attribute_id, attribute in sorted(self.by_id.items()))
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,7 @@ class LinkedProfiles(Protocol):
 
 def _readable(table: TableInfo, stored: Values) -> dict[str, Any]:
     """Stored values of active attributes, by name, in registration order."""
-    visible: dict[str, Any] = {}
-    for attribute_id, attribute in sorted(table.by_id.items()):
-        key = str(attribute_id)
-        if key in stored:
-            visible[attribute.spec.name] = stored[key]
-    return visible
+    return {name: stored[key] for key, name in table.shown if key in stored}
 
 
 class Profiles:
