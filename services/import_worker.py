@@ -139,14 +139,8 @@ async def run_import_worker(settings: Settings) -> None:
             name="memory-watch",
         )
         supervisor.report(supervisor.READY_EVENT)
-        tasks = (worker, gone, stop, outgrown)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            # An import cut short rolls back and is taken up again by the next worker.
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # An import cut short rolls back and is taken up again by the next worker.
+        await supervisor.until_first_ends((worker, gone, stop, outgrown))
         if outgrown.done() and not outgrown.cancelled():
             supervisor.report(supervisor.RENEW_EVENT)
         if worker.done() and not worker.cancelled() and worker.exception() is not None:

@@ -300,12 +300,7 @@ async def _until_stopped(*work: Callable[[], Coroutine[Any, Any, None]]) -> None
     await asyncio.sleep(0)
     started_for_good()
     supervisor.report(supervisor.READY_EVENT)
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await supervisor.until_first_ends(tasks)
 
 
 async def _report_counts() -> None:

@@ -240,3 +240,13 @@ async def parent_gone() -> None:
             pass
     finally:
         transport.close()
+
+
+async def until_first_ends(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Waits for the first of `tasks` to end, then cancels the others and waits for them to end too."""
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

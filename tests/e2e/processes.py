@@ -159,3 +159,26 @@ def left_running(mark: str) -> list[str]:
     while (found := marked_processes(mark)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return found
+
+
+@contextlib.contextmanager
+def up_until(data_dir: Path, args: list[str], appears: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`dcp up --data-dir DATA_DIR ARGS`, once it has made `appears` (its embedded PostgreSQL's pid file,
+    say); yields the process and its mark (see `marked`), and kills the process if it still runs at the end."""
+    env, mark = marked(base_env())
+    process = subprocess.Popen(
+        [DCP, "up", "--data-dir", str(data_dir), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not appears.exists():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
+        yield process, mark
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -15,7 +15,15 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.processes import DCP, Running, base_env, left_running, marked, scratch_database
+from tests.e2e.processes import (
+    DCP,
+    Running,
+    base_env,
+    left_running,
+    marked,
+    scratch_database,
+    up_until,
+)
 
 # Fresh connections per check: the kernel spreads connections over the processes, one chance in
 # 2^(n-1) that all of them land on one process of two.
@@ -155,28 +163,15 @@ def test_a_port_another_program_shares_is_refused_before_the_first_process_binds
     data_dir = tmp_path / "dcp"
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    env, mark = marked(base_env())
-    process = subprocess.Popen(
-        [DCP, "up", "--data-dir", str(data_dir), "--processes", "2", "--http-port", str(port), *FREE_OTHERS],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        postmaster = data_dir / "postgres" / "postmaster.pid"
-        while not postmaster.exists():
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.01)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
-            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            other.bind(("127.0.0.1", port))
-            other.listen()
-            stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    args = ["--processes", "2", "--http-port", str(port), *FREE_OTHERS]
+    with (
+        up_until(data_dir, args, data_dir / "postgres" / "postmaster.pid") as (process, mark),
+        socket.socket() as other,
+    ):
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        stdout, stderr = process.communicate(timeout=120)
 
     assert process.returncode == 1
     assert stderr.splitlines() == [

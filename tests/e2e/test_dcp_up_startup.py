@@ -20,7 +20,7 @@ from services._runtime.server import prepare_server
 from services._runtime.settings import Settings
 from services.wiring.embedded_postgres import holds_database
 from services.wiring.gateway import start_gateway
-from tests.e2e.processes import DCP, Running, base_env, left_running, marked
+from tests.e2e.processes import DCP, Running, base_env, left_running, marked, up_until
 
 FREE = ["--http-port", "0", "--grpc-port", "0", "--s3-port", "0"]
 
@@ -92,25 +92,12 @@ def test_a_port_taken_while_dcp_up_starts_is_told_the_same_way_and_its_database_
     # The port is free when `dcp up` looks at its start, and taken by the time the S3 server binds it.
     data_dir = tmp_path / "dcp"
     port = _free_port()
-    env, mark = marked(base_env())
-    process = subprocess.Popen(
-        [DCP, "up", "--data-dir", str(data_dir), "--http-port", "0", "--grpc-port", "0", "--s3-port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        postmaster = data_dir / "postgres" / "postmaster.pid"
-        while not postmaster.exists():
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.01)
-        with socket.create_server(("127.0.0.1", port)):
-            stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    args = ["--http-port", "0", "--grpc-port", "0", "--s3-port", str(port)]
+    with (
+        up_until(data_dir, args, data_dir / "postgres" / "postmaster.pid") as (process, mark),
+        socket.create_server(("127.0.0.1", port)),
+    ):
+        stdout, stderr = process.communicate(timeout=120)
 
     assert process.returncode != 0
     assert stderr.splitlines() == [
@@ -118,7 +105,7 @@ def test_a_port_taken_while_dcp_up_starts_is_told_the_same_way_and_its_database_
         " choose another with --s3-port or DCP_S3_EMBEDDED_PORT (0 picks a free one)"
     ]
     _no_traceback(stdout + stderr)
-    assert not postmaster.exists()
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
     assert left_running(mark) == []
 
 
@@ -145,25 +132,10 @@ async def test_a_server_that_loses_the_race_for_its_port_names_the_port(taken_po
 
 def test_ctrl_c_while_the_embedded_database_starts_stops_dcp_up_and_leaves_nothing_running(tmp_path: Path) -> None:
     data_dir = tmp_path / "dcp"
-    env, mark = marked(base_env())
-    process = subprocess.Popen(
-        [DCP, "up", "--data-dir", str(data_dir), *FREE],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        # The embedded server's directory is made just before initdb runs in it.
-        while not (data_dir / "postgres").exists():
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.01)
+    # The embedded server's directory is made just before initdb runs in it.
+    with up_until(data_dir, list(FREE), data_dir / "postgres") as (process, mark):
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
     assert process.returncode == 128 + signal.SIGINT
     assert stdout.splitlines() == ["stopping..."]
