@@ -45,7 +45,9 @@ def value_to_proto(value: Any) -> pb.Value:
 
 
 def data_from_proto(data: Mapping[str, pb.Value]) -> dict[str, Any]:
-    return {name: value_from_proto(value) for name, value in data.items()}
+    # By name: a protobuf map keeps no order, so a write's refusals would otherwise be listed in
+    # whatever order the map came in (another after a trip over the wire than in this process).
+    return {name: value_from_proto(data[name]) for name in sorted(data)}
 
 
 def _message(chunk: BatchChunk) -> pb.MergeProfilesRequest:
