@@ -24,6 +24,7 @@ from starlette.requests import Request
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
 from gateway.errors import ApiError
 from services._runtime.auth import token_from_headers
+from services._runtime.caching import REFRESH_AHEAD
 from services._runtime.errors import Unauthenticated
 from services._runtime.identity import IDENTITY_METADATA_KEY
 from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, safe_request_id
@@ -32,8 +33,6 @@ Metadata = tuple[tuple[str, str], ...]
 
 REUSE_SECONDS = 1.0
 """How long a verified token is reused: a revoked token stops working on every gateway within this."""
-ASK_AGAIN_AFTER = 0.75
-"""Past this fraction of its reuse, an answer still serves while the token is asked about again."""
 _REUSED_TOKENS_LIMIT = 10_000
 
 
@@ -137,7 +136,7 @@ class Authenticator:
             account_id=response.identity.account_id,
             assertion=response.assertion,
             reusable_until=asked_at + reusable_for,
-            ask_again_after=asked_at + reusable_for * ASK_AGAIN_AFTER,
+            ask_again_after=asked_at + reusable_for * REFRESH_AHEAD,
         )
         if len(self._verified) >= _REUSED_TOKENS_LIMIT:
             self._drop_stale()

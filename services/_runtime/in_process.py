@@ -65,21 +65,6 @@ class _Context:
     def code(self) -> grpc.StatusCode | None:
         return self._code
 
-    def details(self) -> str:
-        return self._details
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def set_details(self, details: str) -> None:
-        self._details = details
-
-    def set_trailing_metadata(self, metadata: MetadataPairs) -> None:
-        self._trailing = tuple(metadata)
-
-    def peer(self) -> str:
-        return "in-process"
-
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: MetadataPairs = ()) -> None:
         self._code, self._details = code, details
         if trailing_metadata:
@@ -152,8 +137,6 @@ class InProcessChannel(aio.Channel):
             raise aio.AioRpcError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, aio.Metadata(), aio.Metadata(), "Deadline Exceeded", None
             ) from None
-        if context.code() not in (None, grpc.StatusCode.OK):
-            raise context.failure()
         return response
 
     def unary_unary(
