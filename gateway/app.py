@@ -35,6 +35,7 @@ from gateway.openapi import TEXT, DocumentedRoute, Header, Operation, Reply, rec
 from gateway.profile_api import ProfileApi
 from gateway.ratelimit import Allowance, RateLimiter
 from gateway.responses import JSONResponse
+from gateway.routing import IndexedRouter
 from services._runtime import metrics
 from services._runtime.interceptors import request_id
 
@@ -329,8 +330,6 @@ def create_app(
         # With a metrics port of its own, the public port does not show them.
         # `metrics_endpoint`, when given, shows the counts of every serving process of the platform.
         routes.append(Route("/metrics", metrics_endpoint or metrics.endpoint))
-    return Starlette(
-        routes=routes,
-        exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(metrics.ObservedHttp)],
-    )
+    app = Starlette(exception_handlers={HTTPException: http_error}, middleware=[Middleware(metrics.ObservedHttp)])
+    app.router = IndexedRouter(routes)
+    return app
