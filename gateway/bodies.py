@@ -37,15 +37,12 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
         raise ApiError(
             400, f"the request body is not valid UTF-8 (byte {error.start})", code="MALFORMED_REQUEST"
         ) from None
-    reader = _Reader()
+    markers_before = _OutOfRange.made
     try:
-        value = json.loads(
-            text,
-            parse_constant=_refuse_constant,
-            parse_int=reader.parse_int,
-            parse_float=reader.parse_float,
-            object_pairs_hook=_unique_keys,
-        )
+        if text.startswith("\ufeff"):
+            # As json.loads says it.
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise ApiError(
             400,
@@ -62,12 +59,15 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
         ) from None
     except RecursionError:
         raise ApiError(400, "the request body is nested too deeply", code="MALFORMED_REQUEST") from None
-    if reader.out_of_range:
-        field, problem = _first_out_of_range(value)
+    # The count only says where to look: another thread's parse may have made the marker.
+    if _OutOfRange.made != markers_before and (out_of_range := _first_out_of_range(value)) is not None:
+        field, problem = out_of_range
         raise ApiError.field(field, problem)
     try:
         # A \u escape of a lone surrogate parses, but is not Unicode and cannot be stored or echoed.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        # Bytes that decoded as UTF-8 hold no surrogate, so only a body with an escape can.
+        if b"\\u" in raw:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(
             400,
@@ -110,7 +110,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 class _OutOfRange:
     """A number that no field takes, kept in place so that its path can be named."""
 
+    made = 0
+    """Markers made so far in this process: a parse that made none needs no search for one."""
+
     def __init__(self, problem: str) -> None:
+        _OutOfRange.made += 1
         self.problem = problem
 
 
@@ -118,30 +122,30 @@ class _OutOfRange:
 _MAX_INT_TEXT = 20
 
 
-class _Reader:
-    """Number hooks of one parse: out-of-range numbers become markers instead of
-    failing the parse (Python's int-digit limit) or turning into infinity."""
-
-    def __init__(self) -> None:
-        self.out_of_range = False
-
-    def parse_int(self, text: str) -> Any:
-        if len(text) <= _MAX_INT_TEXT:
-            number = int(text)
-            if INT64_MIN <= number <= INT64_MAX:
-                return number
-        self.out_of_range = True
-        return _OutOfRange("must be an integer that fits in a signed 64-bit integer")
-
-    def parse_float(self, text: str) -> Any:
-        number = float(text)
-        if math.isfinite(number):
+# Out-of-range numbers become markers instead of failing the parse (Python's
+# int-digit limit) or turning into infinity, so the answer can name their field.
+def _parse_int(text: str) -> Any:
+    if len(text) <= _MAX_INT_TEXT:
+        number = int(text)
+        if INT64_MIN <= number <= INT64_MAX:
             return number
-        self.out_of_range = True
-        return _OutOfRange("must be a finite number (a double)")
+    return _OutOfRange("must be an integer that fits in a signed 64-bit integer")
 
 
-def _first_out_of_range(value: Any) -> tuple[str, str]:
+def _parse_float(text: str) -> Any:
+    number = float(text)
+    if math.isfinite(number):
+        return number
+    return _OutOfRange("must be a finite number (a double)")
+
+
+# One decoder for every body: building one per parse cost more than parsing a small body.
+_DECODER = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_int=_parse_int, parse_float=_parse_float, object_pairs_hook=_unique_keys
+)
+
+
+def _first_out_of_range(value: Any) -> tuple[str, str] | None:
     """The path of the first marker, as `a.b[2].c`; iterative, so depth costs no stack."""
     pending: list[tuple[str, Any]] = [("", value)]
     while pending:
@@ -153,7 +157,7 @@ def _first_out_of_range(value: Any) -> tuple[str, str]:
             pending.extend(reversed(named))
         elif isinstance(item, list):
             pending.extend(reversed([(f"{path}[{index}]", child) for index, child in enumerate(item)]))
-    raise AssertionError("a marker was made, so one is in the value")
+    return None
 
 
 @dataclass(frozen=True)
