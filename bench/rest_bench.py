@@ -1,4 +1,4 @@
-"""REST and gRPC speed in one run, REST driven by wrk, every figure next to its baseline.
+"""REST and gRPC speed in one run, driven by load generators written in C, every figure next to its baseline.
 
 Builds the profile benchmark's data (one DCP service, 4 tables of 10
 attributes, N profiles, every Optimizely user aliased to one customer of each
@@ -10,13 +10,17 @@ floor each in its own process, and measures on the same machine and data:
   trivial gRPC call, bench/rest_floor.py), the gateway's WhoAmI, a
   single-table read, the consolidated view (4 tables), the audience evaluate
   call and a single-customer write of 4 attributes;
-- over gRPC, with a Python client in this process (16 calls in flight): the
-  floor (WhoAmI: same server, interceptors and authentication, no database), a
-  single-table read, the same write, and raw asyncpg upserts of that write.
+- over gRPC, with grpc_load (C, on gRPC's core library, bench/grpc_load.c,
+  built on first use; 16 calls in flight; random customers of the loaded set,
+  requests serialized beforehand): the floor (WhoAmI: same server,
+  interceptors and authentication, no database), a single-table read and the
+  same write;
+- raw asyncpg upserts of that write, from this process (a reference, no target).
 
 Prints one table: each figure, its baseline from the same run, the ratio, the
-target and whether it is met. A figure with any answer outside 2xx, or a
-request that got no answer, fails. Exits 0 either way: it is a measurement.
+target and whether it is met. A figure with any answer outside 2xx, a
+request that got no answer, or a gRPC call whose status is not OK, fails.
+Exits 0 either way: it is a measurement.
 
 Run: python -m bench.rest_bench [--profiles N] [--seconds S] [--connections 16]
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import subprocess
@@ -37,8 +42,11 @@ from pathlib import Path
 
 import grpc
 import httpx
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
 
 from bench.audience_bench import AUDIENCES, audience_conditions
+from bench.grpc_load import GrpcLoadReport, ensure_grpc_load, run_grpc_load, write_requests
 from bench.profiles_bench import (
     ATTRIBUTES,
     TABLES,
@@ -47,7 +55,6 @@ from bench.profiles_bench import (
     build_schema,
     create_database,
     customer_id,
-    drive,
     drop_database,
     load,
     raw_upserts,
@@ -57,12 +64,15 @@ from bench.rest_floor import PATH as FLOOR_PATH
 from bench.rest_floor import server_flavour, start_rest_floor
 from bench.wrk import WrkReport, ensure_wrk, lua_quote, lua_script, run_wrk
 from dcp.profiles.v1 import profiles_service_pb2 as profiles_pb
-from dcp.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
 from dcp.schema.v1 import schema_service_pb2 as schema_pb
 from dcp.schema.v1 import schema_service_pb2_grpc as schema_grpc
 
 WARM_UP_SECONDS = 1
 WRK_THREADS = 2
+# grpc_load goes round its requests file once it has sent them all: a figure gets enough requests that a run under
+# this many calls a second never sends one twice, so each call asks for a random customer, as wrk's requests do.
+GRPC_CALLS_PER_SECOND_COVERED = 5_000
+GRPC_REQUESTS_AT_LEAST = 20_000
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,8 @@ class Measured:
     p50_ms: float
     p99_ms: float
     problems: str = ""
-    """Why the figure does not count (answers outside 2xx, requests without an answer); empty when it does."""
+    """Why the figure does not count (answers outside 2xx, requests without an answer, gRPC calls not OK);
+    empty when it does."""
 
     @classmethod
     def of_wrk(cls, label: str, name: str, report: WrkReport) -> Measured:
@@ -87,6 +98,11 @@ class Measured:
         if report.socket_errors:
             problems.append(f"{report.socket_errors:,} socket errors")
         return cls(name, label, "wrk", report.rate, report.p50_ms, report.p99_ms, ", ".join(problems))
+
+    @classmethod
+    def of_grpc_load(cls, label: str, name: str, report: GrpcLoadReport) -> Measured:
+        problems = f"{report.non_ok:,} not OK, the first {report.failure}" if report.failed else ""
+        return cls(name, label, "grpc_load", report.rate, report.p50_ms, report.p99_ms, problems)
 
     @classmethod
     def of_python(cls, label: str, figures: Figures, client: str = "Python gRPC") -> Measured:
@@ -309,55 +325,89 @@ async def measure_rest(rest: RestDriver, platform: Platform, floor: str) -> dict
     }
 
 
-async def measure_grpc(platform: Platform, *, concurrency: int, seconds: float) -> dict[str, Measured]:
+class GrpcDriver:
+    """grpc_load runs against the platform's gRPC port: a warm-up, then the measured seconds."""
+
+    def __init__(self, grpc_load: str, scratch: Path, *, platform: Platform, seconds: float, concurrency: int) -> None:
+        self._grpc_load = grpc_load
+        self._scratch = scratch
+        self._platform = platform
+        self._seconds = seconds
+        self._concurrency = concurrency
+
+    @property
+    def request_count(self) -> int:
+        """How many requests to write for one figure."""
+        calls = GRPC_CALLS_PER_SECOND_COVERED * (WARM_UP_SECONDS + self._seconds)
+        return max(GRPC_REQUESTS_AT_LEAST, math.ceil(calls))
+
+    async def _identity(self) -> str:
+        """A fresh identity assertion: an internal caller authenticates once and forwards it."""
+        # Asked again for each figure, so a long run never measures with an assertion past its life.
+        async with grpc.aio.insecure_channel(self._platform.grpc_address) as channel:
+            auth = await schema_grpc.AuthServiceStub(channel).Authenticate(
+                schema_pb.AuthenticateRequest(token=self._platform.token)
+            )
+        return auth.assertion
+
+    async def measure(self, label: str, name: str, method: MethodDescriptor, requests: Sequence[Message]) -> Measured:
+        slug = "".join(c if c.isalnum() else "-" for c in name.lower())
+        requests_file = self._scratch / f"{slug}.requests"
+        write_requests(requests_file, requests)
+        report = await asyncio.to_thread(
+            run_grpc_load,
+            self._grpc_load,
+            self._platform.grpc_address,
+            f"/{method.containing_service.full_name}/{method.name}",
+            requests_file,
+            metadata=[("x-dcp-identity", await self._identity())],
+            seconds=self._seconds,
+            warm_up=WARM_UP_SECONDS,
+            concurrency=self._concurrency,
+        )
+        measured = Measured.of_grpc_load(label, name, report)
+        print(f"  {name}: {measured.rate:,.0f} req/s, p99 {measured.p99_ms:.1f} ms {measured.problems}", flush=True)
+        return measured
+
+
+async def measure_grpc(
+    driver: GrpcDriver, platform: Platform, *, concurrency: int, seconds: float
+) -> dict[str, Measured]:
     rng = random.Random(11)
     service_id, crm_table, users = platform.service_id, platform.crm_table, platform.users
-    async with grpc.aio.insecure_channel(platform.grpc_address) as channel:
-        # An internal caller authenticates once and forwards the signed identity.
-        auth = await schema_grpc.AuthServiceStub(channel).Authenticate(
-            schema_pb.AuthenticateRequest(token=platform.token)
+    schema_methods = schema_pb.DESCRIPTOR.services_by_name["SchemaService"].methods_by_name
+    profiles_methods = profiles_pb.DESCRIPTOR.services_by_name["ProfilesService"].methods_by_name
+    reads = [
+        profiles_pb.GetProfileRequest(
+            dcp_service_id=service_id, dcp_datasource_id=crm_table, customer_id=customer_id(1, rng.randrange(users))
         )
-        metadata = (("x-dcp-identity", auth.assertion),)
-        schema = schema_grpc.SchemaServiceStub(channel)
-        profiles = profiles_grpc.ProfilesServiceStub(channel)
-
-        async def floor(i: int) -> None:
-            await schema.WhoAmI(schema_pb.WhoAmIRequest(), metadata=metadata)
-
-        async def read(i: int) -> None:
-            await profiles.GetProfile(
-                profiles_pb.GetProfileRequest(
-                    dcp_service_id=service_id,
-                    dcp_datasource_id=crm_table,
-                    customer_id=customer_id(1, rng.randrange(users)),
-                ),
-                metadata=metadata,
-            )
-
-        async def write(i: int) -> None:
-            await profiles.MergeProfile(
-                profiles_pb.MergeProfileRequest(
-                    dcp_service_id=service_id,
-                    dcp_datasource_id=crm_table,
-                    customer_id=customer_id(1, rng.randrange(users)),
-                    data={
-                        "a0": profiles_pb.Value(long_value=rng.randrange(-(10**9), 10**9)),
-                        "a1": profiles_pb.Value(double_value=round(rng.random() * 1000, 3)),
-                        "a2": profiles_pb.Value(string_value=f"jeans{rng.randrange(1000)}"),
-                        "a3": profiles_pb.Value(bool_value=rng.random() < 0.5),
-                    },
-                ),
-                metadata=metadata,
-            )
-
-        measured: dict[str, Measured] = {}
-        for key, name, call in (
-            ("gRPC floor", "gRPC floor: WhoAmI (no database)", floor),
-            ("gRPC read", "gRPC single-table read", read),
-            ("gRPC write", "gRPC single-customer write (4 attributes)", write),
-        ):
-            measured[key] = Measured.of_python(key, await drive(name, call, concurrency=concurrency, seconds=seconds))
-            print(f"  {name}: {measured[key].rate:,.0f} req/s, p99 {measured[key].p99_ms:.1f} ms", flush=True)
+        for _ in range(driver.request_count)
+    ]
+    writes = [
+        profiles_pb.MergeProfileRequest(
+            dcp_service_id=service_id,
+            dcp_datasource_id=crm_table,
+            customer_id=customer_id(1, rng.randrange(users)),
+            data={
+                "a0": profiles_pb.Value(long_value=rng.randrange(-(10**9), 10**9)),
+                "a1": profiles_pb.Value(double_value=round(rng.random() * 1000, 3)),
+                "a2": profiles_pb.Value(string_value=f"jeans{rng.randrange(1000)}"),
+                "a3": profiles_pb.Value(bool_value=rng.random() < 0.5),
+            },
+        )
+        for _ in range(driver.request_count)
+    ]
+    # Every WhoAmI request is the same empty message.
+    whoami = [schema_pb.WhoAmIRequest()]
+    measured = {
+        "gRPC floor": await driver.measure(
+            "gRPC floor", "gRPC floor: WhoAmI (no database)", schema_methods["WhoAmI"], whoami
+        ),
+        "gRPC read": await driver.measure("gRPC read", "gRPC single-table read", profiles_methods["GetProfile"], reads),
+        "gRPC write": await driver.measure(
+            "gRPC write", "gRPC single-customer write (4 attributes)", profiles_methods["MergeProfile"], writes
+        ),
+    }
     raw = await raw_upserts(
         platform.database_url,
         crm_table,
@@ -383,6 +433,7 @@ async def main() -> None:
     options = parser.parse_args()
     # Before any loading: a missing load generator should cost seconds, not a million rows.
     wrk = ensure_wrk()
+    grpc_load = ensure_grpc_load()
     users = options.profiles // TABLES
     server, name = await create_database()
     database_url = _with_database(server, name)
@@ -404,15 +455,20 @@ async def main() -> None:
                 wrk, scratch, token=token, users=users, seconds=options.seconds, connections=options.connections
             )
             figures = await measure_rest(rest, platform, floor_url)
-            figures |= await measure_grpc(platform, concurrency=options.connections, seconds=options.seconds)
+            grpc_driver = GrpcDriver(
+                grpc_load, scratch, platform=platform, seconds=options.seconds, concurrency=options.connections
+            )
+            figures |= await measure_grpc(
+                grpc_driver, platform, concurrency=options.connections, seconds=options.seconds
+            )
     finally:
         _stop(floor)
         _stop(dcp)
         await drop_database(server, name)
     print(
         f"\n{users * TABLES:,} profiles, {TABLES} tables x {ATTRIBUTES} attributes; REST: wrk, {options.connections}"
-        f" connections, {WRK_THREADS} threads, {options.seconds:g} s a figure; gRPC: a Python client in the bench's"
-        f" process, {options.connections} calls in flight"
+        f" connections, {WRK_THREADS} threads, {options.seconds:g} s a figure; gRPC: grpc_load (C, gRPC's core),"
+        f" {options.connections} calls in flight; raw upserts: asyncpg in the bench's process"
     )
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(f"REST floor and gateway (dcp up): uvicorn on {server_flavour()}")
