@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from google.protobuf import empty_pb2
 
@@ -60,22 +60,31 @@ _OUTCOME_MESSAGES_CACHED = 10_000
 
 
 class _OutcomeMessages:
-    """Each audience outcome's message, built once.
+    """Each audience result's part of an EvaluateAudiences answer, encoded once.
 
-    Evaluation hands out one immutable outcome per pattern of leaf results (see
-    `conditions.evaluate`), and an audience has few patterns in practice; building
-    the message of 5 conditions costs more than the whole evaluation.
+    Targeting hands out one immutable result per audience and pattern of leaf
+    results, and an audience has few patterns in practice; building the message
+    of 5 conditions costs more than the whole evaluation. Each is kept as the
+    wire form of an answer holding that one audience: answers concatenated are
+    one answer with their audiences in order (protobuf merges repeated fields
+    so), and parsing them costs half of copying 25 built messages into an answer.
     """
 
     def __init__(self) -> None:
-        # Keyed by the outcome's id; the outcome is held in the value, so no other object can take that id.
-        self._built: dict[tuple[int, str, int], tuple[AudienceResult, pb.AudienceOutcome]] = {}
+        # Keyed by the result's id; the result is held in the value, so no other object can take that id.
+        self._encoded: dict[int, tuple[AudienceResult, bytes]] = {}
 
-    def message(self, result: AudienceResult) -> pb.AudienceOutcome:
-        key = (result.audience_id, result.name, id(result.outcome))
-        cached = self._built.get(key)
-        if cached is not None:
-            return cached[1]
+    def answer(self, service_id: int, user_id: str, results: Sequence[AudienceResult]) -> pb.EvaluateAudiencesResponse:
+        parts = [
+            pb.EvaluateAudiencesResponse(dcp_service_id=service_id, optimizely_user_id=user_id).SerializeToString()
+        ]
+        encoded = self._encoded
+        for result in results:
+            cached = encoded.get(id(result))
+            parts.append(cached[1] if cached is not None and cached[0] is result else self._encode(result))
+        return pb.EvaluateAudiencesResponse.FromString(b"".join(parts))
+
+    def _encode(self, result: AudienceResult) -> bytes:
         message = pb.AudienceOutcome(
             audience_id=result.audience_id,
             name=result.name,
@@ -92,10 +101,11 @@ class _OutcomeMessages:
                 for leaf in result.outcome.leaves
             ],
         )
-        if len(self._built) >= _OUTCOME_MESSAGES_CACHED:
-            self._built.clear()
-        self._built[key] = (result, message)
-        return message
+        encoded = pb.EvaluateAudiencesResponse(audiences=[message]).SerializeToString()
+        if len(self._encoded) >= _OUTCOME_MESSAGES_CACHED:
+            self._encoded.clear()
+        self._encoded[id(result)] = (result, encoded)
+        return encoded
 
 
 class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
@@ -210,11 +220,7 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
                 project_id=request.project_id,
                 audience_ids=list(request.audience_ids),
             )
-        return pb.EvaluateAudiencesResponse(
-            dcp_service_id=request.dcp_service_id,
-            optimizely_user_id=request.optimizely_user_id,
-            audiences=[self._outcomes.message(result) for result in results],
-        )
+        return self._outcomes.answer(request.dcp_service_id, request.optimizely_user_id, results)
 
     async def CountAudienceMembers(
         self, request: pb.CountAudienceMembersRequest, context: Context

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import Identity
-from services.domain.catalog import ServiceSnapshot, TableInfo
-from services.domain.conditions.evaluate import Outcome, evaluate
+from services.domain.catalog import ServiceSnapshot
+from services.domain.conditions.evaluate import Outcome, evaluate, evaluator
+from services.domain.conditions.evaluate import Profiles as ProfileValues
 from services.domain.conditions.grammar import AttributeLookup, parse_conditions
 from services.domain.conditions.model import AttributeRef, Node
 from services.profiles.membership import Membership
@@ -30,6 +31,36 @@ class AudienceResult:
     audience_id: int
     name: str
     outcome: Outcome
+
+
+# Per audience: a tree has few patterns of leaf results, each one outcome (see `evaluate`).
+_RESULTS_PER_AUDIENCE = 64
+
+
+class _Audience:
+    """A saved audience parsed against its service's tables, and its results seen so far."""
+
+    __slots__ = ("_evaluate", "_results", "definition", "node", "service_id", "tables")
+
+    def __init__(self, definition: AudienceDefinition, service: ServiceSnapshot, node: Node | None) -> None:
+        self.definition = definition
+        # Both stay the same objects while they do not change (see the registry and audience clients).
+        self.tables = service.tables
+        self.service_id = service.id
+        self.node = node
+        self._evaluate = evaluator(node)
+        # Keyed by the outcome's id; the outcome is held in the value, so no other object can take that id.
+        self._results: dict[int, tuple[Outcome, AudienceResult]] = {}
+
+    def result(self, values: ProfileValues, now: datetime) -> AudienceResult:
+        outcome = self._evaluate(values, now)
+        cached = self._results.get(id(outcome))
+        if cached is not None and cached[0] is outcome:
+            return cached[1]
+        result = AudienceResult(self.definition.id, self.definition.name, outcome)
+        if len(self._results) < _RESULTS_PER_AUDIENCE:
+            self._results[id(outcome)] = (outcome, result)
+        return result
 
 
 @dataclass(frozen=True)
@@ -79,18 +110,24 @@ class Targeting:
         self._membership = membership
         self._clock = clock
         # Parsing 25 audiences for every page view would cost more than evaluating them.
-        self._parsed: dict[int, tuple[AudienceDefinition, Mapping[int, TableInfo], int, Node | None]] = {}
+        self._parsed: dict[int, _Audience] = {}
 
-    def _node(self, definition: AudienceDefinition, service: ServiceSnapshot) -> Node | None:
-        # Both stay the same objects while they do not change (see the registry and audience clients).
+    def _audience(self, definition: AudienceDefinition, service: ServiceSnapshot) -> _Audience:
         cached = self._parsed.get(definition.id)
-        if cached is not None and cached[0] is definition and cached[1] is service.tables and cached[2] == service.id:
-            return cached[3]
-        node = parse_conditions(definition.conditions, usable_lookup(service), strict=False)
+        if (
+            cached is not None
+            and cached.definition is definition
+            and cached.tables is service.tables
+            and cached.service_id == service.id
+        ):
+            return cached
+        audience = _Audience(
+            definition, service, parse_conditions(definition.conditions, usable_lookup(service), strict=False)
+        )
         if len(self._parsed) >= _PARSED_CACHE_LIMIT:
             self._parsed.clear()
-        self._parsed[definition.id] = (definition, service.tables, service.id, node)
-        return node
+        self._parsed[definition.id] = audience
+        return audience
 
     async def evaluate(
         self,
@@ -115,7 +152,7 @@ class Targeting:
         if project_id:
             definitions = tuple(d for d in definitions if d.project_id == project_id)
         now = self._clock()
-        return [AudienceResult(d.id, d.name, evaluate(self._node(d, service), values, now=now)) for d in definitions]
+        return [self._audience(d, service).result(values, now) for d in definitions]
 
     async def definition(self, identity: Identity, audience_id: int) -> AudienceDefinition:
         """The audience as saved, archived or not; NOT_FOUND when the caller has no such audience."""

@@ -215,6 +215,37 @@ async def test_evaluation_says_which_audiences_match_and_which_conditions_held(w
     assert bad.json()["errors"][0]["field"] == "audience_ids"
 
 
+async def test_an_audience_changed_after_evaluations_is_answered_as_it_now_is(world: World) -> None:
+    for user, ltv in (("u1", 500), ("u2", 700), ("u3", 5)):
+        await world.write(world.crm, f"c-{user}", {"ltv": ltv})
+        await world.alias(user, world.crm, f"c-{user}")
+    audience = await world.audience("spenders", ["and", world.leaf(world.crm, "ltv", "ge", 500)])
+
+    async def outcome(user: str) -> dict[str, Any]:
+        response = await world.call("POST", f"/api/audiences/evaluate/{world.service}/{user}", {})
+        assert response.status_code == 200, response.text
+        only: dict[str, Any] = response.json()["audiences"][0]
+        return only
+
+    # Two users with the same pattern of results, one without: each gets their own answer.
+    assert [(await outcome(user))["matched"] for user in ("u1", "u2", "u3", "u1")] == [True, True, False, True]
+
+    changed = await world.call(
+        "PUT",
+        f"{V1}/audiences/{audience['id']}",
+        {"name": "big spenders", "conditions": ["and", world.leaf(world.crm, "ltv", "ge", 600)]},
+    )
+    assert changed.status_code in (200, 202), changed.text
+    await asyncio.sleep(1.1)  # the audience list's lifetime
+    after = {user: await outcome(user) for user in ("u1", "u2", "u3")}
+    assert {user: (o["name"], o["matched"]) for user, o in after.items()} == {
+        "u1": ("big spenders", False),
+        "u2": ("big spenders", True),
+        "u3": ("big spenders", False),
+    }
+    assert [c["matchType"] for c in after["u2"]["conditions"]] == ["ge"]
+
+
 async def test_an_attribute_archived_after_saving_stops_its_conditions_holding(world: World) -> None:
     await world.write(world.crm, "c1", {"ltv": 5})
     await world.alias("u1", world.crm, "c1")

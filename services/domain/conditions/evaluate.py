@@ -57,16 +57,14 @@ def evaluate(node: Node | None, profiles: Profiles, *, now: datetime) -> Outcome
     """Whether the tree matches, with every leaf's result; no conditions match nobody."""
     if node is None:
         return _NOBODY
-    compiled = _COMPILED.get(id(node)) or _compiled(node)
-    held = compiled.explain(profiles, now if now.tzinfo is UTC else _utc(now))
-    # Outcomes are immutable and a tree has few patterns of leaf results in practice,
-    # so each pattern's outcome is built once: building one costs more than finding the pattern.
-    outcome = compiled.explained.get(held)
-    if outcome is None:
-        outcome = Outcome(compiled.combine(held), tuple(map(operator.getitem, compiled.outcomes, held)))
-        if len(compiled.explained) < _EXPLAINED_MAX:
-            compiled.explained[held] = outcome
-    return outcome
+    return (_COMPILED.get(id(node)) or _compiled(node)).evaluate(profiles, now)
+
+
+def evaluator(node: Node | None) -> Callable[[Profiles, datetime], Outcome]:
+    """`evaluate` for one tree, found once: for a caller that keeps the tree and asks about many users."""
+    if node is None:
+        return _nobody
+    return _compiled(node).evaluate
 
 
 def holds(node: Node | None, profiles: Profiles, *, now: datetime) -> bool:
@@ -83,6 +81,12 @@ def predicate(node: Node) -> Predicate:
 
 
 _NOBODY = Outcome(matched=False, leaves=())
+
+
+def _nobody(profiles: Profiles, now: datetime) -> Outcome:
+    return _NOBODY
+
+
 Held = tuple[bool, ...]
 """Each leaf's result, in document order."""
 # Every pattern of a tree of 5 leaves.
@@ -102,6 +106,17 @@ class _Compiled:
     """Each leaf's outcome when it did not hold and when it did."""
     explained: dict[Held, Outcome] = field(default_factory=dict)
     """The outcome of each pattern of leaf results seen so far, up to _EXPLAINED_MAX of them."""
+
+    def evaluate(self, profiles: Profiles, now: datetime) -> Outcome:
+        held = self.explain(profiles, now if now.tzinfo is UTC else _utc(now))
+        # Outcomes are immutable and a tree has few patterns of leaf results in practice,
+        # so each pattern's outcome is built once: building one costs more than finding the pattern.
+        outcome = self.explained.get(held)
+        if outcome is None:
+            outcome = Outcome(self.combine(held), tuple(map(operator.getitem, self.outcomes, held)))
+            if len(self.explained) < _EXPLAINED_MAX:
+                self.explained[held] = outcome
+        return outcome
 
 
 # Compiled trees by identity: audiences are parsed once and checked many times.
