@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
+from services._runtime.coalescing import Coalescer
 from services._runtime.db import MigrationSet
 from services.domain.batches import Values
 
@@ -25,6 +26,31 @@ ON CONFLICT (customer_id, datasource_id)
 DO UPDATE SET data = jsonb_strip_nulls(p.data || $3::jsonb), updated_at = now()
 RETURNING data
 """
+
+# Single writes that arrive together: one statement, one commit. Keys are
+# distinct (see Coalescer). New rows are stored stripped of nulls; an existing
+# row is merged with the changes as sent, so their nulls clear its keys.
+_MERGE_MANY = """
+WITH changes AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::jsonb[]) AS c(customer_id, datasource_id, data)
+)
+INSERT INTO profiles.profiles AS p (customer_id, datasource_id, data)
+SELECT customer_id, datasource_id, jsonb_strip_nulls(data) FROM changes
+ON CONFLICT (customer_id, datasource_id)
+DO UPDATE SET data = jsonb_strip_nulls(p.data || (
+    SELECT c.data FROM changes c WHERE c.customer_id = EXCLUDED.customer_id AND c.datasource_id = EXCLUDED.datasource_id
+)), updated_at = now()
+RETURNING datasource_id, customer_id, data
+"""
+
+_GET = "SELECT data FROM profiles.profiles WHERE customer_id = $1 AND datasource_id = $2"
+
+# A batch of writes waiting longer than this (one of its rows locked by an import's transaction, say)
+# is run write by write instead, so only the writes to locked rows keep waiting.
+WRITE_BATCH_BOUND_SECONDS = 0.5
+
+Key = tuple[int, str]
+"""(table id, customer id)"""
 
 # A batch folds each customer's staged rows in order; the fold keeps a row's
 # clears (JSON nulls) so they reach the update, and new rows that carried some
@@ -67,15 +93,35 @@ SELECT datasource_id, customer_id, data, false FROM profiles.profiles WHERE cust
 """
 
 
+def _itself(key: Key) -> Key:
+    return key
+
+
+def _key(change: tuple[Key, Values]) -> Key:
+    return change[0]
+
+
 class ProfilesRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        # Single reads and writes that arrive while others are in flight share a statement.
+        self._reads: Coalescer[Key, Values | None] = Coalescer(_itself, self._get_each, self._get_one)
+        self._writes: Coalescer[tuple[Key, Values], Values] = Coalescer(
+            _key, self._merge_each, self._merge_one, batch_timeout=WRITE_BATCH_BOUND_SECONDS
+        )
 
     async def get(self, table_id: int, customer_id: str) -> Values | None:
-        data: Values | None = await self._pool.fetchval(
-            "SELECT data FROM profiles.profiles WHERE customer_id = $1 AND datasource_id = $2", customer_id, table_id
-        )
+        return await self._reads((table_id, customer_id))
+
+    async def _get_one(self, key: Key) -> Values | None:
+        data: Values | None = await self._pool.fetchval(_GET, key[1], key[0])
         return data
+
+    async def _get_each(self, keys: Sequence[Key]) -> list[Values | None]:
+        if len(keys) == 1:
+            return [await self._get_one(keys[0])]
+        found = await self.get_many(keys)
+        return [found.get(key) for key in keys]
 
     async def get_many(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Values]:
         """Many (table, customer) profiles in one query."""
@@ -117,8 +163,27 @@ class ProfilesRepository:
         return links, stored
 
     async def merge(self, table_id: int, customer_id: str, changes: Values) -> Values:
+        """The customer's values once `changes` are merged in (a null clears its key), committed."""
+        return await self._writes(((table_id, customer_id), changes))
+
+    async def _merge_one(self, change: tuple[Key, Values]) -> Values:
+        (table_id, customer_id), changes = change
         data: Values = await self._pool.fetchval(_MERGE, customer_id, table_id, changes)
         return data
+
+    async def _merge_each(self, changes: Sequence[tuple[Key, Values]]) -> list[Values]:
+        if len(changes) == 1:
+            return [await self._merge_one(changes[0])]
+        # In key order, so two statements that lock some of the same rows take them in the same order.
+        ordered = sorted(changes, key=_key)
+        rows = await self._pool.fetch(
+            _MERGE_MANY,
+            [customer_id for (_, customer_id), _ in ordered],
+            [table_id for (table_id, _), _ in ordered],
+            [values for _, values in ordered],
+        )
+        merged: dict[Key, Values] = {(row["datasource_id"], row["customer_id"]): row["data"] for row in rows}
+        return [merged[key] for key, _ in changes]
 
     async def delete(self, table_id: int, customer_id: str) -> None:
         await self._pool.execute(

@@ -1,0 +1,112 @@
+"""Operations that arrive together go in one batch, and each caller still gets its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from services._runtime.coalescing import Coalescer
+
+
+class Store:
+    """Records each batch; a key in `refused` fails any batch it is in, and fails alone too."""
+
+    def __init__(self, refused: frozenset[str] = frozenset()) -> None:
+        self.batches: list[list[str]] = []
+        self.alone: list[str] = []
+        self.refused = refused
+        self.release = asyncio.Event()
+        self.release.set()
+        self.held: set[str] = set()
+
+    async def batch(self, items: Sequence[tuple[str, int]]) -> list[str]:
+        self.batches.append([key for key, _ in items])
+        if any(key in self.held for key, _ in items):
+            await self.release.wait()
+        await asyncio.sleep(0.001)
+        if any(key in self.refused for key, _ in items):
+            raise RuntimeError("refused")
+        return [f"{key}={value}" for key, value in items]
+
+    async def one(self, item: tuple[str, int]) -> str:
+        key, value = item
+        self.alone.append(key)
+        if key in self.held:
+            await self.release.wait()
+        if key in self.refused:
+            raise ValueError(f"{key} refused")
+        return f"{key}={value}"
+
+
+def coalescer(store: Store, **options: float) -> Coalescer[tuple[str, int], str]:
+    return Coalescer(lambda item: item[0], store.batch, store.one, **options)  # type: ignore[arg-type]
+
+
+async def test_one_call_on_a_quiet_coalescer_goes_alone() -> None:
+    store = Store()
+    assert await coalescer(store)(("a", 1)) == "a=1"
+    assert store.batches == [["a"]]
+
+
+async def test_calls_that_arrive_together_share_batches_and_get_their_own_results() -> None:
+    store = Store()
+    run = coalescer(store)
+    results = await asyncio.gather(*(run((f"k{n}", n)) for n in range(50)))
+    assert results == [f"k{n}={n}" for n in range(50)]
+    assert len(store.batches) < 5
+    assert sorted(key for batch in store.batches for key in batch) == sorted(f"k{n}" for n in range(50))
+
+
+async def test_a_key_is_never_twice_in_a_batch_and_its_operations_keep_their_order() -> None:
+    store = Store()
+    run = coalescer(store)
+    results = await asyncio.gather(*(run(("same" if n % 2 else f"k{n}", n)) for n in range(20)))
+    assert results == [f"same={n}" if n % 2 else f"k{n}={n}" for n in range(20)]
+    assert all(batch.count("same") <= 1 for batch in store.batches)
+    assert [n for n in range(20) if n % 2] == [int(r.split("=")[1]) for r in results if r.startswith("same")]
+
+
+async def test_a_failed_batch_is_run_item_by_item_so_only_the_refused_one_fails() -> None:
+    store = Store(refused=frozenset({"k3"}))
+    run = coalescer(store)
+    results = await asyncio.gather(*(run((f"k{n}", n)) for n in range(8)), return_exceptions=True)
+    assert isinstance(results[3], ValueError)
+    assert [r for i, r in enumerate(results) if i != 3] == [f"k{n}={n}" for n in range(8) if n != 3]
+    assert "k3" in store.alone
+
+
+async def test_a_batch_past_its_bound_leaves_only_the_held_key_waiting() -> None:
+    store = Store()
+    store.held = {"k0"}
+    store.release.clear()
+    run = coalescer(store, batch_timeout=0.05)
+    held = asyncio.create_task(run(("k0", 0)))
+    others = [asyncio.create_task(run((f"k{n}", n))) for n in range(1, 6)]
+    done, _ = await asyncio.wait(others, timeout=5)
+    assert {task.result() for task in done} == {f"k{n}={n}" for n in range(1, 6)}
+    assert not held.done()
+    # A later operation on the held key waits for it, in order.
+    after = asyncio.create_task(run(("k0", 99)))
+    await asyncio.sleep(0.1)
+    assert not after.done()
+    store.release.set()
+    assert await held == "k0=0"
+    assert await after == "k0=99"
+
+
+async def test_a_caller_that_stops_waiting_does_not_stop_the_batch() -> None:
+    store = Store()
+    run = coalescer(store)
+    tasks = [asyncio.create_task(run((f"k{n}", n))) for n in range(6)]
+    await asyncio.sleep(0)
+    tasks[2].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 2] == [f"k{n}={n}" for n in range(6) if n != 2]
+
+
+def test_limits_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Coalescer(lambda item: item, Store().batch, Store().one, max_batch=0)
