@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
@@ -43,14 +44,39 @@ DO UPDATE SET data = jsonb_strip_nulls(p.data || (
 RETURNING datasource_id, customer_id, data
 """
 
+# The consolidated reads of users asked about together, told apart by their position in the arrays.
+_CONSOLIDATED_MANY = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+        WITH ORDINALITY AS w(user_id, service_id, table_id, position)
+)
+SELECT w.position, l.datasource_id, l.customer_id, p.data, true AS linked
+FROM wanted w
+JOIN aliases.published_links l ON l.optimizely_user_id = w.user_id AND l.dcp_service_id = w.service_id
+LEFT JOIN profiles.profiles p ON p.customer_id = l.customer_id AND p.datasource_id = l.datasource_id
+UNION ALL
+SELECT w.position, p.datasource_id, p.customer_id, p.data, false
+FROM wanted w
+JOIN profiles.profiles p ON p.customer_id = w.user_id AND p.datasource_id = w.table_id
+"""
+
 _GET = "SELECT data FROM profiles.profiles WHERE customer_id = $1 AND datasource_id = $2"
 
 # A batch of writes waiting longer than this (one of its rows locked by an import's transaction, say)
 # is run write by write instead, so only the writes to locked rows keep waiting.
 WRITE_BATCH_BOUND_SECONDS = 0.5
 
+# A consolidated read takes several times a row's round trip, so while one batch is in
+# flight the next may start: measured, two at once answered more views, and sooner, than one.
+VIEW_BATCHES_IN_FLIGHT = 2
+
 Key = tuple[int, str]
 """(table id, customer id)"""
+UserKey = tuple[int, int, str]
+"""(DCP service id, Optimizely table id, Optimizely user id)"""
+Consolidated = tuple[dict[int, str], dict[Key, Values]]
+"""A user's links (table id → customer id) and the stored values of each linked profile and of their own."""
+_Same = TypeVar("_Same")
 
 # A batch folds each customer's staged rows in order; the fold keeps a row's
 # clears (JSON nulls) so they reach the update, and new rows that carried some
@@ -93,8 +119,20 @@ SELECT datasource_id, customer_id, data, false FROM profiles.profiles WHERE cust
 """
 
 
-def _itself(key: Key) -> Key:
+def _itself(key: _Same) -> _Same:
     return key
+
+
+def _consolidated(rows: Sequence[asyncpg.Record]) -> Consolidated:
+    links: dict[int, str] = {}
+    stored: dict[Key, Values] = {}
+    for row in rows:
+        table_id, customer_id = row["datasource_id"], row["customer_id"]
+        if row["linked"]:
+            links[table_id] = customer_id
+        if row["data"] is not None:
+            stored[(table_id, customer_id)] = row["data"]
+    return links, stored
 
 
 def _key(change: tuple[Key, Values]) -> Key:
@@ -106,6 +144,9 @@ class ProfilesRepository:
         self._pool = pool
         # Single reads and writes that arrive while others are in flight share a statement.
         self._reads: Coalescer[Key, Values | None] = Coalescer(_itself, self._get_each, self._get_one)
+        self._views: Coalescer[UserKey, Consolidated] = Coalescer(
+            _itself, self._consolidated_each, self._consolidated_one, max_in_flight=VIEW_BATCHES_IN_FLIGHT
+        )
         self._writes: Coalescer[tuple[Key, Values], Values] = Coalescer(
             _key, self._merge_each, self._merge_one, batch_timeout=WRITE_BATCH_BOUND_SECONDS
         )
@@ -142,25 +183,33 @@ class ProfilesRepository:
             if (row["datasource_id"], row["customer_id"]) in wanted
         }
 
-    async def consolidated(
-        self, service_id: int, optimizely_table_id: int, optimizely_user_id: str
-    ) -> tuple[dict[int, str], dict[tuple[int, str], Values]]:
+    async def consolidated(self, service_id: int, optimizely_table_id: int, optimizely_user_id: str) -> Consolidated:
         """One user's alias links and every linked profile, with the Optimizely table's, in one query.
 
         Links come from the aliases service's published view, which it keeps
         for readers sharing its database: one round trip instead of two on the
         read behind every targeting decision.
         """
+        return await self._views((service_id, optimizely_table_id, optimizely_user_id))
+
+    async def _consolidated_one(self, user: UserKey) -> Consolidated:
+        service_id, optimizely_table_id, optimizely_user_id = user
         rows = await self._pool.fetch(_CONSOLIDATED, optimizely_user_id, service_id, optimizely_table_id)
-        links: dict[int, str] = {}
-        stored: dict[tuple[int, str], Values] = {}
+        return _consolidated(rows)
+
+    async def _consolidated_each(self, users: Sequence[UserKey]) -> list[Consolidated]:
+        if len(users) == 1:
+            return [await self._consolidated_one(users[0])]
+        rows = await self._pool.fetch(
+            _CONSOLIDATED_MANY,
+            [user_id for _, _, user_id in users],
+            [service_id for service_id, _, _ in users],
+            [table_id for _, table_id, _ in users],
+        )
+        by_user: list[list[asyncpg.Record]] = [[] for _ in users]
         for row in rows:
-            table_id, customer_id = row["datasource_id"], row["customer_id"]
-            if row["linked"]:
-                links[table_id] = customer_id
-            if row["data"] is not None:
-                stored[(table_id, customer_id)] = row["data"]
-        return links, stored
+            by_user[row["position"] - 1].append(row)
+        return [_consolidated(found) for found in by_user]
 
     async def merge(self, table_id: int, customer_id: str, changes: Values) -> Values:
         """The customer's values once `changes` are merged in (a null clears its key), committed."""

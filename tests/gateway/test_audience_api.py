@@ -215,6 +215,37 @@ async def test_evaluation_says_which_audiences_match_and_which_conditions_held(w
     assert bad.json()["errors"][0]["field"] == "audience_ids"
 
 
+async def test_views_and_evaluations_asked_together_each_answer_their_own_user(world: World) -> None:
+    users = [f"u{n}" for n in range(12)]
+    for n, user in enumerate(users):
+        await world.write(world.optimizely, user, {"vip": n % 2 == 0})
+        if n % 3:
+            await world.write(world.crm, f"c{n}", {"ltv": n * 100})
+            await world.alias(user, world.crm, f"c{n}")
+    audience = await world.audience("big", ["and", world.leaf(world.crm, "ltv", "ge", 500)])
+
+    async def view(user: str) -> Any:
+        response = await world.call("GET", f"/api/consolidatedCustomerView/{world.service}/{user}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def matched(user: str) -> bool:
+        response = await world.call("POST", f"/api/audiences/evaluate/{world.service}/{user}", {})
+        assert response.status_code == 200, response.text
+        outcome = next(a for a in response.json()["audiences"] if a["audienceId"] == str(audience["id"]))
+        result: bool = outcome["matched"]
+        return result
+
+    alone = [await view(user) for user in users]
+    together = await asyncio.gather(*(view(user) for user in users))
+    assert together == alone
+    # Each user's own values came back: the aliased ones carry their crm profile, the others do not.
+    assert [len(answer) for answer in together] == [1 if n % 3 == 0 else 2 for n in range(12)]
+    assert await asyncio.gather(*(matched(user) for user in users)) == [
+        n % 3 != 0 and n * 100 >= 500 for n in range(12)
+    ]
+
+
 async def test_an_audience_changed_after_evaluations_is_answered_as_it_now_is(world: World) -> None:
     for user, ltv in (("u1", 500), ("u2", 700), ("u3", 5)):
         await world.write(world.crm, f"c-{user}", {"ltv": ltv})
