@@ -24,7 +24,7 @@ from starlette.requests import Request
 from dcp.schema.v1 import schema_service_pb2, schema_service_pb2_grpc
 from gateway.errors import ApiError
 from services._runtime.auth import token_from_headers
-from services._runtime.caching import REFRESH_AHEAD
+from services._runtime.caching import REFRESH_AHEAD, Fetches, joined
 from services._runtime.errors import Unauthenticated
 from services._runtime.identity import IDENTITY_METADATA_KEY
 from services._runtime.interceptors import REQUEST_ID_METADATA_KEY, safe_request_id
@@ -73,7 +73,7 @@ class Authenticator:
         self._clock = clock
         # Keyed by the token's digest, so that this process's memory holds no usable token.
         self._verified: dict[bytes, _Verified] = {}
-        self._asking: dict[bytes, asyncio.Future[_Verified]] = {}
+        self._asking: Fetches[bytes, _Verified] = Fetches()
 
     async def caller(self, request: Request, request_id: str) -> Caller:
         """Raises ApiError 401 without usable credentials; the AuthService's own
@@ -99,26 +99,16 @@ class Authenticator:
         verified = self._verified.get(key)
         now = self._clock()
         if verified is not None and verified.reusable_until > now:
-            if verified.ask_again_after <= now and key not in self._asking:
+            if verified.ask_again_after <= now and not self._asking.running(key):
                 # Asked again while the answer still serves, so a steady client never waits for it,
                 # and a revoked token is dropped as soon as that answer comes.
                 self._start_asking(key, token, request_id)
             return verified
         # Requests of one token that arrive together share one question.
-        asking = self._asking.get(key) or self._start_asking(key, token, request_id)
-        return await asyncio.shield(asking)
+        return await joined(self._asking.current(key) or self._start_asking(key, token, request_id))
 
     def _start_asking(self, key: bytes, token: str, request_id: str) -> asyncio.Future[_Verified]:
-        asking = asyncio.ensure_future(self._ask(key, token, request_id))
-        self._asking[key] = asking
-        asking.add_done_callback(lambda done: self._asked(key, done))
-        return asking
-
-    def _asked(self, key: bytes, done: asyncio.Future[_Verified]) -> None:
-        self._asking.pop(key, None)
-        if not done.cancelled():
-            # Retrieved here, so that a refusal nobody waits for any more (its callers left) is not logged as lost.
-            done.exception()
+        return self._asking.start(key, self._ask(key, token, request_id))
 
     async def _ask(self, key: bytes, token: str, request_id: str) -> _Verified:
         asked_at = self._clock()

@@ -12,7 +12,7 @@ import grpc
 import orjson
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services._runtime.caching import REFRESH_AHEAD
+from services._runtime.caching import REFRESH_AHEAD, Fetches, joined
 from services._runtime.calls import relayed
 from services._runtime.identity import AssertionSigner, Identity
 from services._runtime.interceptors import outgoing_metadata
@@ -68,7 +68,7 @@ class AudienceDirectory:
         self._signer = signer
         self._ttl = ttl_seconds
         self._of_service: dict[tuple[int, int], tuple[float, tuple[AudienceDefinition, ...]]] = {}
-        self._fetching: dict[tuple[int, int], asyncio.Task[tuple[AudienceDefinition, ...]]] = {}
+        self._fetches: Fetches[tuple[int, int], tuple[AudienceDefinition, ...]] = Fetches()
 
     async def get(self, identity: Identity, audience_id: int) -> AudienceDefinition:
         try:
@@ -110,27 +110,21 @@ class AudienceDirectory:
         cached = self._of_service.get(key)
         age = time.monotonic() - cached[0] if cached is not None else self._ttl + 1
         if cached is not None and age <= self._ttl:
-            if age > self._ttl * REFRESH_AHEAD and key not in self._fetching:
+            if age > self._ttl * REFRESH_AHEAD and not self._fetches.running(key):
                 # Fetched again while this copy still serves: steady traffic never waits for one.
-                self._fetch_in_background(key, identity, service_id)
+                self._fetch(key, identity, service_id)
             found = cached[1]
         else:
-            # One fetch per service at a time: every request waiting when the copy
-            # expires would otherwise ask the schema service at once.
-            pending = self._fetching.get(key) or self._fetch_in_background(key, identity, service_id)
-            found = await asyncio.shield(pending)
+            found = await joined(self._fetches.current(key) or self._fetch(key, identity, service_id))
         if not audience_ids:
             return found
         wanted = set(audience_ids)
         return tuple(a for a in found if a.id in wanted)
 
-    def _fetch_in_background(
+    def _fetch(
         self, key: tuple[int, int], identity: Identity, service_id: int
-    ) -> asyncio.Task[tuple[AudienceDefinition, ...]]:
-        task = asyncio.ensure_future(self._fetch_and_keep(key, identity, service_id))
-        self._fetching[key] = task
-        task.add_done_callback(lambda done: self._fetched(key, done))
-        return task
+    ) -> asyncio.Future[tuple[AudienceDefinition, ...]]:
+        return self._fetches.start(key, self._fetch_and_keep(key, identity, service_id))
 
     async def _fetch_and_keep(
         self, key: tuple[int, int], identity: Identity, service_id: int
@@ -144,12 +138,6 @@ class AudienceDirectory:
             found = previous[1]
         self._of_service[key] = (started, found)
         return found
-
-    def _fetched(self, key: tuple[int, int], done: asyncio.Task[tuple[AudienceDefinition, ...]]) -> None:
-        if self._fetching.get(key) is done:
-            del self._fetching[key]
-        if not done.cancelled():
-            done.exception()  # retrieved here, so a refresh nobody waited for never warns
 
     async def _fetch_service(self, identity: Identity, service_id: int) -> tuple[AudienceDefinition, ...]:
         found: list[AudienceDefinition] = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 
 from dcp.schema.v1 import resources_pb2, schema_service_pb2, schema_service_pb2_grpc
-from services._runtime.caching import REFRESH_AHEAD
+from services._runtime.caching import REFRESH_AHEAD, Fetches, joined
 from services._runtime.calls import relayed
 from services._runtime.errors import DcpError, NotFound
 from services._runtime.identity import (
@@ -96,7 +96,7 @@ class RegistryClient:
         self._signer = signer
         self._ttl = ttl_seconds
         self._snapshots: dict[tuple[int, int], ServiceSnapshot] = {}
-        self._refreshing: dict[tuple[int, int], tuple[float, asyncio.Task[ServiceSnapshot]]] = {}
+        self._fetches: Fetches[tuple[int, int], ServiceSnapshot] = Fetches()
 
     async def service(self, identity: Identity, service_id: int, *, max_age: float | None = None) -> ServiceSnapshot:
         """The service's snapshot, no older than `max_age` (default: the TTL)."""
@@ -105,24 +105,22 @@ class RegistryClient:
         now = time.monotonic()
         cached = self._snapshots.get(key)
         if cached is not None and now - cached.fetched_at <= limit:
-            if max_age is None and now - cached.fetched_at > limit * REFRESH_AHEAD and key not in self._refreshing:
+            if max_age is None and now - cached.fetched_at > limit * REFRESH_AHEAD and not self._fetches.running(key):
                 # Fetched again while this one still serves: steady traffic never waits for a snapshot.
                 self._fetch_in_background(key, identity, service_id, now)
             return cached
-        pending = self._refreshing.get(key)
-        if pending is None or now - pending[0] > limit:
-            # One fetch per service at a time, however many requests are waiting;
-            # a caller that needs a newer look than the one in flight starts its own.
-            pending = (now, self._fetch_in_background(key, identity, service_id, now))
-        return await asyncio.shield(pending[1])
+        # A caller that needs a newer look than the one in flight starts its own.
+        pending = self._fetches.current(key, started_after=now - limit) or self._fetch_in_background(
+            key, identity, service_id, now
+        )
+        return await joined(pending)
 
     def _fetch_in_background(
         self, key: tuple[int, int], identity: Identity, service_id: int, started_at: float
-    ) -> asyncio.Task[ServiceSnapshot]:
-        task = asyncio.ensure_future(self._fetch_and_keep(key, identity, service_id, started_at))
-        self._refreshing[key] = (started_at, task)
-        task.add_done_callback(lambda done: self._fetched(key, done))
-        return task
+    ) -> asyncio.Future[ServiceSnapshot]:
+        return self._fetches.start(
+            key, self._fetch_and_keep(key, identity, service_id, started_at), started_at=started_at
+        )
 
     async def _fetch_and_keep(
         self, key: tuple[int, int], identity: Identity, service_id: int, started_at: float
@@ -136,12 +134,6 @@ class RegistryClient:
         if newest is None or newest.fetched_at <= snapshot.fetched_at:
             self._snapshots[key] = snapshot
         return snapshot
-
-    def _fetched(self, key: tuple[int, int], done: asyncio.Task[ServiceSnapshot]) -> None:
-        if self._refreshing.get(key, (0.0, None))[1] is done:
-            del self._refreshing[key]
-        if not done.cancelled():
-            done.exception()  # retrieved here, so a refresh nobody waited for never warns
 
     async def service_of_table(self, identity: Identity, table_id: int) -> int:
         """The DCP service a table belongs to; NOT_FOUND for a table of no service of the caller's."""
