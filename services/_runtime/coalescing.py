@@ -55,6 +55,7 @@ class Coalescer(Generic[Item, Result]):
         run_one: Callable[[Item], Awaitable[Result]],
         *,
         batch_timeout: float | None = None,
+        gather_turns: int = GATHER_TURNS,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
@@ -64,6 +65,7 @@ class Coalescer(Generic[Item, Result]):
         self._run_batch = run_batch
         self._run_one = run_one
         self._batch_timeout = batch_timeout
+        self._gather_turns = gather_turns
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: deque[tuple[Item, asyncio.Future[Result]]] = deque()
@@ -92,7 +94,7 @@ class Coalescer(Generic[Item, Result]):
     async def _flush(self) -> None:
         try:
             while True:
-                for _ in range(GATHER_TURNS):
+                for _ in range(self._gather_turns):
                     if len(self._pending) >= self._max_batch:
                         break
                     await asyncio.sleep(0)

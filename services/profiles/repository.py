@@ -66,9 +66,12 @@ _GET = "SELECT data FROM profiles.profiles WHERE customer_id = $1 AND datasource
 # is run write by write instead, so only the writes to locked rows keep waiting.
 WRITE_BATCH_BOUND_SECONDS = 0.5
 
-# A consolidated read takes several times a row's round trip, so while one batch is in
-# flight the next may start: measured, two at once answered more views, and sooner, than one.
-VIEW_BATCHES_IN_FLIGHT = 2
+# A consolidated read takes several times a row's round trip. Unbounded, one batch took every
+# waiting view and the views moved as one convoy: the database working while the process waited,
+# then the other way round. Batches of at most 8, three in flight, keep both busy: measured,
+# about a fifth more views a second, and a lower p99.
+VIEW_BATCHES_IN_FLIGHT = 3
+VIEW_BATCH_LIMIT = 8
 
 Key = tuple[int, str]
 """(table id, customer id)"""
@@ -145,7 +148,11 @@ class ProfilesRepository:
         # Single reads and writes that arrive while others are in flight share a statement.
         self._reads: Coalescer[Key, Values | None] = Coalescer(_itself, self._get_each, self._get_one)
         self._views: Coalescer[UserKey, Consolidated] = Coalescer(
-            _itself, self._consolidated_each, self._consolidated_one, max_in_flight=VIEW_BATCHES_IN_FLIGHT
+            _itself,
+            self._consolidated_each,
+            self._consolidated_one,
+            max_in_flight=VIEW_BATCHES_IN_FLIGHT,
+            max_batch=VIEW_BATCH_LIMIT,
         )
         self._writes: Coalescer[tuple[Key, Values], Values] = Coalescer(
             _key, self._merge_each, self._merge_one, batch_timeout=WRITE_BATCH_BOUND_SECONDS

@@ -110,3 +110,17 @@ async def test_a_caller_that_stops_waiting_does_not_stop_the_batch() -> None:
 def test_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(lambda item: item, Store().batch, Store().one, max_batch=0)
+
+
+async def test_batches_keep_to_their_limit_and_several_run_at_once() -> None:
+    store = Store()
+    store.held = {f"k{n}" for n in range(20)}
+    store.release.clear()
+    run = coalescer(store, max_batch=4, max_in_flight=3)
+    calls = [asyncio.create_task(run((f"k{n}", n))) for n in range(20)]
+    await asyncio.sleep(0.05)
+    # Three batches of four went out together and wait; the rest wait for one of them to end.
+    assert [len(batch) for batch in store.batches] == [4, 4, 4]
+    store.release.set()
+    assert await asyncio.gather(*calls) == [f"k{n}={n}" for n in range(20)]
+    assert all(len(batch) <= 4 for batch in store.batches)
