@@ -229,20 +229,23 @@ def _evaluate_request(service_id: int, user_id: str, body: Any) -> profiles_pb.E
 
 
 _OUTCOMES_CACHED = 10_000
-_encoded_outcomes: dict[tuple[bytes, bool], bytes] = {}
+# Saved audiences' documents, and unsaved ones' (which show neither id nor name), by the outcome's digest
+# (or its wire form, from a server that sends no digest).
+_encoded_outcomes: dict[bool, dict[bytes, bytes]] = {True: {}, False: {}}
 
 
 def _encoded_audiences(outcomes: Iterable[profiles_pb.AudienceOutcome], *, saved: bool) -> bytes:
     """The outcomes' JSON documents, encoded and comma-separated.
 
     An audience's outcomes follow few patterns, each answered many times, so each
-    is encoded once, found again by its wire form: building and encoding 25
-    audiences' documents anew cost a fifth of an evaluation.
+    is encoded once, found again by its digest: building and encoding 25
+    audiences' documents anew cost a fifth of an evaluation, and serializing
+    each outcome to recognise it a tenth.
     """
-    encoded_outcomes = _encoded_outcomes
+    encoded_outcomes = _encoded_outcomes[saved]
     parts = []
     for outcome in outcomes:
-        key = (outcome.SerializeToString(), saved)
+        key = outcome.digest or outcome.SerializeToString()
         encoded = encoded_outcomes.get(key)
         if encoded is None:
             if len(encoded_outcomes) >= _OUTCOMES_CACHED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 
 from google.protobuf import empty_pb2
@@ -107,6 +108,7 @@ class _OutcomeMessages:
                 for leaf in result.outcome.leaves
             ],
         )
+        message.digest = hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).digest()
         encoded = pb.EvaluateAudiencesResponse(audiences=[message]).SerializeToString()
         if len(self._encoded) >= _OUTCOME_MESSAGES_CACHED:
             self._encoded.clear()

@@ -645,9 +645,15 @@ class AudienceOutcome(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MATCHED_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     audience_id: _builtins.int
     name: _builtins.str
     matched: _builtins.bool
+    digest: _builtins.bytes
+    """A digest of the fields above: two outcomes with the same digest are the
+    same outcome, so a caller may keep what it derives from one (its JSON,
+    say) under the digest. Empty when the server did not compute one.
+    """
     @_builtins.property
     def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConditionOutcome]:
         """Every leaf condition in the order written, with whether it held."""
@@ -659,10 +665,11 @@ class AudienceOutcome(_message.Message):
         name: _builtins.str = ...,
         matched: _builtins.bool = ...,
         conditions: _abc.Iterable[Global___ConditionOutcome] | None = ...,
+        digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "conditions", b"conditions", "matched", b"matched", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_id", b"audience_id", "conditions", b"conditions", "digest", b"digest", "matched", b"matched", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
