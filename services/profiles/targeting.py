@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import Identity
-from services.domain.catalog import ServiceSnapshot
+from services.domain.catalog import ServiceSnapshot, TableInfo
 from services.domain.conditions.evaluate import Outcome, evaluate, evaluator
 from services.domain.conditions.evaluate import Profiles as ProfileValues
 from services.domain.conditions.grammar import AttributeLookup, parse_conditions
@@ -111,6 +111,19 @@ class Targeting:
         self._clock = clock
         # Parsing 25 audiences for every page view would cost more than evaluating them.
         self._parsed: dict[int, _Audience] = {}
+        # Each service's whole list, as the audience client hands it out (the same object while unchanged).
+        self._listed: dict[int, tuple[Sequence[AudienceDefinition], Mapping[int, TableInfo], list[_Audience]]] = {}
+
+    def _ready(self, definitions: Sequence[AudienceDefinition], service: ServiceSnapshot) -> list[_Audience]:
+        """The service's audiences, ready to evaluate: one check for the whole list while nothing changes."""
+        listed = self._listed.get(service.id)
+        if listed is not None and listed[0] is definitions and listed[1] is service.tables:
+            return listed[2]
+        audiences = [self._audience(definition, service) for definition in definitions]
+        if len(self._listed) >= _PARSED_CACHE_LIMIT:
+            self._listed.clear()
+        self._listed[service.id] = (definitions, service.tables, audiences)
+        return audiences
 
     def _audience(self, definition: AudienceDefinition, service: ServiceSnapshot) -> _Audience:
         cached = self._parsed.get(definition.id)
@@ -149,10 +162,11 @@ class Targeting:
                 f"audience {missing[0]} is not an active audience of a project linked to DCP service {service_id}",
                 metadata={"resource": "audience", "id": str(missing[0])},
             )
-        if project_id:
-            definitions = tuple(d for d in definitions if d.project_id == project_id)
         now = self._clock()
-        return [self._audience(d, service).result(values, now) for d in definitions]
+        if project_id or audience_ids:
+            chosen = [d for d in definitions if not project_id or d.project_id == project_id]
+            return [self._audience(d, service).result(values, now) for d in chosen]
+        return [audience.result(values, now) for audience in self._ready(definitions, service)]
 
     async def definition(self, identity: Identity, audience_id: int) -> AudienceDefinition:
         """The audience as saved, archived or not; NOT_FOUND when the caller has no such audience."""
