@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import Identity
 from services.domain.catalog import ServiceSnapshot, TableInfo
-from services.domain.conditions.evaluate import Outcome, evaluate, evaluator
+from services.domain.conditions.evaluate import Held, Outcome, evaluate, explainer, utc
 from services.domain.conditions.evaluate import Profiles as ProfileValues
 from services.domain.conditions.grammar import AttributeLookup, parse_conditions
 from services.domain.conditions.model import AttributeRef, Node
@@ -40,7 +40,7 @@ _RESULTS_PER_AUDIENCE = 64
 class _Audience:
     """A saved audience parsed against its service's tables, and its results seen so far."""
 
-    __slots__ = ("_evaluate", "_results", "definition", "node", "service_id", "tables")
+    __slots__ = ("_explain", "_outcome", "_results", "definition", "node", "service_id", "tables")
 
     def __init__(self, definition: AudienceDefinition, service: ServiceSnapshot, node: Node | None) -> None:
         self.definition = definition
@@ -48,18 +48,18 @@ class _Audience:
         self.tables = service.tables
         self.service_id = service.id
         self.node = node
-        self._evaluate = evaluator(node)
-        # Keyed by the outcome's id; the outcome is held in the value, so no other object can take that id.
-        self._results: dict[int, tuple[Outcome, AudienceResult]] = {}
+        self._explain, self._outcome = explainer(node)
+        # By pattern of leaf results.
+        self._results: dict[Held, AudienceResult] = {}
 
     def result(self, values: ProfileValues, now: datetime) -> AudienceResult:
-        outcome = self._evaluate(values, now)
-        cached = self._results.get(id(outcome))
-        if cached is not None and cached[0] is outcome:
-            return cached[1]
-        result = AudienceResult(self.definition.id, self.definition.name, outcome)
-        if len(self._results) < _RESULTS_PER_AUDIENCE:
-            self._results[id(outcome)] = (outcome, result)
+        """The audience's result for one user; `now` aware and in UTC."""
+        held = self._explain(values, now)
+        result = self._results.get(held)
+        if result is None:
+            result = AudienceResult(self.definition.id, self.definition.name, self._outcome(held))
+            if len(self._results) < _RESULTS_PER_AUDIENCE:
+                self._results[held] = result
         return result
 
 
@@ -162,7 +162,7 @@ class Targeting:
                 f"audience {missing[0]} is not an active audience of a project linked to DCP service {service_id}",
                 metadata={"resource": "audience", "id": str(missing[0])},
             )
-        now = self._clock()
+        now = utc(self._clock())
         if project_id or audience_ids:
             chosen = [d for d in definitions if not project_id or d.project_id == project_id]
             return [self._audience(d, service).result(values, now) for d in chosen]

@@ -60,11 +60,22 @@ def evaluate(node: Node | None, profiles: Profiles, *, now: datetime) -> Outcome
     return (_COMPILED.get(id(node)) or _compiled(node)).evaluate(profiles, now)
 
 
-def evaluator(node: Node | None) -> Callable[[Profiles, datetime], Outcome]:
-    """`evaluate` for one tree, found once: for a caller that keeps the tree and asks about many users."""
+def explainer(node: Node | None) -> tuple[Callable[[Profiles, datetime], Held], Callable[[Held], Outcome]]:
+    """`evaluate` in two steps, for a caller that keeps the tree and asks about many users.
+
+    The first gives each leaf's result for a user (`now` aware and in UTC, see
+    `utc`), the second the outcome of such a pattern of results; a caller can
+    keep what it derives from an outcome under its pattern.
+    """
     if node is None:
-        return _nobody
-    return _compiled(node).evaluate
+        return _no_leaves, _nobody
+    compiled = _compiled(node)
+    return compiled.explain, compiled.outcome
+
+
+def utc(now: datetime) -> datetime:
+    """`now` in UTC, as the explainers take it; a naive time is refused."""
+    return now if now.tzinfo is UTC else _utc(now)
 
 
 def holds(node: Node | None, profiles: Profiles, *, now: datetime) -> bool:
@@ -83,7 +94,11 @@ def predicate(node: Node) -> Predicate:
 _NOBODY = Outcome(matched=False, leaves=())
 
 
-def _nobody(profiles: Profiles, now: datetime) -> Outcome:
+def _no_leaves(profiles: Profiles, now: datetime) -> Held:
+    return ()
+
+
+def _nobody(held: Held) -> Outcome:
     return _NOBODY
 
 
@@ -108,7 +123,9 @@ class _Compiled:
     """The outcome of each pattern of leaf results seen so far, up to _EXPLAINED_MAX of them."""
 
     def evaluate(self, profiles: Profiles, now: datetime) -> Outcome:
-        held = self.explain(profiles, now if now.tzinfo is UTC else _utc(now))
+        return self.outcome(self.explain(profiles, now if now.tzinfo is UTC else _utc(now)))
+
+    def outcome(self, held: Held) -> Outcome:
         # Outcomes are immutable and a tree has few patterns of leaf results in practice,
         # so each pattern's outcome is built once: building one costs more than finding the pattern.
         outcome = self.explained.get(held)
