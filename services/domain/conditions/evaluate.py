@@ -57,7 +57,9 @@ def evaluate(node: Node | None, profiles: Profiles, *, now: datetime) -> Outcome
     """Whether the tree matches, with every leaf's result; no conditions match nobody."""
     if node is None:
         return _NOBODY
-    return (_COMPILED.get(id(node)) or _compiled(node)).evaluate(profiles, now)
+    compiled = _COMPILED.get(id(node)) or _compiled(node)
+    held = compiled.explain(profiles, now if now.tzinfo is UTC else _utc(now))
+    return compiled.explained.get(held) or compiled.outcome(held)
 
 
 def explainer(node: Node | None) -> tuple[Callable[[Profiles, datetime], Held], Callable[[Held], Outcome]]:
@@ -121,9 +123,6 @@ class _Compiled:
     """Each leaf's outcome when it did not hold and when it did."""
     explained: dict[Held, Outcome] = field(default_factory=dict)
     """The outcome of each pattern of leaf results seen so far, up to _EXPLAINED_MAX of them."""
-
-    def evaluate(self, profiles: Profiles, now: datetime) -> Outcome:
-        return self.outcome(self.explain(profiles, now if now.tzinfo is UTC else _utc(now)))
 
     def outcome(self, held: Held) -> Outcome:
         # Outcomes are immutable and a tree has few patterns of leaf results in practice,
