@@ -66,11 +66,14 @@ PROFILE = Component(
 
 
 def _profile(message: profiles_pb.Profile) -> dict[str, Any]:
+    data = message.data
     return {
         "customerId": message.customer_id,
         "dcpServiceId": str(message.dcp_service_id),
         "datasourceId": str(message.dcp_datasource_id),
-        "data": {name: value_from_proto(value) for name, value in message.data.items()},
+        # By key: a protobuf map's items() is a generator written in Python, a seventh
+        # of the cost of answering a consolidated view's values.
+        "data": {name: value_from_proto(data[name]) for name in data},
     }
 
 
