@@ -21,13 +21,21 @@ What each caller can count on is what it had with a statement of its own:
   twice this way must give what it gives once (a merge does);
 - a caller that stops waiting (its call was cancelled) takes no batch down
   with it: the batch runs in a task of its own, and the result is dropped.
+
+A `session` (a pool connection, say) is opened before a batch and kept for the
+batches that follow it back to back: under load a flusher runs batch after
+batch, and checking a connection out of a pool and back in for each cost as
+much as a batch of three writes. It is closed once nothing waits, or after a
+batch fails (the connection may be why); operations run alone open their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -58,6 +66,7 @@ class Coalescer(Generic[Item, Result]):
         gather_turns: int = GATHER_TURNS,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        session: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
@@ -68,6 +77,7 @@ class Coalescer(Generic[Item, Result]):
         self._gather_turns = gather_turns
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        self._session = session or contextlib.nullcontext
         self._pending: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._keys_in_flight: set[Hashable] = set()
         # Counted apart from the tasks: a flusher stops counting in the same step as it finds nothing
@@ -93,15 +103,8 @@ class Coalescer(Generic[Item, Result]):
 
     async def _flush(self) -> None:
         try:
-            while True:
-                for _ in range(self._gather_turns):
-                    if len(self._pending) >= self._max_batch:
-                        break
-                    await asyncio.sleep(0)
-                batch = self._take()
-                if not batch:
-                    return
-                await self._settle(batch)
+            while batch := await self._gathered():
+                await self._settle_in_session(batch)
         except BaseException:
             # Stopped (the process is shutting down): nobody is left waiting for answers that will not come.
             for _, future in self._pending:
@@ -110,6 +113,28 @@ class Coalescer(Generic[Item, Result]):
             raise
         finally:
             self._active_flushers -= 1
+
+    async def _gathered(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        for _ in range(self._gather_turns):
+            if len(self._pending) >= self._max_batch:
+                break
+            await asyncio.sleep(0)
+        return self._take()
+
+    async def _settle_in_session(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        """Settles `batch`, then the batches gathered after it, in one session, until one fails or none is left."""
+        opened = False
+        try:
+            async with self._session():
+                opened = True
+                while batch and await self._settle(batch):
+                    batch = await self._gathered()
+        except Exception:  # noqa: BLE001 - settling raises nothing else: the session failed to open or to close
+            if not opened:
+                # No session (no connection to be had, say): each item alone has its own outcome.
+                for item, future in batch:
+                    self._run_alone(item, future)
+            # One that failed to close had settled its batches all the same.
 
     def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         """The oldest waiting items of distinct keys not in flight; the rest keep their places."""
@@ -130,14 +155,15 @@ class Coalescer(Generic[Item, Result]):
         self._keys_in_flight |= taken
         return batch
 
-    async def _settle(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    async def _settle(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> bool:
+        """Whether the batch succeeded; when it did not, each of its items is run alone."""
         try:
             async with asyncio.timeout(self._batch_timeout):
                 results = await self._run_batch([item for item, _ in batch])
         except Exception:  # noqa: BLE001 - whatever failed the batch (or its bound), each item alone has its own outcome
             for item, future in batch:
                 self._run_alone(item, future)
-            return
+            return False
         except BaseException:
             self._release(batch)
             for _, future in batch:
@@ -147,6 +173,7 @@ class Coalescer(Generic[Item, Result]):
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        return True
 
     def _release(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         self._keys_in_flight.difference_update(self._key(item) for item, _ in batch)

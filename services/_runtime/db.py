@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +190,36 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, timeouts: PoolT
     assert pool is not None
     metrics.watch_pool(pool)
     return pool
+
+
+_HELD: ContextVar[tuple[asyncpg.Pool, asyncpg.Connection] | None] = ContextVar("held_connection", default=None)
+
+
+class HeldConnections:
+    """Pool connections that batch flushers keep across the batches they run back to back.
+
+    `session` is a Coalescer's session: it checks a connection out of the pool
+    for the flusher that opens it, and `executor` is then that connection in
+    the flusher's task (each flusher is a task of its own, and sees only its
+    own) and the pool everywhere else.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        async with self._pool.acquire() as connection:
+            token = _HELD.set((self._pool, connection))
+            try:
+                yield
+            finally:
+                _HELD.reset(token)
+
+    @property
+    def executor(self) -> asyncpg.Pool | asyncpg.Connection:
+        held = _HELD.get()
+        return held[1] if held is not None and held[0] is self._pool else self._pool
 
 
 async def release_session_lock(connection: asyncpg.Connection, unlock: str, *args: object) -> None:

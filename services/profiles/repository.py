@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import asyncpg
 
 from services._runtime.coalescing import Coalescer
-from services._runtime.db import MigrationSet
+from services._runtime.db import HeldConnections, MigrationSet
 from services.domain.batches import Values
 
 SCHEMA = "profiles"
@@ -73,6 +73,8 @@ WRITE_BATCH_BOUND_SECONDS = 0.5
 VIEW_BATCHES_IN_FLIGHT = 3
 VIEW_BATCH_LIMIT = 8
 
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
+"""Where a statement runs: the pool, or the connection a batch flusher holds."""
 Key = tuple[int, str]
 """(table id, customer id)"""
 UserKey = tuple[int, int, str]
@@ -145,40 +147,47 @@ def _key(change: tuple[Key, Values]) -> Key:
 class ProfilesRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        # Batches run on their flusher's connection (`self._batches.executor`); operations run alone, on the pool.
+        self._batches = HeldConnections(pool)
+        session = self._batches.session
         # Single reads and writes that arrive while others are in flight share a statement.
-        self._reads: Coalescer[Key, Values | None] = Coalescer(_itself, self._get_each, self._get_one)
+        self._reads: Coalescer[Key, Values | None] = Coalescer(_itself, self._get_each, self._get_one, session=session)
         self._views: Coalescer[UserKey, Consolidated] = Coalescer(
             _itself,
             self._consolidated_each,
             self._consolidated_one,
             max_in_flight=VIEW_BATCHES_IN_FLIGHT,
             max_batch=VIEW_BATCH_LIMIT,
+            session=session,
         )
         self._writes: Coalescer[tuple[Key, Values], Values] = Coalescer(
-            _key, self._merge_each, self._merge_one, batch_timeout=WRITE_BATCH_BOUND_SECONDS
+            _key, self._merge_each, self._merge_one, batch_timeout=WRITE_BATCH_BOUND_SECONDS, session=session
         )
 
     async def get(self, table_id: int, customer_id: str) -> Values | None:
         return await self._reads((table_id, customer_id))
 
-    async def _get_one(self, key: Key) -> Values | None:
-        data: Values | None = await self._pool.fetchval(_GET, key[1], key[0])
+    async def _get_one(self, key: Key, executor: Executor | None = None) -> Values | None:
+        data: Values | None = await (executor or self._pool).fetchval(_GET, key[1], key[0])
         return data
 
     async def _get_each(self, keys: Sequence[Key]) -> list[Values | None]:
+        executor = self._batches.executor
         if len(keys) == 1:
-            return [await self._get_one(keys[0])]
-        found = await self.get_many(keys)
+            return [await self._get_one(keys[0], executor)]
+        found = await self.get_many(keys, executor)
         return [found.get(key) for key in keys]
 
-    async def get_many(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Values]:
+    async def get_many(
+        self, keys: Sequence[tuple[int, str]], executor: Executor | None = None
+    ) -> dict[tuple[int, str], Values]:
         """Many (table, customer) profiles in one query."""
         if not keys:
             return {}
         wanted = set(keys)
         # Two ANY lists keep the plan a primary-key lookup per customer whatever
         # the planner guesses; pairs that were not asked for are dropped here.
-        rows = await self._pool.fetch(
+        rows = await (executor or self._pool).fetch(
             "SELECT datasource_id, customer_id, data FROM profiles.profiles"
             " WHERE customer_id = ANY($1::text[]) AND datasource_id = ANY($2::bigint[])",
             list({customer_id for _, customer_id in keys}),
@@ -199,15 +208,16 @@ class ProfilesRepository:
         """
         return await self._views((service_id, optimizely_table_id, optimizely_user_id))
 
-    async def _consolidated_one(self, user: UserKey) -> Consolidated:
+    async def _consolidated_one(self, user: UserKey, executor: Executor | None = None) -> Consolidated:
         service_id, optimizely_table_id, optimizely_user_id = user
-        rows = await self._pool.fetch(_CONSOLIDATED, optimizely_user_id, service_id, optimizely_table_id)
+        rows = await (executor or self._pool).fetch(_CONSOLIDATED, optimizely_user_id, service_id, optimizely_table_id)
         return _consolidated(rows)
 
     async def _consolidated_each(self, users: Sequence[UserKey]) -> list[Consolidated]:
+        executor = self._batches.executor
         if len(users) == 1:
-            return [await self._consolidated_one(users[0])]
-        rows = await self._pool.fetch(
+            return [await self._consolidated_one(users[0], executor)]
+        rows = await executor.fetch(
             _CONSOLIDATED_MANY,
             [user_id for _, _, user_id in users],
             [service_id for service_id, _, _ in users],
@@ -222,17 +232,18 @@ class ProfilesRepository:
         """The customer's values once `changes` are merged in (a null clears its key), committed."""
         return await self._writes(((table_id, customer_id), changes))
 
-    async def _merge_one(self, change: tuple[Key, Values]) -> Values:
+    async def _merge_one(self, change: tuple[Key, Values], executor: Executor | None = None) -> Values:
         (table_id, customer_id), changes = change
-        data: Values = await self._pool.fetchval(_MERGE, customer_id, table_id, changes)
+        data: Values = await (executor or self._pool).fetchval(_MERGE, customer_id, table_id, changes)
         return data
 
     async def _merge_each(self, changes: Sequence[tuple[Key, Values]]) -> list[Values]:
+        executor = self._batches.executor
         if len(changes) == 1:
-            return [await self._merge_one(changes[0])]
+            return [await self._merge_one(changes[0], executor)]
         # In key order, so two statements that lock some of the same rows take them in the same order.
         ordered = sorted(changes, key=_key)
-        rows = await self._pool.fetch(
+        rows = await executor.fetch(
             _MERGE_MANY,
             [customer_id for (_, customer_id), _ in ordered],
             [table_id for (table_id, _), _ in ordered],

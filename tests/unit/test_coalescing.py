@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -124,3 +125,74 @@ async def test_batches_keep_to_their_limit_and_several_run_at_once() -> None:
     store.release.set()
     assert await asyncio.gather(*calls) == [f"k{n}={n}" for n in range(20)]
     assert all(len(batch) <= 4 for batch in store.batches)
+
+
+class Sessions:
+    """A Coalescer session that records when it opens and closes, and which batches ran in each."""
+
+    def __init__(self, store: Store, *, fails_to_open: bool = False) -> None:
+        self.store = store
+        self.fails_to_open = fails_to_open
+        self.opened = 0
+        self.open_now = 0
+        self.batches_per_session: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        if self.fails_to_open:
+            raise ConnectionError("no connection to be had")
+        self.opened += 1
+        self.open_now += 1
+        first_batch = len(self.store.batches)
+        try:
+            yield
+        finally:
+            self.open_now -= 1
+            self.batches_per_session.append(len(self.store.batches) - first_batch)
+
+
+async def test_batches_that_follow_each_other_share_one_session_closed_once_nothing_waits() -> None:
+    store = Store()
+    sessions = Sessions(store)
+    run = Coalescer(lambda item: item[0], store.batch, store.one, max_batch=8, session=sessions.session)
+    results = await asyncio.gather(*(run((f"k{n}", n)) for n in range(40)))
+    assert results == [f"k{n}={n}" for n in range(40)]
+    assert len(store.batches) >= 5
+    # Callers have their answers before the flusher, finding nothing more, closes the session.
+    await asyncio.sleep(0.01)
+    assert sessions.batches_per_session == [len(store.batches)]
+    assert sessions.open_now == 0
+    # Later calls, on a quiet coalescer, open a session of their own.
+    assert await run(("later", 1)) == "later=1"
+    await asyncio.sleep(0.01)
+    assert sessions.batches_per_session[1:] == [1]
+
+
+async def test_a_failed_batch_ends_its_session_and_what_waits_gets_a_fresh_one() -> None:
+    store = Store(refused=frozenset({"k2"}))
+    store.held = {f"k{n}" for n in range(4)}
+    store.release.clear()
+    sessions = Sessions(store)
+    run = Coalescer(lambda item: item[0], store.batch, store.one, max_batch=4, session=sessions.session)
+    first = [asyncio.create_task(run((f"k{n}", n))) for n in range(4)]
+    await asyncio.sleep(0.01)
+    later = [asyncio.create_task(run((f"k{n}", n))) for n in range(4, 8)]
+    store.release.set()
+    results = await asyncio.gather(*first, *later, return_exceptions=True)
+    assert isinstance(results[2], ValueError)
+    assert [r for i, r in enumerate(results) if i != 2] == [f"k{n}={n}" for n in range(8) if n != 2]
+    # The refused batch was its session's last; the batch that waited behind it had a session of its own.
+    await asyncio.sleep(0.01)
+    assert sessions.batches_per_session == [1, 1]
+    assert sessions.open_now == 0
+
+
+async def test_without_a_session_each_item_is_run_alone_with_its_own_outcome() -> None:
+    store = Store(refused=frozenset({"k1"}))
+    sessions = Sessions(store, fails_to_open=True)
+    run = Coalescer(lambda item: item[0], store.batch, store.one, session=sessions.session)
+    results = await asyncio.gather(*(run((f"k{n}", n)) for n in range(4)), return_exceptions=True)
+    assert isinstance(results[1], ValueError)
+    assert [r for i, r in enumerate(results) if i != 1] == ["k0=0", "k2=2", "k3=3"]
+    assert store.batches == []
+    assert sorted(store.alone) == ["k0", "k1", "k2", "k3"]
