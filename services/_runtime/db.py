@@ -192,7 +192,9 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, timeouts: PoolT
     return pool
 
 
-_HELD: ContextVar[tuple[asyncpg.Pool, asyncpg.Connection] | None] = ContextVar("held_connection", default=None)
+_HELD: ContextVar[tuple[asyncpg.Pool, asyncpg.Connection, asyncio.Task[Any] | None] | None] = ContextVar(
+    "held_connection", default=None
+)
 
 
 class HeldConnections:
@@ -200,8 +202,9 @@ class HeldConnections:
 
     `session` is a Coalescer's session: it checks a connection out of the pool
     for the flusher that opens it, and `executor` is then that connection in
-    the flusher's task (each flusher is a task of its own, and sees only its
-    own) and the pool everywhere else.
+    the flusher's own task, and the pool everywhere else: in other flushers,
+    and in tasks started from the flusher (operations of a failed batch, run
+    alone and at once), which would otherwise share its connection.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -210,7 +213,7 @@ class HeldConnections:
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
         async with self._pool.acquire() as connection:
-            token = _HELD.set((self._pool, connection))
+            token = _HELD.set((self._pool, connection, asyncio.current_task()))
             try:
                 yield
             finally:
@@ -219,7 +222,9 @@ class HeldConnections:
     @property
     def executor(self) -> asyncpg.Pool | asyncpg.Connection:
         held = _HELD.get()
-        return held[1] if held is not None and held[0] is self._pool else self._pool
+        if held is not None and held[0] is self._pool and held[2] is asyncio.current_task():
+            return held[1]
+        return self._pool
 
 
 async def release_session_lock(connection: asyncpg.Connection, unlock: str, *args: object) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TypeAlias, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
@@ -84,8 +84,6 @@ WRITE_BATCH_BOUND_SECONDS = 0.5
 VIEW_BATCHES_IN_FLIGHT = 3
 VIEW_BATCH_LIMIT = 8
 
-Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
-"""Where a statement runs: the pool, or the connection a batch flusher holds."""
 Key = tuple[int, str]
 """(table id, customer id)"""
 UserKey = tuple[int, int, str]
@@ -158,7 +156,7 @@ def _key(change: tuple[Key, Values]) -> Key:
 class ProfilesRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        # Batches run on their flusher's connection (`self._batches.executor`); operations run alone, on the pool.
+        # Statements run on the connection of the batch flusher they run in, else on the pool.
         self._batches = HeldConnections(pool)
         session = self._batches.session
         # Single reads and writes that arrive while others are in flight share a statement.
@@ -178,27 +176,24 @@ class ProfilesRepository:
     async def get(self, table_id: int, customer_id: str) -> Values | None:
         return await self._reads((table_id, customer_id))
 
-    async def _get_one(self, key: Key, executor: Executor | None = None) -> Values | None:
-        data: Values | None = await (executor or self._pool).fetchval(_GET, key[1], key[0])
+    async def _get_one(self, key: Key) -> Values | None:
+        data: Values | None = await self._batches.executor.fetchval(_GET, key[1], key[0])
         return data
 
     async def _get_each(self, keys: Sequence[Key]) -> list[Values | None]:
-        executor = self._batches.executor
         if len(keys) == 1:
-            return [await self._get_one(keys[0], executor)]
-        found = await self.get_many(keys, executor)
+            return [await self._get_one(keys[0])]
+        found = await self.get_many(keys)
         return [found.get(key) for key in keys]
 
-    async def get_many(
-        self, keys: Sequence[tuple[int, str]], executor: Executor | None = None
-    ) -> dict[tuple[int, str], Values]:
+    async def get_many(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Values]:
         """Many (table, customer) profiles in one query."""
         if not keys:
             return {}
         wanted = set(keys)
         # Two ANY lists keep the plan a primary-key lookup per customer whatever
         # the planner guesses; pairs that were not asked for are dropped here.
-        rows = await (executor or self._pool).fetch(
+        rows = await self._batches.executor.fetch(
             "SELECT datasource_id, customer_id, data FROM profiles.profiles"
             " WHERE customer_id = ANY($1::text[]) AND datasource_id = ANY($2::bigint[])",
             list({customer_id for _, customer_id in keys}),
@@ -219,16 +214,15 @@ class ProfilesRepository:
         """
         return await self._views((service_id, optimizely_table_id, optimizely_user_id))
 
-    async def _consolidated_one(self, user: UserKey, executor: Executor | None = None) -> Consolidated:
+    async def _consolidated_one(self, user: UserKey) -> Consolidated:
         service_id, optimizely_table_id, optimizely_user_id = user
-        rows = await (executor or self._pool).fetch(_CONSOLIDATED, optimizely_user_id, service_id, optimizely_table_id)
+        rows = await self._batches.executor.fetch(_CONSOLIDATED, optimizely_user_id, service_id, optimizely_table_id)
         return _consolidated(rows)
 
     async def _consolidated_each(self, users: Sequence[UserKey]) -> list[Consolidated]:
-        executor = self._batches.executor
         if len(users) == 1:
-            return [await self._consolidated_one(users[0], executor)]
-        rows = await executor.fetch(
+            return [await self._consolidated_one(users[0])]
+        rows = await self._batches.executor.fetch(
             _CONSOLIDATED_MANY, [[user_id, service_id, table_id] for service_id, table_id, user_id in users]
         )
         by_user: list[list[asyncpg.Record]] = [[] for _ in users]
@@ -240,18 +234,17 @@ class ProfilesRepository:
         """The customer's values once `changes` are merged in (a null clears its key), committed."""
         return await self._writes(((table_id, customer_id), changes))
 
-    async def _merge_one(self, change: tuple[Key, Values], executor: Executor | None = None) -> Values:
+    async def _merge_one(self, change: tuple[Key, Values]) -> Values:
         (table_id, customer_id), changes = change
-        data: Values = await (executor or self._pool).fetchval(_MERGE, customer_id, table_id, changes)
+        data: Values = await self._batches.executor.fetchval(_MERGE, customer_id, table_id, changes)
         return data
 
     async def _merge_each(self, changes: Sequence[tuple[Key, Values]]) -> list[Values]:
-        executor = self._batches.executor
         if len(changes) == 1:
-            return [await self._merge_one(changes[0], executor)]
+            return [await self._merge_one(changes[0])]
         # In key order, so two statements that lock some of the same rows take them in the same order.
         ordered = sorted(changes, key=_key)
-        rows = await executor.fetch(
+        rows = await self._batches.executor.fetch(
             _MERGE_MANY, [[customer_id, table_id, values] for (table_id, customer_id), values in ordered]
         )
         merged: dict[Key, Values] = {(row["datasource_id"], row["customer_id"]): row["data"] for row in rows}

@@ -9,6 +9,7 @@ import time
 import asyncpg
 import pytest
 
+from services._runtime.db import HeldConnections
 from services.profiles import repository as profiles_repository
 from services.profiles.repository import ProfilesRepository
 
@@ -107,3 +108,20 @@ async def test_a_write_the_database_refuses_fails_alone(pool: asyncpg.Pool, bad_
     assert isinstance(results[bad_index], asyncpg.PostgresError)
     assert [r for i, r in enumerate(results) if i != bad_index] == [{"n": n} for n in range(10) if n != bad_index]
     assert await _stored(pool, f"c{bad_index}") is None
+
+
+async def test_a_held_connection_serves_only_the_task_that_holds_it(pool: asyncpg.Pool) -> None:
+    held = HeldConnections(pool)
+    assert held.executor is pool
+    async with held.session():
+        connection = held.executor
+        assert connection is not pool
+        assert await connection.fetchval("SELECT 1") == 1
+
+        # A task started here (an operation of a failed batch, run alone) shares the context, not the connection.
+        async def executor_seen() -> object:
+            return held.executor
+
+        assert await asyncio.create_task(executor_seen()) is pool
+        assert held.executor is connection
+    assert held.executor is pool
