@@ -151,13 +151,32 @@ async def session_store(settings: Settings) -> AsyncIterator[ObjectStore]:
 
 
 @pytest.fixture
-async def store(session_store: ObjectStore, settings: Settings, s3_server: str) -> ObjectStore:
-    """The upload bucket, emptied: moto's state is reset before each test that asks for it."""
-    async with httpx.AsyncClient() as client:
-        (await client.post(f"{s3_server}/moto-api/reset")).raise_for_status()
+async def store(session_store: ObjectStore, settings: Settings) -> ObjectStore:
+    """The upload bucket, emptied before each test that asks for it.
+
+    Emptied in place rather than deleted and made again: the session's platform
+    lists it several times a second, and a bucket gone for a moment is an outage
+    it rightly logs as an error, in whichever test happens to be running.
+    """
+    await empty_bucket(session_store)
     await session_store.ensure_bucket(settings.s3.region)
     await session_store.keep_versions()
     return session_store
+
+
+async def empty_bucket(store: ObjectStore) -> None:
+    """Every version, delete marker and unfinished multipart upload of the bucket, removed."""
+    client = store._client
+    async for page in client.get_paginator("list_object_versions").paginate(Bucket=store.bucket):
+        doomed = [
+            {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+            for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        ]
+        for start in range(0, len(doomed), 1000):
+            await client.delete_objects(Bucket=store.bucket, Delete={"Objects": doomed[start : start + 1000]})
+    async for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket):
+        for upload in page.get("Uploads", []):
+            await client.abort_multipart_upload(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
 
 @dataclass

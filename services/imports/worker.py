@@ -133,7 +133,7 @@ class ImportWorker:
             _failures.log(
                 logging.ERROR,
                 ("listing", *failure_key(error)),
-                "listing the bucket failed; trying again every %.0f s",
+                "listing the bucket failed; trying again every %g s",
                 self._settings.poll_seconds,
                 exc_info=error,
             )
@@ -144,7 +144,7 @@ class ImportWorker:
             _failures.log(
                 logging.ERROR,
                 ("round", *failure_key(error)),
-                "the import round failed; trying again every %.0f s",
+                "the import round failed; trying again every %g s",
                 self._settings.poll_seconds,
                 exc_info=error,
             )
