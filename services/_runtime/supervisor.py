@@ -70,6 +70,7 @@ class ChildProcess:
 
     @property
     def pid(self) -> int | None:
+        """The running child's; None between one child's exit and the next one's start."""
         return None if self._process is None else self._process.pid
 
     async def start(self) -> None:
@@ -158,6 +159,7 @@ class ChildProcess:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+            self._process = None
 
     def _event(self, line: bytes) -> None:
         try:
