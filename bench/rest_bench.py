@@ -17,12 +17,18 @@ floor each in its own process, and measures on the same machine and data:
   same write;
 - raw asyncpg upserts of that write, from this process (a reference, no target).
 
-Prints one table: each figure, its baseline from the same run, the ratio, the
-target and whether it is met. A figure with any answer outside 2xx, a
-request that got no answer, or a gRPC call whose status is not OK, fails.
-Exits 0 either way: it is a measurement.
+Every figure is measured in each of several rounds (3 unless --rounds says
+otherwise), one round after the other, so that a figure and its baseline are
+always taken minutes apart at most: on a shared virtual machine one 10-second
+figure can differ from the next by a third, and one figure alone would say more
+about the neighbours than about the platform. Each round's figures are printed
+as they come; the table then shows each figure's median over the rounds (its
+rate, p50 and p99 each the median of the rounds'), its baseline's, the ratio,
+the target and whether it is met. A figure with any answer outside 2xx, a
+request that got no answer, or a gRPC call whose status is not OK, in any
+round, fails. Exits 0 either way: it is a measurement.
 
-Run: python -m bench.rest_bench [--profiles N] [--seconds S] [--connections 16]
+Run: python -m bench.rest_bench [--profiles N] [--seconds S] [--rounds R] [--connections 16]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import asyncio
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +114,26 @@ class Measured:
     @classmethod
     def of_python(cls, label: str, figures: Figures, client: str = "Python gRPC") -> Measured:
         return cls(figures.name, label, client, figures.rate, figures.percentile(0.5), figures.percentile(0.99))
+
+    @classmethod
+    def median_of(cls, rounds: Sequence[Measured]) -> Measured:
+        """One figure's rounds as one: each number the median of the rounds', every round's problems kept."""
+        first = rounds[0]
+        problems = "; ".join(f"round {n}: {m.problems}" for n, m in enumerate(rounds, 1) if m.problems)
+        return cls(
+            first.name,
+            first.label,
+            first.client,
+            statistics.median(m.rate for m in rounds),
+            statistics.median(m.p50_ms for m in rounds),
+            statistics.median(m.p99_ms for m in rounds),
+            problems,
+        )
+
+
+def medians(rounds: Sequence[dict[str, Measured]]) -> dict[str, Measured]:
+    """Each figure's median over the rounds, in the order they were measured."""
+    return {name: Measured.median_of([figures[name] for figures in rounds]) for name in rounds[0]}
 
 
 @dataclass(frozen=True)
@@ -190,8 +217,9 @@ def checks(figures: dict[str, Measured]) -> list[Check]:
     ]
 
 
-def print_table(measured: Sequence[Measured], found: Sequence[Check]) -> None:
-    print(f"\n{'endpoint':<52} {'client':<14} {'req/s':>9} {'p50':>9} {'p99':>9}  problems")
+def print_table(measured: Sequence[Measured], found: Sequence[Check], rounds: int) -> None:
+    print(f"\nmedian of {rounds} round{'s' if rounds != 1 else ''}")
+    print(f"{'endpoint':<52} {'client':<14} {'req/s':>9} {'p50':>9} {'p99':>9}  problems")
     for m in measured:
         print(
             f"{m.name:<52} {m.client:<14} {m.rate:>9,.0f} {m.p50_ms:>6.1f} ms {m.p99_ms:>6.1f} ms  {m.problems or '-'}"
@@ -371,9 +399,9 @@ class GrpcDriver:
 
 
 async def measure_grpc(
-    driver: GrpcDriver, platform: Platform, *, concurrency: int, seconds: float
+    driver: GrpcDriver, platform: Platform, *, concurrency: int, seconds: float, seed: int = 11
 ) -> dict[str, Measured]:
-    rng = random.Random(11)
+    rng = random.Random(seed)
     service_id, crm_table, users = platform.service_id, platform.crm_table, platform.users
     schema_methods = schema_pb.DESCRIPTOR.services_by_name["SchemaService"].methods_by_name
     profiles_methods = profiles_pb.DESCRIPTOR.services_by_name["ProfilesService"].methods_by_name
@@ -429,8 +457,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10.0, help="per measured figure")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times each figure is measured; the table shows the medians"
+    )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections, and gRPC calls in flight")
     options = parser.parse_args()
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
     # Before any loading: a missing load generator should cost seconds, not a million rows.
     wrk = ensure_wrk()
     grpc_load = ensure_grpc_load()
@@ -454,13 +487,17 @@ async def main() -> None:
             rest = RestDriver(
                 wrk, scratch, token=token, users=users, seconds=options.seconds, connections=options.connections
             )
-            figures = await measure_rest(rest, platform, floor_url)
             grpc_driver = GrpcDriver(
                 grpc_load, scratch, platform=platform, seconds=options.seconds, concurrency=options.connections
             )
-            figures |= await measure_grpc(
-                grpc_driver, platform, concurrency=options.connections, seconds=options.seconds
-            )
+            rounds = []
+            for number in range(1, options.rounds + 1):
+                print(f"round {number} of {options.rounds}", flush=True)
+                figures = await measure_rest(rest, platform, floor_url)
+                figures |= await measure_grpc(
+                    grpc_driver, platform, concurrency=options.connections, seconds=options.seconds, seed=10 + number
+                )
+                rounds.append(figures)
     finally:
         _stop(floor)
         _stop(dcp)
@@ -472,7 +509,8 @@ async def main() -> None:
     )
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(f"REST floor and gateway (dcp up): uvicorn on {server_flavour()}")
-    print_table(list(figures.values()), checks(figures))
+    figures = medians(rounds)
+    print_table(list(figures.values()), checks(figures), len(rounds))
 
 
 if __name__ == "__main__":
