@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -66,15 +67,22 @@ PROFILE = Component(
 
 
 def _profile(message: profiles_pb.Profile) -> dict[str, Any]:
-    data = message.data
     return {
         "customerId": message.customer_id,
         "dcpServiceId": str(message.dcp_service_id),
         "datasourceId": str(message.dcp_datasource_id),
-        # By key: a protobuf map's items() is a generator written in Python, a seventh
-        # of the cost of answering a consolidated view's values.
-        "data": {name: value_from_proto(data[name]) for name in data},
+        "data": _values(message),
     }
+
+
+def _values(message: profiles_pb.Profile) -> Any:
+    if message.data_json:
+        # Asked for with data_as_json: the service's JSON object goes into the answer as it is.
+        return orjson.Fragment(message.data_json)
+    # A profiles service that predates data_as_json answers with the typed map alone. By key: a
+    # protobuf map's items() is a generator written in Python, a seventh of the cost of its values.
+    data = message.data
+    return {name: value_from_proto(data[name]) for name in data}
 
 
 ALIAS_SET = Component(
@@ -309,6 +317,7 @@ class ProfileApi:
                 dcp_service_id=path_id(request, "service_id"),
                 dcp_datasource_id=path_id(request, "table_id"),
                 customer_id=request.path_params["customer_id"],
+                data_as_json=True,
             ),
             metadata=call.metadata,
         )
@@ -324,6 +333,7 @@ class ProfileApi:
                 dcp_datasource_id=table_id,
                 customer_id=request.path_params["customer_id"],
                 data={name: _value_to_proto(name, value) for name, value in data.items()},
+                data_as_json=True,
             ),
             metadata=call.metadata,
         )
@@ -349,6 +359,7 @@ class ProfileApi:
                 dcp_service_id=path_id(request, "service_id"),
                 optimizely_user_id=request.path_params["user_id"],
                 optimizely_datasource_id=optimizely_table_id,
+                data_as_json=True,
             ),
             metadata=call.metadata,
         )
@@ -434,7 +445,9 @@ class ProfileApi:
             metadata=call.metadata,
         )
         view = await self._profiles.GetConsolidatedView(
-            profiles_pb.GetConsolidatedViewRequest(dcp_service_id=service_id, optimizely_user_id=user_id),
+            profiles_pb.GetConsolidatedViewRequest(
+                dcp_service_id=service_id, optimizely_user_id=user_id, data_as_json=True
+            ),
             metadata=call.metadata,
         )
         headers = {}

@@ -7,10 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from dcp.profiles.v1 import profiles_service_pb2 as pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
+from gateway.profile_api import _profile
+from gateway.responses import JSONResponse
+from services.profiles.client import value_from_proto
 from tests.conftest import MakeAccount, RunningPlatform, TestAccount
 
 V1 = "/experiment/v1"
@@ -261,3 +265,86 @@ async def test_batch_merge_applies_rows_in_order_and_reports_bad_rows(world: Wor
     assert (await world.get(world.profile(world.crm, "b1"))).json()["data"] == {"ltv": 2}
     assert (await world.get(world.profile(world.crm, "b2"))).status_code == 404
     assert (await world.get(world.profile(world.crm, "b3"))).json()["data"] == {"vip": True}
+
+
+async def test_a_profile_asked_for_as_json_holds_the_typed_values_in_registration_order(
+    world: World, running: RunningPlatform
+) -> None:
+    stub = pb_grpc.ProfilesServiceStub(running.channel)
+    metadata = world.account.metadata
+    written = {
+        "ms": pb.Value(long_value=1457385393173),
+        "ltv": pb.Value(long_value=-(2**63)),
+        "score": pb.Value(double_value=0.1),
+        "vip": pb.Value(bool_value=False),
+        "category": pb.Value(string_value='jeans "slim" \u00e9'),
+        "day": pb.Value(string_value="2024-02-29"),
+        "at": pb.Value(string_value="2024-02-29T10:00:00Z"),
+    }
+
+    def typed(profile: pb.Profile) -> dict[str, Any]:
+        assert profile.data_json == b""
+        return {name: value_from_proto(value) for name, value in profile.data.items()}
+
+    def as_json(profile: pb.Profile) -> dict[str, Any]:
+        assert len(profile.data) == 0
+        values: dict[str, Any] = orjson.loads(profile.data_json)
+        assert list(values) == [attribute["name"] for attribute in ATTRIBUTES]
+        return values
+
+    for table, customer in ((world.optimizely, "oeu1"), (world.crm, "c1")):
+        merged = [
+            await stub.MergeProfile(
+                pb.MergeProfileRequest(
+                    dcp_service_id=world.service,
+                    dcp_datasource_id=table,
+                    customer_id=customer,
+                    data=written,
+                    data_as_json=json,
+                ),
+                metadata=metadata,
+            )
+            for json in (False, True)
+        ]
+        assert typed(merged[0]) == as_json(merged[1])
+        read = [
+            await stub.GetProfile(
+                pb.GetProfileRequest(
+                    dcp_service_id=world.service, dcp_datasource_id=table, customer_id=customer, data_as_json=json
+                ),
+                metadata=metadata,
+            )
+            for json in (False, True)
+        ]
+        assert typed(read[0]) == as_json(read[1]) == typed(merged[0])
+        assert (read[1].customer_id, read[1].dcp_datasource_id) == (customer, table)
+    await world.post(f"/api/alias/{world.service}/{world.optimizely}/oeu1", {"data": {str(world.crm): "c1"}})
+    views = [
+        await stub.GetConsolidatedView(
+            pb.GetConsolidatedViewRequest(dcp_service_id=world.service, optimizely_user_id="oeu1", data_as_json=json),
+            metadata=metadata,
+        )
+        for json in (False, True)
+    ]
+    assert [typed(p) for p in views[0].profiles] == [as_json(p) for p in views[1].profiles]
+    assert [p.customer_id for p in views[1].profiles] == ["oeu1", "c1"]
+    expected = typed(views[0].profiles[0])
+    assert (expected["ltv"], expected["score"]) == (-(2**63), 0.1)
+    assert expected["vip"] is False
+    # The REST answer is the JSON form, passed on as it is.
+    assert (await world.get(world.profile(world.crm, "c1"))).json()["data"] == expected
+
+
+def test_a_profile_from_a_service_without_the_json_form_is_answered_from_its_typed_map() -> None:
+    profile = pb.Profile(
+        dcp_service_id=1,
+        dcp_datasource_id=2,
+        customer_id="c1",
+        data={"ltv": pb.Value(long_value=7), "vip": pb.Value(bool_value=True), "gone": pb.Value(null_value=True)},
+    )
+    assert orjson.loads(JSONResponse(_profile(profile)).body) == {
+        "customerId": "c1",
+        "dcpServiceId": "1",
+        "datasourceId": "2",
+        "data": {"ltv": 7, "vip": True, "gone": None},
+    }

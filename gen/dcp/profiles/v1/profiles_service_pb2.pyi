@@ -86,9 +86,14 @@ class Profile(_message.Message):
     DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     dcp_datasource_id: _builtins.int
     customer_id: _builtins.str
+    data_json: _builtins.bytes
+    """The same values as one JSON object (attribute name to value, in registration
+    order), filled instead of `data` when the request sets `data_as_json`.
+    """
     @_builtins.property
     def data(self) -> _containers.MessageMap[_builtins.str, Global___Value]:
         """Attribute name to value."""
@@ -100,10 +105,11 @@ class Profile(_message.Message):
         dcp_datasource_id: _builtins.int = ...,
         customer_id: _builtins.str = ...,
         data: _abc.Mapping[_builtins.str, Global___Value] | None = ...,
+        data_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data", b"data", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data", b"data", "data_json", b"data_json", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,19 +122,25 @@ class GetProfileRequest(_message.Message):
     DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
     DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    DATA_AS_JSON_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     dcp_datasource_id: _builtins.int
     customer_id: _builtins.str
+    data_as_json: _builtins.bool
+    """Answer with `Profile.data_json` instead of `Profile.data`: for a caller that
+    answers in JSON itself (the REST gateway), which then passes the object on as it is.
+    """
     def __init__(
         self,
         *,
         dcp_service_id: _builtins.int = ...,
         dcp_datasource_id: _builtins.int = ...,
         customer_id: _builtins.str = ...,
+        data_as_json: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data_as_json", b"data_as_json", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -211,9 +223,14 @@ class MergeProfileRequest(_message.Message):
     DCP_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DATA_AS_JSON_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     dcp_datasource_id: _builtins.int
     customer_id: _builtins.str
+    data_as_json: _builtins.bool
+    """The merged profile comes with `Profile.data_json` instead of `Profile.data`
+    (see GetProfileRequest.data_as_json).
+    """
     @_builtins.property
     def data(self) -> _containers.MessageMap[_builtins.str, Global___Value]: ...
     def __init__(
@@ -223,10 +240,11 @@ class MergeProfileRequest(_message.Message):
         dcp_datasource_id: _builtins.int = ...,
         customer_id: _builtins.str = ...,
         data: _abc.Mapping[_builtins.str, Global___Value] | None = ...,
+        data_as_json: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data", b"data", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "data", b"data", "data_as_json", b"data_as_json", "dcp_datasource_id", b"dcp_datasource_id", "dcp_service_id", b"dcp_service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,20 +520,26 @@ class GetConsolidatedViewRequest(_message.Message):
     DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
     OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
     OPTIMIZELY_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
+    DATA_AS_JSON_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     optimizely_user_id: _builtins.str
     optimizely_datasource_id: _builtins.int
     """Optional: when set, must be the service's Optimizely table."""
+    data_as_json: _builtins.bool
+    """Each profile comes with `Profile.data_json` instead of `Profile.data`
+    (see GetProfileRequest.data_as_json).
+    """
     def __init__(
         self,
         *,
         dcp_service_id: _builtins.int = ...,
         optimizely_user_id: _builtins.str = ...,
         optimizely_datasource_id: _builtins.int = ...,
+        data_as_json: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dcp_service_id", b"dcp_service_id", "optimizely_datasource_id", b"optimizely_datasource_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_as_json", b"data_as_json", "dcp_service_id", b"dcp_service_id", "optimizely_datasource_id", b"optimizely_datasource_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
