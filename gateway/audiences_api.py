@@ -582,12 +582,15 @@ class AudiencesApi:
     async def evaluate(self, request: Request, call: Call) -> Response:
         service_id = path_id(request, "service_id")
         evaluation = _evaluate_request(service_id, request.path_params["optimizely_user_id"], await call.json())
+        evaluation.outcomes_as_json = True
         answer = await self._profiles.EvaluateAudiences(evaluation, metadata=call.metadata)
-        saved = not evaluation.HasField("draft")
         head = orjson.dumps({"optimizelyUserId": answer.optimizely_user_id, "dcpServiceId": str(answer.dcp_service_id)})
-        audiences = _encoded_audiences(answer.audiences, saved=saved)
+        # A service that does not answer in JSON sends the outcomes as messages.
+        audiences = answer.audiences_json or (
+            b"[" + _encoded_audiences(answer.audiences, saved=not evaluation.HasField("draft")) + b"]"
+        )
         # The head's closing brace gives way to the audiences: one document, as if encoded whole.
-        return Response(head[:-1] + b',"audiences":[' + audiences + b"]}", media_type="application/json")
+        return Response(head[:-1] + b',"audiences":' + audiences + b"}", media_type="application/json")
 
     # Exports
 

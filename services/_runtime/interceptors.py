@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -37,7 +37,9 @@ def safe_request_id(supplied: str | bytes | None) -> str:
     """A caller's request id if it is short and made of safe characters, else a fresh one."""
     if isinstance(supplied, str) and _SAFE_REQUEST_ID.fullmatch(supplied):
         return supplied
-    return uuid.uuid4().hex
+    # 128 random bits, as a version-4 UUID's hex but without building a UUID object: every request without
+    # an id of its own makes one, and the object costs five times as much as the random bytes.
+    return os.urandom(16).hex()
 
 
 def outgoing_metadata(

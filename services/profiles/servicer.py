@@ -84,11 +84,14 @@ class _OutcomeMessages:
     wire form of an answer holding that one audience: answers concatenated are
     one answer with their audiences in order (protobuf merges repeated fields
     so), and parsing them costs half of copying 25 built messages into an answer.
+    Each is kept as its JSON document too, for callers that answer in JSON: then
+    the answer is those documents joined, with no message to parse or read.
     """
 
     def __init__(self) -> None:
         # Keyed by the result's id; the result is held in the value, so no other object can take that id.
         self._encoded: dict[int, tuple[AudienceResult, bytes]] = {}
+        self._documents: dict[int, tuple[AudienceResult, bytes]] = {}
 
     def answer(self, service_id: int, user_id: str, results: Sequence[AudienceResult]) -> pb.EvaluateAudiencesResponse:
         parts = [
@@ -99,6 +102,22 @@ class _OutcomeMessages:
             cached = encoded.get(id(result))
             parts.append(cached[1] if cached is not None and cached[0] is result else self._encode(result))
         return pb.EvaluateAudiencesResponse.FromString(b"".join(parts))
+
+    def json_answer(
+        self, service_id: int, user_id: str, results: Sequence[AudienceResult], *, saved: bool
+    ) -> pb.EvaluateAudiencesResponse:
+        """The answer with `audiences_json` (see EvaluateAudiencesResponse); a draft's documents are not kept."""
+        if saved:
+            documents = self._documents
+            parts = []
+            for result in results:
+                cached = documents.get(id(result))
+                parts.append(cached[1] if cached is not None and cached[0] is result else self._document(result))
+        else:
+            parts = [outcome_document(result, saved=False) for result in results]
+        return pb.EvaluateAudiencesResponse(
+            dcp_service_id=service_id, optimizely_user_id=user_id, audiences_json=b"[" + b",".join(parts) + b"]"
+        )
 
     def _encode(self, result: AudienceResult) -> bytes:
         message = pb.AudienceOutcome(
@@ -119,10 +138,42 @@ class _OutcomeMessages:
         )
         message.digest = hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).digest()
         encoded = pb.EvaluateAudiencesResponse(audiences=[message]).SerializeToString()
-        if len(self._encoded) >= _OUTCOME_MESSAGES_CACHED:
-            self._encoded.clear()
-        self._encoded[id(result)] = (result, encoded)
+        _keep(self._encoded, result, encoded)
         return encoded
+
+    def _document(self, result: AudienceResult) -> bytes:
+        document = outcome_document(result, saved=True)
+        _keep(self._documents, result, document)
+        return document
+
+
+def _keep(cache: dict[int, tuple[AudienceResult, bytes]], result: AudienceResult, encoded: bytes) -> None:
+    if len(cache) >= _OUTCOME_MESSAGES_CACHED:
+        cache.clear()
+    cache[id(result)] = (result, encoded)
+
+
+def outcome_document(result: AudienceResult, *, saved: bool) -> bytes:
+    """One outcome as `EvaluateAudiencesResponse.audiences_json` holds it."""
+    return orjson.dumps(
+        {
+            # An unsaved audience has neither id nor name yet.
+            "audienceId": str(result.audience_id) if saved else None,
+            "name": result.name if saved else None,
+            "matched": result.outcome.matched,
+            "conditions": [
+                {
+                    "path": leaf.path,
+                    "datasourceId": str(leaf.datasource_id),
+                    "attributeId": str(leaf.attribute_id),
+                    "matchType": leaf.match_type,
+                    "held": leaf.held,
+                    "usable": leaf.usable,
+                }
+                for leaf in result.outcome.leaves
+            ],
+        }
+    )
 
 
 class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
@@ -245,6 +296,13 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
                 request.optimizely_user_id,
                 project_id=request.project_id,
                 audience_ids=list(request.audience_ids),
+            )
+        if request.outcomes_as_json:
+            return self._outcomes.json_answer(
+                request.dcp_service_id,
+                request.optimizely_user_id,
+                results,
+                saved=not request.HasField("draft"),
             )
         return self._outcomes.answer(request.dcp_service_id, request.optimizely_user_id, results)
 

@@ -13,8 +13,11 @@ import httpx
 import orjson
 import pytest
 
+from dcp.profiles.v1 import profiles_service_pb2 as pb
+from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
+from gateway.audiences_api import _encoded_audiences
 from services._runtime.s3 import ObjectStore
-from tests.conftest import MakeAccount, TestAccount
+from tests.conftest import MakeAccount, RunningPlatform, TestAccount
 from tests.gateway.test_profile_api import ATTRIBUTES
 
 V1 = "/experiment/v1"
@@ -213,6 +216,48 @@ async def test_evaluation_says_which_audiences_match_and_which_conditions_held(w
     bad = await world.call("POST", f"/api/audiences/evaluate/{world.service}/u1", {"audience_ids": "all"})
     assert bad.status_code == 400
     assert bad.json()["errors"][0]["field"] == "audience_ids"
+
+
+async def test_outcomes_asked_for_as_json_are_the_documents_the_gateway_makes_of_the_messages(
+    world: World, running: RunningPlatform
+) -> None:
+    await world.write(world.optimizely, "u1", {"vip": True})
+    await world.write(world.crm, "c1", {"ltv": 500, "category": 'blue "slim" jeans \u00e9'})
+    await world.alias("u1", world.crm, "c1")
+    tree = ["and", world.leaf(world.crm, "ltv", "ge", 500), ["not", world.leaf(world.optimizely, "vip", "exact", True)]]
+    await world.audience('spenders "gold"', tree)
+    await world.audience("jeans", ["or", world.leaf(world.crm, "category", "substring", "jeans")])
+    stub = pb_grpc.ProfilesServiceStub(running.channel)
+
+    async def both(request: pb.EvaluateAudiencesRequest, *, saved: bool) -> Any:
+        as_messages = await stub.EvaluateAudiences(request, metadata=world.account.metadata)
+        request.outcomes_as_json = True
+        as_json = await stub.EvaluateAudiences(request, metadata=world.account.metadata)
+        assert as_messages.audiences_json == b""
+        assert len(as_json.audiences) == 0
+        assert (as_json.dcp_service_id, as_json.optimizely_user_id) == (world.service, "u1")
+        documents = orjson.loads(as_json.audiences_json)
+        assert documents == orjson.loads(b"[" + _encoded_audiences(as_messages.audiences, saved=saved) + b"]")
+        return documents
+
+    # Asked twice: the second answer comes from the documents kept from the first.
+    for _ in range(2):
+        saved = await both(
+            pb.EvaluateAudiencesRequest(dcp_service_id=world.service, optimizely_user_id="u1"), saved=True
+        )
+        assert [(d["name"], d["matched"]) for d in saved] == [('spenders "gold"', False), ("jeans", True)]
+    draft = await both(
+        pb.EvaluateAudiencesRequest(
+            dcp_service_id=world.service,
+            optimizely_user_id="u1",
+            draft=pb.AudienceDraft(project_id=world.project, conditions=orjson.dumps(tree).decode()),
+        ),
+        saved=False,
+    )
+    assert [(d["audienceId"], d["name"], d["matched"]) for d in draft] == [(None, None, False)]
+    # The REST answer is the JSON form, passed on as it is.
+    rest = (await world.call("POST", f"/api/audiences/evaluate/{world.service}/u1", {})).json()
+    assert rest["audiences"] == saved
 
 
 async def test_views_and_evaluations_asked_together_each_answer_their_own_user(world: World) -> None:

@@ -55,3 +55,21 @@ def test_outcomes_with_and_without_a_digest_read_back_as_the_same_json() -> None
     assert [c["held"] for c in saved_documents[0]["conditions"]] == [True, False]
     unsaved = orjson.loads(b"[" + _encoded_audiences(answer.audiences, saved=False) + b"]")
     assert [(d["audienceId"], d["name"]) for d in unsaved] == [(None, None), (None, None)]
+
+
+def test_a_json_answer_joins_each_outcomes_document_kept_from_its_first_answer() -> None:
+    messages = _OutcomeMessages()
+    results = [_result(7, "spenders", True, False), _result(8, "other", True)]
+    first = messages.json_answer(1, "u1", results, saved=True)
+    again = messages.json_answer(1, "u2", list(reversed(results)), saved=True)
+    documents = orjson.loads(first.audiences_json)
+    assert documents == orjson.loads(
+        b"[" + _encoded_audiences(messages.answer(1, "u1", results).audiences, saved=True) + b"]"
+    )
+    assert orjson.loads(again.audiences_json) == list(reversed(documents))
+    assert (again.dcp_service_id, again.optimizely_user_id, len(again.audiences)) == (1, "u2", 0)
+    assert orjson.loads(messages.json_answer(1, "u1", [], saved=True).audiences_json) == []
+    draft = orjson.loads(messages.json_answer(1, "u1", results[:1], saved=False).audiences_json)
+    assert [(d["audienceId"], d["name"], d["matched"]) for d in draft] == [(None, None, False)]
+    # A draft's document shows no id or name, so it is never the one kept for the saved audience's answers.
+    assert orjson.loads(messages.json_answer(1, "u1", results[:1], saved=True).audiences_json)[0]["audienceId"] == "7"

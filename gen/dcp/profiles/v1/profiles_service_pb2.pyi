@@ -574,10 +574,16 @@ class EvaluateAudiencesRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     AUDIENCE_IDS_FIELD_NUMBER: _builtins.int
     DRAFT_FIELD_NUMBER: _builtins.int
+    OUTCOMES_AS_JSON_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     optimizely_user_id: _builtins.str
     project_id: _builtins.int
     """Only this project's audiences; 0 for every project linked to the service."""
+    outcomes_as_json: _builtins.bool
+    """Answer with `EvaluateAudiencesResponse.audiences_json` instead of
+    `audiences`: for a caller that answers in JSON itself (the REST gateway),
+    which then passes the array on as it is.
+    """
     @_builtins.property
     def audience_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Only these audiences; empty for all."""
@@ -596,10 +602,11 @@ class EvaluateAudiencesRequest(_message.Message):
         project_id: _builtins.int = ...,
         audience_ids: _abc.Iterable[_builtins.int] | None = ...,
         draft: Global___AudienceDraft | None = ...,
+        outcomes_as_json: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_ids", b"audience_ids", "dcp_service_id", b"dcp_service_id", "draft", b"draft", "optimizely_user_id", b"optimizely_user_id", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_ids", b"audience_ids", "dcp_service_id", b"dcp_service_id", "draft", b"draft", "optimizely_user_id", b"optimizely_user_id", "outcomes_as_json", b"outcomes_as_json", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -640,8 +647,17 @@ class EvaluateAudiencesResponse(_message.Message):
     DCP_SERVICE_ID_FIELD_NUMBER: _builtins.int
     OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
     AUDIENCES_FIELD_NUMBER: _builtins.int
+    AUDIENCES_JSON_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     optimizely_user_id: _builtins.str
+    audiences_json: _builtins.bytes
+    """The same outcomes as one JSON array, filled instead of `audiences` when the
+    request sets `outcomes_as_json`. Each is an object of "audienceId" and
+    "name" (both null for a draft, which has neither yet), "matched", and
+    "conditions": one object per leaf, of "path", "datasourceId",
+    "attributeId", "matchType", "held" and "usable". Ids are decimal strings,
+    as the JSON mapping of int64 has them.
+    """
     @_builtins.property
     def audiences(self) -> _containers.RepeatedCompositeFieldContainer[Global___AudienceOutcome]: ...
     def __init__(
@@ -650,10 +666,11 @@ class EvaluateAudiencesResponse(_message.Message):
         dcp_service_id: _builtins.int = ...,
         optimizely_user_id: _builtins.str = ...,
         audiences: _abc.Iterable[Global___AudienceOutcome] | None = ...,
+        audiences_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "dcp_service_id", b"dcp_service_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "audiences_json", b"audiences_json", "dcp_service_id", b"dcp_service_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
