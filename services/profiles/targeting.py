@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import Identity
 from services.domain.catalog import ServiceSnapshot, TableInfo
-from services.domain.conditions.evaluate import Held, Outcome, evaluate, explainer, utc
+from services.domain.conditions.evaluate import Held, Outcome, evaluate, explainer, explainer_of_all, utc
 from services.domain.conditions.evaluate import Profiles as ProfileValues
 from services.domain.conditions.grammar import AttributeLookup, parse_conditions
 from services.domain.conditions.model import AttributeRef, Node
@@ -54,13 +54,33 @@ class _Audience:
 
     def result(self, values: ProfileValues, now: datetime) -> AudienceResult:
         """The audience's result for one user; `now` aware and in UTC."""
-        held = self._explain(values, now)
+        return self.result_of(self._explain(values, now))
+
+    def result_of(self, held: Held) -> AudienceResult:
+        """The audience's result for a pattern of leaf results (see `explainer`)."""
         result = self._results.get(held)
         if result is None:
             result = AudienceResult(self.definition.id, self.definition.name, self._outcome(held))
             if len(self._results) < _RESULTS_PER_AUDIENCE:
                 self._results[held] = result
         return result
+
+
+class _ServiceAudiences:
+    """A service's audiences ready to evaluate, with one function that checks a user against all of them."""
+
+    __slots__ = ("_explain_all", "audiences")
+
+    def __init__(self, audiences: list[_Audience]) -> None:
+        self.audiences = audiences
+        self._explain_all = explainer_of_all([audience.node for audience in audiences])
+
+    def results(self, values: ProfileValues, now: datetime) -> list[AudienceResult]:
+        """Each audience's result for one user, in order; `now` aware and in UTC."""
+        return [
+            audience.result_of(held)
+            for audience, held in zip(self.audiences, self._explain_all(values, now), strict=True)
+        ]
 
 
 @dataclass(frozen=True)
@@ -112,14 +132,14 @@ class Targeting:
         # Parsing 25 audiences for every page view would cost more than evaluating them.
         self._parsed: dict[int, _Audience] = {}
         # Each service's whole list, as the audience client hands it out (the same object while unchanged).
-        self._listed: dict[int, tuple[Sequence[AudienceDefinition], Mapping[int, TableInfo], list[_Audience]]] = {}
+        self._listed: dict[int, tuple[Sequence[AudienceDefinition], Mapping[int, TableInfo], _ServiceAudiences]] = {}
 
-    def _ready(self, definitions: Sequence[AudienceDefinition], service: ServiceSnapshot) -> list[_Audience]:
+    def _ready(self, definitions: Sequence[AudienceDefinition], service: ServiceSnapshot) -> _ServiceAudiences:
         """The service's audiences, ready to evaluate: one check for the whole list while nothing changes."""
         listed = self._listed.get(service.id)
         if listed is not None and listed[0] is definitions and listed[1] is service.tables:
             return listed[2]
-        audiences = [self._audience(definition, service) for definition in definitions]
+        audiences = _ServiceAudiences([self._audience(definition, service) for definition in definitions])
         if len(self._listed) >= _PARSED_CACHE_LIMIT:
             self._listed.clear()
         self._listed[service.id] = (definitions, service.tables, audiences)
@@ -156,7 +176,7 @@ class Targeting:
             raise InvalidArgument.field("project_id", f"project {project_id} is not linked to DCP service {service_id}")
         service, _, values = await self._profiles.consolidated_values(identity, service_id, optimizely_user_id)
         definitions = await self._audiences.of_service(identity, service_id, audience_ids)
-        missing = sorted(set(audience_ids) - {d.id for d in definitions})
+        missing = sorted(set(audience_ids) - {d.id for d in definitions}) if audience_ids else ()
         if missing:
             raise NotFound(
                 f"audience {missing[0]} is not an active audience of a project linked to DCP service {service_id}",
@@ -166,7 +186,7 @@ class Targeting:
         if project_id or audience_ids:
             chosen = [d for d in definitions if not project_id or d.project_id == project_id]
             return [self._audience(d, service).result(values, now) for d in chosen]
-        return [audience.result(values, now) for audience in self._ready(definitions, service)]
+        return self._ready(definitions, service).results(values, now)
 
     async def definition(self, identity: Identity, audience_id: int) -> AudienceDefinition:
         """The audience as saved, archived or not; NOT_FOUND when the caller has no such audience."""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services._runtime.errors import InvalidArgument
-from services.domain.conditions.evaluate import LeafOutcome, evaluate, holds, window
+from services.domain.conditions.evaluate import LeafOutcome, evaluate, explainer, explainer_of_all, holds, window
 from services.domain.conditions.grammar import parse_conditions
 from services.domain.conditions.model import MAX_DEPTH, MAX_IN_VALUES, MAX_LEAVES, AttributeRef, Group, Leaf, Node
 from services.domain.datatypes import Datatype, DatetimeFormat
@@ -642,6 +642,35 @@ def test_the_explanation_lists_every_leaf_in_document_order() -> None:
         LeafOutcome("conditions[2][2][1]", TABLE, BOOL, "exists", False),
         LeafOutcome("conditions[3]", TABLE, DATE, "exists", False),
     )
+
+
+def test_many_trees_checked_in_one_call_give_each_tree_its_own_leaf_results() -> None:
+    trees = [
+        *(parse(["and", condition]) for condition, _, _ in TRUTH_TABLE),
+        None,
+        parse(["or", leaf(ARCHIVED, "exact", 1), ["not", leaf(LONG, "exists")]], strict=False),
+        parse(["and", leaf(LONG, "gt", 1), ["or", leaf(STRING, "substring", "a"), leaf(EPOCH, "within_last", 2)]]),
+    ]
+    explain_all = explainer_of_all(trees)
+    profiles_seen = [stored(condition["dcp_attribute_id"], value) for condition, value, _ in TRUTH_TABLE]
+    profiles_seen += [*MISSING, {TABLE: {str(LONG): 5, str(STRING): "abc", str(EPOCH): NOW_MS, str(ARCHIVED): 1}}]
+    for profiles in profiles_seen:
+        held = explain_all(profiles, NOW)
+        assert held == tuple(explainer(tree)[0](profiles, NOW) for tree in trees), profiles
+        assert held[len(TRUTH_TABLE)] == ()
+    # Each truth-table tree holds on its own row exactly as the table says, whatever the trees around it.
+    for index, (_, _, expected) in enumerate(TRUTH_TABLE):
+        assert explain_all(profiles_seen[index], NOW)[index] == (expected,)
+    assert explainer_of_all([])({}, NOW) == ()
+
+
+def test_trees_past_one_generated_function_are_checked_in_several_with_the_same_results() -> None:
+    tree = ["or", *(leaf(LONG, "gt", bound) for bound in range(99)), leaf(STRING, "exists")]
+    trees = [parse(tree), None, parse(["and", leaf(LONG, "exists")]), parse(tree), parse(tree)]
+    profiles = {TABLE: {str(LONG): 50}}
+    held = explainer_of_all(trees)(profiles, NOW)
+    assert held == tuple(explainer(t)[0](profiles, NOW) for t in trees)
+    assert held[0] == (*(bound < 50 for bound in range(99)), False)
 
 
 def test_an_unusable_leaf_is_explained_as_not_holding() -> None:
