@@ -7,8 +7,12 @@ operations that arrive while earlier ones are in flight and hands them to one
 batch call (one statement, one commit), then gives each caller its own
 result. One batch is in flight at a time, and the next gathers what arrives
 meanwhile; before taking a batch, the event loop gets a few turns, in which
-calls that reached the process together are started. On a quiet service an
-operation waits those few turns (microseconds) and goes alone.
+calls that reached the process together are started, and as long as calls
+keep arriving it gets a few more, up to a bound: a gRPC call reaches its
+handler several turns after the one before it (the server takes calls one at
+a time), so a fixed few turns sent writes over gRPC in batches of three where
+REST ones went in tens. On a quiet service an operation waits those few turns
+(microseconds) and goes alone.
 
 What each caller can count on is what it had with a statement of its own:
 - its result is its own, and is given only once the batch is done (a write is
@@ -45,9 +49,11 @@ DEFAULT_MAX_BATCH = 64
 # Measured on the profile reads and writes: more batches in flight at once make them smaller,
 # and the statements saved by one at a time are worth more than the overlap.
 DEFAULT_MAX_IN_FLIGHT = 1
-# Turns of the event loop a batch waits for company: enough for calls that arrived in one
-# read of the sockets to be started, few enough to be lost in a statement's round trip.
+# Turns of the event loop a batch waits for company after the last arrival: enough for calls that
+# arrived in one read of the sockets to be started, few enough to be lost in a statement's round trip.
 GATHER_TURNS = 6
+# However steadily calls arrive, a batch waits no more turns than this.
+GATHER_TURNS_AT_MOST = 32
 
 
 class Coalescer(Generic[Item, Result]):
@@ -80,6 +86,8 @@ class Coalescer(Generic[Item, Result]):
         self._session = session or contextlib.nullcontext
         self._pending: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._keys_in_flight: set[Hashable] = set()
+        self._arrived = 0
+        """Items ever queued: a batch gathering sees from it whether any came in its last turn."""
         # Counted apart from the tasks: a flusher stops counting in the same step as it finds nothing
         # to take, while a finished task leaves the set only later, when its callbacks run.
         self._active_flushers = 0
@@ -88,6 +96,7 @@ class Coalescer(Generic[Item, Result]):
     async def __call__(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        self._arrived += 1
         self._start_flusher()
         return await future
 
@@ -115,10 +124,17 @@ class Coalescer(Generic[Item, Result]):
             self._active_flushers -= 1
 
     async def _gathered(self) -> list[tuple[Item, asyncio.Future[Result]]]:
-        for _ in range(self._gather_turns):
-            if len(self._pending) >= self._max_batch:
+        pending = self._pending
+        seen = self._arrived
+        quiet = 0
+        for _ in range(max(self._gather_turns, GATHER_TURNS_AT_MOST)):
+            if quiet >= self._gather_turns or len(pending) >= self._max_batch:
                 break
             await asyncio.sleep(0)
+            if self._arrived != seen:
+                seen, quiet = self._arrived, 0
+            else:
+                quiet += 1
         return self._take()
 
     async def _settle_in_session(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from services._runtime.coalescing import Coalescer
+from services._runtime.coalescing import GATHER_TURNS, GATHER_TURNS_AT_MOST, Coalescer
 
 
 class Store:
@@ -58,6 +58,39 @@ async def test_calls_that_arrive_together_share_batches_and_get_their_own_result
     assert results == [f"k{n}={n}" for n in range(50)]
     assert len(store.batches) < 5
     assert sorted(key for batch in store.batches for key in batch) == sorted(f"k{n}" for n in range(50))
+
+
+async def _arriving_one_per_turn(run: Coalescer[tuple[str, int], str], count: int, every: int = 1) -> list[str]:
+    """Calls made one every `every` turns of the event loop, as a gRPC server hands them over."""
+    calls = []
+    for n in range(count):
+        calls.append(asyncio.ensure_future(run((f"k{n}", n))))
+        for _ in range(every):
+            await asyncio.sleep(0)
+    return await asyncio.gather(*calls)
+
+
+async def test_calls_that_keep_arriving_turn_after_turn_wait_for_each_other_in_one_batch() -> None:
+    store = Store()
+    every = GATHER_TURNS // 2
+    count = GATHER_TURNS_AT_MOST // every - 2
+    results = await _arriving_one_per_turn(coalescer(store), count, every=every)
+    assert results == [f"k{n}={n}" for n in range(count)]
+    # With a fixed few turns, the batch would have closed after two or three calls.
+    assert store.batches == [[f"k{n}" for n in range(count)]]
+
+
+async def test_a_batch_waits_for_late_company_only_a_bounded_number_of_turns() -> None:
+    store = Store()
+    await _arriving_one_per_turn(coalescer(store), 3 * GATHER_TURNS_AT_MOST)
+    assert len(store.batches[0]) <= GATHER_TURNS_AT_MOST + 1
+    assert len(store.batches) >= 2
+
+
+async def test_a_call_followed_by_none_for_the_quiet_turns_goes_without_waiting_for_later_ones() -> None:
+    store = Store()
+    await _arriving_one_per_turn(coalescer(store), 3, every=GATHER_TURNS + 2)
+    assert store.batches[0] == ["k0"]
 
 
 async def test_a_key_is_never_twice_in_a_batch_and_its_operations_keep_their_order() -> None:
