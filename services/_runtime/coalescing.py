@@ -7,12 +7,12 @@ operations that arrive while earlier ones are in flight and hands them to one
 batch call (one statement, one commit), then gives each caller its own
 result. One batch is in flight at a time, and the next gathers what arrives
 meanwhile; before taking a batch, the event loop gets a few turns, in which
-calls that reached the process together are started, and as long as calls
-keep arriving it gets a few more, up to a bound: a gRPC call reaches its
-handler several turns after the one before it (the server takes calls one at
-a time), so a fixed few turns sent writes over gRPC in batches of three where
-REST ones went in tens. On a quiet service an operation waits those few turns
-(microseconds) and goes alone.
+calls that reached the process together are started. On a quiet service an
+operation waits those few turns (microseconds) and goes alone. A coalescer
+may also keep gathering as long as calls keep arriving, up to a bound of
+turns: a gRPC call reaches its handler several turns after the one before it
+(the server takes calls one at a time), so a fixed few turns sent writes over
+gRPC in batches of three where REST ones went in tens.
 
 What each caller can count on is what it had with a statement of its own:
 - its result is its own, and is given only once the batch is done (a write is
@@ -52,8 +52,6 @@ DEFAULT_MAX_IN_FLIGHT = 1
 # Turns of the event loop a batch waits for company after the last arrival: enough for calls that
 # arrived in one read of the sockets to be started, few enough to be lost in a statement's round trip.
 GATHER_TURNS = 6
-# However steadily calls arrive, a batch waits no more turns than this.
-GATHER_TURNS_AT_MOST = 32
 
 
 class Coalescer(Generic[Item, Result]):
@@ -70,6 +68,7 @@ class Coalescer(Generic[Item, Result]):
         *,
         batch_timeout: float | None = None,
         gather_turns: int = GATHER_TURNS,
+        gather_turns_at_most: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         session: Callable[[], AbstractAsyncContextManager[object]] | None = None,
@@ -81,6 +80,8 @@ class Coalescer(Generic[Item, Result]):
         self._run_one = run_one
         self._batch_timeout = batch_timeout
         self._gather_turns = gather_turns
+        # By default a batch gathers for exactly `gather_turns`, however calls arrive.
+        self._gather_turns_at_most = max(gather_turns, gather_turns_at_most or 0)
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._session = session or contextlib.nullcontext
@@ -127,7 +128,7 @@ class Coalescer(Generic[Item, Result]):
         pending = self._pending
         seen = self._arrived
         quiet = 0
-        for _ in range(max(self._gather_turns, GATHER_TURNS_AT_MOST)):
+        for _ in range(self._gather_turns_at_most):
             if quiet >= self._gather_turns or len(pending) >= self._max_batch:
                 break
             await asyncio.sleep(0)

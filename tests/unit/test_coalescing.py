@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from services._runtime.coalescing import GATHER_TURNS, GATHER_TURNS_AT_MOST, Coalescer
+from services._runtime.coalescing import GATHER_TURNS, Coalescer
 
 
 class Store:
@@ -39,6 +39,9 @@ class Store:
         if key in self.refused:
             raise ValueError(f"{key} refused")
         return f"{key}={value}"
+
+
+AT_MOST = 32
 
 
 def coalescer(store: Store, **options: float) -> Coalescer[tuple[str, int], str]:
@@ -73,8 +76,8 @@ async def _arriving_one_per_turn(run: Coalescer[tuple[str, int], str], count: in
 async def test_calls_that_keep_arriving_turn_after_turn_wait_for_each_other_in_one_batch() -> None:
     store = Store()
     every = GATHER_TURNS // 2
-    count = GATHER_TURNS_AT_MOST // every - 2
-    results = await _arriving_one_per_turn(coalescer(store), count, every=every)
+    count = AT_MOST // every - 2
+    results = await _arriving_one_per_turn(coalescer(store, gather_turns_at_most=AT_MOST), count, every=every)
     assert results == [f"k{n}={n}" for n in range(count)]
     # With a fixed few turns, the batch would have closed after two or three calls.
     assert store.batches == [[f"k{n}" for n in range(count)]]
@@ -82,14 +85,20 @@ async def test_calls_that_keep_arriving_turn_after_turn_wait_for_each_other_in_o
 
 async def test_a_batch_waits_for_late_company_only_a_bounded_number_of_turns() -> None:
     store = Store()
-    await _arriving_one_per_turn(coalescer(store), 3 * GATHER_TURNS_AT_MOST)
-    assert len(store.batches[0]) <= GATHER_TURNS_AT_MOST + 1
+    await _arriving_one_per_turn(coalescer(store, gather_turns_at_most=AT_MOST), 3 * AT_MOST)
+    assert len(store.batches[0]) <= AT_MOST + 1
     assert len(store.batches) >= 2
+
+
+async def test_without_a_bound_of_its_own_a_batch_gathers_for_the_fixed_turns_only() -> None:
+    store = Store()
+    await _arriving_one_per_turn(coalescer(store), 4 * GATHER_TURNS)
+    assert len(store.batches[0]) <= GATHER_TURNS + 1
 
 
 async def test_a_call_followed_by_none_for_the_quiet_turns_goes_without_waiting_for_later_ones() -> None:
     store = Store()
-    await _arriving_one_per_turn(coalescer(store), 3, every=GATHER_TURNS + 2)
+    await _arriving_one_per_turn(coalescer(store, gather_turns_at_most=AT_MOST), 3, every=GATHER_TURNS + 2)
     assert store.batches[0] == ["k0"]
 
 
