@@ -55,7 +55,9 @@ from gateway.openapi import (
 )
 from gateway.responses import JSONResponse
 from services._runtime.paging import all_pages
+from services.domain.conditions.evaluate import LeafOutcome, Outcome
 from services.domain.limits import EXPORT_FORMATS, MAX_DESCRIPTION_LENGTH, MAX_NAME_LENGTH
+from services.profiles.outcome_json import outcome_document
 
 V1 = "/experiment/v1"
 MEMBERS_DEFAULT_PER_PAGE = 100
@@ -250,29 +252,17 @@ def _encoded_audiences(outcomes: Iterable[profiles_pb.AudienceOutcome], *, saved
         if encoded is None:
             if len(encoded_outcomes) >= _OUTCOMES_CACHED:
                 encoded_outcomes.clear()
-            encoded = encoded_outcomes[key] = orjson.dumps(_outcome_document(outcome, saved=saved))
+            encoded = encoded_outcomes[key] = _outcome_document(outcome, saved=saved)
         parts.append(encoded)
     return b",".join(parts)
 
 
-def _outcome_document(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> dict[str, Any]:
-    return {
-        # An unsaved audience has neither id nor name yet.
-        "audienceId": str(outcome.audience_id) if saved else None,
-        "name": outcome.name if saved else None,
-        "matched": outcome.matched,
-        "conditions": [
-            {
-                "path": leaf.path,
-                "datasourceId": str(leaf.dcp_datasource_id),
-                "attributeId": str(leaf.dcp_attribute_id),
-                "matchType": leaf.match_type,
-                "held": leaf.held,
-                "usable": leaf.usable,
-            }
-            for leaf in outcome.conditions
-        ],
-    }
+def _outcome_document(outcome: profiles_pb.AudienceOutcome, *, saved: bool) -> bytes:
+    leaves = tuple(
+        LeafOutcome(c.path, c.dcp_datasource_id, c.dcp_attribute_id, c.match_type, c.held, c.usable)
+        for c in outcome.conditions
+    )
+    return outcome_document(outcome.audience_id, outcome.name, Outcome(outcome.matched, leaves), saved=saved)
 
 
 _AUDIENCE_LIMITS: dict[str, Schema] = {

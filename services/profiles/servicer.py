@@ -20,6 +20,7 @@ from services.domain.batches import BatchChunk, BatchHeader, BatchProgress, Batc
 from services.profiles.client import data_from_proto
 from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
+from services.profiles.outcome_json import outcome_document
 from services.profiles.profiles import Profiles, ProfileView
 from services.profiles.targeting import AudienceResult, Targeting
 
@@ -114,7 +115,9 @@ class _OutcomeMessages:
                 cached = documents.get(id(result))
                 parts.append(cached[1] if cached is not None and cached[0] is result else self._document(result))
         else:
-            parts = [outcome_document(result, saved=False) for result in results]
+            parts = [
+                outcome_document(result.audience_id, result.name, result.outcome, saved=False) for result in results
+            ]
         return pb.EvaluateAudiencesResponse(
             dcp_service_id=service_id, optimizely_user_id=user_id, audiences_json=b"[" + b",".join(parts) + b"]"
         )
@@ -142,7 +145,7 @@ class _OutcomeMessages:
         return encoded
 
     def _document(self, result: AudienceResult) -> bytes:
-        document = outcome_document(result, saved=True)
+        document = outcome_document(result.audience_id, result.name, result.outcome, saved=True)
         _keep(self._documents, result, document)
         return document
 
@@ -151,29 +154,6 @@ def _keep(cache: dict[int, tuple[AudienceResult, bytes]], result: AudienceResult
     if len(cache) >= _OUTCOME_MESSAGES_CACHED:
         cache.clear()
     cache[id(result)] = (result, encoded)
-
-
-def outcome_document(result: AudienceResult, *, saved: bool) -> bytes:
-    """One outcome as `EvaluateAudiencesResponse.audiences_json` holds it."""
-    return orjson.dumps(
-        {
-            # An unsaved audience has neither id nor name yet.
-            "audienceId": str(result.audience_id) if saved else None,
-            "name": result.name if saved else None,
-            "matched": result.outcome.matched,
-            "conditions": [
-                {
-                    "path": leaf.path,
-                    "datasourceId": str(leaf.datasource_id),
-                    "attributeId": str(leaf.attribute_id),
-                    "matchType": leaf.match_type,
-                    "held": leaf.held,
-                    "usable": leaf.usable,
-                }
-                for leaf in result.outcome.leaves
-            ],
-        }
-    )
 
 
 class ProfilesServicer(pb_grpc.ProfilesServiceServicer):

@@ -113,8 +113,8 @@ def _explain_all(nodes: Sequence[Node | None]) -> Callable[[Profiles, datetime],
     held_texts = []
     for node in nodes:
         expressions = [] if node is None else [source.leaf(leaf) for leaf in _leaves(node)]
-        held_texts.append(f"({''.join(f'{e}, ' for e in expressions)})")
-    text = f"def explain_all(profiles, now):\n{source.prologue()}    return ({''.join(f'{t}, ' for t in held_texts)})\n"
+        held_texts.append(_tuple_text(expressions))
+    text = f"def explain_all(profiles, now):\n{source.prologue()}    return {_tuple_text(held_texts)}\n"
     code = compile(text, f"<conditions of {len(held_texts)} trees>", "exec")
     exec(code, source.names)  # noqa: S102 - see _functions: the text holds no user input
     explain_all: Callable[[Profiles, datetime], tuple[Held, ...]] = source.names["explain_all"]
@@ -276,12 +276,17 @@ def _functions(
     prologue = source.prologue()
     text = (
         f"def holds(profiles, now):\n{prologue}    return {decides}\n\n"
-        f"def explain(profiles, now):\n{prologue}    return ({''.join(f'{e}, ' for e in expressions)})\n\n"
+        f"def explain(profiles, now):\n{prologue}    return {_tuple_text(expressions)}\n\n"
         f"def combine(held):\n    return {combines}\n"
     )
     code = compile(text, f"<conditions at {node.path}>", "exec")
     exec(code, source.names)  # noqa: S102 - see above: the text holds no user input
     return source.names["holds"], source.names["explain"], source.names["combine"]
+
+
+def _tuple_text(items: Sequence[str]) -> str:
+    """A tuple display of the expressions, a trailing comma after each so that one makes a tuple too."""
+    return f"({''.join(f'{item}, ' for item in items)})"
 
 
 def _tree(node: Node, leaf_text: Callable[[Leaf], str]) -> str:
