@@ -57,7 +57,7 @@ from gateway.responses import JSONResponse
 from services._runtime.paging import all_pages
 from services.domain.conditions.evaluate import LeafOutcome, Outcome
 from services.domain.limits import EXPORT_FORMATS, MAX_DESCRIPTION_LENGTH, MAX_NAME_LENGTH
-from services.profiles.outcome_json import outcome_document
+from services.profiles.client import outcome_document
 
 V1 = "/experiment/v1"
 MEMBERS_DEFAULT_PER_PAGE = 100

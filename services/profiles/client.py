@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+import orjson
 
 from dcp.profiles.v1 import profiles_service_pb2 as pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
@@ -25,6 +26,7 @@ from services.domain.batches import (
     ProgressReport,
     RowError,
 )
+from services.domain.conditions.evaluate import Outcome
 
 
 def value_from_proto(value: pb.Value) -> Any:
@@ -48,6 +50,33 @@ def data_from_proto(data: Mapping[str, pb.Value]) -> dict[str, Any]:
     # By name: a protobuf map keeps no order, so a write's refusals would otherwise be listed in
     # whatever order the map came in (another after a trip over the wire than in this process).
     return {name: value_from_proto(data[name]) for name in sorted(data)}
+
+
+def outcome_document(audience_id: int, name: str, outcome: Outcome, *, saved: bool) -> bytes:
+    """One audience's outcome for one user as the v1 API shows it.
+
+    As `EvaluateAudiencesResponse.audiences_json` holds it: the profiles service
+    writes it, and a gateway whose service sends messages makes it of them.
+    """
+    return orjson.dumps(
+        {
+            # An unsaved audience has neither id nor name yet.
+            "audienceId": str(audience_id) if saved else None,
+            "name": name if saved else None,
+            "matched": outcome.matched,
+            "conditions": [
+                {
+                    "path": leaf.path,
+                    "datasourceId": str(leaf.datasource_id),
+                    "attributeId": str(leaf.attribute_id),
+                    "matchType": leaf.match_type,
+                    "held": leaf.held,
+                    "usable": leaf.usable,
+                }
+                for leaf in outcome.leaves
+            ],
+        }
+    )
 
 
 def _message(chunk: BatchChunk) -> pb.MergeProfilesRequest:

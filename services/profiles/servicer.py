@@ -17,10 +17,9 @@ from services._runtime.identity import Identity, Scope, caller
 from services._runtime.paging import next_key_token, next_token, read_key_page, read_page
 from services._runtime.server import ServiceBinding
 from services.domain.batches import BatchChunk, BatchHeader, BatchProgress, BatchResult, BatchRow, TextRows
-from services.profiles.client import data_from_proto
+from services.profiles.client import data_from_proto, outcome_document
 from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
-from services.profiles.outcome_json import outcome_document
 from services.profiles.profiles import Profiles, ProfileView
 from services.profiles.targeting import AudienceResult, Targeting
 
