@@ -21,7 +21,7 @@ from gateway.errors import ApiError
 from gateway.openapi import DECIMAL_ID, TEXT, Body, Component, Header, Link, Operation, Reply, array, described, record
 from gateway.responses import JSONResponse
 from services._runtime.identity import CredentialKind, Scope
-from services.profiles.client import value_from_proto
+from services.profiles.client import profile_document, value_from_proto
 
 PREFIX = "/api"
 INT64_MIN = -(2**63)
@@ -67,12 +67,16 @@ PROFILE = Component(
 
 
 def _profile(message: profiles_pb.Profile) -> dict[str, Any]:
-    return {
-        "customerId": message.customer_id,
-        "dcpServiceId": str(message.dcp_service_id),
-        "datasourceId": str(message.dcp_datasource_id),
-        "data": _values(message),
-    }
+    return profile_document(message.dcp_service_id, message.dcp_datasource_id, message.customer_id, _values(message))
+
+
+def consolidated_answer(view: profiles_pb.ConsolidatedView) -> Response:
+    """The REST answer to a consolidated read: the service's JSON array as it is, when it sent one."""
+    if view.profiles_json:
+        return Response(view.profiles_json, media_type="application/json")
+    # A profiles service that predates profiles_as_json answers with messages (one with no
+    # profiles to show sends "[]", never nothing).
+    return JSONResponse([_profile(p) for p in view.profiles])
 
 
 def _values(message: profiles_pb.Profile) -> Any:
@@ -360,10 +364,11 @@ class ProfileApi:
                 optimizely_user_id=request.path_params["user_id"],
                 optimizely_datasource_id=optimizely_table_id,
                 data_as_json=True,
+                profiles_as_json=True,
             ),
             metadata=call.metadata,
         )
-        return JSONResponse([_profile(p) for p in result.profiles])
+        return consolidated_answer(result)
 
     # Aliases
 

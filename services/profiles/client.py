@@ -52,6 +52,15 @@ def data_from_proto(data: Mapping[str, pb.Value]) -> dict[str, Any]:
     return {name: value_from_proto(data[name]) for name in sorted(data)}
 
 
+def profile_document(service_id: int, table_id: int, customer_id: str, data: Any) -> dict[str, Any]:
+    """One customer's profile in one table as the v1 API shows it, `data` its values by attribute name.
+
+    As `ConsolidatedView.profiles_json` holds each: the profiles service writes
+    them, and a gateway makes them of `Profile` messages.
+    """
+    return {"customerId": customer_id, "dcpServiceId": str(service_id), "datasourceId": str(table_id), "data": data}
+
+
 def outcome_document(audience_id: int, name: str, outcome: Outcome, *, saved: bool) -> bytes:
     """One audience's outcome for one user as the v1 API shows it.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from services._runtime.errors import InvalidArgument, NotFound
 from services._runtime.identity import Identity
@@ -31,9 +31,11 @@ MAX_KEYS_PER_WRITE = 1000
 MAX_BATCH_READ = 1000
 
 
-@dataclass(frozen=True)
-class ProfileView:
+class ProfileView(NamedTuple):
     """One customer's values in one table, by attribute name in registration order."""
+
+    # A named tuple rather than a frozen dataclass: a view is built per profile answered, four per
+    # consolidated read, and a frozen dataclass sets each field through object.__setattr__.
 
     dcp_service_id: int
     datasource_id: int

@@ -17,7 +17,7 @@ from services._runtime.identity import Identity, Scope, caller
 from services._runtime.paging import next_key_token, next_token, read_key_page, read_page
 from services._runtime.server import ServiceBinding
 from services.domain.batches import BatchChunk, BatchHeader, BatchProgress, BatchResult, BatchRow, TextRows
-from services.profiles.client import data_from_proto, outcome_document
+from services.profiles.client import data_from_proto, outcome_document, profile_document
 from services.profiles.export_repository import ExportParent
 from services.profiles.exports import Exports, ExportView
 from services.profiles.profiles import Profiles, ProfileView
@@ -241,6 +241,11 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
             request.optimizely_user_id,
             optimizely_table_id=request.optimizely_datasource_id or None,
         )
+        if request.profiles_as_json:
+            # One encoding of the whole answer, where messages take one per profile here and one more
+            # per profile in a gateway that turns them back into this JSON.
+            documents = [profile_document(v.dcp_service_id, v.datasource_id, v.customer_id, v.data) for v in views]
+            return pb.ConsolidatedView(profiles_json=orjson.dumps(documents))
         answer = pb.ConsolidatedView()
         add = answer.profiles.add
         as_json = request.data_as_json

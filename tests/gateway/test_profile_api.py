@@ -12,7 +12,7 @@ import pytest
 
 from dcp.profiles.v1 import profiles_service_pb2 as pb
 from dcp.profiles.v1 import profiles_service_pb2_grpc as pb_grpc
-from gateway.profile_api import _profile
+from gateway.profile_api import _profile, consolidated_answer
 from gateway.responses import JSONResponse
 from services.profiles.client import value_from_proto
 from tests.conftest import MakeAccount, RunningPlatform, TestAccount
@@ -333,6 +333,45 @@ async def test_a_profile_asked_for_as_json_holds_the_typed_values_in_registratio
     assert expected["vip"] is False
     # The REST answer is the JSON form, passed on as it is.
     assert (await world.get(world.profile(world.crm, "c1"))).json()["data"] == expected
+    # The whole view as one JSON array: the documents the gateway makes of the messages, in their order.
+    whole = await stub.GetConsolidatedView(
+        pb.GetConsolidatedViewRequest(dcp_service_id=world.service, optimizely_user_id="oeu1", profiles_as_json=True),
+        metadata=metadata,
+    )
+    assert len(whole.profiles) == 0
+    documents = orjson.loads(whole.profiles_json)
+    assert documents == orjson.loads(JSONResponse([_profile(p) for p in views[0].profiles]).body)
+    assert [(d["customerId"], d["datasourceId"]) for d in documents] == [
+        ("oeu1", str(world.optimizely)),
+        ("c1", str(world.crm)),
+    ]
+    assert list(documents[1]["data"]) == [attribute["name"] for attribute in ATTRIBUTES]
+    assert (await world.get(f"/api/consolidatedCustomerView/{world.service}/oeu1")).json() == documents
+    # A user with nothing stored: an empty array, not an absent one.
+    nobody = await stub.GetConsolidatedView(
+        pb.GetConsolidatedViewRequest(dcp_service_id=world.service, optimizely_user_id="oeu2", profiles_as_json=True),
+        metadata=metadata,
+    )
+    assert nobody.profiles_json == b"[]"
+
+
+def test_a_view_from_a_service_without_the_json_array_is_answered_from_its_messages() -> None:
+    messages = pb.ConsolidatedView(
+        profiles=[
+            pb.Profile(dcp_service_id=1, dcp_datasource_id=2, customer_id="u1", data_json=b'{"vip":true}'),
+            pb.Profile(dcp_service_id=1, dcp_datasource_id=3, customer_id="c1", data={"ltv": pb.Value(long_value=7)}),
+        ]
+    )
+    documents = [
+        {"customerId": "u1", "dcpServiceId": "1", "datasourceId": "2", "data": {"vip": True}},
+        {"customerId": "c1", "dcpServiceId": "1", "datasourceId": "3", "data": {"ltv": 7}},
+    ]
+    assert orjson.loads(consolidated_answer(messages).body) == documents
+    assert orjson.loads(consolidated_answer(pb.ConsolidatedView()).body) == []
+    # Sent as one array, it is passed on byte for byte.
+    array = orjson.dumps(documents)
+    answer = consolidated_answer(pb.ConsolidatedView(profiles_json=array))
+    assert (answer.body, answer.media_type) == (array, "application/json")
 
 
 def test_a_profile_from_a_service_without_the_json_form_is_answered_from_its_typed_map() -> None:

@@ -521,6 +521,7 @@ class GetConsolidatedViewRequest(_message.Message):
     OPTIMIZELY_USER_ID_FIELD_NUMBER: _builtins.int
     OPTIMIZELY_DATASOURCE_ID_FIELD_NUMBER: _builtins.int
     DATA_AS_JSON_FIELD_NUMBER: _builtins.int
+    PROFILES_AS_JSON_FIELD_NUMBER: _builtins.int
     dcp_service_id: _builtins.int
     optimizely_user_id: _builtins.str
     optimizely_datasource_id: _builtins.int
@@ -529,6 +530,11 @@ class GetConsolidatedViewRequest(_message.Message):
     """Each profile comes with `Profile.data_json` instead of `Profile.data`
     (see GetProfileRequest.data_as_json).
     """
+    profiles_as_json: _builtins.bool
+    """Answer with `ConsolidatedView.profiles_json` instead of `profiles`: for a
+    caller that answers in JSON itself (the REST gateway), which then passes
+    the array on as it is. Takes precedence over data_as_json.
+    """
     def __init__(
         self,
         *,
@@ -536,10 +542,11 @@ class GetConsolidatedViewRequest(_message.Message):
         optimizely_user_id: _builtins.str = ...,
         optimizely_datasource_id: _builtins.int = ...,
         data_as_json: _builtins.bool = ...,
+        profiles_as_json: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_as_json", b"data_as_json", "dcp_service_id", b"dcp_service_id", "optimizely_datasource_id", b"optimizely_datasource_id", "optimizely_user_id", b"optimizely_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_as_json", b"data_as_json", "dcp_service_id", b"dcp_service_id", "optimizely_datasource_id", b"optimizely_datasource_id", "optimizely_user_id", b"optimizely_user_id", "profiles_as_json", b"profiles_as_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,16 +557,24 @@ class ConsolidatedView(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILES_FIELD_NUMBER: _builtins.int
+    PROFILES_JSON_FIELD_NUMBER: _builtins.int
+    profiles_json: _builtins.bytes
+    """The same profiles as one JSON array, filled instead of `profiles` when the
+    request sets `profiles_as_json`. Each is an object of "customerId",
+    "dcpServiceId" and "datasourceId" (ids as decimal strings, as the JSON
+    mapping of int64 has them) and "data", as `Profile.data_json` holds it.
+    """
     @_builtins.property
     def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Profile]: ...
     def __init__(
         self,
         *,
         profiles: _abc.Iterable[Global___Profile] | None = ...,
+        profiles_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles", "profiles_json", b"profiles_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
