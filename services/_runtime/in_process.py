@@ -129,8 +129,11 @@ class InProcessChannel(aio.Channel):
         wrapped: Any = await self._interceptor.intercept_service(unchanged, _CallDetails(method, tuple(metadata)))
         context = _Context(metadata)
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 response = await wrapped.unary_unary(request, context)
+            else:
+                async with asyncio.timeout(timeout):
+                    response = await wrapped.unary_unary(request, context)
         except aio.AbortError:
             raise context.failure() from None
         except TimeoutError:
