@@ -108,11 +108,11 @@ class _OutcomeMessages:
     ) -> pb.EvaluateAudiencesResponse:
         """The answer with `audiences_json` (see EvaluateAudiencesResponse); a draft's documents are not kept."""
         if saved:
-            documents = self._documents
-            parts = []
-            for result in results:
-                cached = documents.get(id(result))
-                parts.append(cached[1] if cached is not None and cached[0] is result else self._document(result))
+            kept = self._documents.get
+            parts = [
+                found[1] if (found := kept(id(result))) is not None and found[0] is result else self._document(result)
+                for result in results
+            ]
         else:
             parts = [
                 outcome_document(result.audience_id, result.name, result.outcome, saved=False) for result in results

@@ -40,7 +40,7 @@ _RESULTS_PER_AUDIENCE = 64
 class _Audience:
     """A saved audience parsed against its service's tables, and its results seen so far."""
 
-    __slots__ = ("_explain", "_outcome", "_results", "definition", "node", "service_id", "tables")
+    __slots__ = ("_explain", "_outcome", "definition", "node", "seen_results", "service_id", "tables")
 
     def __init__(self, definition: AudienceDefinition, service: ServiceSnapshot, node: Node | None) -> None:
         self.definition = definition
@@ -50,7 +50,7 @@ class _Audience:
         self.node = node
         self._explain, self._outcome = explainer(node)
         # By pattern of leaf results.
-        self._results: dict[Held, AudienceResult] = {}
+        self.seen_results: dict[Held, AudienceResult] = {}
 
     def result(self, values: ProfileValues, now: datetime) -> AudienceResult:
         """The audience's result for one user; `now` aware and in UTC."""
@@ -58,28 +58,31 @@ class _Audience:
 
     def result_of(self, held: Held) -> AudienceResult:
         """The audience's result for a pattern of leaf results (see `explainer`)."""
-        result = self._results.get(held)
+        result = self.seen_results.get(held)
         if result is None:
             result = AudienceResult(self.definition.id, self.definition.name, self._outcome(held))
-            if len(self._results) < _RESULTS_PER_AUDIENCE:
-                self._results[held] = result
+            if len(self.seen_results) < _RESULTS_PER_AUDIENCE:
+                self.seen_results[held] = result
         return result
 
 
 class _ServiceAudiences:
     """A service's audiences ready to evaluate, with one function that checks a user against all of them."""
 
-    __slots__ = ("_explain_all", "audiences")
+    __slots__ = ("_explain_all", "_seen", "audiences")
 
     def __init__(self, audiences: list[_Audience]) -> None:
         self.audiences = audiences
         self._explain_all = explainer_of_all([audience.node for audience in audiences])
+        # Each audience's results by pattern, looked up here: most users' patterns were seen before,
+        # and a method call per audience was a third of the time of the lookups.
+        self._seen = [audience.seen_results for audience in audiences]
 
     def results(self, values: ProfileValues, now: datetime) -> list[AudienceResult]:
         """Each audience's result for one user, in order; `now` aware and in UTC."""
         return [
-            audience.result_of(held)
-            for audience, held in zip(self.audiences, self._explain_all(values, now), strict=True)
+            seen.get(held) or audience.result_of(held)
+            for audience, seen, held in zip(self.audiences, self._seen, self._explain_all(values, now), strict=True)
         ]
 
 
