@@ -19,9 +19,9 @@ class CorkedTransport(asyncio.Transport):
     """A transport that holds what is written until the answer is complete or the event loop turns.
 
     uvicorn writes an answer's status line and headers as soon as the
-    application starts it, then the body: two sends, and on a loopback or a
-    virtual machine each send costs as much as a tenth of a small answer's
-    whole handling. Held and joined, an answer leaves in one. A streamed answer's
+    application starts it, then the body: two sends, each a system call of a
+    few microseconds, and two packets for the peer to read. Held and joined, an
+    answer leaves in one. A streamed answer's
     parts still leave as they come: what was held goes out once the loop
     turns, before anything waits on a socket.
     """
