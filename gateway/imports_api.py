@@ -36,13 +36,11 @@ from gateway.openapi import (
 )
 from gateway.responses import JSONResponse
 from services._runtime.paging import all_pages
-from services.domain.limits import MAX_FILE_NAME_CHARS
+from services.domain.limits import MAX_FILE_NAME_CHARS, MAX_VALIDATE_BYTES
 
 PREFIX = "/experiment/v1/dcp_datasources/{table_id}"
 DEFAULT_PER_PAGE = 25
 MAX_PER_PAGE = 100
-# A file checked by `validate` streams through; this caps how long a caller can hold the line.
-MAX_VALIDATE_BYTES = 256 * 1024 * 1024
 MAX_URL_SECONDS = 7 * 24 * 3600
 STATUS_NAMES = {
     pb.UPLOAD_STATUS_PENDING: "pending",

@@ -16,4 +16,6 @@ MAX_USERS_PER_CUSTOMER_ID = 1_000_000
 """The highest limit a DCP service may set on Optimizely users linked to one customer id."""
 MAX_FILE_NAME_CHARS = 255
 """The name of an uploaded file, as it is stored under its table's import path."""
+MAX_VALIDATE_BYTES = 256 * 1024 * 1024
+"""A file posted for checking streams through and is spooled to disk; this caps how long a caller holds the line."""
 EXPORT_FORMATS = ("csv", "jsonl")

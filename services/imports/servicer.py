@@ -9,12 +9,13 @@ from google.protobuf import timestamp_pb2
 
 from dcp.imports.v1 import imports_service_pb2 as pb
 from dcp.imports.v1 import imports_service_pb2_grpc as pb_grpc
-from services._runtime.errors import InvalidArgument
+from services._runtime.errors import DcpError, InvalidArgument
 from services._runtime.grpc_types import ServicerContext as Context
 from services._runtime.identity import Scope, caller
 from services._runtime.paging import next_token, read_page
 from services._runtime.server import ServiceBinding
 from services.domain.batches import RowError
+from services.domain.limits import MAX_VALIDATE_BYTES
 from services.imports.repository import Outcome, Upload
 from services.imports.uploads import UploadHistory
 
@@ -122,14 +123,31 @@ class ImportsServicer(pb_grpc.ImportsServiceServicer):
         if first is None:
             raise InvalidArgument.field("dcp_datasource_id", "the stream sent no message naming the table")
 
+        received = len(first.chunk)
+
         async def chunks() -> AsyncIterator[bytes]:
+            nonlocal received
             if first.chunk:
                 yield first.chunk
             async for message in messages:
+                received += len(message.chunk)
+                if received > MAX_VALIDATE_BYTES:
+                    raise InvalidArgument.field(
+                        "chunk", f"a file to validate may have at most {MAX_VALIDATE_BYTES} bytes"
+                    )
                 if message.chunk:
                     yield message.chunk
 
-        outcome = await self._history.validate(identity, first.dcp_datasource_id, first.file_name, chunks())
+        try:
+            outcome = await self._history.validate(identity, first.dcp_datasource_id, first.file_name, chunks())
+        except DcpError:
+            # A grpc aio client still writing when the call ends reports INTERNAL in place of the status it was
+            # sent (grpc/grpc#36066), so a refusal waits for the caller's last message, within the file bound.
+            async for message in messages:
+                received += len(message.chunk)
+                if received > MAX_VALIDATE_BYTES:
+                    break
+            raise
         return report_to_proto(outcome)
 
     async def CreateUploadUrl(self, request: pb.CreateUploadUrlRequest, context: Context) -> pb.UploadUrl:

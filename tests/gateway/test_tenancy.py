@@ -211,3 +211,18 @@ async def test_unlinking_another_accounts_table_from_an_own_visitor_answers_404(
     for _ in range(2):
         assert (await http.delete(f"{base}/{own['table']}", headers=intruder.headers)).status_code == 204
     assert (await http.get(base, headers=intruder.headers)).json()["data"] == {}
+
+
+async def test_a_large_file_checked_against_another_accounts_table_answers_404_every_time(
+    http: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    # The service refuses the call before the gateway has streamed the file: the refusal must still be what arrives.
+    owner = await make_account()
+    intruder = await make_account()
+    ids = await _world(http, owner)
+    file = b"crm_id,ltv\n" + b"c1,5\n" * 1_000_000
+    for table in (ids["table"], ids["table"] + 10_000):
+        for attempt in range(20):
+            response = await http.post(f"{V1}/dcp_datasources/{table}/validate", content=file, headers=intruder.headers)
+            assert response.status_code == 404, (attempt, response.text)
+            assert response.json()["code"] == "NOT_FOUND"

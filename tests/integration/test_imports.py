@@ -6,14 +6,19 @@ import asyncio
 import gzip
 import itertools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
+from dcp.imports.v1 import imports_service_pb2 as imports_pb
+from dcp.imports.v1 import imports_service_pb2_grpc as imports_grpc
 from services._runtime.s3 import ObjectStore
-from tests.conftest import MakeAccount, TestAccount
+from services.domain.limits import MAX_VALIDATE_BYTES
+from tests.conftest import MakeAccount, RunningPlatform, TestAccount
 
 V1 = "/experiment/v1"
 ATTRIBUTES: list[dict[str, Any]] = [
@@ -345,6 +350,43 @@ async def test_validate_reports_without_storing(table: Table) -> None:
     assert [(e["row"], e["column"]) for e in report["errors"]] == [(3, "ltv")]
     assert await table.profile("c1") is None
     assert await table.uploads() == []
+
+
+async def test_a_large_file_with_a_name_that_cannot_be_stored_is_refused_for_its_name_every_time(table: Table) -> None:
+    # The name is refused before the file is read: the caller still gets that reason, not a broken stream.
+    file = b"customerId,ltv\n" + b"c1,1\n" * 1_000_000
+    for attempt in range(20):
+        response = await table.http.post(
+            f"{V1}/dcp_datasources/{table.id}/validate?file_name=..", content=file, headers=table.account.headers
+        )
+        assert response.status_code == 400, (attempt, response.text)
+        assert response.json()["errors"][0]["field"] == "file_name"
+    assert await table.profile("c1") is None
+
+
+async def test_a_file_sent_over_grpc_for_checking_is_bounded_as_over_rest(
+    table: Table, running: RunningPlatform
+) -> None:
+    stub = imports_grpc.ImportsServiceStub(running.channel)
+    rows = b"c1,1\n" * (1024 * 1024 // 5)
+
+    async def messages() -> AsyncIterator[imports_pb.ValidateFileRequest]:
+        yield imports_pb.ValidateFileRequest(dcp_datasource_id=table.id, file_name="big.csv", chunk=b"customerId,ltv\n")
+        for _ in range(MAX_VALIDATE_BYTES // len(rows) + 1):
+            yield imports_pb.ValidateFileRequest(chunk=rows)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ValidateFile(messages(), metadata=table.account.metadata)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {MAX_VALIDATE_BYTES} bytes" in (refused.value.details() or "")
+
+    # A file within the bound is checked as usual.
+    async def within() -> AsyncIterator[imports_pb.ValidateFileRequest]:
+        yield imports_pb.ValidateFileRequest(dcp_datasource_id=table.id, file_name="ok.csv", chunk=b"customerId,ltv\n")
+        yield imports_pb.ValidateFileRequest(chunk=rows)
+
+    report = await stub.ValidateFile(within(), metadata=table.account.metadata)
+    assert report.rows_total == len(rows) // 5
 
 
 async def test_a_presigned_url_uploads_a_file_that_is_then_imported(table: Table) -> None:

@@ -130,9 +130,10 @@ class ImportsServiceServicer:
 
     def ValidateFile(self, request_iterator, context):
         """Checks a file as an upload would, and stores nothing. The first message
-        names the table and the file; every message carries the next bytes.
-        Over REST the file is the request body and its name the file_name query
-        parameter.
+        names the table and the file; every message carries the next bytes, at
+        most 256 MiB in all. A refusal is sent once the caller has sent its last
+        message. Over REST the file is the request body and its name the
+        file_name query parameter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

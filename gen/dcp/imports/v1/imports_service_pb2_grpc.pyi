@@ -58,9 +58,10 @@ class ImportsServiceStub:
     """The table's CSV template: customerId, then its active attribute names."""
     ValidateFile: _grpc.StreamUnaryMultiCallable[_imports_service_pb2.ValidateFileRequest, _imports_service_pb2.ValidationReport]
     """Checks a file as an upload would, and stores nothing. The first message
-    names the table and the file; every message carries the next bytes.
-    Over REST the file is the request body and its name the file_name query
-    parameter.
+    names the table and the file; every message carries the next bytes, at
+    most 256 MiB in all. A refusal is sent once the caller has sent its last
+    message. Over REST the file is the request body and its name the
+    file_name query parameter.
     """
     CreateUploadUrl: _grpc.UnaryUnaryMultiCallable[_imports_service_pb2.CreateUploadUrlRequest, _imports_service_pb2.UploadUrl]
     """A presigned URL that uploads one file into the table's S3 path.
@@ -97,9 +98,10 @@ class ImportsServiceAsyncStub(ImportsServiceStub):
     """The table's CSV template: customerId, then its active attribute names."""
     ValidateFile: _aio.StreamUnaryMultiCallable[_imports_service_pb2.ValidateFileRequest, _imports_service_pb2.ValidationReport]  # type: ignore[assignment]
     """Checks a file as an upload would, and stores nothing. The first message
-    names the table and the file; every message carries the next bytes.
-    Over REST the file is the request body and its name the file_name query
-    parameter.
+    names the table and the file; every message carries the next bytes, at
+    most 256 MiB in all. A refusal is sent once the caller has sent its last
+    message. Over REST the file is the request body and its name the
+    file_name query parameter.
     """
     CreateUploadUrl: _aio.UnaryUnaryMultiCallable[_imports_service_pb2.CreateUploadUrlRequest, _imports_service_pb2.UploadUrl]  # type: ignore[assignment]
     """A presigned URL that uploads one file into the table's S3 path.
@@ -169,9 +171,10 @@ class ImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_imports_service_pb2.ValidationReport, _abc.Awaitable[_imports_service_pb2.ValidationReport]]:
         """Checks a file as an upload would, and stores nothing. The first message
-        names the table and the file; every message carries the next bytes.
-        Over REST the file is the request body and its name the file_name query
-        parameter.
+        names the table and the file; every message carries the next bytes, at
+        most 256 MiB in all. A refusal is sent once the caller has sent its last
+        message. Over REST the file is the request body and its name the
+        file_name query parameter.
         """
 
     @_abc_1.abstractmethod
