@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from services._runtime.errors import InvalidArgument
-from services.domain.conditions.evaluate import LeafOutcome, evaluate, explainer, explainer_of_all, holds, window
+from services.domain.conditions.evaluate import (
+    LeafOutcome,
+    evaluate,
+    explainer,
+    explainer_of_all,
+    finder_of_all,
+    holds,
+    pattern_of,
+    window,
+)
 from services.domain.conditions.grammar import parse_conditions
 from services.domain.conditions.model import MAX_DEPTH, MAX_IN_VALUES, MAX_LEAVES, AttributeRef, Group, Leaf, Node
 from services.domain.datatypes import Datatype, DatetimeFormat
@@ -671,6 +680,59 @@ def test_trees_past_one_generated_function_are_checked_in_several_with_the_same_
     held = explainer_of_all(trees)(profiles, NOW)
     assert held == tuple(explainer(t)[0](profiles, NOW) for t in trees)
     assert held[0] == (*(bound < 50 for bound in range(99)), False)
+
+
+def _finder_keeping_what_it_misses(trees: list[Node | None]) -> tuple[Any, list[dict[int, Any]], list[Any]]:
+    """finder_of_all over the trees, keeping each tree's leaf results under their pattern as it misses them."""
+    kept: list[dict[int, Any]] = [{} for _ in trees]
+    missed: list[Any] = []
+
+    def keeper(index: int) -> Any:
+        def miss(held: tuple[bool, ...]) -> Any:
+            missed.append((index, held))
+            kept[index][pattern_of(held)] = ("kept", held)
+            return ("missed", held)
+
+        return miss
+
+    return finder_of_all(trees, kept, [keeper(index) for index in range(len(trees))]), kept, missed
+
+
+def test_a_finder_looks_up_each_trees_pattern_of_leaf_results_and_hands_on_those_it_does_not_hold() -> None:
+    trees = [
+        *(parse(["and", condition]) for condition, _, _ in TRUTH_TABLE),
+        None,
+        parse(["or", leaf(ARCHIVED, "exact", 1), ["not", leaf(LONG, "exists")]], strict=False),
+        parse(["and", leaf(LONG, "gt", 1), ["or", leaf(STRING, "substring", "a"), leaf(EPOCH, "within_last", 2)]]),
+    ]
+    find_all, kept, missed = _finder_keeping_what_it_misses(trees)
+    explain_all = explainer_of_all(trees)
+    profiles_seen = [stored(condition["dcp_attribute_id"], value) for condition, value, _ in TRUTH_TABLE]
+    profiles_seen += [*MISSING, {TABLE: {str(LONG): 5, str(STRING): "abc", str(EPOCH): NOW_MS, str(ARCHIVED): 1}}]
+    for profiles in profiles_seen:
+        expected = explain_all(profiles, NOW)
+        # The first time a pattern is seen it is handed on; from then on it is found.
+        first = find_all(profiles, NOW)
+        assert [held for _, held in first] == list(expected), profiles
+        assert [kind for kind, _ in find_all(profiles, NOW)] == ["kept"] * len(trees)
+        assert [held for _, held in find_all(profiles, NOW)] == list(expected)
+    assert all(len(kept[index]) == len({held for i, held in missed if i == index}) for index in range(len(trees)))
+    assert kept[len(TRUTH_TABLE)] == {0: ("kept", ())}
+    assert pattern_of((True, False, True)) == 5
+    assert pattern_of(()) == 0
+    assert finder_of_all([], [], [])({}, NOW) == []
+
+
+def test_a_finder_of_trees_past_one_generated_function_gives_each_tree_its_own_pattern() -> None:
+    tree = ["or", *(leaf(LONG, "gt", bound) for bound in range(99)), leaf(STRING, "exists")]
+    trees = [parse(tree), None, parse(["and", leaf(LONG, "exists")]), parse(tree), parse(tree)]
+    profiles = {TABLE: {str(LONG): 50}}
+    find_all, kept, _ = _finder_keeping_what_it_misses(trees)
+    held = explainer_of_all(trees)(profiles, NOW)
+    assert [found for _, found in find_all(profiles, NOW)] == list(held)
+    assert [kind for kind, _ in find_all(profiles, NOW)] == ["kept"] * len(trees)
+    # A 100-leaf pattern is one number: bits 0-49 for the bounds under 50.
+    assert list(kept[0]) == [(1 << 50) - 1]
 
 
 def test_an_unusable_leaf_is_explained_as_not_holding() -> None:
