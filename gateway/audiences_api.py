@@ -579,8 +579,8 @@ class AudiencesApi:
         audiences = answer.audiences_json or (
             b"[" + _encoded_audiences(answer.audiences, saved=not evaluation.HasField("draft")) + b"]"
         )
-        # The head's closing brace gives way to the audiences: one document, as if encoded whole.
-        return Response(head[:-1] + b',"audiences":' + audiences + b"}", media_type="application/json")
+        # The head's closing brace gives way to the audiences: one document, as if encoded whole, copied once.
+        return Response(b"".join((head[:-1], b',"audiences":', audiences, b"}")), media_type="application/json")
 
     # Exports
 

@@ -84,14 +84,13 @@ class _OutcomeMessages:
     wire form of an answer holding that one audience: answers concatenated are
     one answer with their audiences in order (protobuf merges repeated fields
     so), and parsing them costs half of copying 25 built messages into an answer.
-    Each is kept as its JSON document too, for callers that answer in JSON: then
-    the answer is those documents joined, with no message to parse or read.
+    Callers that answer in JSON get each saved audience's document, which
+    Targeting keeps per pattern; see `json_answer`.
     """
 
     def __init__(self) -> None:
         # Keyed by the result's id; the result is held in the value, so no other object can take that id.
         self._encoded: dict[int, tuple[AudienceResult, bytes]] = {}
-        self._documents: dict[int, tuple[AudienceResult, bytes]] = {}
 
     def answer(self, service_id: int, user_id: str, results: Sequence[AudienceResult]) -> pb.EvaluateAudiencesResponse:
         parts = [
@@ -103,22 +102,13 @@ class _OutcomeMessages:
             parts.append(cached[1] if cached is not None and cached[0] is result else self._encode(result))
         return pb.EvaluateAudiencesResponse.FromString(b"".join(parts))
 
-    def json_answer(
-        self, service_id: int, user_id: str, results: Sequence[AudienceResult], *, saved: bool
-    ) -> pb.EvaluateAudiencesResponse:
-        """The answer with `audiences_json` (see EvaluateAudiencesResponse); a draft's documents are not kept."""
-        if saved:
-            kept = self._documents.get
-            parts = [
-                found[1] if (found := kept(id(result))) is not None and found[0] is result else self._document(result)
-                for result in results
-            ]
-        else:
-            parts = [
-                outcome_document(result.audience_id, result.name, result.outcome, saved=False) for result in results
-            ]
+    @staticmethod
+    def json_answer(service_id: int, user_id: str, documents: Sequence[bytes]) -> pb.EvaluateAudiencesResponse:
+        """The answer with `audiences_json` (see EvaluateAudiencesResponse): the documents joined."""
         return pb.EvaluateAudiencesResponse(
-            dcp_service_id=service_id, optimizely_user_id=user_id, audiences_json=b"[" + b",".join(parts) + b"]"
+            dcp_service_id=service_id,
+            optimizely_user_id=user_id,
+            audiences_json=b"".join((b"[", b",".join(documents), b"]")),
         )
 
     def _encode(self, result: AudienceResult) -> bytes:
@@ -142,11 +132,6 @@ class _OutcomeMessages:
         encoded = pb.EvaluateAudiencesResponse(audiences=[message]).SerializeToString()
         _keep(self._encoded, result, encoded)
         return encoded
-
-    def _document(self, result: AudienceResult) -> bytes:
-        document = outcome_document(result.audience_id, result.name, result.outcome, saved=True)
-        _keep(self._documents, result, document)
-        return document
 
 
 def _keep(cache: dict[int, tuple[AudienceResult, bytes]], result: AudienceResult, encoded: bytes) -> None:
@@ -259,36 +244,30 @@ class ProfilesServicer(pb_grpc.ProfilesServiceServicer):
         self, request: pb.EvaluateAudiencesRequest, context: Context
     ) -> pb.EvaluateAudiencesResponse:
         identity = caller(Scope.READ)
+        service_id, user_id = request.dcp_service_id, request.optimizely_user_id
         if request.HasField("draft"):
             if request.project_id or request.audience_ids:
                 raise InvalidArgument.field(
                     "draft", "comes without project_id and audience_ids: it names its project itself"
                 )
-            results = [
-                await self._targeting.evaluate_draft(
-                    identity,
-                    request.dcp_service_id,
-                    request.optimizely_user_id,
-                    project_id=request.draft.project_id,
-                    conditions=request.draft.conditions,
-                )
-            ]
-        else:
-            results = await self._targeting.evaluate(
-                identity,
-                request.dcp_service_id,
-                request.optimizely_user_id,
-                project_id=request.project_id,
-                audience_ids=list(request.audience_ids),
+            result = await self._targeting.evaluate_draft(
+                identity, service_id, user_id, project_id=request.draft.project_id, conditions=request.draft.conditions
             )
+            if request.outcomes_as_json:
+                # An unsaved audience's document shows neither id nor name.
+                document = outcome_document(result.audience_id, result.name, result.outcome, saved=False)
+                return self._outcomes.json_answer(service_id, user_id, [document])
+            return self._outcomes.answer(service_id, user_id, [result])
+        project_id, audience_ids = request.project_id, list(request.audience_ids)
         if request.outcomes_as_json:
-            return self._outcomes.json_answer(
-                request.dcp_service_id,
-                request.optimizely_user_id,
-                results,
-                saved=not request.HasField("draft"),
+            documents = await self._targeting.evaluate_documents(
+                identity, service_id, user_id, project_id=project_id, audience_ids=audience_ids
             )
-        return self._outcomes.answer(request.dcp_service_id, request.optimizely_user_id, results)
+            return self._outcomes.json_answer(service_id, user_id, documents)
+        results = await self._targeting.evaluate(
+            identity, service_id, user_id, project_id=project_id, audience_ids=audience_ids
+        )
+        return self._outcomes.answer(service_id, user_id, results)
 
     async def CountAudienceMembers(
         self, request: pb.CountAudienceMembersRequest, context: Context

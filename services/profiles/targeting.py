@@ -5,14 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from services._runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services._runtime.identity import Identity
 from services.domain.catalog import ServiceSnapshot, TableInfo
-from services.domain.conditions.evaluate import Held, Outcome, evaluate, explainer, explainer_of_all, utc
+from services.domain.conditions.evaluate import (
+    Held,
+    Outcome,
+    evaluate,
+    explainer,
+    explainer_of_all,
+    finder_of_all,
+    pattern_of,
+    utc,
+)
 from services.domain.conditions.evaluate import Profiles as ProfileValues
 from services.domain.conditions.grammar import AttributeLookup, parse_conditions
 from services.domain.conditions.model import AttributeRef, Node
+from services.profiles.client import outcome_document
 from services.profiles.membership import Membership
 from services.profiles.profiles import Profiles
 from services.schema.audience_client import AudienceDefinition, AudienceDirectory
@@ -40,7 +51,16 @@ _RESULTS_PER_AUDIENCE = 64
 class _Audience:
     """A saved audience parsed against its service's tables, and its results seen so far."""
 
-    __slots__ = ("_explain", "_outcome", "definition", "node", "seen_results", "service_id", "tables")
+    __slots__ = (
+        "_explain",
+        "_outcome",
+        "definition",
+        "node",
+        "seen_documents",
+        "seen_results",
+        "service_id",
+        "tables",
+    )
 
     def __init__(self, definition: AudienceDefinition, service: ServiceSnapshot, node: Node | None) -> None:
         self.definition = definition
@@ -51,6 +71,8 @@ class _Audience:
         self._explain, self._outcome = explainer(node)
         # By pattern of leaf results.
         self.seen_results: dict[Held, AudienceResult] = {}
+        # By pattern number (see `pattern_of`), as `finder_of_all` looks them up.
+        self.seen_documents: dict[int, bytes] = {}
 
     def result(self, values: ProfileValues, now: datetime) -> AudienceResult:
         """The audience's result for one user; `now` aware and in UTC."""
@@ -65,25 +87,71 @@ class _Audience:
                 self.seen_results[held] = result
         return result
 
+    def document(self, values: ProfileValues, now: datetime) -> bytes:
+        """The audience's result for one user as its v1 JSON document; `now` aware and in UTC."""
+        return self.document_of(self._explain(values, now))
+
+    def document_of(self, held: Held) -> bytes:
+        pattern = pattern_of(held)
+        document = self.seen_documents.get(pattern)
+        if document is None:
+            result = self.result_of(held)
+            document = outcome_document(result.audience_id, result.name, result.outcome, saved=True)
+            if len(self.seen_documents) < _RESULTS_PER_AUDIENCE:
+                self.seen_documents[pattern] = document
+        return document
+
+
+class _Chosen(Protocol):
+    def results(self, values: ProfileValues, now: datetime) -> list[AudienceResult]: ...
+
+    def documents(self, values: ProfileValues, now: datetime) -> list[bytes]: ...
+
 
 class _ServiceAudiences:
     """A service's audiences ready to evaluate, with one function that checks a user against all of them."""
 
-    __slots__ = ("_explain_all", "_seen", "audiences")
+    __slots__ = ("_explain_all", "_find_documents", "_seen", "audiences")
 
     def __init__(self, audiences: list[_Audience]) -> None:
         self.audiences = audiences
-        self._explain_all = explainer_of_all([audience.node for audience in audiences])
+        nodes = [audience.node for audience in audiences]
+        # Made when first asked for: callers that answer in JSON (the gateway) never ask for results.
+        self._explain_all: Callable[[ProfileValues, datetime], tuple[Held, ...]] | None = None
         # Each audience's results by pattern, looked up here: most users' patterns were seen before,
         # and a method call per audience was a third of the time of the lookups.
         self._seen = [audience.seen_results for audience in audiences]
+        self._find_documents = finder_of_all(
+            nodes, [audience.seen_documents for audience in audiences], [audience.document_of for audience in audiences]
+        )
 
     def results(self, values: ProfileValues, now: datetime) -> list[AudienceResult]:
         """Each audience's result for one user, in order; `now` aware and in UTC."""
+        if self._explain_all is None:
+            self._explain_all = explainer_of_all([audience.node for audience in self.audiences])
         return [
             seen.get(held) or audience.result_of(held)
             for audience, seen, held in zip(self.audiences, self._seen, self._explain_all(values, now), strict=True)
         ]
+
+    def documents(self, values: ProfileValues, now: datetime) -> list[bytes]:
+        """Each audience's result as its v1 JSON document, in order; `now` aware and in UTC."""
+        return self._find_documents(values, now)
+
+
+class _Picked:
+    """Some of a service's audiences (a project's, or those asked for by id), checked one at a time."""
+
+    __slots__ = ("audiences",)
+
+    def __init__(self, audiences: list[_Audience]) -> None:
+        self.audiences = audiences
+
+    def results(self, values: ProfileValues, now: datetime) -> list[AudienceResult]:
+        return [audience.result(values, now) for audience in self.audiences]
+
+    def documents(self, values: ProfileValues, now: datetime) -> list[bytes]:
+        return [audience.document(values, now) for audience in self.audiences]
 
 
 @dataclass(frozen=True)
@@ -175,6 +243,31 @@ class Targeting:
         audience_ids: Sequence[int] = (),
     ) -> list[AudienceResult]:
         """Every chosen audience's outcome for one user, with each condition's."""
+        values, now, chosen = await self._choose(identity, service_id, optimizely_user_id, project_id, audience_ids)
+        return chosen.results(values, now)
+
+    async def evaluate_documents(
+        self,
+        identity: Identity,
+        service_id: int,
+        optimizely_user_id: str,
+        *,
+        project_id: int = 0,
+        audience_ids: Sequence[int] = (),
+    ) -> list[bytes]:
+        """`evaluate`, each outcome as its v1 JSON document (see `outcome_document`).
+
+        Each audience keeps the documents of the patterns of leaf results it has
+        seen, so that most users cost one lookup per audience rather than a
+        result, then a document, found one after the other.
+        """
+        values, now, chosen = await self._choose(identity, service_id, optimizely_user_id, project_id, audience_ids)
+        return chosen.documents(values, now)
+
+    async def _choose(
+        self, identity: Identity, service_id: int, optimizely_user_id: str, project_id: int, audience_ids: Sequence[int]
+    ) -> tuple[ProfileValues, datetime, _Chosen]:
+        """The user's values, the moment to judge them at, and the audiences to judge them by."""
         if project_id and await self._audiences.project_service(identity, project_id) != service_id:
             raise InvalidArgument.field("project_id", f"project {project_id} is not linked to DCP service {service_id}")
         service, _, values = await self._profiles.consolidated_values(identity, service_id, optimizely_user_id)
@@ -188,8 +281,8 @@ class Targeting:
         now = utc(self._clock())
         if project_id or audience_ids:
             chosen = [d for d in definitions if not project_id or d.project_id == project_id]
-            return [self._audience(d, service).result(values, now) for d in chosen]
-        return self._ready(definitions, service).results(values, now)
+            return values, now, _Picked([self._audience(d, service) for d in chosen])
+        return values, now, self._ready(definitions, service)
 
     async def definition(self, identity: Identity, audience_id: int) -> AudienceDefinition:
         """The audience as saved, archived or not; NOT_FOUND when the caller has no such audience."""

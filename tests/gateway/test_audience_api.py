@@ -226,10 +226,11 @@ async def test_outcomes_asked_for_as_json_are_the_documents_the_gateway_makes_of
     await world.alias("u1", world.crm, "c1")
     tree = ["and", world.leaf(world.crm, "ltv", "ge", 500), ["not", world.leaf(world.optimizely, "vip", "exact", True)]]
     await world.audience('spenders "gold"', tree)
-    await world.audience("jeans", ["or", world.leaf(world.crm, "category", "substring", "jeans")])
+    jeans = await world.audience("jeans", ["or", world.leaf(world.crm, "category", "substring", "jeans")])
     stub = pb_grpc.ProfilesServiceStub(running.channel)
 
     async def both(request: pb.EvaluateAudiencesRequest, *, saved: bool) -> Any:
+        request.outcomes_as_json = False
         as_messages = await stub.EvaluateAudiences(request, metadata=world.account.metadata)
         request.outcomes_as_json = True
         as_json = await stub.EvaluateAudiences(request, metadata=world.account.metadata)
@@ -246,6 +247,32 @@ async def test_outcomes_asked_for_as_json_are_the_documents_the_gateway_makes_of
             pb.EvaluateAudiencesRequest(dcp_service_id=world.service, optimizely_user_id="u1"), saved=True
         )
         assert [(d["name"], d["matched"]) for d in saved] == [('spenders "gold"', False), ("jeans", True)]
+    # Some of the audiences: a project's (here all of them), and those asked for by id.
+    everyone = pb.EvaluateAudiencesRequest(dcp_service_id=world.service, optimizely_user_id="u1")
+    in_project = pb.EvaluateAudiencesRequest(
+        dcp_service_id=world.service, optimizely_user_id="u1", project_id=world.project
+    )
+    assert await both(in_project, saved=True) == saved
+    picked = pb.EvaluateAudiencesRequest(
+        dcp_service_id=world.service, optimizely_user_id="u1", audience_ids=[jeans["id"]]
+    )
+    assert await both(picked, saved=True) == saved[1:]
+    # A renamed audience is answered with its new name, not with the documents kept for the old one.
+    renamed = await world.call("PUT", f"{V1}/audiences/{jeans['id']}", {"name": "denim"})
+    assert renamed.status_code == 202, renamed.text
+
+    async def names() -> list[str]:
+        answer = await stub.EvaluateAudiences(everyone, metadata=world.account.metadata)
+        return [document["name"] for document in orjson.loads(answer.audiences_json)]
+
+    deadline = time.monotonic() + 10
+    everyone.outcomes_as_json = True
+    while (seen := await names())[1] != "denim":
+        assert time.monotonic() < deadline, seen
+        await asyncio.sleep(0.1)
+    assert [d["name"] for d in await both(picked, saved=True)] == ["denim"]
+    latest = await both(everyone, saved=True)
+    assert [(d["name"], d["matched"]) for d in latest] == [('spenders "gold"', False), ("denim", True)]
     draft = await both(
         pb.EvaluateAudiencesRequest(
             dcp_service_id=world.service,
@@ -257,7 +284,7 @@ async def test_outcomes_asked_for_as_json_are_the_documents_the_gateway_makes_of
     assert [(d["audienceId"], d["name"], d["matched"]) for d in draft] == [(None, None, False)]
     # The REST answer is the JSON form, passed on as it is.
     rest = (await world.call("POST", f"/api/audiences/evaluate/{world.service}/u1", {})).json()
-    assert rest["audiences"] == saved
+    assert rest["audiences"] == latest
 
 
 async def test_views_and_evaluations_asked_together_each_answer_their_own_user(world: World) -> None:

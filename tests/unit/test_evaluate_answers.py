@@ -7,6 +7,7 @@ import orjson
 from dcp.profiles.v1 import profiles_service_pb2 as pb
 from gateway.audiences_api import _encoded_audiences
 from services.domain.conditions.evaluate import LeafOutcome, Outcome
+from services.profiles.client import outcome_document
 from services.profiles.servicer import _OutcomeMessages
 from services.profiles.targeting import AudienceResult
 
@@ -57,19 +58,15 @@ def test_outcomes_with_and_without_a_digest_read_back_as_the_same_json() -> None
     assert [(d["audienceId"], d["name"]) for d in unsaved] == [(None, None), (None, None)]
 
 
-def test_a_json_answer_joins_each_outcomes_document_kept_from_its_first_answer() -> None:
-    messages = _OutcomeMessages()
+def test_a_json_answer_joins_the_documents_in_order() -> None:
     results = [_result(7, "spenders", True, False), _result(8, "other", True)]
-    first = messages.json_answer(1, "u1", results, saved=True)
-    again = messages.json_answer(1, "u2", list(reversed(results)), saved=True)
-    documents = orjson.loads(first.audiences_json)
-    assert documents == orjson.loads(
-        b"[" + _encoded_audiences(messages.answer(1, "u1", results).audiences, saved=True) + b"]"
+    documents = [outcome_document(r.audience_id, r.name, r.outcome, saved=True) for r in results]
+    answer = _OutcomeMessages.json_answer(1, "u1", documents)
+    assert orjson.loads(answer.audiences_json) == orjson.loads(
+        b"[" + _encoded_audiences(_OutcomeMessages().answer(1, "u1", results).audiences, saved=True) + b"]"
     )
-    assert orjson.loads(again.audiences_json) == list(reversed(documents))
-    assert (again.dcp_service_id, again.optimizely_user_id, len(again.audiences)) == (1, "u2", 0)
-    assert orjson.loads(messages.json_answer(1, "u1", [], saved=True).audiences_json) == []
-    draft = orjson.loads(messages.json_answer(1, "u1", results[:1], saved=False).audiences_json)
-    assert [(d["audienceId"], d["name"], d["matched"]) for d in draft] == [(None, None, False)]
-    # A draft's document shows no id or name, so it is never the one kept for the saved audience's answers.
-    assert orjson.loads(messages.json_answer(1, "u1", results[:1], saved=True).audiences_json)[0]["audienceId"] == "7"
+    assert (answer.dcp_service_id, answer.optimizely_user_id, len(answer.audiences)) == (1, "u1", 0)
+    assert orjson.loads(_OutcomeMessages.json_answer(1, "u2", documents[::-1]).audiences_json) == [
+        orjson.loads(d) for d in documents[::-1]
+    ]
+    assert orjson.loads(_OutcomeMessages.json_answer(1, "u1", []).audiences_json) == []
