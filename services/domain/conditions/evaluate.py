@@ -382,21 +382,23 @@ _KIND_TEST = {
     Stored.FLOAT: "type(stored := {data}.get({key})) in _NUMBER",
 }
 
-_KIND_TEST_OF_FETCHED = {
-    Stored.TEXT: "type({stored}) is str",
-    Stored.BOOLEAN: "type({stored}) is bool",
-    Stored.INTEGER: "type({stored}) in _NUMBER",
-    Stored.FLOAT: "type({stored}) in _NUMBER",
+# A value fetched once is kept only when it is of the kind its leaves compare (doubles as doubles), else
+# None: each leaf then tests it against None rather than calling type() on it again.
+_OF_KIND = {
+    Stored.TEXT: "{stored} if type({stored}) is str else None",
+    Stored.BOOLEAN: "{stored} if type({stored}) is bool else None",
+    Stored.INTEGER: "{stored} if type({stored}) in _NUMBER else None",
+    Stored.FLOAT: "float({stored}) if type({stored}) in _NUMBER else None",
 }
 
 
 class _Source:
     """What generated functions read: the tables and values they fetch and the values they compare with.
 
-    With `fetch_once`, each attribute a leaf reads is fetched once, at the top,
-    for functions that check every leaf: most attributes are read by more than
-    one leaf of a service's audiences. Functions that stop at a tree's first
-    deciding leaf fetch as they go.
+    With `fetch_once`, each attribute a leaf reads is fetched and its kind
+    checked once, at the top, for functions that check every leaf: most
+    attributes are read by more than one leaf of a service's audiences.
+    Functions that stop at a tree's first deciding leaf fetch as they go.
     """
 
     def __init__(self, *, fetch_once: bool = False) -> None:
@@ -404,13 +406,16 @@ class _Source:
         self.tables: dict[int, str] = {}
         """Table id → the local holding its values."""
         self.fetch_once = fetch_once
-        self.values: dict[tuple[str, str], str] = {}
-        """(table local, attribute key) → the local holding the stored value, when fetched once."""
+        self.values: dict[tuple[str, str, Stored], str] = {}
+        """(table local, attribute key, kind) → the local holding the value of that kind or None, when fetched once."""
 
     def prologue(self) -> str:
         """The lines that fetch each table read, and with `fetch_once` each value, at the top of a function."""
         tables = "".join(f"    {local} = profiles.get({table}) or _EMPTY\n" for table, local in self.tables.items())
-        values = "".join(f"    {local} = {data}.get({key})\n" for (data, key), local in self.values.items())
+        values = "".join(
+            f"    {local} = {data}.get({key})\n    {local} = {_OF_KIND[kind].format(stored=local)}\n"
+            for (data, key, kind), local in self.values.items()
+        )
         return tables + values
 
     def bind(self, value: Any) -> str:
@@ -427,18 +432,20 @@ class _Source:
         data = self.tables.setdefault(int(ref.datasource_id), f"table{len(self.tables)}")
         key = repr(str(ref.key))
         if self.fetch_once:
-            local = self.values.setdefault((data, key), f"stored{len(self.values)}")
-            present = _KIND_TEST_OF_FETCHED[stored_as].format(stored=local)
+            local = self.values.setdefault((data, key, stored_as), f"stored{len(self.values)}")
+            present = f"{local} is not None"
+            # Already a double when the attribute is one.
+            stored = local
         else:
             local = "stored"
             present = _KIND_TEST[stored_as].format(data=data, key=key)
+            # Doubles compare as doubles whatever the stored JSON number decodes to.
+            stored = "float(stored)" if stored_as is Stored.FLOAT else "stored"
         match_type, value = leaf.match_type, leaf.value
         if match_type == "exists":
             return f"({present})"
         if match_type == "within_last":
             return f"({present} and {self.bind(functools.partial(_within, leaf))}({local}, now))"
-        # Doubles compare as doubles whatever the stored JSON number decodes to.
-        stored = f"float({local})" if stored_as is Stored.FLOAT else local
         if match_type in _VALUE_FIRST:
             return f"({present} and {self.bind(value)} {_VALUE_FIRST[match_type]} {stored})"
         if match_type == "substring":
