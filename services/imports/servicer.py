@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -125,10 +126,9 @@ class ImportsServicer(pb_grpc.ImportsServiceServicer):
 
         received = len(first.chunk)
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def following() -> AsyncIterator[bytes]:
+            """The chunks of the messages after the first, within the file bound."""
             nonlocal received
-            if first.chunk:
-                yield first.chunk
             async for message in messages:
                 received += len(message.chunk)
                 if received > MAX_VALIDATE_BYTES:
@@ -138,15 +138,20 @@ class ImportsServicer(pb_grpc.ImportsServiceServicer):
                 if message.chunk:
                     yield message.chunk
 
+        async def chunks() -> AsyncIterator[bytes]:
+            if first.chunk:
+                yield first.chunk
+            async for chunk in following():
+                yield chunk
+
         try:
             outcome = await self._history.validate(identity, first.dcp_datasource_id, first.file_name, chunks())
         except DcpError:
             # A grpc aio client still writing when the call ends reports INTERNAL in place of the status it was
             # sent (grpc/grpc#36066), so a refusal waits for the caller's last message, within the file bound.
-            async for message in messages:
-                received += len(message.chunk)
-                if received > MAX_VALIDATE_BYTES:
-                    break
+            with contextlib.suppress(InvalidArgument):
+                async for _ in following():
+                    pass
             raise
         return report_to_proto(outcome)
 
